@@ -1,0 +1,22 @@
+"""Database backends: one interface (``Backend``), DuckDB and PostgreSQL implementations."""
+
+from __future__ import annotations
+
+from saedb.backends.base import Backend, DocumentBatch
+
+DEFAULT_DB = "saedb.duckdb"
+
+
+def connect(url: str = DEFAULT_DB) -> Backend:
+    """Open a backend from a URL: ``postgresql://...`` for Postgres, otherwise a DuckDB
+    file path (``duckdb:///path`` or a plain path; ``:memory:`` for an in-memory DB)."""
+    if url.startswith(("postgresql://", "postgres://")):
+        from saedb.backends.postgres import PostgresBackend
+
+        return PostgresBackend(url)
+    from saedb.backends.duckdb import DuckDBBackend
+
+    return DuckDBBackend(url.removeprefix("duckdb://"))
+
+
+__all__ = ["Backend", "DocumentBatch", "connect", "DEFAULT_DB"]

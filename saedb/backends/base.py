@@ -1,0 +1,191 @@
+"""The backend interface shared by DuckDB and PostgreSQL.
+
+Shared logic (schema, metadata, model weights, documents) is written once here in
+portable SQL with ``?`` placeholders; each backend supplies the driver primitives and
+its bulk-load path (Arrow for DuckDB, binary COPY for Postgres).
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import date
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+from saedb.errors import ConfigurationError, UnknownModelError
+from saedb.sae import SAE, SparseCodes
+from saedb.sqlfiles import read_sql
+
+
+@dataclass(frozen=True)
+class DocumentBatch:
+    """Validated documents with their embeddings, ready for one bulk insert."""
+
+    arxiv_ids: list[str]
+    titles: list[str]
+    abstracts: list[str]
+    categories: list[list[str]]
+    subjects: list[list[str]]
+    published: list[date | None]
+    years: list[int | None]
+    corpus: str
+    embeddings: np.ndarray  # float32 (rows, dim)
+
+    def __len__(self) -> int:
+        return len(self.arxiv_ids)
+
+
+class Backend(ABC):
+    """A connection to a saedb database."""
+
+    dialect: str
+    schema_files: tuple[str, ...]
+
+    # --- driver primitives -------------------------------------------------
+    @abstractmethod
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
+        """Run one statement with ``?`` placeholders."""
+
+    @abstractmethod
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
+        """Run one statement with ``?`` placeholders and return all rows."""
+
+    @abstractmethod
+    def run_script(self, sql: str) -> None:
+        """Run a multi-statement script (DDL)."""
+
+    @abstractmethod
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """All statements inside commit together or not at all."""
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    @abstractmethod
+    def vector_param(self, values: np.ndarray) -> Any:
+        """Adapt a float32 vector for use as a query parameter."""
+
+    @abstractmethod
+    def fetch_vectors(self, sql: str, params: Sequence[Any] = ()) -> np.ndarray:
+        """Run a query whose single column is a vector; return a float32 (rows, dim) matrix."""
+
+    # --- bulk paths ----------------------------------------------------------
+    @abstractmethod
+    def insert_documents(self, batch: DocumentBatch) -> int:
+        """Insert papers and their embeddings; skip arxiv_ids already present. Returns rows added."""
+
+    @abstractmethod
+    def copy_weights(self, model_id: int, sae: SAE) -> None:
+        """Bulk-write encoder and decoder rows of a model."""
+
+    @abstractmethod
+    def copy_codes(self, model_id: int, doc_ids: np.ndarray, codes: SparseCodes) -> None:
+        """Bulk-write the active codes of a batch of documents in long form."""
+
+    @abstractmethod
+    def iter_embeddings(self, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Stream (doc_ids, float32 matrix) batches ordered by doc_id; holds one batch in RAM."""
+
+    @abstractmethod
+    def create_embeddings_index(self) -> None:
+        """Build the nearest-neighbour index on embeddings, where the backend has one."""
+
+    # --- shared logic --------------------------------------------------------
+    def migrate(self) -> None:
+        """Apply schema and functions idempotently; (re)create the embeddings table if bound."""
+        for name in self.schema_files:
+            self.run_script(read_sql(self.dialect, name))
+        bound = self.embedder()
+        if bound is not None:
+            self.run_script(read_sql(self.dialect, "embeddings.sql", dim=bound[1]))
+
+    def meta(self, key: str) -> str | None:
+        rows = self.query("SELECT value FROM saedb_meta WHERE key = ?", (key,))
+        return rows[0][0] if rows else None
+
+    def embedder(self) -> tuple[str, int] | None:
+        """(name, dim) of the embedder this database is bound to, if any."""
+        name, dim = self.meta("embedder"), self.meta("embedding_dim")
+        return (name, int(dim)) if name is not None and dim is not None else None
+
+    def bind_embedder(self, name: str, dim: int) -> None:
+        """Bind the database to one embedder (first load) or check it matches the bound one."""
+        bound = self.embedder()
+        if bound is not None:
+            if bound != (name, dim):
+                raise ConfigurationError(
+                    f"this database holds {bound[0]} embeddings ({bound[1]}-d); "
+                    f"cannot load with {name} ({dim}-d). Use another database or the same embedder."
+                )
+            return
+        with self.transaction():
+            self.execute("INSERT INTO saedb_meta VALUES ('embedder', ?), ('embedding_dim', ?)", (name, str(dim)))
+            self.run_script(read_sql(self.dialect, "embeddings.sql", dim=dim))
+
+    def require_embedder(self) -> tuple[str, int]:
+        bound = self.embedder()
+        if bound is None:
+            raise ConfigurationError("the database has no embeddings yet: run `saedb load` first")
+        return bound
+
+    def existing_arxiv_ids(self) -> set[str]:
+        return {row[0] for row in self.query("SELECT arxiv_id FROM papers")}
+
+    def record_load_errors(self, source: str, errors: Sequence[tuple[int, str, str]]) -> None:
+        """Keep (line, reason, raw) of rejected rows; re-running a load does not duplicate them."""
+        for line, reason, raw in errors:
+            self.execute(
+                "INSERT INTO load_errors (source, line, reason, raw) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                (source, line, reason, raw),
+            )
+
+    def count(self, table: str) -> int:
+        return int(self.query(f"SELECT count(*) FROM {table}")[0][0])  # table names are ours, not user input
+
+    def model_row(self, model_id: int) -> dict[str, Any]:
+        rows = self.query(
+            "SELECT model_id, name, version, embedder, d_in, n_latents, k, status, metrics "
+            "FROM sae_models WHERE model_id = ? AND status = 'ready'",
+            (model_id,),
+        )
+        if not rows:
+            raise UnknownModelError(f"unknown model {model_id} (no published model with that id)")
+        keys = ("model_id", "name", "version", "embedder", "d_in", "n_latents", "k", "status", "metrics")
+        row = dict(zip(keys, rows[0]))
+        if isinstance(row["metrics"], str):
+            row["metrics"] = json.loads(row["metrics"])
+        return row
+
+    def load_sae(self, model_id: int) -> SAE:
+        """Read a published model's weights into the numpy core."""
+        info = self.model_row(model_id)
+        w_enc = self.fetch_vectors("SELECT w_enc FROM sae_encoder WHERE model_id = ? ORDER BY feature_id", (model_id,))
+        w_dec = self.fetch_vectors("SELECT w_dec FROM sae_decoder WHERE model_id = ? ORDER BY feature_id", (model_id,))
+        b_pre = self.fetch_vectors("SELECT b_pre FROM sae_models WHERE model_id = ?", (model_id,))[0]
+        b_lat = np.array(
+            [r[0] for r in self.query("SELECT b_lat FROM sae_encoder WHERE model_id = ? ORDER BY feature_id", (model_id,))],
+            dtype=np.float32,
+        )
+        return SAE(w_enc=w_enc, b_lat=b_lat, w_dec=w_dec, b_pre=b_pre, k=info["k"])
+
+    def insert_model_row(self, name: str, sae: SAE, embedder: str, metrics: dict[str, Any]) -> int:
+        """Insert a 'building' model row for the next version of ``name``; returns its model_id."""
+        model_id = int(self.query("SELECT coalesce(max(model_id), 0) + 1 FROM sae_models")[0][0])
+        version = int(self.query("SELECT coalesce(max(version), 0) + 1 FROM sae_models WHERE name = ?", (name,))[0][0])
+        self.execute(
+            "INSERT INTO sae_models (model_id, name, version, embedder, d_in, n_latents, k, status, b_pre, metrics) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, 'building', ?, CAST(? AS JSON))",
+            (model_id, name, version, embedder, sae.d, sae.n_latents, sae.k, self.vector_param(sae.b_pre), json.dumps(metrics)),
+        )
+        return model_id
+
+    def __enter__(self) -> "Backend":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,167 @@
+"""DuckDB backend: the embedded default (a file path, no server). Bulk loads go through Arrow."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Any, Iterator, Sequence
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+
+from saedb.backends.base import Backend, DocumentBatch
+from saedb.sae import SAE, SparseCodes
+
+
+def fixed_size_vectors(matrix: np.ndarray) -> pa.FixedSizeListArray:
+    """A float32 (rows, dim) matrix as an Arrow fixed-size list column (DuckDB FLOAT[dim])."""
+    matrix = np.ascontiguousarray(matrix, dtype=np.float32)
+    return pa.FixedSizeListArray.from_arrays(pa.array(matrix.ravel()), matrix.shape[1])
+
+
+def vectors_to_matrix(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """An Arrow list / fixed-size-list column of equal-length float vectors as a float32 matrix."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    if len(column) == 0:
+        return np.zeros((0, 0), dtype=np.float32)
+    values = column.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
+    return values.reshape(len(column), -1)
+
+
+class DuckDBBackend(Backend):
+    dialect = "duckdb"
+    schema_files = ("schema.sql",)
+
+    def __init__(self, path: str, con: duckdb.DuckDBPyConnection | None = None) -> None:
+        self.path = path
+        self._depth = 0
+        self.registered_functions: set[str] = set()
+        if con is not None:  # a sibling over an existing database: no migration, no UDFs
+            self.con = con
+            return
+        self.con = duckdb.connect(path)
+        self.migrate()
+        from saedb.udfs.duckdb import register_udfs
+
+        register_udfs(self)
+
+    def sibling(self) -> "DuckDBBackend":
+        """A backend on a separate connection to the same database, usable from inside UDFs
+        (code running in a query cannot use that query's own connection)."""
+        return DuckDBBackend(self.path, con=self.con.cursor())
+
+    def bind_embedder(self, name: str, dim: int) -> None:
+        super().bind_embedder(name, dim)
+        from saedb.udfs.duckdb import register_udfs
+
+        register_udfs(self)  # vectors now come back as FLOAT[dim]
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
+        self.con.execute(sql, list(params))
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
+        return self.con.execute(sql, list(params)).fetchall()
+
+    def run_script(self, sql: str) -> None:
+        self.con.execute(sql)
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        if self._depth:  # nested: part of the enclosing transaction
+            self._depth += 1
+            try:
+                yield
+            finally:
+                self._depth -= 1
+            return
+        self.con.begin()
+        self._depth = 1
+        try:
+            yield
+        except BaseException:
+            self.con.rollback()
+            raise
+        else:
+            self.con.commit()
+        finally:
+            self._depth = 0
+
+    def close(self) -> None:
+        self.con.close()
+
+    def vector_param(self, values: np.ndarray) -> Any:
+        return np.asarray(values, dtype=np.float32).tolist()
+
+    def fetch_vectors(self, sql: str, params: Sequence[Any] = ()) -> np.ndarray:
+        return vectors_to_matrix(self.con.sql(sql, params=list(params)).to_arrow_table().column(0))
+
+    def insert_documents(self, batch: DocumentBatch) -> int:
+        staged = pa.table(
+            {
+                "arxiv_id": batch.arxiv_ids,
+                "title": batch.titles,
+                "abstract": batch.abstracts,
+                "categories": pa.array(batch.categories, pa.list_(pa.string())),
+                "subjects": pa.array(batch.subjects, pa.list_(pa.string())),
+                "published": pa.array(batch.published, pa.date32()),
+                "year": pa.array(batch.years, pa.int32()),
+                "embedding": fixed_size_vectors(batch.embeddings),
+            }
+        )
+        with self.transaction():
+            self.con.register("stage_docs", staged)
+            try:
+                added = self.con.execute(
+                    "INSERT INTO papers (arxiv_id, title, abstract, categories, subjects, published, year, corpus) "
+                    "SELECT arxiv_id, title, abstract, categories, subjects, published, year, ? FROM stage_docs "
+                    "ON CONFLICT (arxiv_id) DO NOTHING RETURNING doc_id",
+                    [batch.corpus],
+                ).fetchall()
+                self.con.execute(
+                    "INSERT INTO embeddings SELECT p.doc_id, s.embedding FROM stage_docs s "
+                    "JOIN papers p ON p.arxiv_id = s.arxiv_id ON CONFLICT (doc_id) DO NOTHING"
+                )
+            finally:
+                self.con.unregister("stage_docs")
+        return len(added)
+
+    def copy_weights(self, model_id: int, sae: SAE) -> None:
+        features = pa.array(np.arange(sae.n_latents, dtype=np.int32))
+        model = pa.array(np.full(sae.n_latents, model_id, dtype=np.int32))
+        enc = pa.table(
+            {"model_id": model, "feature_id": features, "w_enc": fixed_size_vectors(sae.w_enc), "b_lat": pa.array(sae.b_lat)}
+        )
+        dec = pa.table({"model_id": model, "feature_id": features, "w_dec": fixed_size_vectors(sae.w_dec)})
+        self.con.register("stage_enc", enc)
+        self.con.register("stage_dec", dec)
+        try:
+            self.con.execute("INSERT INTO sae_encoder SELECT * FROM stage_enc")
+            self.con.execute("INSERT INTO sae_decoder SELECT * FROM stage_dec")
+        finally:
+            self.con.unregister("stage_enc")
+            self.con.unregister("stage_dec")
+
+    def copy_codes(self, model_id: int, doc_ids: np.ndarray, codes: SparseCodes) -> None:
+        active = codes.active_mask()
+        rows = pa.table(
+            {
+                "model_id": pa.array(np.full(int(active.sum()), model_id, dtype=np.int32)),
+                "doc_id": pa.array(np.repeat(doc_ids.astype(np.int64), active.sum(axis=1))),
+                "feature_id": pa.array(codes.indices[active]),
+                "activation": pa.array(codes.values[active]),
+            }
+        )
+        self.con.register("stage_codes", rows)
+        try:
+            self.con.execute("INSERT INTO sae_codes SELECT * FROM stage_codes")
+        finally:
+            self.con.unregister("stage_codes")
+
+    def iter_embeddings(self, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        reader = self.con.cursor().sql("SELECT doc_id, embedding FROM embeddings ORDER BY doc_id").to_arrow_reader(batch_size)
+        for batch in reader:
+            yield batch.column(0).to_numpy().astype(np.int64), vectors_to_matrix(batch.column(1))
+
+    def create_embeddings_index(self) -> None:
+        """DuckDB scans FLOAT[d] arrays with SIMD distance functions; no index needed at this scale."""

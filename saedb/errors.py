@@ -1,0 +1,17 @@
+"""Exceptions raised by saedb. Every user-facing failure is a SaedbError with a clear message."""
+
+
+class SaedbError(Exception):
+    """Base class for all saedb errors."""
+
+
+class InvalidInputError(SaedbError, ValueError):
+    """Bad input: wrong dimension, NaN, NULL, empty text, unknown feature, malformed row."""
+
+
+class UnknownModelError(SaedbError, LookupError):
+    """A model id that does not exist or is not published (status 'ready')."""
+
+
+class ConfigurationError(SaedbError):
+    """The database or environment is set up inconsistently (e.g. a second embedder)."""

@@ -1,0 +1,31 @@
+"""Model versions: publish an SAE's weights and every document's codes atomically."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from saedb.backends import Backend
+from saedb.errors import InvalidInputError
+from saedb.sae import SAE
+
+CODES_BATCH = 8192
+
+
+def publish_model(backend: Backend, sae: SAE, name: str, metrics: dict[str, Any] | None = None) -> int:
+    """Write ``sae`` as the next version of ``name`` with the codes of every document.
+
+    Everything happens in one transaction: readers see either the previous state or the
+    complete new version (status 'ready'), never a partial one. Returns the model_id.
+    """
+    embedder, dim = backend.require_embedder()
+    if sae.d != dim:
+        raise InvalidInputError(f"model has input dimension {sae.d} but the database embeddings are {dim}-d")
+    if not name or not name.strip():
+        raise InvalidInputError("model name is empty")
+    with backend.transaction():
+        model_id = backend.insert_model_row(name.strip(), sae, embedder, metrics or {})
+        backend.copy_weights(model_id, sae)
+        for doc_ids, embeddings in backend.iter_embeddings(CODES_BATCH):
+            backend.copy_codes(model_id, doc_ids, sae.encode(embeddings))
+        backend.execute("UPDATE sae_models SET status = 'ready' WHERE model_id = ?", (model_id,))
+    return model_id

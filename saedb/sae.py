@@ -1,0 +1,145 @@
+"""The numpy SAE math: top-k encode, decode and steering.
+
+This is the single reference implementation. DuckDB UDFs call it directly, the trainer
+exports into it, the Postgres SQL functions are tested against it.
+
+Conventions: ``w_enc`` and ``w_dec`` are (n_latents, d) with one row per latent, so a
+latent's decoder direction is ``w_dec[i]``.
+    encode(x) = ReLU(TopK(w_enc @ (x - b_pre) + b_lat))
+    decode(z) = z @ w_dec + b_pre
+    steer(x, i, s) = x + s * w_dec[i]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from saedb.errors import InvalidInputError
+
+
+@dataclass(frozen=True)
+class SparseCodes:
+    """Top-k codes for a batch: (B, k) feature ids and activations, sorted by activation
+    descending (ties by feature id). Slots whose activation is 0 are inactive."""
+
+    indices: np.ndarray  # int32 (B, k)
+    values: np.ndarray  # float32 (B, k)
+
+    def rows(self) -> list[list[tuple[int, float]]]:
+        """Active (feature_id, activation) pairs per row, zeros dropped."""
+        return [
+            [(int(i), float(v)) for i, v in zip(idx, val) if v > 0]
+            for idx, val in zip(self.indices, self.values)
+        ]
+
+    def active_mask(self) -> np.ndarray:
+        return self.values > 0
+
+
+def as_matrix(x: np.ndarray | Sequence[float], d: int, what: str = "embedding") -> np.ndarray:
+    """Validate embeddings as a float32 (B, d) matrix: right dimension, finite values."""
+    arr = np.asarray(x, dtype=np.float32)
+    if arr.ndim == 1:
+        arr = arr[None, :]
+    if arr.ndim != 2:
+        raise InvalidInputError(f"{what} must be a vector or a matrix, got {arr.ndim} dimensions")
+    if arr.shape[1] != d:
+        raise InvalidInputError(f"{what} has {arr.shape[1]} dimensions, expected {d}")
+    if not np.isfinite(arr).all():
+        raise InvalidInputError(f"{what} contains NaN or infinite values")
+    return arr
+
+
+@dataclass(frozen=True)
+class SAE:
+    """A top-k sparse autoencoder's weights."""
+
+    w_enc: np.ndarray  # (n, d)
+    b_lat: np.ndarray  # (n,)
+    w_dec: np.ndarray  # (n, d)
+    b_pre: np.ndarray  # (d,)
+    k: int
+
+    def __post_init__(self) -> None:
+        n, d = self.w_enc.shape
+        if self.w_dec.shape != (n, d) or self.b_lat.shape != (n,) or self.b_pre.shape != (d,):
+            raise InvalidInputError(
+                f"inconsistent SAE shapes: w_enc {self.w_enc.shape}, w_dec {self.w_dec.shape}, "
+                f"b_lat {self.b_lat.shape}, b_pre {self.b_pre.shape}"
+            )
+        if not 0 < self.k <= n:
+            raise InvalidInputError(f"k must be in 1..{n}, got {self.k}")
+        for name in ("w_enc", "b_lat", "w_dec", "b_pre"):
+            object.__setattr__(self, name, np.ascontiguousarray(getattr(self, name), dtype=np.float32))
+
+    @property
+    def d(self) -> int:
+        return self.w_enc.shape[1]
+
+    @property
+    def n_latents(self) -> int:
+        return self.w_enc.shape[0]
+
+    def pre_activations(self, x: np.ndarray) -> np.ndarray:
+        """w_enc @ (x - b_pre) + b_lat for a validated (B, d) batch."""
+        return (x - self.b_pre) @ self.w_enc.T + self.b_lat
+
+    def encode(self, x: np.ndarray | Sequence[float]) -> SparseCodes:
+        """Top-k codes of a (B, d) batch or a single vector."""
+        pre = self.pre_activations(as_matrix(x, self.d))
+        k = self.k
+        top = np.argpartition(-pre, k - 1, axis=1)[:, :k]
+        top_vals = np.take_along_axis(pre, top, axis=1)
+        order = np.lexsort((top, -top_vals), axis=1)  # activation desc, then feature id asc
+        indices = np.take_along_axis(top, order, axis=1).astype(np.int32)
+        values = np.maximum(np.take_along_axis(top_vals, order, axis=1), 0).astype(np.float32)
+        return SparseCodes(indices, values)
+
+    def decode(self, codes: SparseCodes) -> np.ndarray:
+        """Reconstruct (B, d) embeddings from sparse codes."""
+        self.check_features(codes.indices)
+        return np.einsum("bk,bkd->bd", codes.values, self.w_dec[codes.indices]) + self.b_pre
+
+    def steer(
+        self,
+        x: np.ndarray | Sequence[float],
+        features: int | Sequence[int],
+        strengths: float | Sequence[float],
+    ) -> np.ndarray:
+        """x + sum_i strength_i * w_dec[feature_i] for one feature or a family of features."""
+        feats = np.atleast_1d(np.asarray(features, dtype=np.int64))
+        strg = np.atleast_1d(np.asarray(strengths, dtype=np.float32))
+        if strg.shape == (1,) and feats.shape[0] > 1:
+            strg = np.repeat(strg, feats.shape[0])
+        if feats.shape != strg.shape:
+            raise InvalidInputError(f"{feats.shape[0]} features but {strg.shape[0]} strengths")
+        if not np.isfinite(strg).all():
+            raise InvalidInputError("steering strength is NaN or infinite")
+        self.check_features(feats)
+        x = as_matrix(x, self.d)
+        direction = strg[0] * self.w_dec[feats[0]]
+        for f, s in zip(feats[1:], strg[1:]):
+            direction = direction + s * self.w_dec[f]
+        return x + direction
+
+    def check_features(self, features: np.ndarray) -> None:
+        """Raise InvalidInputError if any feature id is outside 0..n-1."""
+        features = np.asarray(features)
+        if features.size and (features.min() < 0 or features.max() >= self.n_latents):
+            bad = features[(features < 0) | (features >= self.n_latents)].flat[0]
+            raise InvalidInputError(
+                f"feature {int(bad)} does not exist (this model has features 0..{self.n_latents - 1})"
+            )
+
+    @classmethod
+    def random(cls, d: int, n: int, k: int, seed: int = 0) -> "SAE":
+        """A randomly initialised SAE in the paper's init (unit-norm decoder, w_enc = w_dec)."""
+        rng = np.random.default_rng(seed)
+        w_dec = rng.standard_normal((n, d)).astype(np.float32)
+        w_dec /= np.linalg.norm(w_dec, axis=1, keepdims=True)
+        b_lat = (rng.standard_normal(n) * 0.01).astype(np.float32)
+        b_pre = (rng.standard_normal(d) * 0.01).astype(np.float32)
+        return cls(w_enc=w_dec.copy(), b_lat=b_lat, w_dec=w_dec, b_pre=b_pre, k=k)

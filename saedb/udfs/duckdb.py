@@ -1,0 +1,213 @@
+"""DuckDB UDFs ``sae_encode``, ``sae_decode``, ``steer``, ``steer_many`` and ``embed``.
+
+Each is a vectorised Arrow UDF: DuckDB hands over a chunk of rows (2048 by default),
+the chunk becomes one numpy matrix, and the numpy core in ``saedb.sae`` does the math.
+Signatures and errors match the Postgres functions:
+
+    sae_encode(embedding DOUBLE[], model INTEGER) -> STRUCT(feature_id INTEGER, activation FLOAT)[]
+    sae_decode(codes STRUCT(feature_id INTEGER, activation FLOAT)[], model INTEGER) -> FLOAT[dim]
+    steer(embedding DOUBLE[], feature INTEGER, strength DOUBLE, model INTEGER) -> FLOAT[dim]
+    steer_many(embedding DOUBLE[], features INTEGER[], strengths DOUBLE[], model INTEGER) -> FLOAT[dim]
+    embed(text VARCHAR) -> FLOAT[dim]          (only once the database has an embedder)
+
+Vectors come back as FLOAT[dim], the type of the embeddings column, so they compare
+directly with ``array_cosine_distance(embedding, steer(...))`` (FLOAT[] before any load).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Callable
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+from duckdb import sqltypes as st
+
+from saedb.backends.duckdb import fixed_size_vectors, vectors_to_matrix
+from saedb.errors import InvalidInputError
+from saedb.sae import SAE, SparseCodes, as_matrix
+
+if TYPE_CHECKING:
+    from saedb.backends.duckdb import DuckDBBackend
+
+FEATURE = duckdb.struct_type({"feature_id": st.INTEGER, "activation": st.FLOAT})
+VECTOR_IN = duckdb.list_type(st.DOUBLE)  # accepts FLOAT[d] columns and DOUBLE / DECIMAL literals
+CODES = duckdb.list_type(FEATURE)
+
+
+def _dense(column: pa.ChunkedArray, fn: str, what: str = "embedding") -> pa.Array:
+    array = column.combine_chunks()
+    if array.null_count:
+        raise InvalidInputError(f"{fn}: {what} is NULL")
+    return array
+
+
+def _ints(column: pa.ChunkedArray, fn: str, what: str) -> np.ndarray:
+    return _dense(column, fn, what).to_numpy(zero_copy_only=False).astype(np.int64)
+
+
+def _list_array(offsets: np.ndarray, values: pa.Array) -> pa.ListArray:
+    return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), values)
+
+
+def _list_vectors(matrix: np.ndarray) -> pa.ListArray:
+    rows, dim = matrix.shape
+    return _list_array(np.arange(0, rows * dim + 1, dim), pa.array(np.ascontiguousarray(matrix, np.float32).ravel()))
+
+
+def codes_to_arrow(codes: SparseCodes) -> pa.ListArray:
+    """Sparse codes as STRUCT(feature_id, activation)[] per row, inactive slots dropped."""
+    active = codes.active_mask()
+    offsets = np.concatenate([[0], np.cumsum(active.sum(axis=1))])
+    structs = pa.StructArray.from_arrays(
+        [pa.array(codes.indices[active], pa.int32()), pa.array(codes.values[active], pa.float32())],
+        names=["feature_id", "activation"],
+    )
+    return _list_array(offsets, structs)
+
+
+class ModelCache:
+    """Published model versions are immutable, so weights are read once per model id."""
+
+    def __init__(self, backend: "DuckDBBackend") -> None:
+        self.reader = backend.sibling()
+        self.models: dict[int, SAE] = {}
+
+    def get(self, model_id: int) -> SAE:
+        if model_id not in self.models:
+            self.models[model_id] = self.reader.load_sae(model_id)
+        return self.models[model_id]
+
+    def per_model(self, fn: str, models: pa.ChunkedArray, compute: Callable[[SAE, np.ndarray], np.ndarray | SparseCodes]):
+        """Run ``compute(sae, row_positions)`` for each distinct model id in a chunk."""
+        ids = _ints(models, fn, "model")
+        for model_id in np.unique(ids):
+            try:
+                sae = self.get(int(model_id))
+            except LookupError as exc:
+                raise InvalidInputError(f"{fn}: {exc}") from None
+            rows = np.flatnonzero(ids == model_id)
+            yield rows, compute(sae, rows)
+
+
+def register_udfs(backend: "DuckDBBackend") -> None:
+    """(Re-)register saedb's SQL functions on a DuckDB connection."""
+    con = backend.con
+    cache = ModelCache(backend)
+    bound = backend.embedder()
+    vector_out = duckdb.array_type(st.FLOAT, bound[1]) if bound else duckdb.list_type(st.FLOAT)
+    vectors_out = fixed_size_vectors if bound else _list_vectors
+
+    def embeddings_for(sae: SAE, column: pa.Array, rows: np.ndarray, fn: str) -> np.ndarray:
+        try:
+            return as_matrix(vectors_to_matrix(column.take(pa.array(rows))), sae.d)
+        except InvalidInputError as exc:
+            raise InvalidInputError(f"{fn}: {exc}") from None
+        except ValueError:  # ragged rows cannot form a matrix
+            raise InvalidInputError(f"{fn}: embedding has the wrong number of dimensions (model expects {sae.d})") from None
+
+    def sae_encode(embedding: pa.ChunkedArray, model: pa.ChunkedArray) -> pa.Array:
+        emb = _dense(embedding, "sae_encode")
+        results: list[tuple[np.ndarray, SparseCodes]] = list(
+            cache.per_model("sae_encode", model, lambda sae, rows: sae.encode(embeddings_for(sae, emb, rows, "sae_encode")))
+        )
+        if len(results) == 1:
+            return codes_to_arrow(results[0][1])
+        k = max(codes.indices.shape[1] for _, codes in results)
+        indices = np.zeros((len(emb), k), np.int32)
+        values = np.zeros((len(emb), k), np.float32)
+        for rows, codes in results:
+            indices[rows, : codes.indices.shape[1]] = codes.indices
+            values[rows, : codes.values.shape[1]] = codes.values
+        return codes_to_arrow(SparseCodes(indices, values))
+
+    def sae_decode(codes: pa.ChunkedArray, model: pa.ChunkedArray) -> pa.Array:
+        lists = _dense(codes, "sae_decode", "codes")
+        flat = lists.flatten()
+        feature_ids = flat.field("feature_id").to_numpy(zero_copy_only=False)
+        activations = flat.field("activation").to_numpy(zero_copy_only=False)
+        offsets = lists.offsets.to_numpy()
+        if flat.field("feature_id").null_count or flat.field("activation").null_count:
+            raise InvalidInputError("sae_decode: codes contain a NULL feature_id or activation")
+
+        def decode(sae: SAE, rows: np.ndarray) -> np.ndarray:
+            out = np.tile(sae.b_pre, (len(rows), 1))
+            for out_row, row in enumerate(rows):
+                ids = feature_ids[offsets[row] : offsets[row + 1]].astype(np.int64)
+                try:
+                    sae.check_features(ids)
+                except InvalidInputError as exc:
+                    raise InvalidInputError(f"sae_decode: {exc}") from None
+                out[out_row] += activations[offsets[row] : offsets[row + 1]].astype(np.float32) @ sae.w_dec[ids]
+            return out
+
+        return vectors_out(_scatter(len(lists), cache.per_model("sae_decode", model, decode)))
+
+    def steer_many(embedding, features, strengths, model) -> pa.Array:
+        emb = _dense(embedding, "steer")
+        feats = _dense(features, "steer", "features")
+        strg = _dense(strengths, "steer", "strengths")
+
+        def steer_rows(sae: SAE, rows: np.ndarray) -> np.ndarray:
+            x = embeddings_for(sae, emb, rows, "steer")
+            out = np.empty_like(x)
+            for out_row, row in enumerate(rows):
+                f, s = feats[int(row)].as_py(), strg[int(row)].as_py()
+                f = [f] if isinstance(f, int) else f
+                s = [s] if isinstance(s, float) else s
+                if not f or None in f or None in s:
+                    raise InvalidInputError("steer: features and strengths must be non-empty and not NULL")
+                try:
+                    out[out_row] = sae.steer(x[out_row], f, s)[0]
+                except InvalidInputError as exc:
+                    raise InvalidInputError(f"steer: {exc}") from None
+            return out
+
+        return vectors_out(_scatter(len(emb), cache.per_model("steer", model, steer_rows)))
+
+    functions = {
+        "sae_encode": (sae_encode, [VECTOR_IN, st.INTEGER], CODES),
+        "sae_decode": (sae_decode, [CODES, st.INTEGER], vector_out),
+        "steer": (steer_many, [VECTOR_IN, st.INTEGER, st.DOUBLE, st.INTEGER], vector_out),
+        "steer_many": (
+            steer_many,
+            [VECTOR_IN, duckdb.list_type(st.INTEGER), duckdb.list_type(st.DOUBLE), st.INTEGER],
+            vector_out,
+        ),
+    }
+    if bound:
+        functions["embed"] = (_embed_function(bound[0]), [st.VARCHAR], vector_out)
+    for name, (fn, params, returns) in functions.items():
+        if name in backend.registered_functions:
+            con.remove_function(name)
+        con.create_function(name, fn, params, returns, type="arrow", null_handling="special")
+        backend.registered_functions.add(name)
+
+
+def _scatter(n_rows: int, parts) -> np.ndarray:
+    """Assemble per-model row results back into chunk order."""
+    out: np.ndarray | None = None
+    for rows, values in parts:
+        if out is None:
+            out = np.empty((n_rows, values.shape[1]), np.float32)
+        out[rows] = values
+    assert out is not None
+    return out
+
+
+def _embed_function(embedder_name: str) -> Callable[[pa.ChunkedArray], pa.Array]:
+    """``embed(text)`` with the database's embedder, loaded on first use."""
+    from saedb.embedders import get_embedder
+
+    embedder = None
+
+    def embed(texts: pa.ChunkedArray) -> pa.Array:
+        nonlocal embedder
+        values = _dense(texts, "embed", "text").to_pylist()
+        if any(not v.strip() for v in values):
+            raise InvalidInputError("embed: text is empty")
+        if embedder is None:
+            embedder = get_embedder(embedder_name)
+        return fixed_size_vectors(embedder.embed(values))
+
+    return embed

@@ -1,0 +1,85 @@
+-- saedb core schema for DuckDB (embedded default). Applied idempotently on every connect.
+-- The embeddings table depends on the embedder's dimension: see embeddings.sql.
+
+CREATE TABLE IF NOT EXISTS saedb_meta (
+    key   VARCHAR PRIMARY KEY,
+    value VARCHAR NOT NULL
+);
+
+CREATE SEQUENCE IF NOT EXISTS papers_doc_id_seq START 1;
+
+-- One row per document (arXiv paper). doc_id is the compact join key used by codes.
+CREATE TABLE IF NOT EXISTS papers (
+    doc_id     BIGINT PRIMARY KEY DEFAULT nextval('papers_doc_id_seq'),
+    arxiv_id   VARCHAR NOT NULL UNIQUE,
+    title      VARCHAR NOT NULL,
+    abstract   VARCHAR NOT NULL,
+    categories VARCHAR[] NOT NULL,
+    subjects   VARCHAR[] NOT NULL,
+    published  DATE,
+    year       INTEGER,
+    corpus     VARCHAR NOT NULL
+);
+
+-- Rows the loader could not accept; counted and kept, never dropped silently.
+CREATE TABLE IF NOT EXISTS load_errors (
+    source    VARCHAR NOT NULL,
+    line      BIGINT NOT NULL,
+    reason    VARCHAR NOT NULL,
+    raw       VARCHAR,
+    logged_at TIMESTAMP NOT NULL DEFAULT current_timestamp,
+    PRIMARY KEY (source, line)
+);
+
+-- One row per SAE model version. A version is written in one transaction and is
+-- published with status 'ready' in that same transaction.
+CREATE TABLE IF NOT EXISTS sae_models (
+    model_id   INTEGER PRIMARY KEY,
+    name       VARCHAR NOT NULL,
+    version    INTEGER NOT NULL,
+    embedder   VARCHAR NOT NULL,
+    d_in       INTEGER NOT NULL,
+    n_latents  INTEGER NOT NULL,
+    k          INTEGER NOT NULL,
+    status     VARCHAR NOT NULL CHECK (status IN ('building', 'ready', 'retired')),
+    b_pre      FLOAT[] NOT NULL,
+    metrics    JSON,
+    created_at TIMESTAMP NOT NULL DEFAULT current_timestamp,
+    UNIQUE (name, version)
+);
+
+CREATE TABLE IF NOT EXISTS sae_encoder (
+    model_id   INTEGER NOT NULL,
+    feature_id INTEGER NOT NULL,
+    w_enc      FLOAT[] NOT NULL,
+    b_lat      FLOAT NOT NULL,
+    PRIMARY KEY (model_id, feature_id)
+);
+
+CREATE TABLE IF NOT EXISTS sae_decoder (
+    model_id   INTEGER NOT NULL,
+    feature_id INTEGER NOT NULL,
+    w_dec      FLOAT[] NOT NULL,
+    PRIMARY KEY (model_id, feature_id)
+);
+
+-- Sparse codes in long form: one row per active feature of a document.
+CREATE TABLE IF NOT EXISTS sae_codes (
+    model_id   INTEGER NOT NULL,
+    doc_id     BIGINT NOT NULL,
+    feature_id INTEGER NOT NULL,
+    activation FLOAT NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS feature_labels (
+    model_id   INTEGER NOT NULL,
+    feature_id INTEGER NOT NULL,
+    label      VARCHAR NOT NULL,
+    labeller   VARCHAR NOT NULL,
+    PRIMARY KEY (model_id, feature_id)
+);
+
+-- Latest published version of a model name: sae_encode(e, sae_model_id('astro')).
+CREATE OR REPLACE MACRO sae_model_id(model_name) AS (
+    SELECT max(model_id) FROM sae_models WHERE name = model_name AND status = 'ready'
+);

@@ -1,0 +1,130 @@
+-- saedb SQL functions on pgvector: sae_encode, sae_decode, steer, steer_many, sae_model_id.
+-- Plain SQL/PL/pgSQL over the vector type, so they run on any managed Postgres with pgvector.
+-- Results equal the numpy reference in saedb/sae.py (tests assert parity).
+
+DO $$ BEGIN
+    CREATE TYPE sae_feature AS (feature_id integer, activation real);
+EXCEPTION WHEN duplicate_object THEN NULL;
+END $$;
+
+-- The published model row, or a clear error for NULL / unknown / unpublished ids.
+CREATE OR REPLACE FUNCTION sae_ready_model(fn text, model integer)
+RETURNS sae_models LANGUAGE plpgsql STABLE PARALLEL SAFE AS $$
+DECLARE m sae_models;
+BEGIN
+    IF model IS NULL THEN
+        RAISE EXCEPTION '%: model is NULL', fn USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    SELECT * INTO m FROM sae_models WHERE model_id = model AND status = 'ready';
+    IF NOT FOUND THEN
+        RAISE EXCEPTION '%: unknown model % (no published model with that id)', fn, model
+            USING ERRCODE = 'no_data_found';
+    END IF;
+    RETURN m;
+END $$;
+
+-- Check an embedding argument against the model's input dimension.
+CREATE OR REPLACE FUNCTION sae_check_embedding(fn text, embedding vector, m sae_models)
+RETURNS void LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$
+BEGIN
+    IF embedding IS NULL THEN
+        RAISE EXCEPTION '%: embedding is NULL', fn USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF vector_dims(embedding) <> m.d_in THEN
+        RAISE EXCEPTION '%: embedding has % dimensions, model % expects %',
+            fn, vector_dims(embedding), m.model_id, m.d_in USING ERRCODE = 'data_exception';
+    END IF;
+END $$;
+
+-- Latest published version of a model name.
+CREATE OR REPLACE FUNCTION sae_model_id(model_name text)
+RETURNS integer LANGUAGE sql STABLE PARALLEL SAFE AS $$
+    SELECT max(model_id) FROM sae_models WHERE name = model_name AND status = 'ready'
+$$;
+
+-- ReLU(TopK(W_enc (x - b_pre) + b_lat)) as (feature_id, activation) pairs,
+-- sorted by activation descending (ties by feature id); inactive latents omitted.
+CREATE OR REPLACE FUNCTION sae_encode(embedding vector, model integer)
+RETURNS sae_feature[] LANGUAGE plpgsql STABLE PARALLEL SAFE AS $$
+DECLARE
+    m sae_models := sae_ready_model('sae_encode', model);
+    centred vector;
+    codes sae_feature[];
+BEGIN
+    PERFORM sae_check_embedding('sae_encode', embedding, m);
+    centred := embedding - m.b_pre;
+    SELECT coalesce(array_agg(ROW(t.feature_id, t.activation)::sae_feature
+                              ORDER BY t.activation DESC, t.feature_id), '{}')
+      INTO codes
+      FROM (SELECT e.feature_id, (e.b_lat - (e.w_enc <#> centred))::real AS activation
+              FROM sae_encoder e
+             WHERE e.model_id = model
+             ORDER BY activation DESC, e.feature_id
+             LIMIT m.k) t
+     WHERE t.activation > 0;
+    RETURN codes;
+END $$;
+
+-- Scale a decoder row: strength * W_dec[feature] (pgvector has no scalar product).
+CREATE OR REPLACE FUNCTION sae_scaled(direction vector, strength real)
+RETURNS vector LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
+    SELECT direction * array_fill(strength, ARRAY[vector_dims(direction)])::vector
+$$;
+
+-- b_pre + sum_i activation_i * W_dec[feature_i]
+CREATE OR REPLACE FUNCTION sae_decode(codes sae_feature[], model integer)
+RETURNS vector LANGUAGE plpgsql STABLE PARALLEL SAFE AS $$
+DECLARE
+    m sae_models := sae_ready_model('sae_decode', model);
+    bad integer;
+    total vector;
+BEGIN
+    IF codes IS NULL THEN
+        RAISE EXCEPTION 'sae_decode: codes are NULL' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    SELECT c.feature_id INTO bad FROM unnest(codes) c
+     WHERE c.feature_id IS NULL OR c.feature_id NOT BETWEEN 0 AND m.n_latents - 1 LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'sae_decode: feature % does not exist (model % has features 0..%)',
+            coalesce(bad::text, 'NULL'), model, m.n_latents - 1 USING ERRCODE = 'data_exception';
+    END IF;
+    SELECT sum(sae_scaled(d.w_dec, c.activation)) INTO total
+      FROM unnest(codes) c JOIN sae_decoder d ON d.model_id = model AND d.feature_id = c.feature_id;
+    RETURN CASE WHEN total IS NULL THEN m.b_pre ELSE m.b_pre + total END;
+END $$;
+
+-- embedding + sum_i strengths_i * W_dec[features_i]: steer along a family of features.
+CREATE OR REPLACE FUNCTION steer_many(embedding vector, features integer[], strengths double precision[], model integer)
+RETURNS vector LANGUAGE plpgsql STABLE PARALLEL SAFE AS $$
+DECLARE
+    m sae_models := sae_ready_model('steer', model);
+    bad integer;
+    direction vector;
+BEGIN
+    PERFORM sae_check_embedding('steer', embedding, m);
+    IF features IS NULL OR strengths IS NULL OR cardinality(features) = 0 THEN
+        RAISE EXCEPTION 'steer: features and strengths must be non-empty' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF cardinality(features) <> cardinality(strengths) THEN
+        RAISE EXCEPTION 'steer: % features but % strengths', cardinality(features), cardinality(strengths)
+            USING ERRCODE = 'data_exception';
+    END IF;
+    IF EXISTS (SELECT 1 FROM unnest(strengths) s WHERE s IS NULL OR s = 'NaN' OR s IN ('Infinity', '-Infinity')) THEN
+        RAISE EXCEPTION 'steer: steering strength is NULL, NaN or infinite' USING ERRCODE = 'data_exception';
+    END IF;
+    SELECT f INTO bad FROM unnest(features) f WHERE f IS NULL OR f NOT BETWEEN 0 AND m.n_latents - 1 LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'steer: feature % does not exist (model % has features 0..%)',
+            coalesce(bad::text, 'NULL'), model, m.n_latents - 1 USING ERRCODE = 'data_exception';
+    END IF;
+    SELECT sum(sae_scaled(d.w_dec, s.strength::real)) INTO direction
+      FROM unnest(features, strengths) AS s(feature_id, strength)
+      JOIN sae_decoder d ON d.model_id = model AND d.feature_id = s.feature_id;
+    RETURN embedding + direction;
+END $$;
+
+-- embedding + strength * W_dec[feature]
+CREATE OR REPLACE FUNCTION steer(embedding vector, feature integer, strength double precision, model integer)
+RETURNS vector LANGUAGE sql STABLE PARALLEL SAFE AS $$
+    SELECT steer_many(embedding, ARRAY[feature], ARRAY[strength], model)
+$$;
