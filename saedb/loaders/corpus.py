@@ -103,10 +103,21 @@ def parse_paper(record: Any) -> Paper:
     )
 
 
+JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".json.gz", ".ndjson")
+
+
+def check_source(path: Path) -> None:
+    """Fail early, before anything is written, on a missing or unsupported file."""
+    if not path.is_file():
+        raise InvalidInputError(f"{path}: no such file")
+    if not path.name.lower().endswith((*JSONL_SUFFIXES, ".csv", ".parquet")):
+        raise InvalidInputError(f"{path}: unsupported file type (use .jsonl, .jsonl.gz, .csv or .parquet)")
+
+
 def _raw_records(path: Path) -> Iterator[tuple[int, Any, str]]:
     """(line number, decoded record or the exception, raw text) for each row."""
     name = path.name.lower()
-    if name.endswith((".jsonl", ".jsonl.gz", ".json.gz", ".ndjson")):
+    if name.endswith(JSONL_SUFFIXES):
         opener = gzip.open if name.endswith(".gz") else open
         with opener(path, "rt", encoding="utf-8") as handle:
             for line_no, line in enumerate(handle, start=1):
@@ -120,7 +131,7 @@ def _raw_records(path: Path) -> Iterator[tuple[int, Any, str]]:
         with open(path, newline="", encoding="utf-8") as handle:
             for line_no, row in enumerate(csv.DictReader(handle), start=2):
                 yield line_no, row, json.dumps(row)
-    elif name.endswith(".parquet"):
+    else:
         import pyarrow.parquet as pq
 
         line_no = 0
@@ -128,15 +139,12 @@ def _raw_records(path: Path) -> Iterator[tuple[int, Any, str]]:
             for row in batch.to_pylist():
                 line_no += 1
                 yield line_no, row, json.dumps(row, default=str)
-    else:
-        raise InvalidInputError(f"{path}: unsupported file type (use .jsonl, .jsonl.gz, .csv or .parquet)")
 
 
 def read_papers(path: str | Path) -> Iterator[Paper | RowError]:
     """Yield a Paper per valid row and a RowError per rejected row, in file order."""
     path = Path(path)
-    if not path.is_file():
-        raise InvalidInputError(f"{path}: no such file")
+    check_source(path)
     line_no = 0
     try:
         for line_no, record, raw in _raw_records(path):

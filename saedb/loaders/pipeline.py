@@ -18,7 +18,7 @@ from tqdm import tqdm
 from saedb.backends import Backend, DocumentBatch
 from saedb.embedders import Embedder
 from saedb.errors import InvalidInputError
-from saedb.loaders.corpus import Paper, RowError, read_papers
+from saedb.loaders.corpus import Paper, RowError, check_source, read_papers
 
 
 @dataclass
@@ -80,6 +80,7 @@ def load_corpus(
 ) -> LoadReport:
     """Load the first ``limit`` valid papers of ``path`` (all if None) with their embeddings."""
     path = Path(path)
+    check_source(path)
     corpus = corpus or corpus_name(path)
     report = LoadReport(source=path.name)
     backend.bind_embedder(embedder.name, embedder.dim)

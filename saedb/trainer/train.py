@@ -123,6 +123,7 @@ def train_sae(x_np: np.ndarray, cfg: TrainConfig, log: Callable[[str], None] | N
 
 def load_training_matrix(backend: Backend, batch_size: int = 8192) -> np.ndarray:
     """All embeddings as one float32 matrix, read in batches."""
+    backend.require_embedder()
     parts = [matrix for _, matrix in backend.iter_embeddings(batch_size)]
     if not parts:
         raise InvalidInputError("the database has no embeddings to train on: run `saedb load` first")

@@ -16,6 +16,7 @@ directly with ``array_cosine_distance(embedding, steer(...))`` (FLOAT[] before a
 
 from __future__ import annotations
 
+import threading
 from typing import TYPE_CHECKING, Callable
 
 import duckdb
@@ -72,11 +73,13 @@ class ModelCache:
     def __init__(self, backend: "DuckDBBackend") -> None:
         self.reader = backend.sibling()
         self.models: dict[int, SAE] = {}
+        self.lock = threading.Lock()  # DuckDB may call a UDF from several threads at once
 
     def get(self, model_id: int) -> SAE:
-        if model_id not in self.models:
-            self.models[model_id] = self.reader.load_sae(model_id)
-        return self.models[model_id]
+        with self.lock:
+            if model_id not in self.models:
+                self.models[model_id] = self.reader.load_sae(model_id)
+            return self.models[model_id]
 
     def per_model(self, fn: str, models: pa.ChunkedArray, compute: Callable[[SAE, np.ndarray], np.ndarray | SparseCodes]):
         """Run ``compute(sae, row_positions)`` for each distinct model id in a chunk."""

@@ -1,5 +1,6 @@
--- Embeddings of the database's one embedder; {dim} is its dimension.
+-- Embeddings of the database's one embedder; {dim} is its dimension. Written only by the
+-- loader, in the same transaction as their papers rows (no per-row foreign-key check).
 CREATE TABLE IF NOT EXISTS embeddings (
-    doc_id    bigint PRIMARY KEY REFERENCES papers,
+    doc_id    bigint PRIMARY KEY,
     embedding vector({dim}) NOT NULL
 );

@@ -65,10 +65,12 @@ CREATE TABLE IF NOT EXISTS sae_decoder (
     PRIMARY KEY (model_id, feature_id)
 );
 
--- Sparse codes in long form: one row per active feature of a document.
+-- Sparse codes in long form: one row per active feature of a document. No foreign keys on
+-- this high-volume table (per-row checks would dominate write-back): rows are only written
+-- by publish_model, inside the transaction that creates their model version.
 CREATE TABLE IF NOT EXISTS sae_codes (
-    model_id   integer NOT NULL REFERENCES sae_models ON DELETE CASCADE,
-    doc_id     bigint NOT NULL REFERENCES papers,
+    model_id   integer NOT NULL,
+    doc_id     bigint NOT NULL,
     feature_id integer NOT NULL,
     activation real NOT NULL,
     PRIMARY KEY (model_id, doc_id, feature_id)

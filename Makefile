@@ -1,0 +1,21 @@
+# Two entry points for a fresh machine: `make demo` (main job on DuckDB) and `make test`.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[train,embed,dev]'
+	touch $@
+
+.PHONY: install demo test bench
+install: $(VENV)/.installed
+
+demo: $(VENV)/.installed
+	$(VENV)/bin/saedb demo
+
+test: $(VENV)/.installed
+	$(PY) -m pytest -q
+
+bench: $(VENV)/.installed
+	$(PY) bench/bench_foundation.py

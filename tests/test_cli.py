@@ -1,0 +1,34 @@
+"""The saedb command line on a real DuckDB file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from saedb.cli import app
+
+runner = CliRunner()
+
+
+def test_load_then_query_with_sql_functions(tmp_path: Path, astro_slice: Path) -> None:
+    db = str(tmp_path / "cli.duckdb")
+    loaded = runner.invoke(app, ["load", str(astro_slice), "--db", db, "--limit", "50"])
+    assert loaded.exit_code == 0, loaded.output
+    assert "added 50" in loaded.output
+    count = runner.invoke(app, ["sql", "SELECT count(*) FROM papers JOIN embeddings USING (doc_id)", "--db", db])
+    assert count.output.strip() == "50"
+    nearest = runner.invoke(
+        app,
+        ["sql", "SELECT p.title FROM embeddings e JOIN papers p USING (doc_id) "
+         "ORDER BY array_cosine_distance(e.embedding, embed('disks around young binary stars')) LIMIT 1", "--db", db],
+    )
+    assert nearest.output.strip() == "Disks around Young Binary Stars"
+
+
+def test_errors_are_clear_and_exit_non_zero(tmp_path: Path) -> None:
+    db = str(tmp_path / "cli.duckdb")
+    missing = runner.invoke(app, ["load", str(tmp_path / "nope.jsonl"), "--db", db])
+    assert missing.exit_code == 2 and "no such file" in missing.output
+    untrained = runner.invoke(app, ["train", "--db", db, "--n", "64", "--k", "4", "--epochs", "1"])
+    assert untrained.exit_code == 2 and "no embeddings yet" in untrained.output
