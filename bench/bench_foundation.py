@@ -116,8 +116,7 @@ def bench_pg_encode_latency(dsn: str, queries: int = 200) -> None:
 
 
 def main() -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        dsn = local_postgres(Path(tmp) / "pg")
+    with tempfile.TemporaryDirectory() as tmp, local_postgres(Path(tmp) / "pg") as dsn:
         bench_pg_load(dsn)
         bench_pg_encode_latency(dsn)
     bench_duckdb_encode()

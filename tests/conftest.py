@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import gzip
 import itertools
+import os
+import tempfile
 import uuid
 from pathlib import Path
 from typing import Iterator
@@ -46,8 +48,13 @@ def embedder() -> WordLlamaEmbedder:
 
 
 @pytest.fixture(scope="session")
-def pg_server(tmp_path_factory: pytest.TempPathFactory) -> str:
-    return local_postgres(tmp_path_factory.mktemp("pg") / "data")
+def pg_server() -> Iterator[str]:
+    """One server per session, in its own directory: pytest's basetemp is private to root
+    (the server runs as another user) and is rotated by later pytest sessions."""
+    with tempfile.TemporaryDirectory(prefix="saedb-pg-") as directory:
+        os.chmod(directory, 0o755)
+        with local_postgres(Path(directory) / "data") as dsn:
+            yield dsn
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ its bulk-load path (Arrow for DuckDB, binary COPY for Postgres).
 
 from __future__ import annotations
 
+import hashlib
 import json
 from abc import ABC, abstractmethod
 from contextlib import contextmanager
@@ -97,12 +98,26 @@ class Backend(ABC):
 
     # --- shared logic --------------------------------------------------------
     def migrate(self) -> None:
-        """Apply schema and functions idempotently; (re)create the embeddings table if bound."""
-        for name in self.schema_files:
-            self.run_script(read_sql(self.dialect, name))
-        bound = self.embedder()
-        if bound is not None:
-            self.run_script(read_sql(self.dialect, "embeddings.sql", dim=bound[1]))
+        """Apply schema and functions if this database does not have this exact version yet.
+
+        Connecting to an up-to-date database runs no DDL, so it never waits on the locks
+        of a long write-back in progress.
+        """
+        scripts = [read_sql(self.dialect, name) for name in self.schema_files]
+        fingerprint = hashlib.sha256("\n".join(scripts).encode()).hexdigest()[:16]
+        if self.schema_fingerprint() == fingerprint:
+            return
+        for script in scripts:
+            self.run_script(script)
+        self.execute(
+            "INSERT INTO saedb_meta VALUES ('schema', ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (fingerprint,),
+        )
+
+    def schema_fingerprint(self) -> str | None:
+        """Fingerprint of the schema scripts last applied, None on a new database."""
+        tables = self.query("SELECT count(*) FROM information_schema.tables WHERE table_name = 'saedb_meta'")
+        return self.meta("schema") if tables[0][0] else None
 
     def meta(self, key: str) -> str | None:
         rows = self.query("SELECT value FROM saedb_meta WHERE key = ?", (key,))

@@ -83,3 +83,19 @@ CREATE TABLE IF NOT EXISTS feature_labels (
 CREATE OR REPLACE MACRO sae_model_id(model_name) AS (
     SELECT max(model_id) FROM sae_models WHERE name = model_name AND status = 'ready'
 );
+
+-- One row per training run of a scaling grid (saedb grid): the data behind L ∝ n^α.
+CREATE TABLE IF NOT EXISTS scaling_runs (
+    grid           VARCHAR NOT NULL,
+    k              INTEGER NOT NULL,
+    n_latents      INTEGER NOT NULL,
+    epochs         INTEGER NOT NULL,
+    samples        INTEGER NOT NULL,
+    train_flops    DOUBLE NOT NULL,
+    normalised_mse DOUBLE NOT NULL,
+    dead_fraction  DOUBLE NOT NULL,
+    l0             DOUBLE NOT NULL,
+    seconds        DOUBLE NOT NULL,
+    created_at     TIMESTAMP NOT NULL DEFAULT current_timestamp,
+    PRIMARY KEY (grid, k, n_latents)
+);

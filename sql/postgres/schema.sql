@@ -84,3 +84,19 @@ CREATE TABLE IF NOT EXISTS feature_labels (
     labeller   text NOT NULL,
     PRIMARY KEY (model_id, feature_id)
 );
+
+-- One row per training run of a scaling grid (saedb grid): the data behind L ∝ n^α.
+CREATE TABLE IF NOT EXISTS scaling_runs (
+    grid           text NOT NULL,
+    k              integer NOT NULL,
+    n_latents      integer NOT NULL,
+    epochs         integer NOT NULL,
+    samples        integer NOT NULL,
+    train_flops    double precision NOT NULL,
+    normalised_mse double precision NOT NULL,
+    dead_fraction  double precision NOT NULL,
+    l0             double precision NOT NULL,
+    seconds        double precision NOT NULL,
+    created_at     timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (grid, k, n_latents)
+);

@@ -1,0 +1,157 @@
+"""The torch top-k SAE trainer: the paper's initialisation and constraints, AuxK, export
+to the numpy core, training on real embeddings, and atomic write-back under kill -9."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from saedb.backends import Backend, connect
+from saedb.models import publish_model
+from saedb.sae import SAE
+from saedb.trainer import TrainConfig
+from saedb.trainer.topk_sae import TopKSAE, normalised_mse
+from saedb.trainer.train import aux_k_loss, coordinate_median, train_from_db, train_sae
+from tests.conftest import embeddings_of
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_initialisation_follows_the_paper() -> None:
+    x = torch.randn(500, 16) + 3
+    b_pre = coordinate_median(x, 500, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(b_pre, x.median(dim=0).values)
+    model = TopKSAE(16, 64, 4, b_pre)
+    torch.testing.assert_close(model.w_dec.norm(dim=1), torch.ones(64))
+    torch.testing.assert_close(model.w_enc, model.w_dec)
+    assert not model.b_lat.any()
+
+
+def test_decoder_gradient_projection_and_renormalisation() -> None:
+    model = TopKSAE(8, 32, 4, torch.zeros(8))
+    x = torch.randn(64, 8)
+    x_hat, *_ = model(x)
+    normalised_mse(x, x_hat).backward()
+    model.project_decoder_grad()
+    parallel = (model.w_dec.grad * model.w_dec).sum(dim=1)
+    assert parallel.abs().max() < 1e-6
+    model.w_dec.data *= 3
+    model.normalise_decoder()
+    torch.testing.assert_close(model.w_dec.norm(dim=1), torch.ones(32))
+
+
+def test_aux_k_loss_trains_dead_latents_only_through_the_residual() -> None:
+    torch.manual_seed(0)
+    model = TopKSAE(8, 32, 2, torch.zeros(8))
+    x = torch.randn(16, 8)
+    x_hat, indices, values, pre = model(x)
+    dead = torch.ones(32, dtype=torch.bool)
+    dead[indices.flatten()] = False
+    loss = aux_k_loss(model, pre, (x - x_hat).detach(), dead, k_aux=4)
+    assert loss > 0
+    loss.backward()
+    grad_rows = model.w_enc.grad.abs().sum(dim=1)
+    assert grad_rows[dead].sum() > 0 and grad_rows[~dead].sum() == 0
+    assert aux_k_loss(model, pre, x, torch.zeros(32, dtype=torch.bool), 4) == 0
+
+
+def test_exported_model_encodes_exactly_like_torch() -> None:
+    x = np.random.default_rng(0).standard_normal((300, 32)).astype(np.float32)
+    result = train_sae(x, TrainConfig(k=6, n_latents=96, epochs=3, batch_size=64, lr=1e-3))
+    sae = result.model.to_numpy()
+    with torch.no_grad():
+        _, indices, values, _ = result.model(torch.from_numpy(x))
+    torch_codes = {(r, int(i)): float(v) for r, (ii, vv) in enumerate(zip(indices, values)) for i, v in zip(ii, vv) if v > 0}
+    numpy_codes = {(r, i): v for r, row in enumerate(sae.encode(x).rows()) for i, v in row}
+    assert torch_codes.keys() == numpy_codes.keys()
+    np.testing.assert_allclose([numpy_codes[key] for key in torch_codes], list(torch_codes.values()), rtol=1e-4, atol=1e-5)
+
+
+@pytest.fixture
+def astro_2000(backend: Backend, embedder, tmp_path: Path) -> Backend:
+    from saedb.loaders import load_corpus
+    from tests.conftest import ASTRO, write_slice
+
+    load_corpus(backend, write_slice(ASTRO, tmp_path / "astro_2000.jsonl.gz", 2000), embedder, batch_size=1000, progress=False)
+    return backend
+
+
+def test_training_on_real_embeddings_scales_with_width_and_writes_back(astro_2000: Backend) -> None:
+    losses = []
+    for n in (128, 256, 512):
+        cfg = TrainConfig(k=16, n_latents=n, epochs=25, batch_size=256, lr=1e-3)
+        model_id, result = train_from_db(astro_2000, cfg, "astro")
+        assert result.metrics["dead_fraction"] < 0.10
+        assert result.metrics["l0"] <= 16
+        assert result.history[-1] < result.history[0]
+        losses.append(result.metrics["normalised_mse"])
+    assert losses[0] > losses[1] > losses[2]
+    stored = astro_2000.model_row(model_id)
+    assert (stored["version"], stored["n_latents"], stored["k"]) == (3, 512, 16)
+    assert stored["metrics"]["normalised_mse"] == pytest.approx(losses[2])
+    per_doc = astro_2000.query("SELECT count(DISTINCT doc_id), max(n) FROM (SELECT doc_id, count(*) AS n FROM sae_codes WHERE model_id = ? GROUP BY doc_id) t", (model_id,))
+    assert per_doc[0][0] == 2000 and per_doc[0][1] <= 16
+
+
+KILLED_PUBLISH = textwrap.dedent(
+    """
+    import sys, time
+    from saedb.backends import connect
+    from saedb.models import publish_model
+    from saedb.sae import SAE
+
+    backend = connect(sys.argv[1])
+    original = type(backend).copy_codes
+
+    def slow_copy(self, *args):
+        original(self, *args)
+        print("WRITING", flush=True)
+        time.sleep(120)
+
+    type(backend).copy_codes = slow_copy
+    publish_model(backend, SAE.random(256, 256, 8, seed=3), "victim")
+    """
+)
+
+
+def test_kill_9_during_write_back_leaves_previous_state_intact(loaded: Backend, random_sae: SAE, db_url: str) -> None:
+    previous = publish_model(loaded, random_sae, "kept")
+    before = {t: loaded.count(t) for t in ("sae_models", "sae_encoder", "sae_decoder", "sae_codes")}
+    loaded.close()
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    child = subprocess.Popen([sys.executable, "-c", KILLED_PUBLISH, db_url], stdout=subprocess.PIPE, env=env, text=True)
+    assert child.stdout.readline().strip() == "WRITING"  # weights and a first codes batch are written
+    if db_url.startswith("postgresql"):
+        with connect(db_url) as reader:  # concurrently: the half-written version is invisible
+            assert reader.query("SELECT count(*) FROM sae_models WHERE name = 'victim'")[0][0] == 0
+    child.kill()
+    child.wait()
+    with connect(db_url) as after:
+        assert {t: after.count(t) for t in before} == before
+        assert after.query("SELECT count(*) FROM sae_models WHERE name = 'victim'")[0][0] == 0
+        x = embeddings_of(after)[1][:1]
+        got = after.query("SELECT f.feature_id FROM unnest(sae_encode(?, ?)) AS f", (after.vector_param(x[0]), previous))
+        assert [r[0] for r in got] == [i for i, _ in random_sae.encode(x).rows()[0]]
+        publish_model(after, random_sae, "after-crash")  # and the database takes the next version
+
+
+def test_scaling_grid_stores_runs_fits_and_plots(astro_2000: Backend, tmp_path: Path) -> None:
+    from saedb.trainer.scaling import fit_power_laws, load_runs, plot_scaling, run_grid
+
+    base = TrainConfig(epochs=10, batch_size=256, lr=1e-3)
+    run_grid(astro_2000, [8, 16], [64, 128, 256], base, grid="test")
+    run_grid(astro_2000, [8], [64], base, grid="test")  # a re-run replaces its row
+    runs = load_runs(astro_2000, "test")
+    assert [(r["k"], r["n_latents"]) for r in runs] == [(8, 64), (8, 128), (8, 256), (16, 64), (16, 128), (16, 256)]
+    fits = fit_power_laws(runs)
+    assert [f.k for f in fits] == [8, 16] and all(f.alpha < 0 for f in fits)
+    assert runs[1]["train_flops"] == 2 * runs[0]["train_flops"] - 10 * 2000 * 6 * 256 * 8
+    png, svg = plot_scaling(runs, fits, tmp_path / "plots")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and svg.read_text().lstrip().startswith("<?xml")
