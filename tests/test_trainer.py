@@ -18,7 +18,7 @@ from saedb.models import publish_model
 from saedb.sae import SAE
 from saedb.trainer import TrainConfig
 from saedb.trainer.topk_sae import TopKSAE, normalised_mse
-from saedb.trainer.train import aux_k_loss, coordinate_median, train_from_db, train_sae
+from saedb.trainer.train import coordinate_median, train_from_db, train_sae
 from tests.conftest import embeddings_of
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,11 +34,22 @@ def test_initialisation_follows_the_paper() -> None:
     assert not model.b_lat.any()
 
 
+def test_gradient_clipping_to_global_norm() -> None:
+    from saedb.trainer.train import clip_grad_norm
+
+    params = [torch.nn.Parameter(torch.zeros(3)), torch.nn.Parameter(torch.zeros(4))]
+    params[0].grad, params[1].grad = torch.tensor([3.0, 0.0, 0.0]), torch.tensor([0.0, 4.0, 0.0, 0.0])
+    clip_grad_norm(params, 10.0)
+    assert params[0].grad[0] == 3.0  # below the limit: untouched
+    clip_grad_norm(params, 1.0)
+    total = torch.linalg.vector_norm(torch.cat([p.grad for p in params]))
+    assert total == pytest.approx(1.0, rel=1e-5) and params[1].grad[1] / params[0].grad[0] == pytest.approx(4 / 3)
+
+
 def test_decoder_gradient_projection_and_renormalisation() -> None:
     model = TopKSAE(8, 32, 4, torch.zeros(8))
     x = torch.randn(64, 8)
-    x_hat, *_ = model(x)
-    normalised_mse(x, x_hat).backward()
+    normalised_mse(x, model(x)[0]).backward()
     model.project_decoder_grad()
     parallel = (model.w_dec.grad * model.w_dec).sum(dim=1)
     assert parallel.abs().max() < 1e-6
@@ -47,19 +58,42 @@ def test_decoder_gradient_projection_and_renormalisation() -> None:
     torch.testing.assert_close(model.w_dec.norm(dim=1), torch.ones(32))
 
 
-def test_aux_k_loss_trains_dead_latents_only_through_the_residual() -> None:
+def test_aux_k_trains_dead_latents_only_through_the_residual() -> None:
     torch.manual_seed(0)
     model = TopKSAE(8, 32, 2, torch.zeros(8))
     x = torch.randn(16, 8)
-    x_hat, indices, values, pre = model(x)
+    live = torch.zeros(32, dtype=torch.bool)
+    indices, _, no_aux, _ = model.encode_for_training(x, live, k_aux=4)
+    assert no_aux.shape == (16, 0)
     dead = torch.ones(32, dtype=torch.bool)
     dead[indices.flatten()] = False
-    loss = aux_k_loss(model, pre, (x - x_hat).detach(), dead, k_aux=4)
-    assert loss > 0
-    loss.backward()
+    indices, values, aux_indices, aux_values = model.encode_for_training(x, dead, k_aux=4)
+    assert dead[aux_indices].all() and aux_indices.shape == (16, 4)
+    x_hat = model.decode_sparse(indices, values)
+    torch.testing.assert_close(x_hat, model(x)[0])
+    normalised_mse((x - x_hat).detach(), model.decode_sparse(aux_indices, aux_values, with_bias=False)).backward()
     grad_rows = model.w_enc.grad.abs().sum(dim=1)
     assert grad_rows[dead].sum() > 0 and grad_rows[~dead].sum() == 0
-    assert aux_k_loss(model, pre, x, torch.zeros(32, dtype=torch.bool), 4) == 0
+
+
+def test_sparse_encoder_gradient_equals_dense_autograd() -> None:
+    torch.manual_seed(1)
+    model = TopKSAE(16, 64, 4, torch.randn(16))
+    with torch.no_grad():
+        model.b_lat.normal_()
+    x = torch.randn(32, 16)
+    dead = torch.zeros(64, dtype=torch.bool)
+    dead[::5] = True
+    indices, values, aux_indices, aux_values = model.encode_for_training(x, dead, k_aux=3)
+    (values.pow(2).sum() + aux_values.sum()).backward()
+    sparse_grads = [p.grad.clone() for p in (model.w_enc, model.b_lat, model.b_pre)]
+    model.zero_grad()
+    pre = torch.nn.functional.linear(x - model.b_pre, model.w_enc, model.b_lat)  # the textbook dense path
+    dense_values = torch.relu(pre.gather(1, indices))
+    dense_aux = torch.relu(pre.gather(1, aux_indices))
+    (dense_values.pow(2).sum() + dense_aux.sum()).backward()
+    for sparse, dense in zip(sparse_grads, (model.w_enc.grad, model.b_lat.grad, model.b_pre.grad)):
+        torch.testing.assert_close(sparse, dense, rtol=1e-4, atol=1e-5)
 
 
 def test_exported_model_encodes_exactly_like_torch() -> None:
@@ -67,7 +101,7 @@ def test_exported_model_encodes_exactly_like_torch() -> None:
     result = train_sae(x, TrainConfig(k=6, n_latents=96, epochs=3, batch_size=64, lr=1e-3))
     sae = result.model.to_numpy()
     with torch.no_grad():
-        _, indices, values, _ = result.model(torch.from_numpy(x))
+        _, indices, values = result.model(torch.from_numpy(x))
     torch_codes = {(r, int(i)): float(v) for r, (ii, vv) in enumerate(zip(indices, values)) for i, v in zip(ii, vv) if v > 0}
     numpy_codes = {(r, i): v for r, row in enumerate(sae.encode(x).rows()) for i, v in row}
     assert torch_codes.keys() == numpy_codes.keys()

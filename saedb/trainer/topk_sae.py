@@ -1,16 +1,56 @@
 """The top-k SAE as a torch module, with the paper's initialisation and decoder constraints.
 
-Decoding is sparse: only the k active rows of the decoder are gathered and summed
-(``embedding_bag``), instead of a dense (B, n) @ (n, d) matmul over mostly-zero codes.
+Training exploits sparsity both ways (as Gao et al. 2024 do with their kernels):
+- decoding gathers only the k active decoder rows (``embedding_bag``) instead of a dense
+  (B, n) @ (n, d) product over mostly-zero codes;
+- the encoder's backward touches only the selected latents: its weight gradient is a
+  sparse (n, B) @ (B, d) product with B·(k + k_aux) non-zeros, not a dense (n, B) @ (B, d).
 """
 
 from __future__ import annotations
+
+import warnings
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from saedb.sae import SAE
+
+
+def sparse_rows_product(rows: torch.Tensor, weights: torch.Tensor, x: torch.Tensor, n: int) -> torch.Tensor:
+    """(n, d) matrix whose row i is the sum of weights[b, j] * x[b] over all rows[b, j] == i."""
+    batch, per_row = rows.shape
+    flat = rows.flatten()
+    order = flat.int().argsort(stable=True)  # int32 radix sort: about twice as fast as int64
+    crow = torch.zeros(n + 1, dtype=torch.long, device=x.device)
+    crow[1:] = torch.bincount(flat, minlength=n).cumsum(0)
+    columns = torch.arange(batch, device=x.device).repeat_interleave(per_row)[order]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "sparse CSR support is in beta"
+        matrix = torch.sparse_csr_tensor(crow, columns, weights.flatten()[order], size=(n, batch), check_invariants=False)
+        return matrix @ x
+
+
+class SelectedPreActivations(torch.autograd.Function):
+    """pre[b, selected[b, j]] with a sparse backward to the encoder weights and bias.
+
+    ``pre`` = x @ w_enc.T + bias is computed by the caller without autograd; only the
+    selected entries carry gradient, so the backward costs O(B·m·d) instead of O(B·n·d).
+    """
+
+    @staticmethod
+    def forward(ctx, pre: torch.Tensor, x: torch.Tensor, w_enc: torch.Tensor, bias: torch.Tensor, selected: torch.Tensor):
+        ctx.save_for_backward(x, selected)
+        ctx.n_latents = w_enc.shape[0]
+        return pre.gather(1, selected)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x, selected = ctx.saved_tensors
+        grad_w = sparse_rows_product(selected, grad, x, ctx.n_latents)
+        grad_bias = torch.zeros(ctx.n_latents, dtype=grad.dtype, device=grad.device).index_add_(0, selected.flatten(), grad.flatten())
+        return None, None, grad_w, grad_bias, None
 
 
 class TopKSAE(nn.Module):
@@ -25,19 +65,42 @@ class TopKSAE(nn.Module):
         self.b_lat = nn.Parameter(torch.zeros(n_latents))
         self.b_pre = nn.Parameter(b_pre.clone().float())
 
+    def folded_bias(self) -> torch.Tensor:
+        """W_enc (x - b_pre) + b_lat = W_enc x + (b_lat - W_enc b_pre): x then needs no gradient."""
+        return self.b_lat - self.w_enc @ self.b_pre
+
     def pre_activations(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x - self.b_pre, self.w_enc, self.b_lat)
+        return F.linear(x, self.w_enc, self.folded_bias())
 
     def decode_sparse(self, indices: torch.Tensor, values: torch.Tensor, with_bias: bool = True) -> torch.Tensor:
         out = F.embedding_bag(indices, self.w_dec, per_sample_weights=values, mode="sum")
         return out + self.b_pre if with_bias else out
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(reconstruction, top-k indices, top-k activations, pre-activations)."""
-        pre = self.pre_activations(x)
-        values, indices = pre.topk(self.k, dim=1, sorted=False)
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(reconstruction, top-k indices, top-k activations)."""
+        values, indices = self.pre_activations(x).topk(self.k, dim=1, sorted=False)
         values = F.relu(values)
-        return self.decode_sparse(indices, values), indices, values, pre
+        return self.decode_sparse(indices, values), indices, values
+
+    def encode_for_training(
+        self, x: torch.Tensor, dead: torch.Tensor, k_aux: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Top-k (indices, activations) and the top-k_aux among dead latents (indices,
+        activations; empty when none is dead), all with sparse gradients."""
+        bias = self.folded_bias()
+        with torch.no_grad():  # bias folded into the GEMM: no separate (B, n) broadcast pass
+            ones = torch.ones(x.shape[0], 1, dtype=x.dtype, device=x.device)
+            pre = torch.cat([x, ones], dim=1) @ torch.cat([self.w_enc, bias[:, None]], dim=1).T
+            indices = pre.topk(self.k, dim=1, sorted=False).indices
+            dead_ids = dead.nonzero().squeeze(1)
+            if dead_ids.numel():  # search only the dead columns
+                positions = pre.index_select(1, dead_ids).topk(min(k_aux, dead_ids.numel()), dim=1, sorted=False).indices
+                aux_indices = dead_ids[positions]
+            else:
+                aux_indices = indices[:, :0]
+        selected = torch.cat([indices, aux_indices], dim=1)
+        acts = F.relu(SelectedPreActivations.apply(pre, x, self.w_enc, bias, selected))
+        return indices, acts[:, : self.k], aux_indices, acts[:, self.k :]
 
     @torch.no_grad()
     def project_decoder_grad(self) -> None:

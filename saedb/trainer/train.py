@@ -12,11 +12,10 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from saedb.backends import Backend
 from saedb.errors import InvalidInputError
@@ -41,17 +40,6 @@ def coordinate_median(x: torch.Tensor, sample: int, generator: torch.Generator) 
     return x[rows].median(dim=0).values
 
 
-def aux_k_loss(model: TopKSAE, pre: torch.Tensor, residual: torch.Tensor, dead: torch.Tensor, k_aux: int) -> torch.Tensor:
-    """Reconstruct the residual from the top-k_aux dead latents (normalised MSE)."""
-    n_dead = int(dead.sum())
-    if n_dead == 0:
-        return pre.new_zeros(())
-    masked = pre.masked_fill(~dead, float("-inf"))
-    values, indices = masked.topk(min(k_aux, n_dead), dim=1, sorted=False)
-    residual_hat = model.decode_sparse(indices, F.relu(values), with_bias=False)
-    return normalised_mse(residual, residual_hat)
-
-
 @torch.no_grad()
 def evaluate(model: TopKSAE, x: torch.Tensor, batch_size: int = 8192) -> dict[str, float]:
     """Normalised MSE, L0, dead fraction and feature density over a full pass of x."""
@@ -59,7 +47,7 @@ def evaluate(model: TopKSAE, x: torch.Tensor, batch_size: int = 8192) -> dict[st
     sq_err, active = 0.0, 0.0
     for start in range(0, x.shape[0], batch_size):
         batch = x[start : start + batch_size]
-        x_hat, indices, values, _ = model(batch)
+        x_hat, indices, values = model(batch)
         sq_err += float((x_hat - batch).pow(2).sum())
         on = values > 0
         active += float(on.sum())
@@ -75,6 +63,55 @@ def evaluate(model: TopKSAE, x: torch.Tensor, batch_size: int = 8192) -> dict[st
     }
 
 
+def clip_grad_norm(parameters: Iterable[torch.nn.Parameter], max_norm: float) -> None:
+    """Scale gradients to a global norm of at most max_norm; untouched when already below
+    (torch's version rescales every gradient on every step)."""
+    grads = [p.grad for p in parameters if p.grad is not None]
+    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+    if norm > max_norm:
+        torch._foreach_mul_(grads, max_norm / (float(norm) + 1e-6))
+
+
+class Trainer:
+    """Optimiser state and dead-latent bookkeeping around one TopKSAE."""
+
+    def __init__(self, model: TopKSAE, cfg: TrainConfig, steps_per_epoch: int) -> None:
+        self.model, self.cfg = model, cfg
+        self.optimiser = torch.optim.Adam(model.parameters(), lr=cfg.lr, fused=True)
+        self.dead_after = max(1, int(cfg.dead_after_epochs * steps_per_epoch))
+        self.steps_since_fired = torch.zeros(cfg.n_latents, dtype=torch.long, device=model.w_dec.device)
+
+    def dead(self) -> torch.Tensor:
+        return self.steps_since_fired >= self.dead_after
+
+    def step(self, batch: torch.Tensor) -> float:
+        """One optimisation step; returns the batch's normalised MSE."""
+        model, cfg = self.model, self.cfg
+        indices, values, aux_indices, aux_values = model.encode_for_training(batch, self.dead(), cfg.aux_k_factor * cfg.k)
+        x_hat = model.decode_sparse(indices, values)
+        loss = normalised_mse(batch, x_hat)
+        total = loss
+        if aux_indices.shape[1]:  # AuxK: dead latents learn to explain what the live ones miss
+            residual_hat = model.decode_sparse(aux_indices, aux_values, with_bias=False)
+            total = loss + cfg.aux_coef * normalised_mse((batch - x_hat).detach(), residual_hat)
+        self.optimiser.zero_grad(set_to_none=True)
+        total.backward()
+        model.project_decoder_grad()
+        clip_grad_norm(model.parameters(), cfg.grad_clip)
+        self.optimiser.step()
+        model.normalise_decoder()
+        fired = torch.zeros_like(self.steps_since_fired, dtype=torch.bool)
+        fired[indices[values > 0]] = True
+        self.steps_since_fired = torch.where(fired, 0, self.steps_since_fired + 1)
+        return loss.item()
+
+
+def new_trainer(x: torch.Tensor, cfg: TrainConfig, generator: torch.Generator) -> Trainer:
+    """A model initialised as in the paper (median pre-bias from a sample of x) with its trainer."""
+    model = TopKSAE(x.shape[1], cfg.n_latents, cfg.k, coordinate_median(x, cfg.median_sample, generator)).to(x.device)
+    return Trainer(model, cfg, steps_per_epoch=math.ceil(x.shape[0] / cfg.batch_size))
+
+
 def train_sae(x_np: np.ndarray, cfg: TrainConfig, log: Callable[[str], None] | None = None) -> TrainResult:
     """Train a top-k SAE on a float32 (rows, d) matrix."""
     if x_np.ndim != 2 or x_np.shape[0] < 2:
@@ -87,11 +124,7 @@ def train_sae(x_np: np.ndarray, cfg: TrainConfig, log: Callable[[str], None] | N
     torch.manual_seed(cfg.seed)
     generator = torch.Generator().manual_seed(cfg.seed)
     x = torch.from_numpy(np.ascontiguousarray(x_np, dtype=np.float32)).to(device)
-    model = TopKSAE(x.shape[1], cfg.n_latents, cfg.k, coordinate_median(x, cfg.median_sample, generator)).to(device)
-    optimiser = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    steps_per_epoch = math.ceil(x.shape[0] / cfg.batch_size)
-    dead_after = max(1, int(cfg.dead_after_epochs * steps_per_epoch))
-    steps_since_fired = torch.zeros(cfg.n_latents, dtype=torch.long, device=device)
+    trainer = new_trainer(x, cfg, generator)
     history: list[float] = []
     started = time.perf_counter()
     for epoch in range(cfg.epochs):
@@ -99,26 +132,13 @@ def train_sae(x_np: np.ndarray, cfg: TrainConfig, log: Callable[[str], None] | N
         epoch_loss = 0.0
         for start in range(0, x.shape[0], cfg.batch_size):
             batch = x[order[start : start + cfg.batch_size]]
-            x_hat, indices, values, pre = model(batch)
-            loss = normalised_mse(batch, x_hat)
-            dead = steps_since_fired >= dead_after
-            total = loss + cfg.aux_coef * aux_k_loss(model, pre, (batch - x_hat).detach(), dead, cfg.aux_k_factor * cfg.k)
-            optimiser.zero_grad(set_to_none=True)
-            total.backward()
-            model.project_decoder_grad()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            optimiser.step()
-            model.normalise_decoder()
-            fired_now = torch.zeros_like(steps_since_fired, dtype=torch.bool)
-            fired_now[indices[values > 0]] = True
-            steps_since_fired = torch.where(fired_now, 0, steps_since_fired + 1)
-            epoch_loss += loss.item() * batch.shape[0]
+            epoch_loss += trainer.step(batch) * batch.shape[0]
         history.append(epoch_loss / x.shape[0])
         if log:
-            log(f"epoch {epoch + 1}/{cfg.epochs}: normalised MSE {history[-1]:.4f}, dead {float((steps_since_fired >= dead_after).float().mean()):.1%}")
-    metrics = evaluate(model, x)
+            log(f"epoch {epoch + 1}/{cfg.epochs}: normalised MSE {history[-1]:.4f}, dead {float(trainer.dead().float().mean()):.1%}")
+    metrics = evaluate(trainer.model, x)
     metrics.update(seconds=time.perf_counter() - started, samples=int(x.shape[0]), device=str(device))
-    return TrainResult(model=model, metrics=metrics, history=history)
+    return TrainResult(model=trainer.model, metrics=metrics, history=history)
 
 
 def load_training_matrix(backend: Backend, batch_size: int = 8192) -> np.ndarray:
