@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from saedb.backends import DEFAULT_DB, connect
-from saedb.errors import SaedbError
+from saedb.backends import DATABASE_ERRORS, DEFAULT_DB, connect
+from saedb.errors import InvalidInputError, SaedbError, UnknownModelError
 
 app = typer.Typer(help="Sparse-autoencoder features for text embeddings, inside DuckDB or Postgres.", no_args_is_help=True)
 
 DbOption = typer.Option(DEFAULT_DB, "--db", help="DuckDB file path or postgresql:// DSN.", envvar="SAEDB_DB")
+
+
+USER_ERRORS = (SaedbError, *DATABASE_ERRORS)
 
 
 def _fail(exc: Exception) -> None:
@@ -36,7 +40,7 @@ def load(
     try:
         with connect(db) as backend:
             typer.echo(load_corpus(backend, path, get_embedder(embedder), limit=limit, batch_size=batch_size).summary())
-    except SaedbError as exc:
+    except USER_ERRORS as exc:
         _fail(exc)
 
 
@@ -60,7 +64,7 @@ def train(
     try:
         with connect(db) as backend:
             model_id, result = train_from_db(backend, cfg, name, log=typer.echo)
-    except SaedbError as exc:
+    except USER_ERRORS as exc:
         _fail(exc)
     typer.echo(f"published model {model_id}: " + json.dumps({k: v for k, v in result.metrics.items()}))
 
@@ -91,7 +95,7 @@ def grid(
     try:
         with connect(db) as backend:
             runs = run_grid(backend, _int_list(k), _int_list(n), base, grid=name, log=typer.echo)
-    except SaedbError as exc:
+    except USER_ERRORS as exc:
         _fail(exc)
     fits = fit_power_laws(runs)
     for fit in fits:
@@ -113,7 +117,7 @@ def export_model(
     try:
         with connect(db) as backend:
             typer.echo(f"wrote {export_sae(backend.load_sae(model), out, fmt)}")  # type: ignore[arg-type]
-    except (SaedbError, LookupError) as exc:
+    except USER_ERRORS as exc:
         _fail(exc)
 
 
@@ -130,8 +134,120 @@ def import_model(
     try:
         with connect(db) as backend:
             typer.echo(f"published model {publish_model(backend, import_sae(directory), name)}")
-    except SaedbError as exc:
+    except USER_ERRORS as exc:
         _fail(exc)
+
+
+def _model_id(backend, model: str) -> int:
+    """A model id, or the latest published version of a model name."""
+    if model.isdigit():
+        return int(model)
+    found = backend.query("SELECT max(model_id) FROM sae_models WHERE name = ? AND status = 'ready'", (model,))[0][0]
+    if found is None:
+        raise UnknownModelError(f"no published model named {model!r}")
+    return int(found)
+
+
+@app.command()
+def interp(
+    model: str = typer.Argument(..., help="Model id or name (latest version)."),
+    db: str = DbOption,
+    limit: Optional[int] = typer.Option(100, help="Features to label this run (densest first); resumes where it stopped."),
+    llm: Optional[str] = typer.Option(None, help="Chat model for an OpenAI-compatible API (OPENAI_BASE_URL); default: offline."),
+    concurrency: int = typer.Option(8),
+) -> None:
+    """Label features and score the labels (interpreter + predictor)."""
+    from saedb.embedders import get_embedder
+    from saedb.interp import LLMLabeller, OfflineLabeller, run_autointerp
+
+    try:
+        with connect(db) as backend:
+            model_id = _model_id(backend, model)
+            if llm:
+                labeller = LLMLabeller(llm, base_url=os.environ.get("OPENAI_BASE_URL"), api_key=os.environ.get("OPENAI_API_KEY"))
+            else:
+                name, _ = backend.require_embedder()
+                background = [f"{t}. {a}" for t, a in backend.query("SELECT title, abstract FROM papers ORDER BY doc_id LIMIT 300")]
+                labeller = OfflineLabeller(get_embedder(name), background=background)
+            results = run_autointerp(backend, model_id, labeller, limit=limit, concurrency=concurrency, log=typer.echo)
+    except USER_ERRORS as exc:
+        _fail(exc)
+    typer.echo(f"labelled {len(results)} features of model {model_id} with {labeller.name}")
+
+
+@app.command()
+def families(model: str = typer.Argument(..., help="Model id or name."), db: str = DbOption,
+             threshold: float = typer.Option(0.1, help="Minimum normalised co-occurrence for an edge.")) -> None:
+    """Co-occurrence in SQL, then maximum-spanning-tree feature families, stored in SQL tables."""
+    from saedb.families import build_families
+
+    try:
+        with connect(db) as backend:
+            model_id = _model_id(backend, model)
+            found = build_families(backend, model_id, threshold)
+            for family_id, label, size in backend.query(
+                "SELECT family_id, label, size FROM feature_families WHERE model_id = ? ORDER BY size DESC LIMIT 10", (model_id,)
+            ):
+                typer.echo(f"family {family_id:>4}  {size:>4} features  {label}")
+    except USER_ERRORS as exc:
+        _fail(exc)
+    typer.echo(f"{len(found)} families for model {model_id}")
+
+
+@app.command()
+def search(
+    query: str = typer.Argument(..., help="Search text."),
+    db: str = DbOption,
+    model: Optional[str] = typer.Option(None, help="Model id or name, to steer."),
+    feature: Optional[int] = typer.Option(None, help="Steer along this feature."),
+    label: Optional[str] = typer.Option(None, help="Steer along the feature with this label."),
+    family: Optional[int] = typer.Option(None, help="Steer along this family."),
+    strength: float = typer.Option(0.5, help="Steering strength (negative steers away)."),
+    limit: int = typer.Option(10),
+) -> None:
+    """Semantic search, optionally steered by a feature, a label or a family."""
+    from saedb.embedders import get_embedder
+    from saedb.search import Steering
+    from saedb.search import search as run_search
+
+    chosen = [(by, value) for by, value in (("feature", feature), ("label", label), ("family", family)) if value is not None]
+    try:
+        with connect(db) as backend:
+            if len(chosen) > 1 or (chosen and model is None):
+                raise InvalidInputError("steer by one of --feature, --label or --family, with --model")
+            steering = Steering(chosen[0][0], chosen[0][1], strength, _model_id(backend, model)) if chosen else None  # type: ignore[arg-type]
+            if not query.strip():
+                raise InvalidInputError("the search text is empty")
+            vector = get_embedder(backend.require_embedder()[0]).embed([query])[0]
+            for hit in run_search(backend, vector, limit, steering):
+                typer.echo(f"{hit.distance:.3f}  {hit.arxiv_id}  {hit.year}  {hit.title}")
+    except USER_ERRORS as exc:
+        _fail(exc)
+
+
+@app.command("eval")
+def evaluate_steering(
+    model: str = typer.Argument(..., help="Model id or name (with labelled features)."),
+    db: str = DbOption,
+    queries: int = typer.Option(30),
+    strength: float = typer.Option(0.5),
+    llm: Optional[str] = typer.Option(None, help="Chat model for LLM query rewriting (default: offline rewriting)."),
+) -> None:
+    """Steering vs query rewriting: target feature moved, cosine to the query, judged accuracy."""
+    from saedb.embedders import get_embedder
+    from saedb.evaluate import LLMRewriter, evaluate
+
+    try:
+        with connect(db) as backend:
+            model_id = _model_id(backend, model)
+            rewriter = LLMRewriter(llm, base_url=os.environ.get("OPENAI_BASE_URL"), api_key=os.environ.get("OPENAI_API_KEY")) if llm else None
+            scores = evaluate(backend, model_id, get_embedder(backend.require_embedder()[0]), rewriter=rewriter,
+                              n_queries=queries, strength=strength)
+    except USER_ERRORS as exc:
+        _fail(exc)
+    typer.echo(f"{'method/direction':<18} {'target moved':>12} {'cos to q':>10} {'judged acc.':>11}")
+    for name, s in scores.items():
+        typer.echo(f"{name:<18} {s['target_moved']:>12.2f} {s['cosine_to_query']:>10.3f} {s['judged_accuracy']:>11.2f}")
 
 
 @app.command()
@@ -141,7 +257,7 @@ def sql(query: str = typer.Argument(..., help="SQL to run; saedb's functions are
         with connect(db) as backend:
             for row in backend.query(query):
                 typer.echo("\t".join(str(v) for v in row))
-    except SaedbError as exc:
+    except USER_ERRORS as exc:
         _fail(exc)
 
 
@@ -184,7 +300,7 @@ def demo(
     try:
         with connect(db) as backend:
             run_demo(backend, corpus or DEFAULT_CORPUS, limit=limit, log=typer.echo)
-    except SaedbError as exc:
+    except USER_ERRORS as exc:
         _fail(exc)
 
 

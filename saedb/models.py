@@ -25,7 +25,9 @@ def publish_model(backend: Backend, sae: SAE, name: str, metrics: dict[str, Any]
     with backend.transaction():
         model_id = backend.insert_model_row(name.strip(), sae, embedder, metrics or {})
         backend.copy_weights(model_id, sae)
+        n_documents = 0
         for doc_ids, embeddings in backend.iter_embeddings(CODES_BATCH):
             backend.copy_codes(model_id, doc_ids, sae.encode(embeddings))
-        backend.execute("UPDATE sae_models SET status = 'ready' WHERE model_id = ?", (model_id,))
+            n_documents += len(doc_ids)
+        backend.execute("UPDATE sae_models SET status = 'ready', n_documents = ? WHERE model_id = ?", (n_documents, model_id))
     return model_id

@@ -125,6 +125,16 @@ class SAE:
             direction = direction + s * self.w_dec[f]
         return x + direction
 
+    def family_strengths(self, features: Sequence[int], strength: float) -> np.ndarray:
+        """Per-feature strengths that move x by ``strength`` along the unit direction of the
+        summed decoder rows of a family (comparable to one feature's unit decoder row)."""
+        feats = np.asarray(features, dtype=np.int64)
+        self.check_features(feats)
+        norm = float(np.linalg.norm(self.w_dec[feats].sum(axis=0)))
+        if not feats.size or norm == 0:
+            raise InvalidInputError("a family needs at least one feature with a non-zero direction")
+        return np.full(feats.shape[0], strength / norm, dtype=np.float32)
+
     def check_features(self, features: np.ndarray) -> None:
         """Raise InvalidInputError if any feature id is outside 0..n-1."""
         features = np.asarray(features)

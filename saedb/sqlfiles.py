@@ -18,8 +18,10 @@ def sql_dir() -> Path:
 
 
 def read_sql(dialect: str, name: str, **params: int | str) -> str:
-    """Read ``sql/<dialect>/<name>`` and fill ``{param}`` placeholders."""
-    text = (sql_dir() / dialect / name).read_text()
+    """Read ``sql/<dialect>/<name>`` (else the portable ``sql/common/<name>``) and fill
+    ``{param}`` placeholders."""
+    path = sql_dir() / dialect / name
+    text = (path if path.is_file() else sql_dir() / "common" / name).read_text()
     for key, value in params.items():
         text = text.replace("{" + key + "}", str(value))
     return text

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import duckdb
+import psycopg
+
 from saedb.backends.base import Backend, DocumentBatch
 
 DEFAULT_DB = "saedb.duckdb"
+# Errors the databases raise for bad queries or bad input inside SQL functions.
+DATABASE_ERRORS: tuple[type[Exception], ...] = (duckdb.Error, psycopg.Error)
 
 
 def connect(url: str = DEFAULT_DB) -> Backend:
@@ -19,4 +24,4 @@ def connect(url: str = DEFAULT_DB) -> Backend:
     return DuckDBBackend(url.removeprefix("duckdb://"))
 
 
-__all__ = ["Backend", "DocumentBatch", "connect", "DEFAULT_DB"]
+__all__ = ["Backend", "DocumentBatch", "connect", "DEFAULT_DB", "DATABASE_ERRORS"]

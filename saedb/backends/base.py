@@ -164,13 +164,13 @@ class Backend(ABC):
 
     def model_row(self, model_id: int) -> dict[str, Any]:
         rows = self.query(
-            "SELECT model_id, name, version, embedder, d_in, n_latents, k, status, metrics "
+            "SELECT model_id, name, version, embedder, d_in, n_latents, k, n_documents, status, metrics "
             "FROM sae_models WHERE model_id = ? AND status = 'ready'",
             (model_id,),
         )
         if not rows:
             raise UnknownModelError(f"unknown model {model_id} (no published model with that id)")
-        keys = ("model_id", "name", "version", "embedder", "d_in", "n_latents", "k", "status", "metrics")
+        keys = ("model_id", "name", "version", "embedder", "d_in", "n_latents", "k", "n_documents", "status", "metrics")
         row = dict(zip(keys, rows[0]))
         if isinstance(row["metrics"], str):
             row["metrics"] = json.loads(row["metrics"])

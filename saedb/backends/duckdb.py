@@ -31,7 +31,7 @@ def vectors_to_matrix(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
 
 class DuckDBBackend(Backend):
     dialect = "duckdb"
-    schema_files = ("schema.sql",)
+    schema_files = ("schema.sql", "views.sql")
 
     def __init__(self, path: str, con: duckdb.DuckDBPyConnection | None = None) -> None:
         self.path = path

@@ -34,7 +34,7 @@ def to_psycopg(sql: str) -> str:
 
 class PostgresBackend(Backend):
     dialect = "postgres"
-    schema_files = ("schema.sql", "functions.sql")
+    schema_files = ("schema.sql", "functions.sql", "views.sql")
 
     def __init__(self, dsn: str) -> None:
         self.dsn = dsn

@@ -1,4 +1,4 @@
-"""DuckDB UDFs ``sae_encode``, ``sae_decode``, ``steer``, ``steer_many`` and ``embed``.
+"""DuckDB UDFs ``sae_encode``, ``sae_decode``, the ``steer`` family and ``embed``.
 
 Each is a vectorised Arrow UDF: DuckDB hands over a chunk of rows (2048 by default),
 the chunk becomes one numpy matrix, and the numpy core in ``saedb.sae`` does the math.
@@ -8,6 +8,8 @@ Signatures and errors match the Postgres functions:
     sae_decode(codes STRUCT(feature_id INTEGER, activation FLOAT)[], model INTEGER) -> FLOAT[dim]
     steer(embedding DOUBLE[], feature INTEGER, strength DOUBLE, model INTEGER) -> FLOAT[dim]
     steer_many(embedding DOUBLE[], features INTEGER[], strengths DOUBLE[], model INTEGER) -> FLOAT[dim]
+    steer_label(embedding DOUBLE[], label VARCHAR, strength DOUBLE, model INTEGER) -> FLOAT[dim]
+    steer_family(embedding DOUBLE[], family INTEGER, strength DOUBLE, model INTEGER) -> FLOAT[dim]
     embed(text VARCHAR) -> FLOAT[dim]          (only once the database has an embedder)
 
 Vectors come back as FLOAT[dim], the type of the embeddings column, so they compare
@@ -34,6 +36,11 @@ if TYPE_CHECKING:
 FEATURE = duckdb.struct_type({"feature_id": st.INTEGER, "activation": st.FLOAT})
 VECTOR_IN = duckdb.list_type(st.DOUBLE)  # accepts FLOAT[d] columns and DOUBLE / DECIMAL literals
 CODES = duckdb.list_type(FEATURE)
+FEATURE_BY_LABEL_SQL = """
+SELECT feature_id FROM feature_best_labels
+WHERE model_id = ? AND strpos(lower(label), lower(?)) > 0
+ORDER BY lower(label) = lower(?) DESC, pearson DESC NULLS LAST, feature_id LIMIT 1
+"""
 
 
 def _dense(column: pa.ChunkedArray, fn: str, what: str = "embedding") -> pa.Array:
@@ -80,6 +87,26 @@ class ModelCache:
             if model_id not in self.models:
                 self.models[model_id] = self.reader.load_sae(model_id)
             return self.models[model_id]
+
+    def feature_by_label(self, model_id: int, label: str) -> int:
+        """Same rule as Postgres' sae_feature_by_label: exact (case-insensitive), else the
+        best-scoring label containing the text."""
+        if not label.strip():
+            raise InvalidInputError("steer_label: label is empty")
+        with self.lock:
+            rows = self.reader.query(FEATURE_BY_LABEL_SQL, (model_id, label.strip(), label.strip()))
+        if not rows:
+            raise InvalidInputError(f"steer_label: no feature of model {model_id} is labelled like {label!r}")
+        return int(rows[0][0])
+
+    def family_members(self, model_id: int, family_id: int) -> list[int]:
+        with self.lock:
+            rows = self.reader.query(
+                "SELECT feature_id FROM family_members WHERE model_id = ? AND family_id = ? ORDER BY feature_id", (model_id, family_id)
+            )
+        if not rows:
+            raise InvalidInputError(f"steer_family: model {model_id} has no family {family_id}")
+        return [r[0] for r in rows]
 
     def per_model(self, fn: str, models: pa.ChunkedArray, compute: Callable[[SAE, np.ndarray], np.ndarray | SparseCodes]):
         """Run ``compute(sae, row_positions)`` for each distinct model id in a chunk."""
@@ -146,37 +173,52 @@ def register_udfs(backend: "DuckDBBackend") -> None:
 
         return vectors_out(_scatter(len(lists), cache.per_model("sae_decode", model, decode)))
 
-    def steer_many(embedding, features, strengths, model) -> pa.Array:
-        emb = _dense(embedding, "steer")
-        feats = _dense(features, "steer", "features")
-        strg = _dense(strengths, "steer", "strengths")
+    def steering(fn: str, resolve: Callable[[SAE, int, object, object], tuple[list[int], list[float] | np.ndarray]]):
+        """A steering UDF (embedding, what, strength, model) -> embedding + direction, where
+        ``resolve(sae, model_id, what, strength)`` gives a row's features and strengths."""
 
-        def steer_rows(sae: SAE, rows: np.ndarray) -> np.ndarray:
-            x = embeddings_for(sae, emb, rows, "steer")
-            out = np.empty_like(x)
-            for out_row, row in enumerate(rows):
-                f, s = feats[int(row)].as_py(), strg[int(row)].as_py()
-                f = [f] if isinstance(f, int) else f
-                s = [s] if isinstance(s, float) else s
-                if not f or None in f or None in s:
-                    raise InvalidInputError("steer: features and strengths must be non-empty and not NULL")
-                try:
-                    out[out_row] = sae.steer(x[out_row], f, s)[0]
-                except InvalidInputError as exc:
-                    raise InvalidInputError(f"steer: {exc}") from None
-            return out
+        def udf(embedding, what, strength, model) -> pa.Array:
+            emb = _dense(embedding, fn)
+            whats = _dense(what, fn, "feature, label or family").to_pylist()
+            strengths = _dense(strength, fn, "strength").to_pylist()
+            model_ids = _ints(model, fn, "model")
 
-        return vectors_out(_scatter(len(emb), cache.per_model("steer", model, steer_rows)))
+            def steer_rows(sae: SAE, rows: np.ndarray) -> np.ndarray:
+                x = embeddings_for(sae, emb, rows, fn)
+                out = np.empty_like(x)
+                for out_row, row in enumerate(rows):
+                    try:
+                        features, weights = resolve(sae, int(model_ids[row]), whats[row], strengths[row])
+                        out[out_row] = sae.steer(x[out_row], features, weights)[0]
+                    except InvalidInputError as exc:
+                        raise InvalidInputError(f"{fn}: {str(exc).removeprefix(fn + ': ')}") from None
+                return out
+
+            return vectors_out(_scatter(len(emb), cache.per_model(fn, model, steer_rows)))
+
+        return udf
+
+    def listed(values: object, what: str) -> list:
+        values = values if isinstance(values, list) else [values]
+        if not values or None in values:
+            raise InvalidInputError(f"{what} must be non-empty and not NULL")
+        return values
+
+    def by_family(sae: SAE, model_id: int, family: object, strength: object) -> tuple[list[int], np.ndarray]:
+        members = cache.family_members(model_id, int(family))  # type: ignore[arg-type]
+        return members, sae.family_strengths(members, float(strength))  # type: ignore[arg-type]
+
+    steer = steering("steer", lambda sae, m, f, s: (listed(f, "features"), listed(s, "strengths")))
+    steer_label = steering("steer_label", lambda sae, m, label, s: ([cache.feature_by_label(m, str(label))], [float(s)]))
+    steer_family = steering("steer_family", by_family)
 
     functions = {
         "sae_encode": (sae_encode, [VECTOR_IN, st.INTEGER], CODES),
         "sae_decode": (sae_decode, [CODES, st.INTEGER], vector_out),
-        "steer": (steer_many, [VECTOR_IN, st.INTEGER, st.DOUBLE, st.INTEGER], vector_out),
-        "steer_many": (
-            steer_many,
-            [VECTOR_IN, duckdb.list_type(st.INTEGER), duckdb.list_type(st.DOUBLE), st.INTEGER],
-            vector_out,
-        ),
+        "steer": (steer, [VECTOR_IN, st.INTEGER, st.DOUBLE, st.INTEGER], vector_out),
+        "steer_many": (steer, [VECTOR_IN, duckdb.list_type(st.INTEGER), duckdb.list_type(st.DOUBLE), st.INTEGER], vector_out),
+        "steer_label": (steer_label, [VECTOR_IN, st.VARCHAR, st.DOUBLE, st.INTEGER], vector_out),
+        "steer_family": (steer_family, [VECTOR_IN, st.INTEGER, st.DOUBLE, st.INTEGER], vector_out),
     }
     if bound:
         functions["embed"] = (_embed_function(bound[0]), [st.VARCHAR], vector_out)

@@ -41,6 +41,7 @@ CREATE TABLE IF NOT EXISTS sae_models (
     d_in       INTEGER NOT NULL,
     n_latents  INTEGER NOT NULL,
     k          INTEGER NOT NULL,
+    n_documents INTEGER,
     status     VARCHAR NOT NULL CHECK (status IN ('building', 'ready', 'retired')),
     b_pre      FLOAT[] NOT NULL,
     metrics    JSON,
@@ -71,12 +72,48 @@ CREATE TABLE IF NOT EXISTS sae_codes (
     activation FLOAT NOT NULL
 );
 
+-- Automated interpretability: one label per feature and labeller, with the predictor's
+-- scores on held-out examples (Pearson correlation and F1) and the feature's density.
 CREATE TABLE IF NOT EXISTS feature_labels (
     model_id   INTEGER NOT NULL,
     feature_id INTEGER NOT NULL,
-    label      VARCHAR NOT NULL,
     labeller   VARCHAR NOT NULL,
-    PRIMARY KEY (model_id, feature_id)
+    label      VARCHAR NOT NULL,
+    pearson    DOUBLE,
+    f1         DOUBLE,
+    density    DOUBLE NOT NULL,
+    labelled_at TIMESTAMP NOT NULL DEFAULT current_timestamp,
+    PRIMARY KEY (model_id, feature_id, labeller)
+);
+
+-- Documents in which both features fire (feature_i <= feature_j; the diagonal counts one feature).
+-- Millions of rows per model and only scanned, so no index (DuckDB's zone maps suffice).
+CREATE TABLE IF NOT EXISTS feature_cooccurrence (
+    model_id  INTEGER NOT NULL,
+    feature_i INTEGER NOT NULL,
+    feature_j INTEGER NOT NULL,
+    n_docs    BIGINT NOT NULL
+);
+
+-- Feature families: a root feature and its descendants in the maximum spanning tree of the
+-- co-occurrence graph (edges from denser to sparser features).
+CREATE TABLE IF NOT EXISTS feature_families (
+    model_id     INTEGER NOT NULL,
+    family_id    INTEGER NOT NULL,
+    root_feature INTEGER NOT NULL,
+    iteration    INTEGER NOT NULL,
+    size         INTEGER NOT NULL,
+    label        VARCHAR NOT NULL,
+    PRIMARY KEY (model_id, family_id)
+);
+
+CREATE TABLE IF NOT EXISTS family_members (
+    model_id   INTEGER NOT NULL,
+    family_id  INTEGER NOT NULL,
+    feature_id INTEGER NOT NULL,
+    parent_id  INTEGER,
+    depth      INTEGER NOT NULL,
+    PRIMARY KEY (model_id, family_id, feature_id)
 );
 
 -- Latest published version of a model name: sae_encode(e, sae_model_id('astro')).

@@ -128,3 +128,47 @@ CREATE OR REPLACE FUNCTION steer(embedding vector, feature integer, strength dou
 RETURNS vector LANGUAGE sql STABLE PARALLEL SAFE AS $$
     SELECT steer_many(embedding, ARRAY[feature], ARRAY[strength], model)
 $$;
+
+-- The feature whose best label is the text (case-insensitive), else the best-scoring
+-- feature whose label contains it.
+CREATE OR REPLACE FUNCTION sae_feature_by_label(label_text text, model integer)
+RETURNS integer LANGUAGE plpgsql STABLE PARALLEL SAFE AS $$
+DECLARE
+    m sae_models := sae_ready_model('steer_label', model);
+    found_feature integer;
+BEGIN
+    IF label_text IS NULL OR btrim(label_text) = '' THEN
+        RAISE EXCEPTION 'steer_label: label is empty' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    SELECT feature_id INTO found_feature FROM feature_best_labels
+     WHERE model_id = model AND strpos(lower(label), lower(btrim(label_text))) > 0
+     ORDER BY lower(label) = lower(btrim(label_text)) DESC, pearson DESC NULLS LAST, feature_id LIMIT 1;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'steer_label: no feature of model % is labelled like %', model, quote_literal(label_text)
+            USING ERRCODE = 'no_data_found';
+    END IF;
+    RETURN found_feature;
+END $$;
+
+-- embedding + strength * W_dec[the feature labelled like label_text]
+CREATE OR REPLACE FUNCTION steer_label(embedding vector, label_text text, strength double precision, model integer)
+RETURNS vector LANGUAGE sql STABLE PARALLEL SAFE AS $$
+    SELECT steer(embedding, sae_feature_by_label(label_text, model), strength, model)
+$$;
+
+-- embedding + strength * unit(sum of the family members' decoder rows)
+CREATE OR REPLACE FUNCTION steer_family(embedding vector, family integer, strength double precision, model integer)
+RETURNS vector LANGUAGE plpgsql STABLE PARALLEL SAFE AS $$
+DECLARE
+    m sae_models := sae_ready_model('steer_family', model);
+    members integer[];
+    norm double precision;
+BEGIN
+    members := ARRAY(SELECT feature_id FROM family_members WHERE model_id = model AND family_id = family ORDER BY feature_id);
+    IF cardinality(members) = 0 THEN
+        RAISE EXCEPTION 'steer_family: model % has no family %', model, coalesce(family::text, 'NULL')
+            USING ERRCODE = 'no_data_found';
+    END IF;
+    SELECT vector_norm(sum(w_dec)) INTO norm FROM sae_decoder WHERE model_id = model AND feature_id = ANY(members);
+    RETURN steer_many(embedding, members, array_fill(strength / norm, ARRAY[cardinality(members)]), model);
+END $$;

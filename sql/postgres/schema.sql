@@ -41,6 +41,7 @@ CREATE TABLE IF NOT EXISTS sae_models (
     d_in       integer NOT NULL,
     n_latents  integer NOT NULL,
     k          integer NOT NULL,
+    n_documents integer,
     status     text NOT NULL CHECK (status IN ('building', 'ready', 'retired')),
     b_pre      vector NOT NULL,
     metrics    jsonb,
@@ -77,12 +78,48 @@ CREATE TABLE IF NOT EXISTS sae_codes (
 );
 CREATE INDEX IF NOT EXISTS sae_codes_feature ON sae_codes (model_id, feature_id, activation DESC);
 
+-- Automated interpretability: one label per feature and labeller, with the predictor's
+-- scores on held-out examples (Pearson correlation and F1) and the feature's density.
 CREATE TABLE IF NOT EXISTS feature_labels (
     model_id   integer NOT NULL REFERENCES sae_models ON DELETE CASCADE,
     feature_id integer NOT NULL,
-    label      text NOT NULL,
     labeller   text NOT NULL,
-    PRIMARY KEY (model_id, feature_id)
+    label      text NOT NULL,
+    pearson    double precision,
+    f1         double precision,
+    density    double precision NOT NULL,
+    labelled_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (model_id, feature_id, labeller)
+);
+
+-- Documents in which both features fire (feature_i <= feature_j; the diagonal counts one feature).
+CREATE TABLE IF NOT EXISTS feature_cooccurrence (
+    model_id  integer NOT NULL REFERENCES sae_models ON DELETE CASCADE,
+    feature_i integer NOT NULL,
+    feature_j integer NOT NULL,
+    n_docs    bigint NOT NULL,
+    PRIMARY KEY (model_id, feature_i, feature_j)
+);
+
+-- Feature families: a root feature and its descendants in the maximum spanning tree of the
+-- co-occurrence graph (edges from denser to sparser features).
+CREATE TABLE IF NOT EXISTS feature_families (
+    model_id     integer NOT NULL REFERENCES sae_models ON DELETE CASCADE,
+    family_id    integer NOT NULL,
+    root_feature integer NOT NULL,
+    iteration    integer NOT NULL,
+    size         integer NOT NULL,
+    label        text NOT NULL,
+    PRIMARY KEY (model_id, family_id)
+);
+
+CREATE TABLE IF NOT EXISTS family_members (
+    model_id   integer NOT NULL,
+    family_id  integer NOT NULL,
+    feature_id integer NOT NULL,
+    parent_id  integer,
+    depth      integer NOT NULL,
+    PRIMARY KEY (model_id, family_id, feature_id)
 );
 
 -- One row per training run of a scaling grid (saedb grid): the data behind L ∝ n^α.

@@ -1,0 +1,214 @@
+"""Feature analysis on real DuckDB and Postgres: co-occurrence in SQL, families, autointerp,
+steering by label and family, BI views, and the steering-vs-rewriting evaluation."""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Iterator
+
+import duckdb
+import networkx as nx
+import numpy as np
+import psycopg
+import pytest
+import scipy.sparse as sp
+
+from saedb.backends import Backend
+from saedb.evaluate import evaluate
+from saedb.families import build_families, compute_cooccurrence, find_families
+from saedb.interp import LLMLabeller, OfflineLabeller, run_autointerp
+from saedb.interp.autointerp import f1_score, pearson
+from saedb.trainer import TrainConfig
+from saedb.trainer.train import train_from_db
+from tests.conftest import embeddings_of
+from tests.test_sql_functions import vector_sql
+
+
+@pytest.fixture
+def trained(loaded: Backend) -> tuple[Backend, int]:
+    model_id, _ = train_from_db(loaded, TrainConfig(k=8, n_latents=128, epochs=30, batch_size=64, lr=1e-3), "analysis")
+    return loaded, model_id
+
+
+@pytest.fixture
+def labelled(trained: tuple[Backend, int], embedder) -> tuple[Backend, int]:
+    backend, model_id = trained
+    run_autointerp(backend, model_id, OfflineLabeller(embedder), limit=40, concurrency=2)
+    return backend, model_id
+
+
+def codes_matrix(backend: Backend, model_id: int) -> sp.csr_matrix:
+    rows = backend.query("SELECT doc_id, feature_id FROM sae_codes WHERE model_id = ?", (model_id,))
+    docs = {d: i for i, d in enumerate(sorted({r[0] for r in rows}))}
+    return sp.csr_matrix((np.ones(len(rows)), ([docs[d] for d, _ in rows], [f for _, f in rows])), shape=(len(docs), 128))
+
+
+def test_sql_cooccurrence_equals_sparse_matrix_product(trained: tuple[Backend, int]) -> None:
+    backend, model_id = trained
+    pairs = compute_cooccurrence(backend, model_id)
+    z = codes_matrix(backend, model_id)
+    expected = sp.triu(z.T @ z).tocoo()
+    assert pairs == expected.nnz
+    stored = {(i, j): n for i, j, n in backend.query(
+        "SELECT feature_i, feature_j, n_docs FROM feature_cooccurrence WHERE model_id = ?", (model_id,))}
+    assert stored == {(int(i), int(j)): int(v) for i, j, v in zip(expected.row, expected.col, expected.data)}
+    assert compute_cooccurrence(backend, model_id) == pairs  # re-materialising replaces
+
+
+def test_family_algorithm_on_a_known_graph() -> None:
+    # 0 is dense and co-occurs with 1, 2, 3 (3 children -> a root); 1 has children 4, 5, 6.
+    counts = {0: 100, 1: 50, 2: 40, 3: 30, 4: 10, 5: 9, 6: 8, 7: 5}
+    graph = nx.Graph()
+    for u, v, w in [(0, 1, 0.9), (0, 2, 0.8), (0, 3, 0.7), (1, 4, 0.6), (1, 5, 0.5), (1, 6, 0.4), (2, 7, 0.3), (4, 5, 0.2)]:
+        graph.add_edge(u, v, weight=np.exp(w))
+    families = find_families(graph, counts)
+    first = families[0]
+    assert (first.root, first.iteration) == (0, 0)
+    assert first.members[1] == (0, 1) and first.members[4] == (1, 2) and first.members[7] == (2, 2)
+    assert set(first.members) == set(range(8))
+    # Iteration 2 removes root 0 and finds 1 as the root of {1, 4, 5, 6}.
+    assert [(f.root, f.iteration, sorted(f.members)) for f in families[1:]] == [(1, 1, [1, 4, 5, 6])]
+    # A near-duplicate family is dropped by the Jaccard rule.
+    assert len(find_families(graph, counts, max_overlap=0.0)) == 1
+
+
+def test_families_are_stored_in_sql(labelled: tuple[Backend, int]) -> None:
+    backend, model_id = labelled
+    families = build_families(backend, model_id)
+    assert families, "a trained model on real abstracts has at least one family"
+    stored = backend.query("SELECT family_id, root_feature, size, label FROM feature_families WHERE model_id = ? ORDER BY family_id", (model_id,))
+    assert [(r[1], r[2]) for r in stored] == [(f.root, len(f.members)) for f in families]
+    members = backend.query("SELECT count(*), count(parent_id), max(depth) FROM family_members WHERE model_id = ?", (model_id,))[0]
+    assert members[0] == sum(len(f.members) for f in families) and members[1] == members[0] - len(families)
+
+
+def test_offline_autointerp_scores_and_resumes(labelled: tuple[Backend, int], embedder) -> None:
+    backend, model_id = labelled
+    rows = backend.query("SELECT feature_id, label, pearson, f1, density FROM feature_labels WHERE model_id = ?", (model_id,))
+    assert 20 <= len(rows) <= 40
+    for feature_id, label, r, f1, density in rows:
+        assert 1 <= len(label.split()) <= 8
+        assert r is None or -1 <= r <= 1
+        assert 0 <= f1 <= 1
+        n = backend.query("SELECT count(*) FROM sae_codes WHERE model_id = ? AND feature_id = ?", (model_id, feature_id))[0][0]
+        assert density == pytest.approx(n / 400)
+    assert np.mean([r for _, _, r, _, _ in rows if r is not None]) > 0.2  # labels predict held-out examples
+    labeller = OfflineLabeller(embedder)
+    assert run_autointerp(backend, model_id, labeller, features=[r[0] for r in rows]) == []  # resumed: nothing to redo
+    more = run_autointerp(backend, model_id, labeller, limit=5)
+    assert len(more) == 5 and not {r.feature_id for r in more} & {r[0] for r in rows}
+
+
+def test_scoring_helpers() -> None:
+    assert pearson([1, 1, 1, -1, -1, -1], [1, 1, 1, 0, 0, 0]) == pytest.approx(1.0)
+    assert pearson([0.5] * 6, [1, 1, 1, 0, 0, 0]) is None
+    assert f1_score([1, 1, -1, -1, -1, 1], [1, 1, 1, 0, 0, 0]) == pytest.approx(2 / 3)
+
+
+class FakeChatAPI(BaseHTTPRequestHandler):
+    """A local OpenAI-compatible /v1/chat/completions: labels, scores, one malformed reply."""
+
+    calls: list[str] = []
+    lock = threading.Lock()
+
+    def do_POST(self) -> None:  # noqa: N802
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        system = body["messages"][0]["content"]
+        with self.lock:
+            FakeChatAPI.calls.append("label" if "labelling" in system else "predict")
+            first_predict = FakeChatAPI.calls.count("predict") == 1 and FakeChatAPI.calls[-1] == "predict"
+        if "labelling" in system:
+            content = '"Stellar physics."'
+        elif first_predict:
+            content = "I think they are all relevant!"  # malformed: retried
+        else:
+            texts = body["messages"][1]["content"].split("\n\n")
+            content = json.dumps([1 if "star" in t.lower() else -1 for t in texts])
+        reply = {"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
+                 "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": content}}]}
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(json.dumps(reply).encode())
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def chat_url() -> Iterator[str]:
+    FakeChatAPI.calls = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), FakeChatAPI)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_port}/v1"
+    server.shutdown()
+
+
+def test_llm_autointerp_through_openai_client(trained: tuple[Backend, int], chat_url: str) -> None:
+    backend, model_id = trained
+    labeller = LLMLabeller("test-model", base_url=chat_url, api_key="test")
+    results = run_autointerp(backend, model_id, labeller, limit=6, concurrency=4)
+    assert len(results) == 6 and {r.label for r in results} == {"Stellar physics"}
+    assert FakeChatAPI.calls.count("label") == 6 and FakeChatAPI.calls.count("predict") == 7  # one retry
+    stored = backend.query("SELECT count(*) FROM feature_labels WHERE model_id = ? AND labeller = 'llm:test-model'", (model_id,))
+    assert stored[0][0] == 6
+    calls = len(FakeChatAPI.calls)
+    assert run_autointerp(backend, model_id, labeller, features=[r.feature_id for r in results]) == []
+    assert len(FakeChatAPI.calls) == calls  # resumed without asking the API again
+
+
+def test_steer_by_label_and_family_equal_numpy(labelled: tuple[Backend, int]) -> None:
+    backend, model_id = labelled
+    build_families(backend, model_id)
+    sae = backend.load_sae(model_id)
+    x = embeddings_of(backend)[1][0]
+    feature, label = backend.query(
+        "SELECT feature_id, label FROM feature_best_labels WHERE model_id = ? ORDER BY pearson DESC NULLS LAST, feature_id LIMIT 1", (model_id,)
+    )[0]
+    param = backend.vector_param(x)
+    by_label = vector_sql(backend, "steer_label(?, ?, 0.7, ?)", (param, label.upper(), model_id))
+    np.testing.assert_array_equal(by_label, sae.steer(x, feature, 0.7)[0])
+    family_id, = backend.query("SELECT min(family_id) FROM feature_families WHERE model_id = ?", (model_id,))[0]
+    members = [r[0] for r in backend.query(
+        "SELECT feature_id FROM family_members WHERE model_id = ? AND family_id = ? ORDER BY feature_id", (model_id, family_id))]
+    by_family = vector_sql(backend, "steer_family(?, ?, 0.7, ?)", (param, family_id, model_id))
+    expected = sae.steer(x, members, sae.family_strengths(members, 0.7))[0]
+    np.testing.assert_allclose(by_family, expected, rtol=1e-5, atol=1e-6)
+    assert np.linalg.norm(by_family - x) == pytest.approx(0.7, rel=1e-4)
+    errors = (duckdb.Error, psycopg.Error)
+    with pytest.raises(errors, match="no feature of model .* labelled like 'zzz-nothing'"):
+        backend.query("SELECT steer_label(?, 'zzz-nothing', 1.0, ?)", (param, model_id))
+    with pytest.raises(errors, match="has no family 9999"):
+        backend.query("SELECT steer_family(?, 9999, 1.0, ?)", (param, model_id))
+
+
+def test_bi_views_match_direct_aggregates(labelled: tuple[Backend, int]) -> None:
+    backend, model_id = labelled
+    build_families(backend, model_id)
+    summary = {r[0]: r[1:] for r in backend.query(
+        "SELECT feature_id, n_docs, density, mean_activation, label, family_id FROM feature_summary WHERE model_id = ?", (model_id,))}
+    direct = backend.query(
+        "SELECT feature_id, count(*), avg(activation) FROM sae_codes WHERE model_id = ? GROUP BY feature_id", (model_id,))
+    for feature_id, n, mean in direct:
+        assert summary[feature_id][0] == n and summary[feature_id][1] == pytest.approx(n / 400)
+        assert summary[feature_id][2] == pytest.approx(mean, rel=1e-6)
+    assert sum(1 for v in summary.values() if v[3] is not None) == backend.query(
+        "SELECT count(DISTINCT feature_id) FROM feature_labels WHERE model_id = ?", (model_id,))[0][0]
+    trends = backend.query("SELECT sum(n_docs) FROM feature_trends WHERE model_id = ?", (model_id,))[0][0]
+    assert trends == backend.query("SELECT count(*) FROM sae_codes WHERE model_id = ?", (model_id,))[0][0]
+    top = backend.query("SELECT rank, activation FROM feature_top_documents WHERE model_id = ? AND feature_id = ? ORDER BY rank",
+                        (model_id, direct[0][0]))
+    assert [r[0] for r in top] == list(range(1, len(top) + 1)) and [r[1] for r in top] == sorted((r[1] for r in top), reverse=True)
+    joined = backend.query("SELECT count(*) FROM document_features WHERE model_id = ? AND year IS NOT NULL", (model_id,))[0][0]
+    assert joined == backend.query("SELECT count(*) FROM sae_codes WHERE model_id = ?", (model_id,))[0][0]
+
+
+def test_steering_vs_rewriting_evaluation_runs_offline(labelled: tuple[Backend, int], embedder) -> None:
+    backend, model_id = labelled
+    scores = evaluate(backend, model_id, embedder, n_queries=6, strength=0.5, top=5)
+    assert {"baseline/up", "steering/up", "rewriting/up"} <= scores.keys()
+    assert scores["steering/up"]["target_moved"] == 1.0 and scores["baseline/up"]["target_moved"] == 0.0
+    assert scores["baseline/up"]["cosine_to_query"] == pytest.approx(1.0)
+    assert all(0 <= s["judged_accuracy"] <= 1 and s["cosine_to_query"] <= 1 + 1e-6 for s in scores.values())
