@@ -19,3 +19,5 @@ test: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(PY) bench/bench_foundation.py
+	$(PY) bench/bench_trainer.py
+	$(PY) bench/bench_analysis.py

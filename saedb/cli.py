@@ -230,7 +230,7 @@ def evaluate_steering(
     model: str = typer.Argument(..., help="Model id or name (with labelled features)."),
     db: str = DbOption,
     queries: int = typer.Option(30),
-    strength: float = typer.Option(0.5),
+    strength: list[float] = typer.Option([0.5, 1.0], help="Steering strengths to compare (repeat the option)."),
     llm: Optional[str] = typer.Option(None, help="Chat model for LLM query rewriting (default: offline rewriting)."),
 ) -> None:
     """Steering vs query rewriting: target feature moved, cosine to the query, judged accuracy."""
@@ -242,12 +242,12 @@ def evaluate_steering(
             model_id = _model_id(backend, model)
             rewriter = LLMRewriter(llm, base_url=os.environ.get("OPENAI_BASE_URL"), api_key=os.environ.get("OPENAI_API_KEY")) if llm else None
             scores = evaluate(backend, model_id, get_embedder(backend.require_embedder()[0]), rewriter=rewriter,
-                              n_queries=queries, strength=strength)
+                              n_queries=queries, strengths=strength)
     except USER_ERRORS as exc:
         _fail(exc)
-    typer.echo(f"{'method/direction':<18} {'target moved':>12} {'cos to q':>10} {'judged acc.':>11}")
+    typer.echo(f"{'method/direction':<20} {'target moved':>12} {'cos to q':>10} {'judged acc.':>11}")
     for name, s in scores.items():
-        typer.echo(f"{name:<18} {s['target_moved']:>12.2f} {s['cosine_to_query']:>10.3f} {s['judged_accuracy']:>11.2f}")
+        typer.echo(f"{name:<20} {s['target_moved']:>12.2f} {s['cosine_to_query']:>10.3f} {s['judged_accuracy']:>11.2f}")
 
 
 @app.command()

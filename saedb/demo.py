@@ -1,5 +1,6 @@
 """The main job, end to end on the embedded default: load a slice of the real astro-ph
-corpus into DuckDB, train a top-k SAE, write it back, and run a steered search in SQL."""
+corpus into DuckDB, train a top-k SAE, write it back, label features and find families,
+run a steered search in SQL, and compare steering with query rewriting."""
 
 from __future__ import annotations
 
@@ -8,6 +9,9 @@ from typing import Callable
 
 from saedb.backends import Backend
 from saedb.embedders import get_embedder
+from saedb.evaluate import evaluate
+from saedb.families import build_families
+from saedb.interp import OfflineLabeller, run_autointerp
 from saedb.loaders import load_corpus
 from saedb.trainer import TrainConfig
 from saedb.trainer.train import train_from_db
@@ -45,7 +49,8 @@ def run_demo(
     strength: float = 0.6,
     log: Callable[[str], None] = print,
 ) -> dict[str, object]:
-    report = load_corpus(backend, corpus, get_embedder(), limit=limit)
+    embedder = get_embedder()
+    report = load_corpus(backend, corpus, embedder, limit=limit)
     log(report.summary())
     cfg = TrainConfig(k=32, n_latents=1024, batch_size=256, lr=1e-3, epochs=40)
     model_id, result = train_from_db(backend, cfg, "astro-demo")
@@ -54,8 +59,13 @@ def run_demo(
         f"model {model_id}: normalised MSE {m['normalised_mse']:.3f}, L0 {m['l0']:.1f}, "
         f"dead {m['dead_fraction']:.1%}, {m['seconds']:.1f}s on {m['device']}"
     )
+    background = [f"{t}. {a}" for t, a in backend.query("SELECT title, abstract FROM papers ORDER BY doc_id LIMIT 300")]
+    labelled = run_autointerp(backend, model_id, OfflineLabeller(embedder, background=background), limit=300)
+    families = build_families(backend, model_id)
+    log(f"labelled {len(labelled)} features offline, found {len(families)} feature families (SQL tables feature_labels, feature_families)")
     feature = backend.query("SELECT sae_encode(embed(?), ?)[1].feature_id", (concept, model_id))[0][0]
-    log(f"\nconcept {concept!r} -> strongest feature {feature}; its top documents:")
+    label = backend.query("SELECT label FROM feature_summary WHERE model_id = ? AND feature_id = ?", (model_id, feature))[0][0]
+    log(f"\nconcept {concept!r} -> strongest feature {feature} ({label}); its top documents:")
     for (title,) in backend.query(
         "SELECT p.title FROM sae_codes c JOIN papers p USING (doc_id) "
         "WHERE c.model_id = ? AND c.feature_id = ? ORDER BY c.activation DESC LIMIT 3",
@@ -76,4 +86,8 @@ def run_demo(
         )]
         shares[label] = backend.query(FEATURE_SHARE_SQL, (doc_ids, model_id, feature))[0][0]
     log(f"\nshare of top-5 results where feature {feature} is active: plain {shares['plain']:.0%} -> steered {shares['steered']:.0%}")
-    return {"model_id": model_id, "feature": feature, "plain": plain, "steered": steered, "shares": shares}
+    scores = evaluate(backend, model_id, embedder, n_queries=30)
+    log("\nsteering vs query rewriting on 30 queries (target feature moved, cosine to the query, judged accuracy):")
+    for name, score in scores.items():
+        log(f"   {name:<20} {score['target_moved']:>5.2f} {score['cosine_to_query']:>6.3f} {score['judged_accuracy']:>6.2f}")
+    return {"model_id": model_id, "feature": feature, "plain": plain, "steered": steered, "shares": shares, "evaluation": scores}

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Literal, Protocol, Sequence
 
 import numpy as np
 
@@ -114,11 +114,11 @@ def evaluate(
     judge: OfflineLabeller | None = None,
     rewriter: Rewriter | None = None,
     n_queries: int = 20,
-    strength: float = 0.5,
+    strengths: Sequence[float] = (0.5, 1.0),
     top: int = 10,
     seed: int = 0,
 ) -> dict[str, dict[str, float]]:
-    """Scores per method ('baseline', 'steering', 'rewriting') and direction."""
+    """Scores per method ('baseline', 'steering@<strength>', 'rewriting') and direction."""
     sae = backend.load_sae(model_id)
     judge = judge or OfflineLabeller(embedder)
     rewriter = rewriter or OfflineRewriter()
@@ -134,16 +134,16 @@ def evaluate(
             calibrated.add(case.feature)
         q = embedder.embed([case.query])[0]
         sign = 1.0 if case.direction == "up" else -1.0
-        variants = {
-            "baseline": q,
-            "steering": sae.steer(q, case.feature, sign * strength)[0],
-            "rewriting": embedder.embed([rewriter.rewrite(case.query, case.label, case.direction)])[0],
+        variants: dict[str, tuple[np.ndarray, Steering | None]] = {
+            "baseline": (q, None),
+            "rewriting": (embedder.embed([rewriter.rewrite(case.query, case.label, case.direction)])[0], None),
         }
+        for strength in strengths:  # steered in SQL; the numpy twin gives q' for the metrics
+            steering = Steering("feature", case.feature, sign * strength, model_id)
+            variants[f"steering@{strength:g}"] = (sae.steer(q, case.feature, sign * strength)[0], steering)
         before = pre_activation(sae, q, case.feature)
-        for method, vector in variants.items():
-            hits = search(backend, vector, limit=top) if method != "steering" else search(
-                backend, q, limit=top, steering=Steering("feature", case.feature, sign * strength, model_id)
-            )
+        for method, (vector, steering) in variants.items():
+            hits = search(backend, q if steering else vector, limit=top, steering=steering)
             texts = [document_text(t, a) for t, a in backend.query(
                 "SELECT title, abstract FROM papers WHERE doc_id IN (" + ", ".join("?" * len(hits)) + ")", [h.doc_id for h in hits]
             )]

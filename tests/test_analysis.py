@@ -207,8 +207,9 @@ def test_bi_views_match_direct_aggregates(labelled: tuple[Backend, int]) -> None
 
 def test_steering_vs_rewriting_evaluation_runs_offline(labelled: tuple[Backend, int], embedder) -> None:
     backend, model_id = labelled
-    scores = evaluate(backend, model_id, embedder, n_queries=6, strength=0.5, top=5)
-    assert {"baseline/up", "steering/up", "rewriting/up"} <= scores.keys()
-    assert scores["steering/up"]["target_moved"] == 1.0 and scores["baseline/up"]["target_moved"] == 0.0
+    scores = evaluate(backend, model_id, embedder, n_queries=6, strengths=(0.5, 1.0), top=5)
+    assert {"baseline/up", "steering@0.5/up", "steering@1/up", "rewriting/up"} <= scores.keys()
+    assert scores["steering@0.5/up"]["target_moved"] == 1.0 and scores["baseline/up"]["target_moved"] == 0.0
+    assert scores["steering@1/up"]["cosine_to_query"] < scores["steering@0.5/up"]["cosine_to_query"]
     assert scores["baseline/up"]["cosine_to_query"] == pytest.approx(1.0)
     assert all(0 <= s["judged_accuracy"] <= 1 and s["cosine_to_query"] <= 1 + 1e-6 for s in scores.values())
