@@ -12,16 +12,19 @@ DEFAULT_DB = "saedb.duckdb"
 DATABASE_ERRORS: tuple[type[Exception], ...] = (duckdb.Error, psycopg.Error)
 
 
-def connect(url: str = DEFAULT_DB) -> Backend:
+def connect(url: str = DEFAULT_DB, read_only: bool = False) -> Backend:
     """Open a backend from a URL: ``postgresql://...`` for Postgres, otherwise a DuckDB
-    file path (``duckdb:///path`` or a plain path; ``:memory:`` for an in-memory DB)."""
+    file path (``duckdb:///path`` or a plain path; ``:memory:`` for an in-memory DB).
+
+    ``read_only`` opens an existing saedb database without migrating it, and refuses writes
+    (DuckDB opens the file read-only; Postgres sessions are read-only transactions)."""
     if url.startswith(("postgresql://", "postgres://")):
         from saedb.backends.postgres import PostgresBackend
 
-        return PostgresBackend(url)
+        return PostgresBackend(url, read_only=read_only)
     from saedb.backends.duckdb import DuckDBBackend
 
-    return DuckDBBackend(url.removeprefix("duckdb://"))
+    return DuckDBBackend(url.removeprefix("duckdb://"), read_only=read_only)
 
 
 __all__ = ["Backend", "DocumentBatch", "connect", "DEFAULT_DB", "DATABASE_ERRORS"]

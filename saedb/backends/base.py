@@ -97,16 +97,18 @@ class Backend(ABC):
         """Build the nearest-neighbour index on embeddings, where the backend has one."""
 
     # --- shared logic --------------------------------------------------------
-    def migrate(self) -> None:
+    def migrate(self, read_only: bool = False) -> None:
         """Apply schema and functions if this database does not have this exact version yet.
 
         Connecting to an up-to-date database runs no DDL, so it never waits on the locks
-        of a long write-back in progress.
+        of a long write-back in progress. A read-only connection only checks the version.
         """
         scripts = [read_sql(self.dialect, name) for name in self.schema_files]
         fingerprint = hashlib.sha256("\n".join(scripts).encode()).hexdigest()[:16]
         if self.schema_fingerprint() == fingerprint:
             return
+        if read_only:
+            raise ConfigurationError("the database is missing or has an older saedb schema: open it once for writing (e.g. saedb models)")
         for script in scripts:
             self.run_script(script)
         self.execute(

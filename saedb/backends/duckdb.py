@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import threading
 from contextlib import contextmanager
-from typing import Any, Iterator, Sequence
+from pathlib import Path
+from typing import Any, ClassVar, Iterator, Sequence
 
 import duckdb
 import numpy as np
 import pyarrow as pa
 
 from saedb.backends.base import Backend, DocumentBatch
+from saedb.errors import ConfigurationError
 from saedb.sae import SAE, SparseCodes
 
 
@@ -29,22 +32,81 @@ def vectors_to_matrix(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
     return values.reshape(len(column), -1)
 
 
+class SharedDatabase:
+    """One DuckDB instance per file per process, reference-counted.
+
+    UDFs are registered on its root connection and live as long as it does: DuckDB crashes
+    if a UDF is called after the connection that registered it has closed, so backends
+    never own the registration — each works on its own cursor of the root.
+    """
+
+    _open: ClassVar[dict[str, "SharedDatabase"]] = {}
+    _lock = threading.Lock()
+
+    def __init__(self, key: str, path: str, read_only: bool) -> None:
+        try:
+            self.root = duckdb.connect(path, read_only=read_only)
+        except duckdb.Error as exc:
+            raise ConfigurationError(f"cannot open {path}: {exc}") from None
+        self.key, self.read_only, self.users = key, read_only, 0
+        self.functions: set[str] = set()
+        self.udfs_for: tuple[str, int] | None | bool = False  # the embedder the UDFs were built for
+
+    @classmethod
+    def acquire(cls, path: str, read_only: bool) -> "SharedDatabase":
+        in_memory = path == ":memory:"
+        key = path if in_memory else str(Path(path).resolve())
+        with cls._lock:
+            shared = None if in_memory else cls._open.get(key)
+            if shared is None:
+                shared = cls(key, path, read_only)
+                if not in_memory:
+                    cls._open[key] = shared
+            elif shared.read_only != read_only:
+                mode = "read-only" if shared.read_only else "for writing"
+                raise ConfigurationError(f"{path} is already open {mode} in this process")
+            shared.users += 1
+            return shared
+
+    def release(self) -> None:
+        with self._lock:
+            self.users -= 1
+            if self.users == 0:
+                if self._open.get(self.key) is self:
+                    del self._open[self.key]
+                self.root.close()
+
+
 class DuckDBBackend(Backend):
     dialect = "duckdb"
     schema_files = ("schema.sql", "views.sql")
 
-    def __init__(self, path: str, con: duckdb.DuckDBPyConnection | None = None) -> None:
+    def __init__(self, path: str, con: duckdb.DuckDBPyConnection | None = None, read_only: bool = False) -> None:
         self.path = path
         self._depth = 0
-        self.registered_functions: set[str] = set()
-        if con is not None:  # a sibling over an existing database: no migration, no UDFs
+        self.shared: SharedDatabase | None = None
+        if con is not None:  # a sibling over an open database: no migration, no UDFs
             self.con = con
             return
-        self.con = duckdb.connect(path)
-        self.migrate()
+        self.shared = SharedDatabase.acquire(path, read_only)
+        self.con = self.shared.root.cursor()
+        try:
+            self.migrate(read_only=read_only)
+            self._ensure_udfs()
+        except BaseException:
+            self.close()
+            raise
+
+    def _ensure_udfs(self) -> None:
+        """(Re-)register the UDFs when missing or built for another embedder binding."""
         from saedb.udfs.duckdb import register_udfs
 
-        register_udfs(self)
+        assert self.shared is not None
+        with SharedDatabase._lock:
+            bound = self.embedder()
+            if self.shared.udfs_for != bound:
+                register_udfs(self)
+                self.shared.udfs_for = bound
 
     def sibling(self) -> "DuckDBBackend":
         """A backend on a separate connection to the same database, usable from inside UDFs
@@ -53,9 +115,7 @@ class DuckDBBackend(Backend):
 
     def bind_embedder(self, name: str, dim: int) -> None:
         super().bind_embedder(name, dim)
-        from saedb.udfs.duckdb import register_udfs
-
-        register_udfs(self)  # vectors now come back as FLOAT[dim]
+        self._ensure_udfs()  # vectors now come back as FLOAT[dim]
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
         self.con.execute(sql, list(params))
@@ -89,6 +149,9 @@ class DuckDBBackend(Backend):
 
     def close(self) -> None:
         self.con.close()
+        if self.shared is not None:
+            self.shared.release()
+            self.shared = None
 
     def vector_param(self, values: np.ndarray) -> Any:
         return np.asarray(values, dtype=np.float32).tolist()

@@ -36,14 +36,19 @@ class PostgresBackend(Backend):
     dialect = "postgres"
     schema_files = ("schema.sql", "functions.sql", "views.sql")
 
-    def __init__(self, dsn: str) -> None:
+    def __init__(self, dsn: str, read_only: bool = False, statement_timeout_ms: int = 10_000) -> None:
         self.dsn = dsn
         self.conn = psycopg.connect(dsn, autocommit=True)
         self.conn.execute("SET client_min_messages = warning")
-        with self.conn.transaction():
-            # Serialise concurrent first-time migrations of the same database.
-            self.conn.execute("SELECT pg_advisory_xact_lock(hashtext('saedb.migrate'))")
-            self.migrate()
+        if read_only:
+            self.migrate(read_only=True)
+            self.conn.execute("SET default_transaction_read_only = on")
+            self.conn.execute(f"SET statement_timeout = {int(statement_timeout_ms)}")
+        else:
+            with self.conn.transaction():
+                # Serialise concurrent first-time migrations of the same database.
+                self.conn.execute("SELECT pg_advisory_xact_lock(hashtext('saedb.migrate'))")
+                self.migrate()
         register_vector(self.conn)
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> None:

@@ -19,19 +19,17 @@ directly with ``array_cosine_distance(embedding, steer(...))`` (FLOAT[] before a
 from __future__ import annotations
 
 import threading
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 import duckdb
 import numpy as np
 import pyarrow as pa
 from duckdb import sqltypes as st
 
-from saedb.backends.duckdb import fixed_size_vectors, vectors_to_matrix
+from saedb.backends.duckdb import DuckDBBackend, fixed_size_vectors, vectors_to_matrix
 from saedb.errors import InvalidInputError
 from saedb.sae import SAE, SparseCodes, as_matrix
 
-if TYPE_CHECKING:
-    from saedb.backends.duckdb import DuckDBBackend
 
 FEATURE = duckdb.struct_type({"feature_id": st.INTEGER, "activation": st.FLOAT})
 VECTOR_IN = duckdb.list_type(st.DOUBLE)  # accepts FLOAT[d] columns and DOUBLE / DECIMAL literals
@@ -77,8 +75,9 @@ def codes_to_arrow(codes: SparseCodes) -> pa.ListArray:
 class ModelCache:
     """Published model versions are immutable, so weights are read once per model id."""
 
-    def __init__(self, backend: "DuckDBBackend") -> None:
-        self.reader = backend.sibling()
+    def __init__(self, backend: DuckDBBackend) -> None:
+        assert backend.shared is not None
+        self.reader = DuckDBBackend(backend.path, con=backend.shared.root.cursor())
         self.models: dict[int, SAE] = {}
         self.lock = threading.Lock()  # DuckDB may call a UDF from several threads at once
 
@@ -120,9 +119,10 @@ class ModelCache:
             yield rows, compute(sae, rows)
 
 
-def register_udfs(backend: "DuckDBBackend") -> None:
-    """(Re-)register saedb's SQL functions on a DuckDB connection."""
-    con = backend.con
+def register_udfs(backend: DuckDBBackend) -> None:
+    """(Re-)register saedb's SQL functions on the database's root connection."""
+    assert backend.shared is not None
+    con, registered = backend.shared.root, backend.shared.functions
     cache = ModelCache(backend)
     bound = backend.embedder()
     vector_out = duckdb.array_type(st.FLOAT, bound[1]) if bound else duckdb.list_type(st.FLOAT)
@@ -223,10 +223,10 @@ def register_udfs(backend: "DuckDBBackend") -> None:
     if bound:
         functions["embed"] = (_embed_function(bound[0]), [st.VARCHAR], vector_out)
     for name, (fn, params, returns) in functions.items():
-        if name in backend.registered_functions:
+        if name in registered:
             con.remove_function(name)
         con.create_function(name, fn, params, returns, type="arrow", null_handling="special")
-        backend.registered_functions.add(name)
+        registered.add(name)
 
 
 def _scatter(n_rows: int, parts) -> np.ndarray:

@@ -1,0 +1,58 @@
+"""Backend connection behaviour: one DuckDB instance per file per process, read-only mode."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import duckdb
+import psycopg
+import pytest
+
+from saedb.backends import Backend, connect
+from saedb.errors import ConfigurationError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_udfs_survive_closing_another_backend_on_the_same_file(duckdb_path: str, astro_slice: Path, embedder, random_sae) -> None:
+    """DuckDB crashes when a UDF outlives the connection that registered it; run in a child."""
+    from saedb.loaders import load_corpus
+    from saedb.models import publish_model
+
+    with connect(duckdb_path) as backend:
+        load_corpus(backend, astro_slice, embedder, progress=False)
+        model_id = publish_model(backend, random_sae, "shared")
+    path = duckdb_path
+    script = textwrap.dedent(f"""
+        from saedb.backends import connect
+        first, second = connect({path!r}), connect({path!r})
+        first.close()
+        print(second.query("SELECT count(*) FROM embeddings, unnest(sae_encode(embedding, {model_id}))")[0][0])
+        second.close()
+    """)
+    child = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert child.returncode == 0, child.stderr[-500:]
+    assert int(child.stdout.strip()) == 400 * 16
+
+
+def test_read_only_connections_refuse_writes(loaded: Backend, db_url: str) -> None:
+    if loaded.dialect == "duckdb":
+        loaded.close()  # a process opens a DuckDB file either read-only or for writing
+    with connect(db_url, read_only=True) as reader:
+        assert reader.count("papers") == 400
+        with pytest.raises((duckdb.Error, psycopg.Error), match="read-only|read only"):
+            reader.execute("DELETE FROM papers")
+    with connect(db_url) as writer:
+        assert writer.count("papers") == 400
+
+
+def test_read_only_needs_an_existing_saedb_database(tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError, match="cannot open"):
+        connect(str(tmp_path / "missing.duckdb"), read_only=True)
+    duckdb.connect(str(tmp_path / "plain.duckdb")).close()
+    with pytest.raises(ConfigurationError, match="older saedb schema"):
+        connect(str(tmp_path / "plain.duckdb"), read_only=True)
