@@ -8,13 +8,17 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e '.[train,embed,dev]'
 	touch $@
 
+# Browser tests drive Debian's Chromium; install it once if missing (needs root, as on CI).
+/usr/bin/chromedriver:
+	apt-get update -qq && apt-get install -y -qq chromium chromium-driver
+
 .PHONY: install demo test bench
 install: $(VENV)/.installed
 
 demo: $(VENV)/.installed
 	$(VENV)/bin/saedb demo
 
-test: $(VENV)/.installed
+test: $(VENV)/.installed /usr/bin/chromedriver
 	$(PY) -m pytest -q
 
 bench: $(VENV)/.installed

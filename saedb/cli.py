@@ -9,7 +9,7 @@ from typing import Optional
 
 import typer
 
-from saedb.backends import DATABASE_ERRORS, DEFAULT_DB, connect
+from saedb.backends import DATABASE_ERRORS, DEFAULT_DB, connect, user_message
 from saedb.errors import InvalidInputError, SaedbError, UnknownModelError
 
 app = typer.Typer(help="Sparse-autoencoder features for text embeddings, inside DuckDB or Postgres.", no_args_is_help=True)
@@ -21,7 +21,7 @@ USER_ERRORS = (SaedbError, *DATABASE_ERRORS)
 
 
 def _fail(exc: Exception) -> None:
-    typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+    typer.secho(f"error: {user_message(exc)}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code=2)
 
 
@@ -248,6 +248,32 @@ def evaluate_steering(
     typer.echo(f"{'method/direction':<20} {'target moved':>12} {'cos to q':>10} {'judged acc.':>11}")
     for name, s in scores.items():
         typer.echo(f"{name:<20} {s['target_moved']:>12.2f} {s['cosine_to_query']:>10.3f} {s['judged_accuracy']:>11.2f}")
+
+
+@app.command()
+def serve(
+    db: str = DbOption,
+    host: str = typer.Option("127.0.0.1"),
+    port: int = typer.Option(8080),
+    pool: int = typer.Option(8, help="Database connections shared by request threads."),
+    timeout: float = typer.Option(10.0, help="Statement timeout in seconds."),
+) -> None:
+    """Web app for exploring features and steering search (read-only)."""
+    from saedb.app.server import App, make_server
+
+    try:
+        app_ = App(db, pool_size=pool, timeout_s=timeout)
+    except USER_ERRORS as exc:
+        _fail(exc)
+    server = make_server(app_, host, port)
+    typer.echo(f"saedb is serving {db} read-only at http://{host}:{server.server_port}/   (Ctrl-C stops it)")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+        app_.pool.close()
 
 
 @app.command()

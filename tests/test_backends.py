@@ -56,3 +56,23 @@ def test_read_only_needs_an_existing_saedb_database(tmp_path: Path) -> None:
     duckdb.connect(str(tmp_path / "plain.duckdb")).close()
     with pytest.raises(ConfigurationError, match="older saedb schema"):
         connect(str(tmp_path / "plain.duckdb"), read_only=True)
+
+
+def test_postgres_reader_role_can_query_and_steer_but_not_write(pg_dsn: str, astro_slice: Path, embedder, random_sae) -> None:
+    from saedb.loaders import load_corpus
+    from saedb.models import publish_model
+    from saedb.sqlfiles import read_sql
+
+    with connect(pg_dsn) as admin:
+        load_corpus(admin, astro_slice, embedder, progress=False)
+        model_id = publish_model(admin, random_sae, "reader")
+        admin.run_script(read_sql("postgres", "reader_role.sql"))
+        admin.run_script("DO $$ BEGIN CREATE ROLE dashboard LOGIN IN ROLE saedb_reader; "
+                         "EXCEPTION WHEN duplicate_object THEN NULL; END $$")
+    dashboard = pg_dsn.replace("postgresql://postgres:@", "postgresql://dashboard:@")
+    with connect(dashboard, read_only=True) as reader:
+        assert reader.query("SELECT current_user")[0][0] == "dashboard"
+        assert reader.query("SELECT count(*) FROM embeddings, unnest(sae_encode(embedding, ?))", (model_id,))[0][0] == 400 * 16
+        reader.execute("SET default_transaction_read_only = off")  # even then, the role has no write grants
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            reader.execute("DELETE FROM papers")

@@ -27,4 +27,15 @@ def connect(url: str = DEFAULT_DB, read_only: bool = False) -> Backend:
     return DuckDBBackend(url.removeprefix("duckdb://"), read_only=read_only)
 
 
-__all__ = ["Backend", "DocumentBatch", "connect", "DEFAULT_DB", "DATABASE_ERRORS"]
+_UDF_WRAPPER = "Python exception occurred while executing the UDF: "
+
+
+def user_message(exc: Exception) -> str:
+    """A database error as the user should read it: first line, DuckDB's UDF wrapper removed."""
+    message = str(exc).split("\n")[0]
+    if _UDF_WRAPPER in message:
+        message = message.split(_UDF_WRAPPER, 1)[1].split(": ", 1)[-1]
+    return message
+
+
+__all__ = ["Backend", "DocumentBatch", "connect", "DEFAULT_DB", "DATABASE_ERRORS", "user_message"]

@@ -1,0 +1,197 @@
+"""The web app's JSON API: one function per endpoint, each a few parameterised queries.
+
+Functions take a read-only backend and validated arguments and return plain dicts; bad
+input raises ApiError with an HTTP status and a message meant for the user.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import numpy as np
+
+from saedb.backends import Backend
+from saedb.errors import UnknownModelError
+from saedb.search import run_portable
+
+SEARCH_SQL = """
+SELECT p.doc_id, p.arxiv_id, p.title, p.year, e.embedding <=> {target} AS distance
+FROM embeddings e JOIN papers p ON p.doc_id = e.doc_id
+ORDER BY e.embedding <=> {target}
+LIMIT {limit}
+"""
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def rows_as_dicts(backend: Backend, sql: str, params: tuple = (), keys: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    return [dict(zip(keys, (_plain(v) for v in row))) for row in backend.query(sql, params)]
+
+
+def _plain(value: Any) -> Any:
+    """JSON-friendly scalars: NaN becomes null, numpy and decimal types become floats."""
+    if isinstance(value, (float, np.floating)):
+        return None if math.isnan(value) else float(value)
+    if isinstance(value, np.integer):
+        return int(value)
+    if hasattr(value, "as_integer_ratio") and not isinstance(value, (int, float)):
+        return float(value)
+    return value
+
+
+def check_model(backend: Backend, model_id: int) -> dict[str, Any]:
+    try:
+        return backend.model_row(model_id)
+    except UnknownModelError as exc:
+        raise ApiError(404, str(exc)) from None
+
+
+def models(backend: Backend) -> list[dict[str, Any]]:
+    return rows_as_dicts(
+        backend,
+        "SELECT model_id, name, version, n_latents, k, n_documents FROM sae_models WHERE status = 'ready' ORDER BY model_id DESC",
+        keys=("model_id", "name", "version", "n_latents", "k", "n_documents"),
+    )
+
+
+def labels_of(backend: Backend, model_id: int, features: list[int]) -> dict[int, str]:
+    if not features:
+        return {}
+    marks = ", ".join("?" * len(features))
+    return dict(backend.query(f"SELECT feature_id, label FROM feature_best_labels WHERE model_id = ? AND feature_id IN ({marks})",
+                              (model_id, *features)))
+
+
+def search(
+    backend: Backend,
+    embed: Callable[[str], np.ndarray],
+    text: str,
+    model_id: int,
+    features: list[tuple[int, float]],
+    families: list[tuple[int, float]],
+    limit: int,
+) -> dict[str, Any]:
+    """Results for the query, steered by features and families, with the query's own features."""
+    info = check_model(backend, model_id)
+    for feature, _ in features:
+        if not 0 <= feature < info["n_latents"]:
+            raise ApiError(400, f"feature {feature} does not exist (model {model_id} has features 0..{info['n_latents'] - 1})")
+    query = embed(text)
+    params: list[Any] = [query, model_id]
+    target = "$1::vector"
+    for family, strength in families:
+        params += [family, strength]
+        target = f"steer_family({target}, ${len(params) - 1}, ${len(params)}, $2)"
+    if features:
+        params += [[f for f, _ in features], [s for _, s in features]]
+        target = f"steer_many({target}, CAST(${len(params) - 1} AS INTEGER[]), CAST(${len(params)} AS FLOAT8[]), $2)"
+    results = run_portable(backend, SEARCH_SQL.format(target=target, limit=int(limit)), params)
+    active = run_portable(backend, "SELECT f.feature_id, f.activation FROM unnest(sae_encode($1::vector, $2)) AS f", [query, model_id])
+    labels = labels_of(backend, model_id, [f for f, _ in active] + [f for f, _ in features])
+    return {
+        "results": [dict(zip(("doc_id", "arxiv_id", "title", "year", "distance"), map(_plain, r))) for r in results],
+        "query_features": [{"feature_id": f, "activation": _plain(a), "label": labels.get(f)} for f, a in active],
+        "steering": [{"feature_id": f, "strength": s, "label": labels.get(f)} for f, s in features]
+                    + [{"family_id": f, "strength": s} for f, s in families],
+    }
+
+
+def feature(backend: Backend, model_id: int, feature_id: int) -> dict[str, Any]:
+    """Everything the feature page shows."""
+    check_model(backend, model_id)
+    summary = rows_as_dicts(
+        backend,
+        "SELECT feature_id, label, labeller, interpretability, f1, n_docs, density, mean_activation, max_activation "
+        "FROM feature_summary WHERE model_id = ? AND feature_id = ?",
+        (model_id, feature_id),
+        ("feature_id", "label", "labeller", "interpretability", "f1", "n_docs", "density", "mean_activation", "max_activation"),
+    )
+    if not summary:
+        raise ApiError(404, f"feature {feature_id} of model {model_id} never fires or does not exist")
+    page = summary[0]
+    width = (page["max_activation"] or 1.0) / 20
+    page["histogram"] = rows_as_dicts(
+        backend,
+        "SELECT floor(activation / ?) * ? AS bin_start, count(*) FROM sae_codes WHERE model_id = ? AND feature_id = ? GROUP BY 1 ORDER BY 1",
+        (width, width, model_id, feature_id), ("bin_start", "count"),
+    )
+    page["top_documents"] = rows_as_dicts(
+        backend,
+        "SELECT t.rank, t.arxiv_id, t.title, t.year, t.activation, substr(p.abstract, 1, 400) FROM feature_top_documents t "
+        "JOIN papers p ON p.doc_id = t.doc_id WHERE t.model_id = ? AND t.feature_id = ? ORDER BY t.rank LIMIT 10",
+        (model_id, feature_id), ("rank", "arxiv_id", "title", "year", "activation", "abstract"),
+    )
+    page["cooccurring"] = rows_as_dicts(
+        backend,
+        "SELECT o.other, o.n_docs, l.label FROM (SELECT CASE WHEN feature_i = ? THEN feature_j ELSE feature_i END AS other, n_docs "
+        "FROM feature_cooccurrence WHERE model_id = ? AND (feature_i = ? OR feature_j = ?) AND feature_i <> feature_j) o "
+        "LEFT JOIN feature_best_labels l ON l.model_id = ? AND l.feature_id = o.other ORDER BY o.n_docs DESC, o.other LIMIT 10",
+        (feature_id, model_id, feature_id, feature_id, model_id), ("feature_id", "n_docs", "label"),
+    )
+    page["families"] = [
+        family(backend, model_id, family_id)
+        for (family_id,) in backend.query(
+            "SELECT family_id FROM family_members WHERE model_id = ? AND feature_id = ? ORDER BY family_id LIMIT 3", (model_id, feature_id))
+    ]
+    page["trend"] = rows_as_dicts(
+        backend, "SELECT year, n_docs, share_of_year FROM feature_trends WHERE model_id = ? AND feature_id = ? AND year IS NOT NULL ORDER BY year",
+        (model_id, feature_id), ("year", "n_docs", "share_of_year"),
+    )
+    return page
+
+
+def families(backend: Backend, model_id: int) -> list[dict[str, Any]]:
+    check_model(backend, model_id)
+    return rows_as_dicts(
+        backend, "SELECT family_id, label, root_feature, size, iteration FROM feature_families WHERE model_id = ? ORDER BY size DESC, family_id",
+        (model_id,), ("family_id", "label", "root_feature", "size", "iteration"),
+    )
+
+
+def family(backend: Backend, model_id: int, family_id: int) -> dict[str, Any]:
+    check_model(backend, model_id)
+    head = rows_as_dicts(
+        backend, "SELECT family_id, label, root_feature, size, iteration FROM feature_families WHERE model_id = ? AND family_id = ?",
+        (model_id, family_id), ("family_id", "label", "root_feature", "size", "iteration"),
+    )
+    if not head:
+        raise ApiError(404, f"model {model_id} has no family {family_id}")
+    head[0]["members"] = rows_as_dicts(
+        backend,
+        "SELECT m.feature_id, m.parent_id, m.depth, l.label FROM family_members m "
+        "LEFT JOIN feature_best_labels l ON l.model_id = m.model_id AND l.feature_id = m.feature_id "
+        "WHERE m.model_id = ? AND m.family_id = ? ORDER BY m.depth, m.feature_id",
+        (model_id, family_id), ("feature_id", "parent_id", "depth", "label"),
+    )
+    return head[0]
+
+
+def dashboard(backend: Backend, model_id: int) -> dict[str, Any]:
+    info = check_model(backend, model_id)
+    totals = backend.query(
+        "SELECT count(*), avg(density), (SELECT count(DISTINCT feature_id) FROM feature_labels WHERE model_id = ?), "
+        "(SELECT avg(pearson) FROM feature_best_labels WHERE model_id = ?) FROM feature_stats WHERE model_id = ?",
+        (model_id, model_id, model_id),
+    )[0]
+    return {
+        "model": {k: info[k] for k in ("model_id", "name", "version", "n_latents", "k", "n_documents")},
+        "active_features": totals[0], "mean_density": _plain(totals[1]), "labelled_features": totals[2],
+        "mean_interpretability": _plain(totals[3]),
+        "density_histogram": rows_as_dicts(
+            backend, "SELECT floor(log10(density) * 4) / 4 AS log10_density, count(*) FROM feature_stats WHERE model_id = ? GROUP BY 1 ORDER BY 1",
+            (model_id,), ("log10_density", "count"),
+        ),
+        "top_features": rows_as_dicts(
+            backend, "SELECT feature_id, label, density, mean_activation, interpretability FROM feature_summary "
+            "WHERE model_id = ? ORDER BY n_docs DESC, feature_id LIMIT 15", (model_id,),
+            ("feature_id", "label", "density", "mean_activation", "interpretability"),
+        ),
+        "documents_per_year": rows_as_dicts(
+            backend, "SELECT year, count(*) FROM papers WHERE year IS NOT NULL GROUP BY year ORDER BY year", (), ("year", "count"),
+        ),
+    }

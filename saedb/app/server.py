@@ -1,0 +1,169 @@
+"""The HTTP server behind `saedb serve`: static pages plus the JSON API in ``api``.
+
+Read-only by construction: backends are opened read-only (DuckDB file mode, Postgres
+read-only transactions) and every API query is parameterised. Each request borrows a
+backend from a small pool; queries run under a statement timeout.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, Callable, Iterator
+from urllib.parse import parse_qs, urlparse
+
+import numpy as np
+
+from saedb.app import api
+from saedb.backends import DATABASE_ERRORS, Backend, connect, user_message
+from saedb.embedders import get_embedder
+from saedb.errors import SaedbError
+
+STATIC = Path(__file__).resolve().parent / "static"
+CONTENT_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript", ".css": "text/css"}
+log = logging.getLogger("saedb.app")
+
+
+class BackendPool:
+    """Read-only backends shared by request threads (DuckDB: cursors of one read-only instance)."""
+
+    def __init__(self, url: str, size: int, timeout_s: float) -> None:
+        self.timeout_s = timeout_s
+        self.primary = connect(url, read_only=True)
+        self.idle: queue.Queue[Backend] = queue.Queue()
+        for _ in range(size):
+            self.idle.put(self.primary.sibling() if self.primary.dialect == "duckdb" else connect(url, read_only=True))
+
+    @contextmanager
+    def borrow(self) -> Iterator[Backend]:
+        backend = self.idle.get()
+        timer = None
+        if backend.dialect == "duckdb":  # DuckDB has no statement_timeout: interrupt the connection
+            timer = threading.Timer(self.timeout_s, backend.con.interrupt)  # type: ignore[attr-defined]
+            timer.start()
+        try:
+            yield backend
+        finally:
+            if timer is not None:
+                timer.cancel()
+            self.idle.put(backend)
+
+    def close(self) -> None:
+        while not self.idle.empty():
+            self.idle.get().close()
+        self.primary.close()
+
+
+def _int(params: dict[str, list[str]], name: str, default: int | None = None, low: int = 0, high: int = 10**9) -> int:
+    raw = params.get(name, [None])[0]
+    if raw is None or raw == "":
+        if default is None:
+            raise api.ApiError(400, f"missing parameter {name!r}")
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise api.ApiError(400, f"{name} must be an integer, got {raw[:40]!r}") from None
+    if not low <= value <= high:
+        raise api.ApiError(400, f"{name} must be between {low} and {high}")
+    return value
+
+
+def _pairs(params: dict[str, list[str]], name: str) -> list[tuple[int, float]]:
+    """Repeated 'id:strength' parameters, e.g. f=12:0.5&f=40:-0.3."""
+    pairs = []
+    for raw in params.get(name, []):
+        try:
+            ident, strength = raw.split(":")
+            pair = (int(ident), float(strength))
+        except ValueError:
+            raise api.ApiError(400, f"{name} must look like ID:STRENGTH, got {raw[:40]!r}") from None
+        if not np.isfinite(pair[1]) or abs(pair[1]) > 10:
+            raise api.ApiError(400, f"steering strength must be a number between -10 and 10, got {strength!r}")
+        pairs.append(pair)
+    return pairs
+
+
+class App:
+    def __init__(self, url: str, pool_size: int = 8, timeout_s: float = 10.0) -> None:
+        self.pool = BackendPool(url, pool_size, timeout_s)
+        embedder_name, _ = self.pool.primary.require_embedder()
+        self.embedder = get_embedder(embedder_name)
+        self.embed_lock = threading.Lock()
+
+    def embed(self, text: str) -> np.ndarray:
+        with self.embed_lock:
+            return self.embedder.embed([text])[0]
+
+    def route(self, path: str, params: dict[str, list[str]]) -> Any:
+        endpoints: dict[str, Callable[[Backend], Any]] = {
+            "/api/models": lambda b: api.models(b),
+            "/api/search": lambda b: api.search(
+                b, self.embed, self._text(params), _int(params, "model"), _pairs(params, "f"), _pairs(params, "fam"),
+                _int(params, "limit", 10, 1, 100)),
+            "/api/feature": lambda b: api.feature(b, _int(params, "model"), _int(params, "id")),
+            "/api/families": lambda b: api.families(b, _int(params, "model")),
+            "/api/family": lambda b: api.family(b, _int(params, "model"), _int(params, "id")),
+            "/api/dashboard": lambda b: api.dashboard(b, _int(params, "model")),
+        }
+        if path not in endpoints:
+            raise api.ApiError(404, f"no such endpoint {path}")
+        with self.pool.borrow() as backend:
+            return endpoints[path](backend)
+
+    @staticmethod
+    def _text(params: dict[str, list[str]]) -> str:
+        text = params.get("q", [""])[0].strip()
+        if not text:
+            raise api.ApiError(400, "type something to search for")
+        if len(text) > 2000:
+            raise api.ApiError(400, "the search text is longer than 2000 characters")
+        return text
+
+    def handle(self, path: str, query: str) -> tuple[int, str, bytes]:
+        """(status, content type, body) for a GET request."""
+        if not path.startswith("/api/"):
+            name = "index.html" if path in ("/", "/index.html") else path.lstrip("/")
+            file = (STATIC / name).resolve()
+            if file.parent != STATIC or not file.is_file():
+                return 404, "text/plain", b"not found"
+            return 200, CONTENT_TYPES.get(file.suffix, "application/octet-stream"), file.read_bytes()
+        try:
+            status, body = 200, self.route(path, parse_qs(query))
+        except api.ApiError as exc:
+            status, body = exc.status, {"error": str(exc)}
+        except SaedbError as exc:
+            status, body = 400, {"error": str(exc)}
+        except DATABASE_ERRORS as exc:
+            message = user_message(exc)
+            timed_out = "timeout" in message.lower() or "interrupt" in message.lower()
+            status, body = (503, {"error": "the query took too long"}) if timed_out else (400, {"error": message})
+        except Exception:  # noqa: BLE001 - never leak internals to the browser
+            log.exception("request failed: %s?%s", path, query)
+            status, body = 500, {"error": "internal error"}
+        return status, "application/json", json.dumps(body).encode()
+
+
+def make_server(app: App, host: str = "127.0.0.1", port: int = 8080) -> ThreadingHTTPServer:
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            url = urlparse(self.path)
+            status, content_type, body = app.handle(url.path, url.query)
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Cache-Control", "no-store")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, fmt: str, *args: object) -> None:
+            log.debug(fmt, *args)
+
+    server = ThreadingHTTPServer((host, port), Handler)
+    server.daemon_threads = True
+    return server

@@ -1,0 +1,198 @@
+// saedb web app: hash-routed pages over the JSON API in saedb/app/api.py.
+const view = document.getElementById("view");
+const modelSelect = document.getElementById("model");
+const state = { steering: new Map(), families: new Map(), lastQuery: "" };
+
+const esc = (s) => String(s ?? "").replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c]);
+const fmt = (x, d = 3) => (x === null || x === undefined ? "–" : Number(x).toFixed(d));
+const model = () => modelSelect.value;
+const featureLink = (id, label) => `<a href="#/feature/${id}">#${id}</a> ${esc(label || "(unlabelled)")}`;
+
+function showError(message) {
+  const box = document.getElementById("error");
+  box.textContent = message; box.hidden = false;
+  clearTimeout(showError.timer); showError.timer = setTimeout(() => (box.hidden = true), 5000);
+}
+
+async function get(path, params = []) {
+  const query = new URLSearchParams(params).toString();
+  const response = await fetch(`/api/${path}${query ? "?" + query : ""}`);
+  const body = await response.json();
+  if (!response.ok) throw new Error(body.error || `request failed (${response.status})`);
+  return body;
+}
+
+function bars(points, { x, y, width = 520, height = 160, label = (p) => p[x] }) {
+  if (!points.length) return '<p class="muted">no data</p>';
+  const max = Math.max(...points.map((p) => p[y])) || 1, w = width / points.length;
+  const rects = points.map((p, i) => {
+    const h = (p[y] / max) * (height - 24);
+    return `<rect class="bar" x="${i * w + 1}" y="${height - 18 - h}" width="${Math.max(w - 2, 1)}" height="${h}"><title>${esc(label(p))}: ${p[y]}</title></rect>`;
+  });
+  const ticks = [0, Math.floor(points.length / 2), points.length - 1].map((i) => `<text x="${i * w}" y="${height - 4}">${esc(label(points[i]))}</text>`);
+  return `<svg viewBox="0 0 ${width} ${height}" width="100%" role="img">${rects.join("")}${ticks.join("")}</svg>`;
+}
+
+function lineChart(points, { x, y, width = 520, height = 160 }) {
+  if (points.length < 2) return bars(points, { x, y, width, height });
+  const xs = points.map((p) => p[x]), ys = points.map((p) => p[y]);
+  const [x0, x1, y1] = [Math.min(...xs), Math.max(...xs), Math.max(...ys) || 1];
+  const px = (v) => 30 + ((v - x0) / (x1 - x0 || 1)) * (width - 40), py = (v) => height - 20 - (v / y1) * (height - 30);
+  const path = points.map((p, i) => `${i ? "L" : "M"}${px(p[x])},${py(p[y])}`).join(" ");
+  return `<svg viewBox="0 0 ${width} ${height}" width="100%" role="img"><path class="line" d="${path}"/>
+    <text x="30" y="${height - 4}">${x0}</text><text x="${width - 40}" y="${height - 4}">${x1}</text><text x="0" y="12">${fmt(y1, 3)}</text></svg>`;
+}
+
+function tree(members, current) {
+  // Layered layout: depth down the page, members of a depth spread across.
+  const byDepth = new Map();
+  members.forEach((m) => byDepth.set(m.depth, [...(byDepth.get(m.depth) || []), m]));
+  const width = 760, rowH = 70, pos = new Map();
+  const height = byDepth.size * rowH + 20;
+  byDepth.forEach((row, depth) => row.forEach((m, i) => pos.set(m.feature_id, [((i + 0.5) / row.length) * width, 25 + depth * rowH])));
+  const edges = members.filter((m) => m.parent_id !== null && pos.has(m.parent_id)).map((m) => {
+    const [a, b] = [pos.get(m.parent_id), pos.get(m.feature_id)];
+    return `<line class="edge" x1="${a[0]}" y1="${a[1]}" x2="${b[0]}" y2="${b[1]}"/>`;
+  });
+  const nodes = members.map((m) => {
+    const [cx, cy] = pos.get(m.feature_id);
+    return `<a href="#/feature/${m.feature_id}"><circle class="node${m.feature_id === current ? " current" : ""}" cx="${cx}" cy="${cy}" r="7"><title>#${m.feature_id} ${esc(m.label || "")}</title></circle>
+      <text x="${cx + 9}" y="${cy + 4}">${m.feature_id}</text></a>`;
+  });
+  return `<svg class="tree" viewBox="0 0 ${width} ${height}" width="100%" role="img">${edges.join("")}${nodes.join("")}</svg>`;
+}
+
+// --- pages -------------------------------------------------------------------
+async function searchPage() {
+  view.innerHTML = `<h1>Steered semantic search</h1>
+    <form class="search"><input id="q" name="q" placeholder="e.g. dark matter halos in cosmological simulations" value="${esc(state.lastQuery)}" autocomplete="off">
+    <button id="go">Search</button></form>
+    <div class="layout"><aside class="card"><h2 style="margin-top:0">Steering</h2>
+      <div id="sliders"><p class="muted">Search to see the query's features.</p></div>
+      <h2>Add a feature or family</h2>
+      <form id="add" class="search"><input id="add-id" placeholder="feature id, or fam:ID"><button>Add</button></form></aside>
+    <section class="card"><div id="results"></div></section></div>`;
+  const run = debounce(runSearch, 250);
+  view.querySelector("form.search").onsubmit = (e) => { e.preventDefault(); state.lastQuery = document.getElementById("q").value; runSearch(); };
+  document.getElementById("add").onsubmit = (e) => {
+    e.preventDefault();
+    const raw = document.getElementById("add-id").value.trim();
+    const fam = raw.startsWith("fam:");
+    const id = parseInt(fam ? raw.slice(4) : raw, 10);
+    if (Number.isNaN(id)) return showError("enter a feature id, or fam:ID for a family");
+    (fam ? state.families : state.steering).set(id, 0.5);
+    run();
+  };
+  view.addEventListener("input", (e) => {
+    if (!e.target.matches("input[type=range]")) return;
+    const { kind, id } = e.target.dataset;
+    (kind === "family" ? state.families : state.steering).set(Number(id), Number(e.target.value));
+    e.target.closest(".slider").querySelector(".value").textContent = fmt(e.target.value, 2);
+    run();
+  });
+  if (state.lastQuery) runSearch();
+}
+
+function debounce(fn, ms) { let t; return (...a) => { clearTimeout(t); t = setTimeout(() => fn(...a), ms); }; }
+
+function slider(kind, id, label, value) {
+  return `<div class="slider"><div class="name"><span>${kind === "family" ? `family ${id}` : featureLink(id, label)}</span>
+    <span class="value">${fmt(value, 2)}</span></div>
+    <input type="range" min="-1.5" max="1.5" step="0.05" value="${value}" data-kind="${kind}" data-id="${id}" aria-label="strength of ${kind} ${id}"></div>`;
+}
+
+async function runSearch() {
+  if (!state.lastQuery.trim()) return showError("type something to search for");
+  const params = [["q", state.lastQuery], ["model", model()], ["limit", "10"]];
+  state.steering.forEach((s, f) => s !== 0 && params.push(["f", `${f}:${s}`]));
+  state.families.forEach((s, f) => s !== 0 && params.push(["fam", `${f}:${s}`]));
+  try {
+    const data = await get("search", params);
+    const shown = new Set();
+    let html = data.query_features.map((f) => { shown.add(f.feature_id); return slider("feature", f.feature_id, f.label, state.steering.get(f.feature_id) || 0); }).join("");
+    state.steering.forEach((s, f) => { if (!shown.has(f)) html += slider("feature", f, (data.steering.find((x) => x.feature_id === f) || {}).label, s); });
+    state.families.forEach((s, f) => (html += slider("family", f, "", s)));
+    if (!document.activeElement || !document.activeElement.matches("input[type=range]")) document.getElementById("sliders").innerHTML = html || '<p class="muted">No active features.</p>';
+    document.getElementById("results").innerHTML = `<ol class="results">${data.results.map((r) =>
+      `<li><a href="https://arxiv.org/abs/${esc(r.arxiv_id)}" target="_blank" rel="noopener">${esc(r.title)}</a>
+       <span class="dist">${esc(r.arxiv_id)} · ${r.year ?? ""} · distance ${fmt(r.distance)}</span></li>`).join("")}</ol>`;
+  } catch (err) { showError(err.message); }
+}
+
+async function featurePage(id) {
+  const f = await get("feature", [["model", model()], ["id", id]]);
+  view.innerHTML = `<h1>Feature #${f.feature_id}: ${esc(f.label || "(unlabelled)")}</h1>
+    <div class="row">
+      <div class="card"><div class="stat">${fmt(f.interpretability, 2)}</div><div class="muted">interpretability (predictor r), F1 ${fmt(f.f1, 2)}</div></div>
+      <div class="card"><div class="stat">${fmt(100 * f.density, 2)}%</div><div class="muted">density: ${f.n_docs} documents</div></div>
+      <div class="card"><div class="stat">${fmt(f.mean_activation)}</div><div class="muted">mean activation (max ${fmt(f.max_activation)})</div></div>
+    </div>
+    <div class="row">
+      <div class="card"><h2>Activation histogram</h2>${bars(f.histogram, { x: "bin_start", y: "count", label: (p) => fmt(p.bin_start, 2) })}</div>
+      <div class="card"><h2>Trend by year (share of papers)</h2>${lineChart(f.trend, { x: "year", y: "share_of_year" })}</div>
+    </div>
+    <div class="row">
+      <div class="card"><h2>Top abstracts</h2><ol class="results">${f.top_documents.map((d) =>
+        `<li><strong>${esc(d.title)}</strong> <span class="dist">${esc(d.arxiv_id)} · ${d.year ?? ""} · ${fmt(d.activation)}</span>
+         <div class="abstract">${esc(d.abstract)}…</div></li>`).join("")}</ol></div>
+      <div class="card"><h2>Co-occurring features</h2>${f.cooccurring.length ? `<table><tr><th>feature</th><th>documents</th></tr>${f.cooccurring.map((c) =>
+        `<tr><td>${featureLink(c.feature_id, c.label)}</td><td>${c.n_docs}</td></tr>`).join("")}</table>` : '<p class="muted">Run <code>saedb families</code> to compute co-occurrence.</p>'}</div>
+    </div>
+    ${f.families.map((fam) => `<div class="card"><h2>Family ${fam.family_id}: ${esc(fam.label)} (${fam.size} features)</h2>${tree(fam.members, f.feature_id)}</div>`).join("")}`;
+}
+
+async function familiesPage() {
+  const families = await get("families", [["model", model()]]);
+  view.innerHTML = `<h1>Feature families</h1><div class="card">${families.length ? `<table><tr><th>family</th><th>label</th><th>root</th><th>features</th><th>iteration</th></tr>
+    ${families.map((f) => `<tr><td><a href="#/family/${f.family_id}">${f.family_id}</a></td><td>${esc(f.label)}</td><td>${featureLink(f.root_feature, "")}</td><td>${f.size}</td><td>${f.iteration}</td></tr>`).join("")}</table>`
+    : '<p class="muted">No families yet: run <code>saedb families</code>.</p>'}</div>`;
+}
+
+async function familyPage(id) {
+  const f = await get("family", [["model", model()], ["id", id]]);
+  view.innerHTML = `<h1>Family ${f.family_id}: ${esc(f.label)}</h1><div class="card">${tree(f.members, f.root_feature)}</div>
+    <div class="card"><table><tr><th>feature</th><th>parent</th><th>depth</th></tr>${f.members.map((m) =>
+      `<tr><td>${featureLink(m.feature_id, m.label)}</td><td>${m.parent_id ?? "root"}</td><td>${m.depth}</td></tr>`).join("")}</table></div>`;
+}
+
+async function dashboardPage() {
+  const d = await get("dashboard", [["model", model()]]);
+  view.innerHTML = `<h1>Model ${esc(d.model.name)} v${d.model.version}</h1>
+    <div class="row">
+      <div class="card"><div class="stat">${d.active_features} / ${d.model.n_latents}</div><div class="muted">features that fire (k = ${d.model.k})</div></div>
+      <div class="card"><div class="stat">${d.labelled_features}</div><div class="muted">labelled, mean interpretability ${fmt(d.mean_interpretability, 2)}</div></div>
+      <div class="card"><div class="stat">${d.model.n_documents}</div><div class="muted">documents encoded</div></div>
+    </div>
+    <div class="row">
+      <div class="card"><h2>Feature density (log10)</h2>${bars(d.density_histogram, { x: "log10_density", y: "count", label: (p) => fmt(p.log10_density, 2) })}</div>
+      <div class="card"><h2>Documents per year</h2>${bars(d.documents_per_year, { x: "year", y: "count" })}</div>
+    </div>
+    <div class="card"><h2>Most common features</h2><table><tr><th>feature</th><th>density</th><th>mean activation</th><th>interpretability</th></tr>
+      ${d.top_features.map((f) => `<tr><td>${featureLink(f.feature_id, f.label)}</td><td>${fmt(100 * f.density, 2)}%</td><td>${fmt(f.mean_activation)}</td><td>${fmt(f.interpretability, 2)}</td></tr>`).join("")}</table></div>`;
+}
+
+async function render() {
+  const [page, id] = location.hash.replace(/^#\/?/, "").split("/");
+  document.querySelectorAll("nav a").forEach((a) => a.classList.toggle("active", a.dataset.page === (page || "search")));
+  try {
+    if (page === "feature") await featurePage(id);
+    else if (page === "families") await familiesPage();
+    else if (page === "family") await familyPage(id);
+    else if (page === "dashboard") await dashboardPage();
+    else await searchPage();
+  } catch (err) {
+    view.innerHTML = `<h1>Something went wrong</h1><p>${esc(err.message)}</p>`;
+    showError(err.message);
+  }
+}
+
+(async function start() {
+  try {
+    const models = await get("models");
+    if (!models.length) { view.innerHTML = "<h1>No published model yet</h1><p>Run <code>saedb train</code> first.</p>"; return; }
+    modelSelect.innerHTML = models.map((m) => `<option value="${m.model_id}">${esc(m.name)} v${m.version} (#${m.model_id})</option>`).join("");
+    modelSelect.onchange = render;
+    window.addEventListener("hashchange", render);
+    render();
+  } catch (err) { showError(err.message); }
+})();

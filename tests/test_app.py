@@ -1,0 +1,203 @@
+"""The web app: JSON API on both backends (read-only, bad input, injection), 50 parallel
+steered searches, and end-to-end flows in headless Chromium with screenshots."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from saedb.app.server import App, make_server
+from saedb.backends import connect
+from saedb.families import build_families
+from saedb.interp import OfflineLabeller, run_autointerp
+from saedb.loaders import load_corpus
+from saedb.trainer import TrainConfig
+from saedb.trainer.train import train_from_db
+
+ROOT = Path(__file__).resolve().parent.parent
+SCREENSHOTS = ROOT / "build" / "screenshots"
+
+
+@pytest.fixture
+def served(db_url: str, astro_slice: Path, embedder) -> Iterator[tuple[str, int]]:
+    """A database with a trained, labelled model and families, served read-only on loopback."""
+    with connect(db_url) as backend:
+        load_corpus(backend, astro_slice, embedder, progress=False)
+        model_id, _ = train_from_db(backend, TrainConfig(k=8, n_latents=128, epochs=30, batch_size=64, lr=1e-3), "app")
+        run_autointerp(backend, model_id, OfflineLabeller(embedder), limit=60, concurrency=2)
+        build_families(backend, model_id)
+    app = App(db_url, pool_size=8, timeout_s=10)
+    server = make_server(app, "127.0.0.1", 0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_port}", model_id
+    server.shutdown()
+    server.server_close()
+    app.pool.close()
+
+
+def get(base: str, path: str, params: list[tuple[str, str]] | None = None) -> tuple[int, object]:
+    url = f"{base}/api/{path}" + ("?" + urllib.parse.urlencode(params) if params else "")
+    try:
+        with urllib.request.urlopen(url, timeout=30) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+def test_api_pages_and_steering(served: tuple[str, int], db_url: str) -> None:
+    base, model_id = served
+    status, models = get(base, "models")
+    assert status == 200 and models[0]["model_id"] == model_id
+    m = str(model_id)
+    _, plain = get(base, "search", [("q", "gamma-ray bursts"), ("model", m)])
+    assert len(plain["results"]) == 10 and plain["query_features"]
+    target = plain["query_features"][0]["feature_id"]
+    _, away = get(base, "search", [("q", "gamma-ray bursts"), ("model", m), ("f", f"{target}:-1.0")])
+    assert [r["arxiv_id"] for r in away["results"]] != [r["arxiv_id"] for r in plain["results"]]
+    assert away["steering"][0]["feature_id"] == target
+    _, fams = get(base, "families", [("model", m)])
+    _, with_family = get(base, "search", [("q", "gamma-ray bursts"), ("model", m), ("fam", f"{fams[0]['family_id']}:0.8")])
+    assert with_family["results"][0]["distance"] > plain["results"][0]["distance"]
+    status, page = get(base, "feature", [("model", m), ("id", str(target))])
+    assert status == 200 and page["n_docs"] > 0 and page["histogram"] and page["top_documents"] and page["trend"]
+    assert sum(b["count"] for b in page["histogram"]) == page["n_docs"]
+    status, family = get(base, "family", [("model", m), ("id", str(fams[0]["family_id"]))])
+    assert status == 200 and len(family["members"]) == fams[0]["size"]
+    status, board = get(base, "dashboard", [("model", m)])
+    assert status == 200 and board["model"]["n_documents"] == 400 and board["top_features"]
+
+
+@pytest.mark.parametrize(
+    "path, params, status, message",
+    [
+        ("feature", [("model", "1"), ("id", "abc")], 400, "id must be an integer"),
+        ("feature", [("model", "1"), ("id", "99999")], 404, "never fires or does not exist"),
+        ("search", [("q", " "), ("model", "1")], 400, "type something"),
+        ("search", [("q", "x"), ("model", "77")], 404, "unknown model 77"),
+        ("search", [("q", "x"), ("model", "1"), ("f", "5")], 400, "ID:STRENGTH"),
+        ("search", [("q", "x"), ("model", "1"), ("f", "5:nan")], 400, "strength must be a number"),
+        ("search", [("q", "x"), ("model", "1"), ("f", "5000:1")], 400, "feature 5000 does not exist"),
+        ("search", [("q", "x"), ("model", "1"), ("fam", "9999:0.5")], 400, "has no family 9999"),
+        ("search", [("q", "x"), ("model", "1"), ("limit", "1000")], 400, "limit must be between 1 and 100"),
+        ("nothing", [], 404, "no such endpoint"),
+    ],
+)
+def test_bad_input_gets_a_clear_message(served: tuple[str, int], path: str, params: list, status: int, message: str) -> None:
+    base, _ = served
+    got_status, body = get(base, path, params)
+    assert got_status == status and message in body["error"]
+
+
+def test_injection_is_just_text_and_the_app_cannot_write(served: tuple[str, int], db_url: str) -> None:
+    base, model_id = served
+    status, body = get(base, "search", [("q", "'); DROP TABLE papers; --"), ("model", str(model_id))])
+    assert status == 200 and len(body["results"]) == 10
+    status, body = get(base, "feature", [("model", str(model_id)), ("id", "1; DELETE FROM papers")])
+    assert status == 400
+    if not db_url.startswith("postgres"):
+        return  # the DuckDB file is held read-only by the app; writers use another process
+    with connect(db_url) as backend:
+        assert backend.count("papers") == 400
+
+
+def test_fifty_parallel_steered_searches(served: tuple[str, int]) -> None:
+    base, model_id = served
+    queries = [f"{topic} {i}" for i, topic in enumerate(["dark matter", "neutron stars", "exoplanets", "galaxy clusters", "cosmic rays"] * 10)]
+
+    def one(i: int) -> tuple[int, float]:
+        start = time.perf_counter()
+        status, _ = get(base, "search", [("q", queries[i]), ("model", str(model_id)), ("f", f"{i % 128}:0.6")])
+        return status, time.perf_counter() - start
+
+    with ThreadPoolExecutor(max_workers=50) as pool:
+        outcomes = list(pool.map(one, range(50)))
+    assert [s for s, _ in outcomes] == [200] * 50
+    latencies = sorted(t for _, t in outcomes)
+    report = {"p50_ms": 1000 * statistics.median(latencies), "p99_ms": 1000 * latencies[int(0.99 * len(latencies)) - 1]}
+    (ROOT / "build").mkdir(exist_ok=True)
+    (ROOT / "build" / f"concurrency-{base.rsplit(':', 1)[1]}.json").write_text(json.dumps(report))
+    print("50 parallel steered searches:", report)
+
+
+@pytest.fixture
+def browser() -> Iterator[object]:
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = "/usr/bin/chromium"
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run", "--window-size=1280,1000"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
+    yield driver
+    driver.quit()
+
+
+def wait_for(driver, css: str, check=lambda els: len(els) > 0, timeout: float = 20):
+    """Elements matching css once check(elements) holds; re-renders mid-check are retried."""
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.common.by import By
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            elements = driver.find_elements(By.CSS_SELECTOR, css)
+            if check(elements):
+                return elements
+        except StaleElementReferenceException:
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {css}")
+
+
+def texts(driver, css: str, count: int, differ_from: list[str] | None = None) -> list[str]:
+    """The texts of exactly ``count`` elements, read in one pass (optionally != differ_from)."""
+    found: list[str] = []
+
+    def ready(elements) -> bool:
+        found[:] = [e.text for e in elements]
+        return len(found) == count and found != differ_from
+
+    wait_for(driver, css, ready)
+    return found
+
+
+def test_browser_steered_search_and_feature_page(served: tuple[str, int], browser, db_url: str) -> None:
+    from selenium.webdriver.common.by import By
+
+    base, model_id = served
+    kind = "postgres" if db_url.startswith("postgres") else "duckdb"
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    browser.get(base + "/#/search")
+    box = wait_for(browser, "#q")[0]
+    box.send_keys("gamma-ray bursts")
+    browser.find_element(By.ID, "go").click()
+    before = texts(browser, "ol.results li a", 10)
+    sliders = wait_for(browser, "#sliders input[type=range]")
+    feature_id = sliders[0].get_attribute("data-id")
+    browser.execute_script("arguments[0].value = -1.5; arguments[0].dispatchEvent(new Event('input', {bubbles: true}));", sliders[0])
+    assert texts(browser, "ol.results li a", 10, differ_from=before) != before
+    browser.save_screenshot(str(SCREENSHOTS / f"steered-search-{kind}.png"))
+
+    browser.get(f"{base}/#/feature/{feature_id}")
+    wait_for(browser, "h1", lambda els: len(els) == 1 and els[0].text.startswith(f"Feature #{feature_id}"))
+    assert wait_for(browser, "svg rect.bar")  # activation histogram
+    assert len(wait_for(browser, "ol.results li")) >= 1  # top abstracts
+    browser.save_screenshot(str(SCREENSHOTS / f"feature-{kind}.png"))
+
+    browser.get(f"{base}/#/dashboard")
+    wait_for(browser, "h1", lambda els: els and els[0].text.startswith("Model app"))
+    browser.save_screenshot(str(SCREENSHOTS / f"dashboard-{kind}.png"))
+    browser.get(f"{base}/#/feature/abc")
+    assert "id must be an integer" in wait_for(browser, "#error", lambda els: els and els[0].text)[0].text
