@@ -143,7 +143,7 @@ def evaluate(
             variants[f"steering@{strength:g}"] = (sae.steer(q, case.feature, sign * strength)[0], steering)
         before = pre_activation(sae, q, case.feature)
         for method, (vector, steering) in variants.items():
-            hits = search(backend, q if steering else vector, limit=top, steering=steering)
+            hits = search(backend, q if steering else vector, limit=top, steering=steering or ())
             texts = [document_text(t, a) for t, a in backend.query(
                 "SELECT title, abstract FROM papers WHERE doc_id IN (" + ", ".join("?" * len(hits)) + ")", [h.doc_id for h in hits]
             )]

@@ -52,16 +52,18 @@ def run_portable(backend: Backend, sql: str, params: Sequence[Any] = ()) -> list
     return backend.query(text, [backend.vector_param(p) if isinstance(p, np.ndarray) else p for p in ordered])
 
 
-def search(backend: Backend, query: np.ndarray, limit: int = 10, steering: Steering | None = None) -> list[Hit]:
-    """Nearest documents to ``query``, optionally steered first."""
+def search(
+    backend: Backend, query: np.ndarray, limit: int = 10, steering: Steering | Sequence[Steering] = ()
+) -> list[Hit]:
+    """Nearest documents to ``query``, first steered by each steering in turn."""
     if limit < 1:
         raise InvalidInputError("limit must be at least 1")
-    query = np.asarray(query, dtype=np.float32)
-    if steering is None:
-        sql, params = SEARCH_SQL.format(target="$1::vector"), [query, limit]
-    else:
-        if steering.by not in STEER_FUNCTIONS:
-            raise InvalidInputError(f"steer by one of {', '.join(STEER_FUNCTIONS)}, not {steering.by!r}")
-        target = f"{STEER_FUNCTIONS[steering.by]}($1::vector, $3, $4, $5)"
-        sql, params = SEARCH_SQL.format(target=target), [query, limit, steering.target, float(steering.strength), steering.model_id]
-    return [Hit(*row[:4], float(row[4])) for row in run_portable(backend, sql, params)]
+    params: list[Any] = [np.asarray(query, dtype=np.float32), limit]
+    target = "$1::vector"
+    for step in [steering] if isinstance(steering, Steering) else steering:
+        if step.by not in STEER_FUNCTIONS:
+            raise InvalidInputError(f"steer by one of {', '.join(STEER_FUNCTIONS)}, not {step.by!r}")
+        params += [step.target, float(step.strength), step.model_id]
+        n = len(params)
+        target = f"{STEER_FUNCTIONS[step.by]}({target}, ${n - 2}, ${n - 1}, ${n})"
+    return [Hit(*row[:4], float(row[4])) for row in run_portable(backend, SEARCH_SQL.format(target=target), params)]

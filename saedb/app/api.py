@@ -7,21 +7,15 @@ input raises ApiError with an HTTP status and a message meant for the user.
 from __future__ import annotations
 
 import math
+from dataclasses import asdict
 from typing import Any, Callable
 
 import numpy as np
 
 from saedb.backends import Backend
 from saedb.errors import UnknownModelError
-from saedb.search import run_portable
-
-SEARCH_SQL = """
-SELECT p.doc_id, p.arxiv_id, p.title, p.year, e.embedding <=> {target} AS distance
-FROM embeddings e JOIN papers p ON p.doc_id = e.doc_id
-ORDER BY e.embedding <=> {target}
-LIMIT {limit}
-"""
-
+from saedb.search import Steering, run_portable
+from saedb.search import search as search_documents
 
 class ApiError(Exception):
     def __init__(self, status: int, message: str) -> None:
@@ -82,19 +76,12 @@ def search(
         if not 0 <= feature < info["n_latents"]:
             raise ApiError(400, f"feature {feature} does not exist (model {model_id} has features 0..{info['n_latents'] - 1})")
     query = embed(text)
-    params: list[Any] = [query, model_id]
-    target = "$1::vector"
-    for family, strength in families:
-        params += [family, strength]
-        target = f"steer_family({target}, ${len(params) - 1}, ${len(params)}, $2)"
-    if features:
-        params += [[f for f, _ in features], [s for _, s in features]]
-        target = f"steer_many({target}, CAST(${len(params) - 1} AS INTEGER[]), CAST(${len(params)} AS FLOAT8[]), $2)"
-    results = run_portable(backend, SEARCH_SQL.format(target=target, limit=int(limit)), params)
+    steering = [Steering("family", f, s, model_id) for f, s in families] + [Steering("feature", f, s, model_id) for f, s in features]
+    results = search_documents(backend, query, limit, steering)
     active = run_portable(backend, "SELECT f.feature_id, f.activation FROM unnest(sae_encode($1::vector, $2)) AS f", [query, model_id])
     labels = labels_of(backend, model_id, [f for f, _ in active] + [f for f, _ in features])
     return {
-        "results": [dict(zip(("doc_id", "arxiv_id", "title", "year", "distance"), map(_plain, r))) for r in results],
+        "results": [asdict(hit) for hit in results],
         "query_features": [{"feature_id": f, "activation": _plain(a), "label": labels.get(f)} for f, a in active],
         "steering": [{"feature_id": f, "strength": s, "label": labels.get(f)} for f, s in features]
                     + [{"family_id": f, "strength": s} for f, s in families],

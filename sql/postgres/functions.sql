@@ -36,6 +36,18 @@ BEGIN
     END IF;
 END $$;
 
+-- Check feature ids against the model: every one must be in 0..n_latents-1.
+CREATE OR REPLACE FUNCTION sae_check_features(fn text, features integer[], m sae_models)
+RETURNS void LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$
+DECLARE bad integer;
+BEGIN
+    SELECT f INTO bad FROM unnest(features) f WHERE f IS NULL OR f NOT BETWEEN 0 AND m.n_latents - 1 LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION '%: feature % does not exist (model % has features 0..%)',
+            fn, coalesce(bad::text, 'NULL'), m.model_id, m.n_latents - 1 USING ERRCODE = 'data_exception';
+    END IF;
+END $$;
+
 -- Latest published version of a model name.
 CREATE OR REPLACE FUNCTION sae_model_id(model_name text)
 RETURNS integer LANGUAGE sql STABLE PARALLEL SAFE AS $$
@@ -76,18 +88,12 @@ CREATE OR REPLACE FUNCTION sae_decode(codes sae_feature[], model integer)
 RETURNS vector LANGUAGE plpgsql STABLE PARALLEL SAFE AS $$
 DECLARE
     m sae_models := sae_ready_model('sae_decode', model);
-    bad integer;
     total vector;
 BEGIN
     IF codes IS NULL THEN
         RAISE EXCEPTION 'sae_decode: codes are NULL' USING ERRCODE = 'null_value_not_allowed';
     END IF;
-    SELECT c.feature_id INTO bad FROM unnest(codes) c
-     WHERE c.feature_id IS NULL OR c.feature_id NOT BETWEEN 0 AND m.n_latents - 1 LIMIT 1;
-    IF FOUND THEN
-        RAISE EXCEPTION 'sae_decode: feature % does not exist (model % has features 0..%)',
-            coalesce(bad::text, 'NULL'), model, m.n_latents - 1 USING ERRCODE = 'data_exception';
-    END IF;
+    PERFORM sae_check_features('sae_decode', ARRAY(SELECT c.feature_id FROM unnest(codes) c), m);
     SELECT sum(sae_scaled(d.w_dec, c.activation)) INTO total
       FROM unnest(codes) c JOIN sae_decoder d ON d.model_id = model AND d.feature_id = c.feature_id;
     RETURN CASE WHEN total IS NULL THEN m.b_pre ELSE m.b_pre + total END;
@@ -98,7 +104,6 @@ CREATE OR REPLACE FUNCTION steer_many(embedding vector, features integer[], stre
 RETURNS vector LANGUAGE plpgsql STABLE PARALLEL SAFE AS $$
 DECLARE
     m sae_models := sae_ready_model('steer', model);
-    bad integer;
     direction vector;
 BEGIN
     PERFORM sae_check_embedding('steer', embedding, m);
@@ -112,11 +117,7 @@ BEGIN
     IF EXISTS (SELECT 1 FROM unnest(strengths) s WHERE s IS NULL OR s = 'NaN' OR s IN ('Infinity', '-Infinity')) THEN
         RAISE EXCEPTION 'steer: steering strength is NULL, NaN or infinite' USING ERRCODE = 'data_exception';
     END IF;
-    SELECT f INTO bad FROM unnest(features) f WHERE f IS NULL OR f NOT BETWEEN 0 AND m.n_latents - 1 LIMIT 1;
-    IF FOUND THEN
-        RAISE EXCEPTION 'steer: feature % does not exist (model % has features 0..%)',
-            coalesce(bad::text, 'NULL'), model, m.n_latents - 1 USING ERRCODE = 'data_exception';
-    END IF;
+    PERFORM sae_check_features('steer', features, m);
     SELECT sum(sae_scaled(d.w_dec, s.strength::real)) INTO direction
       FROM unnest(features, strengths) AS s(feature_id, strength)
       JOIN sae_decoder d ON d.model_id = model AND d.feature_id = s.feature_id;
