@@ -110,7 +110,7 @@ def test_injection_is_just_text_and_the_app_cannot_write(served: tuple[str, int]
         assert backend.count("papers") == 400
 
 
-def test_fifty_parallel_steered_searches(served: tuple[str, int]) -> None:
+def test_fifty_parallel_steered_searches(served: tuple[str, int], db_url: str) -> None:
     base, model_id = served
     queries = [f"{topic} {i}" for i, topic in enumerate(["dark matter", "neutron stars", "exoplanets", "galaxy clusters", "cosmic rays"] * 10)]
 
@@ -125,8 +125,47 @@ def test_fifty_parallel_steered_searches(served: tuple[str, int]) -> None:
     latencies = sorted(t for _, t in outcomes)
     report = {"p50_ms": 1000 * statistics.median(latencies), "p99_ms": 1000 * latencies[int(0.99 * len(latencies)) - 1]}
     (ROOT / "build").mkdir(exist_ok=True)
-    (ROOT / "build" / f"concurrency-{base.rsplit(':', 1)[1]}.json").write_text(json.dumps(report))
+    kind = "postgres" if db_url.startswith("postgres") else "duckdb"
+    (ROOT / "build" / f"concurrency-{kind}.json").write_text(json.dumps(report))
     print("50 parallel steered searches:", report)
+
+
+def test_slow_queries_are_stopped_by_the_statement_timeout(loaded, db_url: str) -> None:
+    from saedb.app.server import BackendPool
+    from saedb.backends import DATABASE_ERRORS
+
+    if loaded.dialect == "duckdb":
+        loaded.close()
+    slow = "SELECT pg_sleep(2)" if db_url.startswith("postgres") else "SELECT sum(i) FROM range(20000000000) t(i)"
+    pool = BackendPool(db_url, size=1, timeout_s=0.2)
+    try:
+        start = time.perf_counter()
+        with pytest.raises(DATABASE_ERRORS, match="(?i)timeout|interrupt"), pool.borrow() as backend:
+            backend.query(slow)
+        assert time.perf_counter() - start < 1.5
+        with pool.borrow() as backend:  # the connection is usable again
+            assert backend.count("papers") == 400
+    finally:
+        pool.close()
+
+
+def test_timeouts_and_unexpected_errors_become_clear_responses(monkeypatch: pytest.MonkeyPatch) -> None:
+    import duckdb
+
+    from saedb.app import server as server_module
+
+    def raising(error: Exception):
+        def route(self, path, params):
+            raise error
+        return route
+
+    app = App.__new__(App)  # routing only: no database needed
+    monkeypatch.setattr(App, "route", raising(duckdb.InterruptException("INTERRUPT Error: Interrupted!")))
+    assert app.handle("/api/search", "q=x") == (503, "application/json", b'{"error": "the query took too long"}')
+    monkeypatch.setattr(App, "route", raising(KeyError("secret internals")))
+    status, _, body = app.handle("/api/search", "q=x")
+    assert status == 500 and b"secret" not in body
+    assert app.handle("/../pyproject.toml", "")[0] == 404 and server_module.STATIC.is_dir()
 
 
 @pytest.fixture

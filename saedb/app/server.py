@@ -34,10 +34,10 @@ class BackendPool:
 
     def __init__(self, url: str, size: int, timeout_s: float) -> None:
         self.timeout_s = timeout_s
-        self.primary = connect(url, read_only=True)
+        self.primary = connect(url, read_only=True, statement_timeout_s=timeout_s)
         self.idle: queue.Queue[Backend] = queue.Queue()
         for _ in range(size):
-            self.idle.put(self.primary.sibling() if self.primary.dialect == "duckdb" else connect(url, read_only=True))
+            self.idle.put(self.primary.sibling() if self.primary.dialect == "duckdb" else connect(url, read_only=True, statement_timeout_s=timeout_s))
 
     @contextmanager
     def borrow(self) -> Iterator[Backend]:

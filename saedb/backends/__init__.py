@@ -12,16 +12,17 @@ DEFAULT_DB = "saedb.duckdb"
 DATABASE_ERRORS: tuple[type[Exception], ...] = (duckdb.Error, psycopg.Error)
 
 
-def connect(url: str = DEFAULT_DB, read_only: bool = False) -> Backend:
+def connect(url: str = DEFAULT_DB, read_only: bool = False, statement_timeout_s: float = 10.0) -> Backend:
     """Open a backend from a URL: ``postgresql://...`` for Postgres, otherwise a DuckDB
     file path (``duckdb:///path`` or a plain path; ``:memory:`` for an in-memory DB).
 
     ``read_only`` opens an existing saedb database without migrating it, and refuses writes
-    (DuckDB opens the file read-only; Postgres sessions are read-only transactions)."""
+    (DuckDB opens the file read-only; Postgres sessions are read-only transactions with
+    ``statement_timeout_s``; DuckDB has no statement timeout: callers interrupt instead)."""
     if url.startswith(("postgresql://", "postgres://")):
         from saedb.backends.postgres import PostgresBackend
 
-        return PostgresBackend(url, read_only=read_only)
+        return PostgresBackend(url, read_only=read_only, statement_timeout_ms=int(statement_timeout_s * 1000))
     from saedb.backends.duckdb import DuckDBBackend
 
     return DuckDBBackend(url.removeprefix("duckdb://"), read_only=read_only)

@@ -128,7 +128,7 @@ async function featurePage(id) {
       <div class="card"><div class="stat">${fmt(f.mean_activation)}</div><div class="muted">mean activation (max ${fmt(f.max_activation)})</div></div>
     </div>
     <div class="row">
-      <div class="card"><h2>Activation histogram</h2>${bars(f.histogram, { x: "bin_start", y: "count", label: (p) => fmt(p.bin_start, 2) })}</div>
+      <div class="card"><h2>Activation density (histogram)</h2>${bars(f.histogram, { x: "bin_start", y: "count", label: (p) => fmt(p.bin_start, 2) })}</div>
       <div class="card"><h2>Trend by year (share of papers)</h2>${lineChart(f.trend, { x: "year", y: "share_of_year" })}</div>
     </div>
     <div class="row">
