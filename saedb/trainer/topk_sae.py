@@ -111,7 +111,7 @@ class TopKSAE(nn.Module):
 
     @torch.no_grad()
     def normalise_decoder(self) -> None:
-        self.w_dec.data = F.normalize(self.w_dec.data, dim=1)
+        self.w_dec.div_(self.w_dec.norm(dim=1, keepdim=True))
 
     def to_numpy(self) -> SAE:
         """Export to the numpy core used by the SQL functions."""

@@ -100,9 +100,8 @@ class Trainer:
         clip_grad_norm(model.parameters(), cfg.grad_clip)
         self.optimiser.step()
         model.normalise_decoder()
-        fired = torch.zeros_like(self.steps_since_fired, dtype=torch.bool)
-        fired[indices[values > 0]] = True
-        self.steps_since_fired = torch.where(fired, 0, self.steps_since_fired + 1)
+        self.steps_since_fired += 1
+        self.steps_since_fired[indices[values > 0]] = 0
         return loss.item()
 
 
