@@ -66,7 +66,7 @@ def train(
             model_id, result = train_from_db(backend, cfg, name, log=typer.echo)
     except USER_ERRORS as exc:
         _fail(exc)
-    typer.echo(f"published model {model_id}: " + json.dumps({k: v for k, v in result.metrics.items()}))
+    typer.echo(f"published model {model_id}: " + json.dumps(result.metrics))
 
 
 def _int_list(text: str) -> list[int]:
@@ -290,11 +290,14 @@ def sql(query: str = typer.Argument(..., help="SQL to run; saedb's functions are
 @app.command()
 def models(db: str = DbOption) -> None:
     """List published model versions."""
-    with connect(db) as backend:
-        for row in backend.query(
-            "SELECT model_id, name, version, n_latents, k, status, created_at FROM sae_models ORDER BY model_id"
-        ):
-            typer.echo("\t".join(str(v) for v in row))
+    try:
+        with connect(db) as backend:
+            for row in backend.query(
+                "SELECT model_id, name, version, n_latents, k, status, created_at FROM sae_models ORDER BY model_id"
+            ):
+                typer.echo("\t".join(str(v) for v in row))
+    except USER_ERRORS as exc:
+        _fail(exc)
 
 
 @app.command()
