@@ -142,7 +142,7 @@ def _model_id(backend, model: str) -> int:
     """A model id, or the latest published version of a model name."""
     if model.isdigit():
         return int(model)
-    found = backend.query("SELECT max(model_id) FROM sae_models WHERE name = ? AND status = 'ready'", (model,))[0][0]
+    found = backend.query("SELECT sae_model_id(?)", (model,))[0][0]
     if found is None:
         raise UnknownModelError(f"no published model named {model!r}")
     return int(found)

@@ -50,7 +50,7 @@ class SharedDatabase:
             raise ConfigurationError(f"cannot open {path}: {exc}") from None
         self.key, self.read_only, self.users = key, read_only, 0
         self.functions: set[str] = set()
-        self.udfs_for: tuple[str, int] | None | bool = False  # the embedder the UDFs were built for
+        self.udfs_for: tuple[str, int] | None = None  # the embedder binding the UDFs were built for
 
     @classmethod
     def acquire(cls, path: str, read_only: bool) -> "SharedDatabase":
@@ -104,14 +104,16 @@ class DuckDBBackend(Backend):
         assert self.shared is not None
         with SharedDatabase._lock:
             bound = self.embedder()
-            if self.shared.udfs_for != bound:
+            if not self.shared.functions or self.shared.udfs_for != bound:
                 register_udfs(self)
                 self.shared.udfs_for = bound
 
     def sibling(self) -> "DuckDBBackend":
         """A backend on a separate connection to the same database, usable from inside UDFs
-        (code running in a query cannot use that query's own connection)."""
-        return DuckDBBackend(self.path, con=self.con.cursor())
+        (code running in a query cannot use that query's own connection). It is a cursor of
+        the shared root, so it stays valid whichever backend closes first."""
+        root = self.shared.root if self.shared is not None else self.con
+        return DuckDBBackend(self.path, con=root.cursor())
 
     def bind_embedder(self, name: str, dim: int) -> None:
         super().bind_embedder(name, dim)

@@ -76,8 +76,7 @@ class ModelCache:
     """Published model versions are immutable, so weights are read once per model id."""
 
     def __init__(self, backend: DuckDBBackend) -> None:
-        assert backend.shared is not None
-        self.reader = DuckDBBackend(backend.path, con=backend.shared.root.cursor())
+        self.reader = backend.sibling()
         self.models: dict[int, SAE] = {}
         self.lock = threading.Lock()  # DuckDB may call a UDF from several threads at once
 
