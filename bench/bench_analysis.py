@@ -24,7 +24,7 @@ def main() -> None:
     with connect(astro_duckdb()) as backend:
         model_id = backend.query("SELECT sae_model_id('bench-analysis')")[0][0]
         if model_id is None:
-            model_id, _ = train_from_db(backend, TrainConfig(k=64, n_latents=6144, epochs=5, lr=1e-3), "bench-analysis")
+            model_id, _ = train_from_db(backend, TrainConfig(k=64, n_latents=6144, steps=200, lr=1e-3), "bench-analysis")
         n_codes = backend.query("SELECT count(*) FROM sae_codes WHERE model_id = ?", (model_id,))[0][0]
         print(f"model {model_id}: {n_codes:,} codes")
 

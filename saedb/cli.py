@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Optional
 
 import typer
 
 from saedb.backends import DATABASE_ERRORS, DEFAULT_DB, connect, user_message
+from saedb.cli_config import config_options
 from saedb.errors import InvalidInputError, SaedbError, UnknownModelError
+from saedb.trainer.config import TrainConfig
 
 app = typer.Typer(help="Sparse-autoencoder features for text embeddings, inside DuckDB or Postgres.", no_args_is_help=True)
 
@@ -29,44 +30,49 @@ def _fail(exc: Exception) -> None:
 def load(
     path: Path = typer.Argument(..., help="JSONL(.gz), CSV or Parquet file of papers."),
     db: str = DbOption,
-    embedder: str = typer.Option("wordllama-256", help="wordllama-256, minilm or openai:<model>."),
+    embedder: Optional[str] = typer.Option(
+        None, help="wordllama-256 (default), minilm or openai:<model>; with --embeddings, the embedder that made them."),
+    embeddings: Optional[Path] = typer.Option(
+        None, help="Parquet/Arrow file of precomputed vectors: an 'id' column matching the papers and one vector column."),
     limit: Optional[int] = typer.Option(None, help="Load only the first N valid papers."),
     batch_size: int = typer.Option(1024, help="Papers embedded and committed per batch."),
 ) -> None:
-    """Embed and load papers (idempotent, resumable)."""
-    from saedb.embedders import get_embedder
+    """Embed (or take precomputed embeddings for) and load papers (idempotent, resumable)."""
+    from saedb.embedders import DEFAULT_EMBEDDER
     from saedb.loaders import load_corpus
 
     try:
+        if embeddings is not None and embedder is None:
+            raise InvalidInputError(
+                f"name the embedder that made {embeddings.name} with --embedder (e.g. minilm), so queries are embedded the same way")
         with connect(db) as backend:
-            typer.echo(load_corpus(backend, path, get_embedder(embedder), limit=limit, batch_size=batch_size).summary())
+            report = load_corpus(backend, path, embedder or DEFAULT_EMBEDDER, embeddings=embeddings, limit=limit, batch_size=batch_size)
+            typer.echo(report.summary())
     except USER_ERRORS as exc:
         _fail(exc)
 
 
 @app.command()
+@config_options(TrainConfig, on_error=_fail)
 def train(
+    cfg: TrainConfig,
     db: str = DbOption,
     name: str = typer.Option("sae", help="Model name; each run publishes its next version."),
-    k: int = typer.Option(64, help="Active latents per embedding."),
-    n: int = typer.Option(6144, help="Number of latents."),
-    epochs: int = typer.Option(50),
-    lr: float = typer.Option(1e-4),
-    batch_size: int = typer.Option(1024),
-    device: Optional[str] = typer.Option(None, help="cuda or cpu (default: cuda when available)."),
-    seed: int = typer.Option(0),
 ) -> None:
     """Train a top-k SAE on the database's embeddings and write weights + codes back."""
-    from saedb.trainer import TrainConfig
     from saedb.trainer.train import train_from_db
 
-    cfg = TrainConfig(k=k, n_latents=n, epochs=epochs, lr=lr, batch_size=batch_size, device=device, seed=seed)
     try:
         with connect(db) as backend:
             model_id, result = train_from_db(backend, cfg, name, log=typer.echo)
     except USER_ERRORS as exc:
         _fail(exc)
-    typer.echo(f"published model {model_id}: " + json.dumps(result.metrics))
+    m = result.metrics
+    typer.echo(
+        f"published model {model_id}: {m['steps']} steps, normalised MSE {m['normalised_mse']:.4f} "
+        f"(held out: {m.get('holdout_normalised_mse', float('nan')):.4f}), dead {m['dead_fraction']:.1%}, "
+        f"encoder-decoder cosine {m['enc_dec_cosine']:.3f}, {m['seconds']:.0f}s on {m['device']}"
+    )
 
 
 def _int_list(text: str) -> list[int]:
@@ -77,24 +83,21 @@ def _int_list(text: str) -> list[int]:
 
 
 @app.command()
+@config_options(TrainConfig, skip=("k", "n_latents"), on_error=_fail)
 def grid(
+    cfg: TrainConfig,
     db: str = DbOption,
     k: str = typer.Option("16,32", help="Comma-separated k values."),
     n: str = typer.Option("256,512,1024,2048", help="Comma-separated latent counts."),
-    epochs: int = typer.Option(20),
-    lr: float = typer.Option(1e-3),
-    batch_size: int = typer.Option(1024),
     name: str = typer.Option("default", help="Grid name in the scaling_runs table."),
     out: Path = typer.Option(Path("scaling"), help="Folder for scaling.png and scaling.svg."),
 ) -> None:
     """Train a (k, n) grid, store metrics, fit L ∝ n^α per k and plot it (paper Figure 2)."""
-    from saedb.trainer import TrainConfig
     from saedb.trainer.scaling import fit_power_laws, plot_scaling, run_grid
 
-    base = TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size)
     try:
         with connect(db) as backend:
-            runs = run_grid(backend, _int_list(k), _int_list(n), base, grid=name, log=typer.echo)
+            runs = run_grid(backend, _int_list(k), _int_list(n), cfg, grid=name, log=typer.echo)
     except USER_ERRORS as exc:
         _fail(exc)
     fits = fit_power_laws(runs)
@@ -148,50 +151,88 @@ def _model_id(backend, model: str) -> int:
     return int(found)
 
 
+def _labeller(backend, llm: str | None, family: bool = False):
+    """The LLM labeller (OPENAI_BASE_URL / OPENAI_API_KEY) when a chat model is named, else the offline one."""
+    from saedb.interp import LLMLabeller, OfflineLabeller, corpus_stats
+
+    if llm:
+        return LLMLabeller(llm, family=family)
+    return OfflineLabeller(corpus_stats(backend))
+
+
 @app.command()
 def interp(
     model: str = typer.Argument(..., help="Model id or name (latest version)."),
     db: str = DbOption,
-    limit: Optional[int] = typer.Option(100, help="Features to label this run (densest first); resumes where it stopped."),
+    limit: Optional[int] = typer.Option(None, help="Label at most N features this run (densest first; default: all); resumes."),
     llm: Optional[str] = typer.Option(None, help="Chat model for an OpenAI-compatible API (OPENAI_BASE_URL); default: offline."),
+    control: bool = typer.Option(True, help="Also score every label against a shuffled label (the control)."),
     concurrency: int = typer.Option(8),
 ) -> None:
-    """Label features and score the labels (interpreter + predictor)."""
-    from saedb.embedders import get_embedder
-    from saedb.interp import LLMLabeller, OfflineLabeller, run_autointerp
+    """Label features and score the labels (interpreter + predictor), then report the scores and the control."""
+    from saedb.interp import label_control, run_autointerp
+    from saedb.interp.autointerp import label_summary
 
     try:
         with connect(db) as backend:
             model_id = _model_id(backend, model)
-            if llm:
-                labeller = LLMLabeller(llm, base_url=os.environ.get("OPENAI_BASE_URL"), api_key=os.environ.get("OPENAI_API_KEY"))
-            else:
-                name, _ = backend.require_embedder()
-                background = [f"{t}. {a}" for t, a in backend.query("SELECT title, abstract FROM papers ORDER BY doc_id LIMIT 300")]
-                labeller = OfflineLabeller(get_embedder(name), background=background)
-            results = run_autointerp(backend, model_id, labeller, limit=limit, concurrency=concurrency, log=typer.echo)
+            labeller = _labeller(backend, llm)
+            bar = tqdm_bar(f"labelling with {labeller.name}")
+            results = run_autointerp(backend, model_id, labeller, limit=limit, concurrency=concurrency, progress=bar)
+            bar.close()
+            typer.echo(f"labelled {len(results)} new features of model {model_id} with {labeller.name}")
+            typer.echo(label_summary(backend, model_id, labeller.name))
+            if control:
+                for line in label_control(backend, model_id, labeller.name, labeller).lines():
+                    typer.echo(line)
     except USER_ERRORS as exc:
         _fail(exc)
-    typer.echo(f"labelled {len(results)} features of model {model_id} with {labeller.name}")
+
+
+def tqdm_bar(description: str):
+    from tqdm import tqdm
+
+    return tqdm(desc=description, unit="feature")
 
 
 @app.command()
-def families(model: str = typer.Argument(..., help="Model id or name."), db: str = DbOption,
-             threshold: float = typer.Option(0.1, help="Minimum normalised co-occurrence for an edge.")) -> None:
-    """Co-occurrence in SQL, then maximum-spanning-tree feature families, stored in SQL tables."""
-    from saedb.families import build_families
+def families(
+    model: str = typer.Argument(..., help="Model id or name."),
+    db: str = DbOption,
+    llm: Optional[str] = typer.Option(None, help="Chat model that names and scores families (default: offline)."),
+) -> None:
+    """Co-occurrence in SQL, then the paper's maximum-spanning-tree families over clean features; names, scores, statistics."""
+    from saedb.families import build_families, offline_family_name
 
     try:
         with connect(db) as backend:
             model_id = _model_id(backend, model)
-            found = build_families(backend, model_id, threshold)
-            for family_id, label, size in backend.query(
-                "SELECT family_id, label, size FROM feature_families WHERE model_id = ? ORDER BY size DESC LIMIT 10", (model_id,)
+            labeller = _labeller(backend, llm, family=True)
+            namer = (lambda f, labels: labeller.name_family(labels[f.root], [labels[c] for c in sorted(f.children)])) if llm \
+                else offline_family_name
+            found = build_families(backend, model_id, predictor=labeller, namer=namer)
+            _print_family_stats(backend, model_id)
+            for family_id, label, size, f1, r in backend.query(
+                "SELECT family_id, label, size, f1, pearson FROM feature_families WHERE model_id = ? ORDER BY size DESC LIMIT 15",
+                (model_id,),
             ):
-                typer.echo(f"family {family_id:>4}  {size:>4} features  {label}")
+                typer.echo(f"family {family_id:>4}  {size - 1:>4} children  F1 {_fmt(f1)}  r {_fmt(r)}  {label}")
     except USER_ERRORS as exc:
         _fail(exc)
     typer.echo(f"{len(found)} families for model {model_id}")
+
+
+def _fmt(value: float | None) -> str:
+    return "  nan" if value is None else f"{value:.2f}"
+
+
+def _print_family_stats(backend, model_id: int) -> None:
+    columns = ("n_families", "mean_children", "median_children", "max_children", "share_of_features", "largest_family_share",
+               "clean_features", "mean_cooccurrence_ratio", "block_diagonality", "mean_family_f1", "mean_family_pearson",
+               "membership_fraction")
+    rows = backend.query(f"SELECT {', '.join(columns)} FROM family_stats WHERE model_id = ?", (model_id,))
+    for column, value in zip(columns, rows[0] if rows else ()):
+        typer.echo(f"{column:<24} {'' if value is None else f'{value:.3f}' if isinstance(value, float) else value}")
 
 
 @app.command()
@@ -240,7 +281,7 @@ def evaluate_steering(
     try:
         with connect(db) as backend:
             model_id = _model_id(backend, model)
-            rewriter = LLMRewriter(llm, base_url=os.environ.get("OPENAI_BASE_URL"), api_key=os.environ.get("OPENAI_API_KEY")) if llm else None
+            rewriter = LLMRewriter(llm) if llm else None
             scores = evaluate(backend, model_id, get_embedder(backend.require_embedder()[0]), rewriter=rewriter,
                               n_queries=queries, strengths=strength)
     except USER_ERRORS as exc:
@@ -289,13 +330,14 @@ def sql(query: str = typer.Argument(..., help="SQL to run; saedb's functions are
 
 @app.command()
 def models(db: str = DbOption) -> None:
-    """List published model versions."""
+    """List model versions with their training figures."""
+    columns = ("model_id", "name", "version", "n_latents", "k", "status", "steps", "normalised_mse", "dead_fraction",
+               "enc_dec_cosine", "created_at")
     try:
         with connect(db) as backend:
-            for row in backend.query(
-                "SELECT model_id, name, version, n_latents, k, status, created_at FROM sae_models ORDER BY model_id"
-            ):
-                typer.echo("\t".join(str(v) for v in row))
+            typer.echo("\t".join(columns))
+            for row in backend.query(f"SELECT {', '.join(columns)} FROM sae_models ORDER BY model_id"):
+                typer.echo("\t".join("" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v) for v in row))
     except USER_ERRORS as exc:
         _fail(exc)
 

@@ -11,7 +11,8 @@ from saedb.backends import Backend
 from saedb.embedders import get_embedder
 from saedb.evaluate import evaluate
 from saedb.families import build_families
-from saedb.interp import OfflineLabeller, run_autointerp
+from saedb.interp import OfflineLabeller, corpus_stats, label_control, run_autointerp
+from saedb.interp.autointerp import label_summary
 from saedb.loaders import load_corpus
 from saedb.trainer import TrainConfig
 from saedb.trainer.train import train_from_db
@@ -52,16 +53,20 @@ def run_demo(
     embedder = get_embedder()
     report = load_corpus(backend, corpus, embedder, limit=limit)
     log(report.summary())
-    cfg = TrainConfig(k=32, n_latents=1024, batch_size=256, lr=1e-3, epochs=40)
+    # A small budget for a ~1 minute demo; `saedb train` defaults to the paper's 13,300 steps at lr 1e-4.
+    cfg = TrainConfig(k=32, n_latents=1024, batch_size=256, lr=1e-3, steps=800)
     model_id, result = train_from_db(backend, cfg, "astro-demo")
     m = result.metrics
     log(
         f"model {model_id}: normalised MSE {m['normalised_mse']:.3f}, L0 {m['l0']:.1f}, "
         f"dead {m['dead_fraction']:.1%}, {m['seconds']:.1f}s on {m['device']}"
     )
-    background = [f"{t}. {a}" for t, a in backend.query("SELECT title, abstract FROM papers ORDER BY doc_id LIMIT 300")]
-    labelled = run_autointerp(backend, model_id, OfflineLabeller(embedder, background=background), limit=300)
-    families = build_families(backend, model_id)
+    labeller = OfflineLabeller(corpus_stats(backend))
+    labelled = run_autointerp(backend, model_id, labeller)
+    log(label_summary(backend, model_id, labeller.name))
+    for line in label_control(backend, model_id, labeller.name, labeller).lines():
+        log(line)
+    families = build_families(backend, model_id, predictor=labeller)
     log(f"labelled {len(labelled)} features offline, found {len(families)} feature families (SQL tables feature_labels, feature_families)")
     feature = backend.query("SELECT sae_encode(embed(?), ?)[1].feature_id", (concept, model_id))[0][0]
     label = backend.query("SELECT label FROM feature_summary WHERE model_id = ? AND feature_id = ?", (model_id, feature))[0][0]

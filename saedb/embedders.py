@@ -102,12 +102,31 @@ class OpenAIEmbedder:
         return _unit_rows(np.concatenate(chunks))
 
 
+LOCAL_EMBEDDERS: dict[str, type] = {WordLlamaEmbedder.name: WordLlamaEmbedder, MiniLMEmbedder.name: MiniLMEmbedder}
+
+
+def known_dim(name: str) -> int | None:
+    """The dimension an embedder makes, when saedb knows it without running it."""
+    if name in LOCAL_EMBEDDERS:
+        return LOCAL_EMBEDDERS[name].dim
+    return OpenAIEmbedder.KNOWN_DIMS.get(name.removeprefix("openai:")) if name.startswith("openai:") else None
+
+
+def runnable_here(name: str) -> bool:
+    """Whether the embedder runs on this machine with no network (the local ones)."""
+    return name in LOCAL_EMBEDDERS
+
+
 def get_embedder(name: str = DEFAULT_EMBEDDER) -> Embedder:
-    """Embedder by name: 'wordllama-256', 'minilm' or 'openai:<model>'."""
-    if name == WordLlamaEmbedder.name:
-        return WordLlamaEmbedder()
-    if name == MiniLMEmbedder.name:
-        return MiniLMEmbedder()
+    """Embedder by name: 'wordllama-256', 'minilm' or 'openai:<model>'.
+
+    A database loaded with vectors made elsewhere records the name of their embedder; when
+    saedb cannot run that embedder the error says how to search such a database."""
+    if name in LOCAL_EMBEDDERS:
+        return LOCAL_EMBEDDERS[name]()
     if name.startswith("openai:"):
         return OpenAIEmbedder(name.removeprefix("openai:"))
-    raise InvalidInputError(f"unknown embedder {name!r}: use wordllama-256, minilm or openai:<model>")
+    raise InvalidInputError(
+        f"unknown embedder {name!r}: saedb runs wordllama-256, minilm and openai:<model>. A database whose vectors "
+        "were made by another embedder is searched with query vectors you embed yourself (SQL: steer($1::vector, ...))"
+    )

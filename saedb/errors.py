@@ -15,3 +15,7 @@ class UnknownModelError(SaedbError, LookupError):
 
 class ConfigurationError(SaedbError):
     """The database or environment is set up inconsistently (e.g. a second embedder)."""
+
+
+class TrainingDivergedError(SaedbError, ArithmeticError):
+    """Training produced non-finite weights or loss; the run is not published."""

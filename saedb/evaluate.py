@@ -6,8 +6,9 @@ For each (query, target feature, direction) case, two ways of changing the query
   when configured, else an offline rewrite (append "label", or ", not label").
 Each is scored on: did the target feature's pre-activation move the intended way, how
 similar q' stays to q (cosine), and judged accuracy — the share of the top results that
-the judge (the offline labeller's predictor by default) finds with (up) or without (down)
-the labelled concept. The unmodified query is scored as a baseline.
+the judge (by default the offline lexical predictor, which reads only the words of the label
+and of the result and is calibrated on nothing) finds with (up) or without (down) the
+labelled concept. The unmodified query is scored as a baseline.
 """
 
 from __future__ import annotations
@@ -21,8 +22,10 @@ import numpy as np
 from saedb.backends import Backend
 from saedb.embedders import Embedder
 from saedb.errors import InvalidInputError
-from saedb.interp.examples import document_text, feature_examples
-from saedb.interp.labellers import OfflineLabeller
+from saedb.interp.autointerp import corpus_stats
+from saedb.interp.examples import document_text
+from saedb.interp.labellers import LexicalPredictor, Predictor
+from saedb.llm import ChatModel
 from saedb.sae import SAE
 from saedb.search import Steering, search
 
@@ -46,21 +49,14 @@ class LLMRewriter:
     """Query rewriting through an OpenAI-compatible chat endpoint."""
 
     def __init__(self, model: str, base_url: str | None = None, api_key: str | None = None) -> None:
-        from openai import OpenAI
-
         self.name = f"llm:{model}"
-        self.model = model
-        self.client = OpenAI(base_url=base_url, api_key=api_key or "unused", max_retries=4, timeout=60)
+        self.chat = ChatModel(model, base_url, api_key)
 
     def rewrite(self, query: str, label: str, direction: Direction) -> str:
         goal = "also about" if direction == "up" else "not about"
-        reply = self.client.chat.completions.create(
-            model=self.model,
-            temperature=0,
-            messages=[{"role": "user", "content": f"Rewrite this search query so that it is {goal} {label!r}. "
-                                                  f"Reply with the query only.\n\nQuery: {query}"}],
-        )
-        return (reply.choices[0].message.content or query).strip()
+        reply = self.chat.ask("You rewrite search queries.", f"Rewrite this search query so that it is {goal} {label!r}. "
+                                                             f"Reply with the query only.\n\nQuery: {query}")
+        return reply.strip() or query
 
 
 @dataclass
@@ -111,7 +107,7 @@ def evaluate(
     backend: Backend,
     model_id: int,
     embedder: Embedder,
-    judge: OfflineLabeller | None = None,
+    judge: Predictor | None = None,
     rewriter: Rewriter | None = None,
     n_queries: int = 20,
     strengths: Sequence[float] = (0.5, 1.0),
@@ -120,18 +116,10 @@ def evaluate(
 ) -> dict[str, dict[str, float]]:
     """Scores per method ('baseline', 'steering@<strength>', 'rewriting') and direction."""
     sae = backend.load_sae(model_id)
-    judge = judge or OfflineLabeller(embedder)
+    judge = judge or LexicalPredictor(corpus_stats(backend))
     rewriter = rewriter or OfflineRewriter()
-    n_documents = backend.model_row(model_id)["n_documents"]
     scores: dict[str, MethodScores] = {}
-    calibrated: set[int] = set()
     for case in build_cases(backend, sae, model_id, embedder, n_queries, seed):
-        if case.feature not in calibrated:
-            examples = feature_examples(backend, model_id, case.feature, n_documents, seed)
-            if examples is None:
-                continue
-            judge.calibrate(case.label, examples.positives, examples.negatives)
-            calibrated.add(case.feature)
         q = embedder.embed([case.query])[0]
         sign = 1.0 if case.direction == "up" else -1.0
         variants: dict[str, tuple[np.ndarray, Steering | None]] = {

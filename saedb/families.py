@@ -1,23 +1,48 @@
-"""Feature families (O'Neill et al. 2024): co-occurrence counted in SQL, then a maximum
-spanning tree over the normalised co-occurrence graph.
+"""Feature families as in the paper (paper-notes §4): co-occurrence counted in SQL, then
+maximum spanning trees over the clean features.
 
 1. C[i, j] = documents where features i and j both fire (a self-join of sae_codes in SQL,
    materialised in feature_cooccurrence).
-2. Normalise C[i, j] / (C[i, i] + 1), keep edges >= threshold (0.1), weight exp(value).
-3. Maximum spanning tree (networkx); direct each edge from the denser feature to the sparser.
-4. Roots: in-degree 0 and out-degree > 2; a family is a root and its descendants.
-5. Three iterations, each removing the previous roots to reveal finer families.
-6. Drop families whose members overlap an earlier family's by Jaccard > 0.6.
+2. Only clean features (``feature_labels.clean``). C_norm[i, j] = C[i, j] / (C[i, i] + 1)
+   is asymmetric; the edge weight is exp(max(C_norm[i, j], C_norm[j, i])) — symmetrised
+   explicitly, where the paper's networkx call took whichever entry came later in row
+   order — for edges with that maximum at or above 0.1 (first round) or 0.07 (later rounds).
+3. Maximum spanning tree (Kruskal); each edge points from the denser feature to the
+   sparser (ties: lower id first).
+4. Roots: in-degree 0 and out-degree > 2; a family is a root and all its descendants.
+   Recursive subtrees: in every family with more than 2 nodes, remove the root; the
+   children that then have out-degree > 2 root families of their own, and so on.
+5. Four rounds: the original and 3 more, each without the previous round's top-level roots.
+   A later family with the same root replaces the earlier one.
+6. Keep families with more than 3 descendants; of two families whose members overlap by
+   Jaccard > 0.6, the smaller is dropped.
+Every member's parent is its parent in the family's tree, so every stored edge lies inside
+its family.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+import random
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Callable
 
 import networkx as nx
+import numpy as np
 
 from saedb.backends import Backend
+from saedb.interp.examples import document_text, random_inactive_documents
+from saedb.interp.labellers import Predictor
+from saedb.interp.scoring import f1_score, pearson
+from saedb.interp.text import content_runs, normal_form, surface_form
+
+FIRST_THRESHOLD, LATER_THRESHOLD = 0.1, 0.07
+ROUNDS = 4
+MIN_OUT_DEGREE = 3  # a root has out-degree > 2 in the tree
+MIN_DESCENDANTS = 3  # a family is kept with more than this many descendants
+MAX_JACCARD = 0.6
+FAMILY_EXAMPLES = 4  # activating and non-activating abstracts scored per family
 
 COOCCURRENCE_SQL = """
 INSERT INTO feature_cooccurrence (model_id, feature_i, feature_j, n_docs)
@@ -28,14 +53,21 @@ WHERE a.model_id = ?
 GROUP BY a.model_id, a.feature_id, b.feature_id
 """
 
+CLEAN_FEATURES_SQL = """
+SELECT feature_id, label FROM feature_best_labels WHERE model_id = ? AND clean ORDER BY feature_id
+"""
 
-# max(C_ij / (C_ii + 1), C_ij / (C_jj + 1)) >= t  <=>  C_ij >= t * (min(C_ii, C_jj) + 1): filtered in SQL.
-EDGES_SQL = """
-SELECT c.feature_i, c.feature_j, c.n_docs
-FROM feature_cooccurrence c
-JOIN feature_cooccurrence di ON di.model_id = c.model_id AND di.feature_i = c.feature_i AND di.feature_j = c.feature_i
-JOIN feature_cooccurrence dj ON dj.model_id = c.model_id AND dj.feature_i = c.feature_j AND dj.feature_j = c.feature_j
-WHERE c.model_id = ? AND c.feature_i < c.feature_j AND c.n_docs >= ? * (least(di.n_docs, dj.n_docs) + 1)
+# The pool of a family's activating examples: each member's top decile of activations.
+TOP_DECILE_SQL = """
+SELECT title, abstract FROM (
+    SELECT p.title, p.abstract, p.doc_id,
+           row_number() OVER (PARTITION BY c.feature_id ORDER BY c.activation DESC, c.doc_id) AS rank,
+           count(*) OVER (PARTITION BY c.feature_id) AS n
+    FROM sae_codes c JOIN papers p ON p.doc_id = c.doc_id
+    WHERE c.model_id = ? AND c.feature_id IN ({marks})
+) ranked
+WHERE rank <= greatest(1, n / 10) AND length(abstract) > 100
+ORDER BY (doc_id * 2654435761 + ?) % 1000003, doc_id
 """
 
 
@@ -43,7 +75,31 @@ WHERE c.model_id = ? AND c.feature_i < c.feature_j AND c.n_docs >= ? * (least(di
 class Family:
     root: int
     iteration: int
-    members: dict[int, tuple[int | None, int]]  # feature -> (parent, depth)
+    members: dict[int, tuple[int | None, int]]  # feature -> (parent, depth); the root has parent None
+
+    @property
+    def children(self) -> set[int]:
+        return set(self.members) - {self.root}
+
+
+@dataclass
+class FamilyStats:
+    """Per-family parts of the paper's statistics (§4.2), summed by the family_stats view."""
+
+    cooccurrence_ratio: float | None = None  # mean(parent row over children) / mean(children block)
+    in_block: tuple[float, int] = (0.0, 0)  # sum and count of M over member pairs
+    off_block: tuple[float, int] = (0.0, 0)  # over (member, clean non-member) pairs
+    random_in_block: tuple[float, int] = (0.0, 0)  # the same for a random set of clean features of equal size
+    random_off_block: tuple[float, int] = (0.0, 0)
+
+
+@dataclass
+class NamedFamily:
+    family: Family
+    name: str
+    f1: float | None = None
+    pearson: float | None = None
+    stats: FamilyStats = field(default_factory=FamilyStats)
 
 
 def compute_cooccurrence(backend: Backend, model_id: int) -> int:
@@ -55,63 +111,189 @@ def compute_cooccurrence(backend: Backend, model_id: int) -> int:
     return int(backend.query("SELECT count(*) FROM feature_cooccurrence WHERE model_id = ?", (model_id,))[0][0])
 
 
-def cooccurrence_graph(backend: Backend, model_id: int, threshold: float = 0.1) -> tuple[nx.Graph, dict[int, int]]:
-    """Undirected graph of normalised co-occurrence >= threshold (weight exp(value)) and
-    each feature's document count."""
-    counts = dict(backend.query(
-        "SELECT feature_i, n_docs FROM feature_cooccurrence WHERE model_id = ? AND feature_i = feature_j", (model_id,)
-    ))
+def cooccurrence_counts(backend: Backend, model_id: int, features: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """(C restricted to ``features`` as a symmetric dense matrix, diagonal = document counts)."""
+    position = {f: i for i, f in enumerate(features)}
+    counts = np.zeros((len(features), len(features)), dtype=np.float64)
+    for i, j, n in backend.query("SELECT feature_i, feature_j, n_docs FROM feature_cooccurrence WHERE model_id = ?", (model_id,)):
+        if i in position and j in position:
+            counts[position[i], position[j]] = counts[position[j], position[i]] = n
+    return counts, np.diag(counts).copy()
+
+
+def cooccurrence_graph(counts: np.ndarray, features: list[int], keep: list[int], threshold: float) -> nx.Graph:
+    """Graph over ``keep`` (indices into ``features``): weight exp(max of the two normalised
+    entries) where that maximum reaches ``threshold``."""
+    diag = np.diag(counts)
+    sub = counts[np.ix_(keep, keep)]
+    normalised = sub / (diag[keep][:, None] + 1)
+    both = np.maximum(normalised, normalised.T)
+    np.fill_diagonal(both, 0)
     graph = nx.Graph()
-    graph.add_nodes_from(counts)
-    for i, j, both in backend.query(EDGES_SQL, (model_id, threshold)):
-        graph.add_edge(i, j, weight=math.exp(max(both / (counts[i] + 1), both / (counts[j] + 1))))
-    return graph, counts
+    graph.add_nodes_from(features[i] for i in keep)
+    rows, cols = np.nonzero(np.triu(both >= threshold, k=1))
+    graph.add_weighted_edges_from((features[keep[r]], features[keep[c]], math.exp(both[r, c])) for r, c in zip(rows, cols))
+    return graph
 
 
-def find_families(graph: nx.Graph, counts: dict[int, int], iterations: int = 3, min_children: int = 3,
-                  max_overlap: float = 0.6) -> list[Family]:
-    """Families from the maximum spanning tree, peeling off roots for ``iterations`` rounds."""
-    families: list[Family] = []
-    graph = graph.copy()
-    for iteration in range(iterations):
-        tree = nx.maximum_spanning_tree(graph, weight="weight")
-        directed = nx.DiGraph()
-        directed.add_nodes_from(tree.nodes)
-        for u, v in tree.edges:  # denser (more documents) -> sparser; ties by feature id
-            parent, child = (u, v) if (counts[u], -u) >= (counts[v], -v) else (v, u)
-            directed.add_edge(parent, child)
-        roots = [f for f in directed if directed.in_degree(f) == 0 and directed.out_degree(f) >= min_children]
-        for root in sorted(roots):
-            depths = nx.single_source_shortest_path_length(directed, root)
-            members = {f: (None if f == root else next(iter(directed.predecessors(f))), depth) for f, depth in depths.items()}
-            candidate = set(members)
-            if all(len(candidate & set(f.members)) / len(candidate | set(f.members)) <= max_overlap for f in families):
-                families.append(Family(root=root, iteration=iteration, members=members))
-        if not roots:
+def directed_tree(graph: nx.Graph, density: dict[int, float]) -> nx.DiGraph:
+    """The maximum spanning forest with edges from the denser feature to the sparser."""
+    tree = nx.maximum_spanning_tree(graph, weight="weight", algorithm="kruskal")
+    directed = nx.DiGraph()
+    directed.add_nodes_from(tree.nodes)
+    for u, v in tree.edges:
+        parent, child = (u, v) if (density[u], -u) >= (density[v], -v) else (v, u)
+        directed.add_edge(parent, child)
+    return directed
+
+
+def _roots(tree: nx.DiGraph) -> list[int]:
+    return sorted(f for f in tree if tree.in_degree(f) == 0 and tree.out_degree(f) >= MIN_OUT_DEGREE)
+
+
+def _family(tree: nx.DiGraph, root: int, iteration: int) -> Family:
+    """A root and its descendants. Orienting tree edges by density can give a feature two
+    parents; its parent here is the one on its path from this root, so it lies in the family."""
+    depths = nx.single_source_shortest_path_length(tree, root)
+    members: dict[int, tuple[int | None, int]] = {root: (None, 0)}
+    members.update({f: (parent, depths[f]) for f, parent in nx.bfs_predecessors(tree, root)})
+    return Family(root=root, iteration=iteration, members=members)
+
+
+def subtree_families(tree: nx.DiGraph, iteration: int) -> tuple[list[Family], list[int]]:
+    """Families of one tree, recursive subtrees included, and the top-level roots."""
+    top = _roots(tree)
+    families, queue = [], [_family(tree, r, iteration) for r in top]
+    while queue:
+        family = queue.pop(0)
+        families.append(family)
+        if len(family.members) > 2:
+            rest = tree.subgraph(family.children).copy()
+            queue.extend(_family(rest, r, iteration) for r in _roots(rest))
+    return families, top
+
+
+def find_families(counts: np.ndarray, features: list[int], rounds: int = ROUNDS) -> list[Family]:
+    """The paper's algorithm over clean ``features`` with co-occurrence ``counts`` (§4.1)."""
+    density = {f: float(counts[i, i]) for i, f in enumerate(features)}
+    by_root: dict[int, Family] = {}
+    keep = list(range(len(features)))
+    for iteration in range(rounds):
+        threshold = FIRST_THRESHOLD if iteration == 0 else LATER_THRESHOLD
+        tree = directed_tree(cooccurrence_graph(counts, features, keep, threshold), density)
+        families, top = subtree_families(tree, iteration)
+        for family in families:
+            if len(family.children) > MIN_DESCENDANTS:
+                by_root[family.root] = family  # a later round replaces the same root's family
+        if not top:
             break
-        graph.remove_nodes_from(roots)
-    return families
+        removed = set(top)
+        keep = [i for i in keep if features[i] not in removed]
+    return deduplicate(sorted(by_root.values(), key=lambda f: (f.iteration, f.root)))
 
 
-def store_families(backend: Backend, model_id: int, families: list[Family]) -> None:
-    """Replace a model's families; each is labelled after its root's best label."""
-    labels = dict(backend.query("SELECT feature_id, label FROM feature_best_labels WHERE model_id = ?", (model_id,)))
+def deduplicate(families: list[Family], max_jaccard: float = MAX_JACCARD) -> list[Family]:
+    """Drop the smaller of every two families whose children overlap by Jaccard > max_jaccard."""
+    kept: list[Family] = []
+    for family in sorted(families, key=lambda f: (-len(f.children), f.iteration, f.root)):
+        if all(len(family.children & k.children) / len(family.children | k.children) <= max_jaccard for k in kept):
+            kept.append(family)
+    return sorted(kept, key=lambda f: (f.iteration, f.root))
+
+
+def offline_family_name(family: Family, labels: dict[int, str]) -> str:
+    """The phrase that most member labels share (the root's label counts twice); else the root's label."""
+    votes: Counter = Counter()
+    spellings: dict[tuple[str, ...], list[str]] = {}
+    for feature in family.members:
+        for run in {tuple(run) for run in content_runs(labels.get(feature, ""))}:
+            key = tuple(normal_form(w) for w in run)
+            votes[key] += 2 if feature == family.root else 1
+            spellings.setdefault(key, []).append(" ".join(run))
+    shared = [(n, key) for key, n in votes.items() if n >= 3]
+    if not shared:
+        return labels.get(family.root, f"feature {family.root}")
+    _, key = max(shared, key=lambda item: (item[0], len(item[1]), item[1]))
+    return surface_form(spellings[key])
+
+
+def family_scores(backend: Backend, model_id: int, family: Family, name: str, predictor: Predictor,
+                  seed: int = 0) -> tuple[float | None, float]:
+    """(Pearson, F1) of the family name on 4 abstracts from the members' top deciles and 4
+    on which no member fires (the paper used only the parent's: a quirk not kept)."""
+    rng = random.Random(seed * 1_000_003 + family.root)
+    members = sorted(family.members)
+    marks = ", ".join("?" * len(members))
+    rows = backend.query(TOP_DECILE_SQL.format(marks=marks), (model_id, *members, rng.randrange(1_000_003)))
+    positives = [document_text(t, a) for t, a in rows[:FAMILY_EXAMPLES]]
+    negatives = random_inactive_documents(backend, model_id, members, FAMILY_EXAMPLES, rng)
+    truth = [1] * len(positives) + [0] * len(negatives)
+    scores = predictor.predict(name, positives + negatives)
+    return pearson(scores, truth), f1_score(scores, truth)
+
+
+def family_statistics(counts: np.ndarray, features: list[int], family: Family, rng: random.Random) -> FamilyStats:
+    """The parts of the paper's co-occurrence ratio and block-diagonality for one family,
+    over M = C / min(C_ii, C_jj) among the clean features."""
+    diag = np.diag(counts)
+    m = counts / np.maximum(np.minimum.outer(diag, diag), 1)
+    np.fill_diagonal(m, 1.0)
+    position = {f: i for i, f in enumerate(features)}
+    ids = [position[f] for f in family.members]
+    parent, children = position[family.root], [position[f] for f in family.children]
+    block = m[np.ix_(children, children)].mean()
+    ratio = float(m[parent, children].mean() / block) if block > 0 else None
+
+    def parts(rows: list[int]) -> tuple[tuple[float, int], tuple[float, int]]:
+        inside = np.zeros(len(features), dtype=bool)
+        inside[rows] = True
+        sub = m[rows]
+        in_values = sub[:, inside].sum() - len(rows)  # the diagonal's 1s are not pairs
+        return (float(in_values), len(rows) * (len(rows) - 1)), (float(sub[:, ~inside].sum()), len(rows) * int((~inside).sum()))
+
+    in_block, off_block = parts(ids)
+    random_in, random_off = parts(rng.sample(range(len(features)), len(ids)))
+    return FamilyStats(ratio, in_block, off_block, random_in, random_off)
+
+
+def store_families(backend: Backend, model_id: int, families: list[NamedFamily]) -> None:
+    """Replace a model's families and their members."""
     with backend.transaction():
         backend.execute("DELETE FROM family_members WHERE model_id = ?", (model_id,))
         backend.execute("DELETE FROM feature_families WHERE model_id = ?", (model_id,))
-        for family_id, family in enumerate(families, start=1):
-            label = labels.get(family.root, f"feature {family.root}")
+        for family_id, named in enumerate(families, start=1):
+            f, s = named.family, named.stats
             backend.execute(
-                "INSERT INTO feature_families VALUES (?, ?, ?, ?, ?, ?)",
-                (model_id, family_id, family.root, family.iteration, len(family.members), label),
+                "INSERT INTO feature_families (model_id, family_id, root_feature, iteration, size, label, f1, pearson, "
+                "cooccurrence_ratio, in_block_sum, in_block_n, off_block_sum, off_block_n, random_in_block_sum, "
+                "random_in_block_n, random_off_block_sum, random_off_block_n) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (model_id, family_id, f.root, f.iteration, len(f.members), named.name, named.f1, named.pearson,
+                 s.cooccurrence_ratio, *s.in_block, *s.off_block, *s.random_in_block, *s.random_off_block),
             )
-            for feature, (parent, depth) in sorted(family.members.items()):
+            for feature, (parent, depth) in sorted(f.members.items()):
                 backend.execute("INSERT INTO family_members VALUES (?, ?, ?, ?, ?)", (model_id, family_id, feature, parent, depth))
 
 
-def build_families(backend: Backend, model_id: int, threshold: float = 0.1) -> list[Family]:
-    """Co-occurrence in SQL, families with networkx, results back in SQL tables."""
+def build_families(
+    backend: Backend,
+    model_id: int,
+    predictor: Predictor | None = None,
+    namer: Callable[[Family, dict[int, str]], str] = offline_family_name,
+    seed: int = 0,
+) -> list[NamedFamily]:
+    """Co-occurrence in SQL, the family algorithm over clean features, names, scores (when a
+    predictor is given) and statistics, all stored in SQL tables."""
     compute_cooccurrence(backend, model_id)
-    families = find_families(*cooccurrence_graph(backend, model_id, threshold))
-    store_families(backend, model_id, families)
-    return families
+    labels = dict(backend.query(CLEAN_FEATURES_SQL, (model_id,)))
+    features = sorted(labels)
+    counts, _ = cooccurrence_counts(backend, model_id, features)
+    rng = random.Random(seed)
+    named = []
+    for family in find_families(counts, features):
+        name = namer(family, labels)
+        entry = NamedFamily(family, name, stats=family_statistics(counts, features, family, rng))
+        if predictor is not None:
+            entry.pearson, entry.f1 = family_scores(backend, model_id, family, name, predictor, seed)
+        named.append(entry)
+    store_families(backend, model_id, named)
+    return named

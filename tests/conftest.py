@@ -97,6 +97,16 @@ def loaded(backend: Backend, astro_slice: Path, embedder: WordLlamaEmbedder) -> 
 
 
 @pytest.fixture
+def trained(loaded: Backend) -> tuple[Backend, int]:
+    """The astro slice with a small SAE trained on it and published."""
+    from saedb.trainer import TrainConfig
+    from saedb.trainer.train import train_from_db
+
+    model_id, _ = train_from_db(loaded, TrainConfig(k=8, n_latents=128, steps=180, batch_size=64, lr=1e-3), "analysis")
+    return loaded, model_id
+
+
+@pytest.fixture
 def random_sae() -> SAE:
     return SAE.random(d=256, n=512, k=16, seed=7)
 

@@ -9,7 +9,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Iterator
 
 import duckdb
-import networkx as nx
 import numpy as np
 import psycopg
 import pytest
@@ -17,26 +16,24 @@ import scipy.sparse as sp
 
 from saedb.backends import Backend
 from saedb.evaluate import evaluate
-from saedb.families import build_families, compute_cooccurrence, find_families
-from saedb.interp import LLMLabeller, OfflineLabeller, run_autointerp
-from saedb.interp.autointerp import f1_score, pearson
-from saedb.trainer import TrainConfig
-from saedb.trainer.train import train_from_db
+from saedb.families import build_families, compute_cooccurrence
+from saedb.interp import LLMLabeller, OfflineLabeller, corpus_stats, run_autointerp
+from saedb.interp.scoring import f1_score, pearson
 from tests.conftest import embeddings_of
 from tests.test_sql_functions import vector_sql
 
 
 @pytest.fixture
-def trained(loaded: Backend) -> tuple[Backend, int]:
-    model_id, _ = train_from_db(loaded, TrainConfig(k=8, n_latents=128, epochs=30, batch_size=64, lr=1e-3), "analysis")
-    return loaded, model_id
-
-
-@pytest.fixture
 def labelled(trained: tuple[Backend, int], embedder) -> tuple[Backend, int]:
     backend, model_id = trained
-    run_autointerp(backend, model_id, OfflineLabeller(embedder), limit=40, concurrency=2)
+    run_autointerp(backend, model_id, OfflineLabeller(corpus_stats(backend)), limit=40, concurrency=2)
     return backend, model_id
+
+
+def build_all_families(backend: Backend, model_id: int) -> list:
+    """Families over every labelled feature (a 128-latent model on 400 abstracts has few clean ones)."""
+    backend.execute("UPDATE feature_labels SET clean = TRUE WHERE model_id = ?", (model_id,))
+    return [named.family for named in build_families(backend, model_id)]
 
 
 def codes_matrix(backend: Backend, model_id: int) -> sp.csr_matrix:
@@ -57,26 +54,9 @@ def test_sql_cooccurrence_equals_sparse_matrix_product(trained: tuple[Backend, i
     assert compute_cooccurrence(backend, model_id) == pairs  # re-materialising replaces
 
 
-def test_family_algorithm_on_a_known_graph() -> None:
-    # 0 is dense and co-occurs with 1, 2, 3 (3 children -> a root); 1 has children 4, 5, 6.
-    counts = {0: 100, 1: 50, 2: 40, 3: 30, 4: 10, 5: 9, 6: 8, 7: 5}
-    graph = nx.Graph()
-    for u, v, w in [(0, 1, 0.9), (0, 2, 0.8), (0, 3, 0.7), (1, 4, 0.6), (1, 5, 0.5), (1, 6, 0.4), (2, 7, 0.3), (4, 5, 0.2)]:
-        graph.add_edge(u, v, weight=np.exp(w))
-    families = find_families(graph, counts)
-    first = families[0]
-    assert (first.root, first.iteration) == (0, 0)
-    assert first.members[1] == (0, 1) and first.members[4] == (1, 2) and first.members[7] == (2, 2)
-    assert set(first.members) == set(range(8))
-    # Iteration 2 removes root 0 and finds 1 as the root of {1, 4, 5, 6}.
-    assert [(f.root, f.iteration, sorted(f.members)) for f in families[1:]] == [(1, 1, [1, 4, 5, 6])]
-    # A near-duplicate family is dropped by the Jaccard rule.
-    assert len(find_families(graph, counts, max_overlap=0.0)) == 1
-
-
 def test_families_are_stored_in_sql(labelled: tuple[Backend, int]) -> None:
     backend, model_id = labelled
-    families = build_families(backend, model_id)
+    families = build_all_families(backend, model_id)
     assert families, "a trained model on real abstracts has at least one family"
     stored = backend.query("SELECT family_id, root_feature, size, label FROM feature_families WHERE model_id = ? ORDER BY family_id", (model_id,))
     assert [(r[1], r[2]) for r in stored] == [(f.root, len(f.members)) for f in families]
@@ -84,7 +64,7 @@ def test_families_are_stored_in_sql(labelled: tuple[Backend, int]) -> None:
     assert members[0] == sum(len(f.members) for f in families) and members[1] == members[0] - len(families)
 
 
-def test_offline_autointerp_scores_and_resumes(labelled: tuple[Backend, int], embedder) -> None:
+def test_offline_autointerp_scores_and_resumes(labelled: tuple[Backend, int]) -> None:
     backend, model_id = labelled
     rows = backend.query("SELECT feature_id, label, pearson, f1, density FROM feature_labels WHERE model_id = ?", (model_id,))
     assert 20 <= len(rows) <= 40
@@ -95,7 +75,7 @@ def test_offline_autointerp_scores_and_resumes(labelled: tuple[Backend, int], em
         n = backend.query("SELECT count(*) FROM sae_codes WHERE model_id = ? AND feature_id = ?", (model_id, feature_id))[0][0]
         assert density == pytest.approx(n / 400)
     assert np.mean([r for _, _, r, _, _ in rows if r is not None]) > 0.2  # labels predict held-out examples
-    labeller = OfflineLabeller(embedder)
+    labeller = OfflineLabeller(corpus_stats(backend))
     assert run_autointerp(backend, model_id, labeller, features=[r[0] for r in rows]) == []  # resumed: nothing to redo
     more = run_autointerp(backend, model_id, labeller, limit=5)
     assert len(more) == 5 and not {r.feature_id for r in more} & {r[0] for r in rows}
@@ -108,24 +88,29 @@ def test_scoring_helpers() -> None:
 
 
 class FakeChatAPI(BaseHTTPRequestHandler):
-    """A local OpenAI-compatible /v1/chat/completions: labels, scores, one malformed reply."""
+    """A scripted OpenAI-compatible /v1/chat/completions speaking the paper's protocol: the
+    interpreter reasons and ends with FINAL:, the predictor sees one abstract and ends with
+    PREDICTION:; the first predictor reply is malformed (retried)."""
 
     calls: list[str] = []
+    interpreter_inputs: list[str] = []
     lock = threading.Lock()
 
     def do_POST(self) -> None:  # noqa: N802
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        system = body["messages"][0]["content"]
+        system, user = body["messages"][0]["content"], body["messages"][1]["content"]
+        interpreter = "FINAL:" in system and "MAX_ACTIVATING" in system
         with self.lock:
-            FakeChatAPI.calls.append("label" if "labelling" in system else "predict")
+            FakeChatAPI.calls.append("label" if interpreter else "predict")
             first_predict = FakeChatAPI.calls.count("predict") == 1 and FakeChatAPI.calls[-1] == "predict"
-        if "labelling" in system:
-            content = '"Stellar physics."'
+            if interpreter:
+                FakeChatAPI.interpreter_inputs.append(user)
+        if interpreter:
+            content = "1. Candidates: stars, galaxies.\n2. Zero examples also mention galaxies.\n3. Stars.\nFINAL: **Stellar physics**"
         elif first_predict:
-            content = "I think they are all relevant!"  # malformed: retried
+            content = "I think this one is relevant!"  # no PREDICTION line: asked again
         else:
-            texts = body["messages"][1]["content"].split("\n\n")
-            content = json.dumps([1 if "star" in t.lower() else -1 for t in texts])
+            content = "Reasoning...\nPREDICTION: " + ("0.9" if "star" in user.lower() else "-0.7")
         reply = {"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
                  "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": content}}]}
         self.send_response(200)
@@ -139,7 +124,7 @@ class FakeChatAPI(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def chat_url() -> Iterator[str]:
-    FakeChatAPI.calls = []
+    FakeChatAPI.calls, FakeChatAPI.interpreter_inputs = [], []
     server = ThreadingHTTPServer(("127.0.0.1", 0), FakeChatAPI)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield f"http://127.0.0.1:{server.server_port}/v1"
@@ -151,7 +136,10 @@ def test_llm_autointerp_through_openai_client(trained: tuple[Backend, int], chat
     labeller = LLMLabeller("test-model", base_url=chat_url, api_key="test")
     results = run_autointerp(backend, model_id, labeller, limit=6, concurrency=4)
     assert len(results) == 6 and {r.label for r in results} == {"Stellar physics"}
-    assert FakeChatAPI.calls.count("label") == 6 and FakeChatAPI.calls.count("predict") == 7  # one retry
+    assert FakeChatAPI.calls.count("label") == 6 and FakeChatAPI.calls.count("predict") == 6 * 6 + 1  # 3 + 3 each, one retry
+    shown = FakeChatAPI.interpreter_inputs[0]
+    assert shown.count("Activation:") == 5 and shown.count("------------------------") == 8  # 5 + 5 examples
+    assert all(r.pearson is None or -1 <= r.pearson <= 1 for r in results)
     stored = backend.query("SELECT count(*) FROM feature_labels WHERE model_id = ? AND labeller = 'llm:test-model'", (model_id,))
     assert stored[0][0] == 6
     calls = len(FakeChatAPI.calls)
@@ -161,7 +149,7 @@ def test_llm_autointerp_through_openai_client(trained: tuple[Backend, int], chat
 
 def test_steer_by_label_and_family_equal_numpy(labelled: tuple[Backend, int]) -> None:
     backend, model_id = labelled
-    build_families(backend, model_id)
+    build_all_families(backend, model_id)
     sae = backend.load_sae(model_id)
     x = embeddings_of(backend)[1][0]
     feature, label = backend.query(
@@ -186,7 +174,7 @@ def test_steer_by_label_and_family_equal_numpy(labelled: tuple[Backend, int]) ->
 
 def test_bi_views_match_direct_aggregates(labelled: tuple[Backend, int]) -> None:
     backend, model_id = labelled
-    build_families(backend, model_id)
+    build_all_families(backend, model_id)
     summary = {r[0]: r[1:] for r in backend.query(
         "SELECT feature_id, n_docs, density, mean_activation, label, family_id FROM feature_summary WHERE model_id = ?", (model_id,))}
     direct = backend.query(

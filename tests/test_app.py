@@ -19,7 +19,7 @@ import pytest
 from saedb.app.server import App, make_server
 from saedb.backends import connect
 from saedb.families import build_families
-from saedb.interp import OfflineLabeller, run_autointerp
+from saedb.interp import OfflineLabeller, corpus_stats, run_autointerp
 from saedb.loaders import load_corpus
 from saedb.trainer import TrainConfig
 from saedb.trainer.train import train_from_db
@@ -33,8 +33,9 @@ def served(db_url: str, astro_slice: Path, embedder) -> Iterator[tuple[str, int]
     """A database with a trained, labelled model and families, served read-only on loopback."""
     with connect(db_url) as backend:
         load_corpus(backend, astro_slice, embedder, progress=False)
-        model_id, _ = train_from_db(backend, TrainConfig(k=8, n_latents=128, epochs=30, batch_size=64, lr=1e-3), "app")
-        run_autointerp(backend, model_id, OfflineLabeller(embedder), limit=60, concurrency=2)
+        model_id, _ = train_from_db(backend, TrainConfig(k=8, n_latents=128, steps=180, batch_size=64, lr=1e-3), "app")
+        run_autointerp(backend, model_id, OfflineLabeller(corpus_stats(backend)), limit=60, concurrency=2)
+        backend.execute("UPDATE feature_labels SET clean = TRUE WHERE model_id = ?", (model_id,))  # tiny model: all labels
         build_families(backend, model_id)
     app = App(db_url, pool_size=8, timeout_s=10)
     server = make_server(app, "127.0.0.1", 0)

@@ -30,5 +30,5 @@ def test_errors_are_clear_and_exit_non_zero(tmp_path: Path) -> None:
     db = str(tmp_path / "cli.duckdb")
     missing = runner.invoke(app, ["load", str(tmp_path / "nope.jsonl"), "--db", db])
     assert missing.exit_code == 2 and "no such file" in missing.output
-    untrained = runner.invoke(app, ["train", "--db", db, "--n", "64", "--k", "4", "--epochs", "1"])
+    untrained = runner.invoke(app, ["train", "--db", db, "--n", "64", "--k", "4", "--steps", "1"])
     assert untrained.exit_code == 2 and "no embeddings yet" in untrained.output

@@ -98,7 +98,7 @@ def test_sparse_encoder_gradient_equals_dense_autograd() -> None:
 
 def test_exported_model_encodes_exactly_like_torch() -> None:
     x = np.random.default_rng(0).standard_normal((300, 32)).astype(np.float32)
-    result = train_sae(x, TrainConfig(k=6, n_latents=96, epochs=3, batch_size=64, lr=1e-3))
+    result = train_sae(x, TrainConfig(k=6, n_latents=96, steps=12, batch_size=64, lr=1e-3))
     sae = result.model.to_numpy()
     with torch.no_grad():
         _, indices, values = result.model(torch.from_numpy(x))
@@ -120,7 +120,7 @@ def astro_2000(backend: Backend, embedder, tmp_path: Path) -> Backend:
 def test_training_on_real_embeddings_scales_with_width_and_writes_back(astro_2000: Backend) -> None:
     losses = []
     for n in (128, 256, 512):
-        cfg = TrainConfig(k=16, n_latents=n, epochs=25, batch_size=256, lr=1e-3)
+        cfg = TrainConfig(k=16, n_latents=n, steps=175, batch_size=256, lr=1e-3)
         model_id, result = train_from_db(astro_2000, cfg, "astro")
         assert result.metrics["dead_fraction"] < 0.10
         assert result.metrics["l0"] <= 16
@@ -179,13 +179,13 @@ def test_kill_9_during_write_back_leaves_previous_state_intact(loaded: Backend, 
 def test_scaling_grid_stores_runs_fits_and_plots(astro_2000: Backend, tmp_path: Path) -> None:
     from saedb.trainer.scaling import fit_power_laws, load_runs, plot_scaling, run_grid
 
-    base = TrainConfig(epochs=10, batch_size=256, lr=1e-3)
+    base = TrainConfig(steps=70, batch_size=256, lr=1e-3)
     run_grid(astro_2000, [8, 16], [64, 128, 256], base, grid="test")
     run_grid(astro_2000, [8], [64], base, grid="test")  # a re-run replaces its row
     runs = load_runs(astro_2000, "test")
     assert [(r["k"], r["n_latents"]) for r in runs] == [(8, 64), (8, 128), (8, 256), (16, 64), (16, 128), (16, 256)]
     fits = fit_power_laws(runs)
     assert [f.k for f in fits] == [8, 16] and all(f.alpha < 0 for f in fits)
-    assert runs[1]["train_flops"] == 2 * runs[0]["train_flops"] - 10 * 2000 * 6 * 256 * 8
+    assert runs[1]["train_flops"] == 2 * runs[0]["train_flops"] - 70 * 256 * 6 * 256 * 8
     png, svg = plot_scaling(runs, fits, tmp_path / "plots")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and svg.read_text().lstrip().startswith("<?xml")

@@ -21,6 +21,9 @@ from saedb.errors import ConfigurationError, UnknownModelError
 from saedb.sae import SAE, SparseCodes
 from saedb.sqlfiles import read_sql
 
+# Training figures copied from a model's metrics into columns of sae_models.
+MODEL_FIGURES = ("steps", "normalised_mse", "dead_fraction", "enc_dec_cosine")
+
 
 @dataclass(frozen=True)
 class DocumentBatch:
@@ -194,10 +197,11 @@ class Backend(ABC):
         """Insert a 'building' model row for the next version of ``name``; returns its model_id."""
         model_id = int(self.query("SELECT coalesce(max(model_id), 0) + 1 FROM sae_models")[0][0])
         version = int(self.query("SELECT coalesce(max(version), 0) + 1 FROM sae_models WHERE name = ?", (name,))[0][0])
+        figures = [metrics.get(column) for column in MODEL_FIGURES]
         self.execute(
-            "INSERT INTO sae_models (model_id, name, version, embedder, d_in, n_latents, k, status, b_pre, metrics) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, 'building', ?, CAST(? AS JSON))",
-            (model_id, name, version, embedder, sae.d, sae.n_latents, sae.k, self.vector_param(sae.b_pre), json.dumps(metrics)),
+            f"INSERT INTO sae_models (model_id, name, version, embedder, d_in, n_latents, k, status, b_pre, metrics, "
+            f"{', '.join(MODEL_FIGURES)}) VALUES (?, ?, ?, ?, ?, ?, ?, 'building', ?, CAST(? AS JSON){', ?' * len(MODEL_FIGURES)})",
+            (model_id, name, version, embedder, sae.d, sae.n_latents, sae.k, self.vector_param(sae.b_pre), json.dumps(metrics), *figures),
         )
         return model_id
 

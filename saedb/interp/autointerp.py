@@ -1,23 +1,33 @@
 """Run the interpreter + predictor protocol over a model's features and store the results.
 
-For each feature: the interpreter sees the 5 top-activating and 5 random non-activating
-abstracts and names the feature; the predictor scores 3 held-out activating and 3
-held-out non-activating abstracts from the label alone. Pearson correlation and F1 of those
-scores against the truth, and the feature's density, go to ``feature_labels``.
-Features already labelled by the same labeller are skipped, so a run resumes.
+For each feature: the interpreter names it from its examples; the predictor scores 3
+held-out activating and 3 held-out non-activating abstracts from the label alone. Pearson
+(NULL when the predictions are constant: the paper's NaN, left out of means) and F1 of those
+scores, and the feature's density, go to ``feature_labels``; then ``clean`` is recomputed
+for the model's labels. Features already labelled by the same labeller are skipped, so a
+run resumes.
 """
 
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
 import numpy as np
 
 from saedb.backends import Backend
+from saedb.errors import InvalidInputError
+from saedb.iterate import chunked
 from saedb.interp.examples import FeatureExamples, feature_examples
 from saedb.interp.labellers import Labeller
+from saedb.interp.scoring import f1_score, passes_filter, pearson, sanitise_label
+from saedb.interp.text import CorpusStats
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
+
+BACKGROUND_SAMPLE = 50_000  # documents whose phrase frequencies stand for the corpus
 
 
 @dataclass(frozen=True)
@@ -29,27 +39,37 @@ class LabelResult:
     density: float
 
 
-def pearson(scores: list[float], truth: list[int]) -> float | None:
-    """Correlation of scores with truth; None when the scores are constant."""
-    s, t = np.asarray(scores, float), np.asarray(truth, float)
-    if s.std() == 0 or t.std() == 0:
-        return None
-    return float(np.corrcoef(s, t)[0, 1])
+def corpus_stats(backend: Backend, sample: int = BACKGROUND_SAMPLE) -> CorpusStats:
+    """Phrase document frequencies over the corpus (a fixed pseudo-random sample when larger)."""
+    rows = backend.query(
+        "SELECT title, abstract FROM papers ORDER BY (doc_id * 2654435761) % 1000003, doc_id LIMIT ?", (sample,)
+    )
+    return CorpusStats.build(f"{t}. {a}" for t, a in rows)
 
 
-def f1_score(scores: list[float], truth: list[int]) -> float:
-    predicted = [s > 0 for s in scores]
-    tp = sum(p and t for p, t in zip(predicted, truth))
-    fp = sum(p and not t for p, t in zip(predicted, truth))
-    fn = sum(t and not p for p, t in zip(predicted, truth))
-    return 2 * tp / (2 * tp + fp + fn) if tp else 0.0
-
-
-def interpret(labeller: Labeller, examples: FeatureExamples) -> LabelResult:
-    label = labeller.label(examples.positives, examples.negatives)
+def interpret(labeller: Labeller, examples: FeatureExamples) -> LabelResult | InvalidInputError:
+    """The feature's label and scores, or the error of an interpreter that never answered in
+    the expected form (that feature stays unlabelled; the run goes on)."""
+    try:
+        label = labeller.label(examples)
+    except InvalidInputError as exc:
+        return InvalidInputError(f"feature {examples.feature_id}: {exc}")
     texts, truth = examples.held_out()
     scores = labeller.predict(label, texts)
     return LabelResult(examples.feature_id, label, pearson(scores, truth), f1_score(scores, truth), examples.density)
+
+
+def features_by_density(backend: Backend, model_id: int) -> list[int]:
+    return [r[0] for r in backend.query(
+        "SELECT feature_id FROM sae_codes WHERE model_id = ? GROUP BY feature_id ORDER BY count(*) DESC, feature_id", (model_id,)
+    )]
+
+
+def iter_examples(backend: Backend, model_id: int, features: list[int], n_documents: int) -> Iterator[FeatureExamples]:
+    for feature in features:
+        examples = feature_examples(backend, model_id, feature, n_documents)
+        if examples is not None:
+            yield examples
 
 
 def run_autointerp(
@@ -60,19 +80,35 @@ def run_autointerp(
     limit: int | None = None,
     concurrency: int = 8,
     log: Callable[[str], None] | None = None,
+    progress: "tqdm | None" = None,
 ) -> list[LabelResult]:
-    """Label features (densest first, or the given ones) that this labeller has not labelled yet."""
+    """Label features (densest first, or the given ones) that this labeller has not labelled yet;
+    ``progress`` (a tqdm bar) learns the total first and advances per feature."""
     info = backend.model_row(model_id)
     done = {r[0] for r in backend.query("SELECT feature_id FROM feature_labels WHERE model_id = ? AND labeller = ?", (model_id, labeller.name))}
-    if features is None:
-        features = [r[0] for r in backend.query(
-            "SELECT feature_id FROM sae_codes WHERE model_id = ? GROUP BY feature_id ORDER BY count(*) DESC, feature_id", (model_id,)
-        )]
-    todo = [f for f in features if f not in done][:limit]
-    examples = [e for e in (feature_examples(backend, model_id, f, info["n_documents"]) for f in todo) if e is not None]
+    candidates = features_by_density(backend, model_id) if features is None else list(features)
+    todo = [f for f in candidates if f not in done][:limit]
+    if progress is not None:
+        progress.reset(total=len(todo))
     results: list[LabelResult] = []
-    with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
-        for result in pool.map(lambda e: interpret(labeller, e), examples):
+    failures: list[str] = []
+    workers = max(1, concurrency)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        # Executor.map consumes its whole input first: feed it a few features at a time so that
+        # results (and the progress bar) arrive from the start.
+        labelled = (
+            result
+            for chunk in chunked(iter_examples(backend, model_id, todo, info["n_documents"]), 2 * workers)
+            for result in pool.map(lambda e: interpret(labeller, e), chunk)
+        )
+        for result in labelled:
+            if progress is not None:
+                progress.update()
+            if isinstance(result, InvalidInputError):
+                failures.append(str(result))
+                if log:
+                    log(f"not labelled: {result}")
+                continue
             backend.execute(
                 "INSERT INTO feature_labels (model_id, feature_id, labeller, label, pearson, f1, density) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (model_id, result.feature_id, labeller.name, result.label, result.pearson, result.f1, result.density),
@@ -81,4 +117,46 @@ def run_autointerp(
             if log:
                 log(f"feature {result.feature_id:>5}  r={result.pearson if result.pearson is not None else float('nan'):+.2f}  "
                     f"F1={result.f1:.2f}  {result.label}")
+    mark_clean(backend, model_id, labeller.name)
+    if failures and log:
+        log(f"{len(failures)} features could not be labelled (run again to retry them)")
     return results
+
+
+def mark_clean(backend: Backend, model_id: int, labeller: str) -> int:
+    """Set ``clean`` on a model's labels by one labeller (the paper's filter; of features
+    whose sanitised labels coincide, only the one with the highest f1 + pearson stays clean).
+    Returns the number of clean features."""
+    rows = backend.query(
+        "SELECT feature_id, label, pearson, f1, density FROM feature_labels WHERE model_id = ? AND labeller = ?", (model_id, labeller)
+    )
+    best: dict[str, tuple[float, int]] = {}
+    for feature, label, r, f1, density in rows:
+        if passes_filter(sanitise_label(label), r, f1, density):
+            key = sanitise_label(label).lower()
+            best[key] = max(best.get(key, (float("-inf"), -1)), (f1 + r, -feature))
+    clean = {-feature for _, feature in best.values()}
+    with backend.transaction():
+        backend.execute("UPDATE feature_labels SET clean = FALSE WHERE model_id = ? AND labeller = ?", (model_id, labeller))
+        for feature in sorted(clean):
+            backend.execute(
+                "UPDATE feature_labels SET clean = TRUE WHERE model_id = ? AND labeller = ? AND feature_id = ?", (model_id, labeller, feature)
+            )
+    return len(clean)
+
+
+def label_summary(backend: Backend, model_id: int, labeller: str) -> str:
+    """Pearson mean / median / share >= 0.8 (NaN left out of mean and median, as in the
+    paper's histograms, and counted below 0.8), NaN share, mean F1 and clean features."""
+    rows = backend.query(
+        "SELECT pearson, f1, coalesce(clean, FALSE) FROM feature_labels WHERE model_id = ? AND labeller = ?", (model_id, labeller)
+    )
+    if not rows:
+        return f"no labels by {labeller} for model {model_id}"
+    defined = np.array([r for r, _, _ in rows if r is not None], dtype=float)
+    return (
+        f"{len(rows)} labels by {labeller}: Pearson mean {defined.mean() if defined.size else float('nan'):.3f}, "
+        f"median {np.median(defined) if defined.size else float('nan'):.3f}, "
+        f"share >= 0.8 {float((defined >= 0.8).sum()) / len(rows):.1%}, NaN {1 - defined.size / len(rows):.1%}; "
+        f"F1 mean {np.mean([f1 for _, f1, _ in rows]):.3f}; clean {sum(bool(c) for _, _, c in rows)}"
+    )

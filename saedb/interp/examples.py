@@ -1,5 +1,15 @@
-"""Examples for one feature, drawn from SQL: what the interpreter sees and what the
-predictor is scored on (held out from the interpreter)."""
+"""Examples for one feature, drawn from SQL, split as in the paper (paper-notes §3.1):
+
+- shown to the interpreter: the 5 top-activating abstracts (with activations) and 5
+  abstracts where the feature does not fire;
+- held out for the predictor: the activating abstracts ranked 6-8 and 3 more
+  non-activating ones, never shown to the interpreter;
+- ``more_positives``: activating abstracts ranked 9-``POOL``, for labellers that read more
+  than 5 examples (the offline labeller); disjoint from the held-out ones.
+
+Deviation: non-activating abstracts are a seeded random sample, not the first ones in
+corpus order (a quirk of the paper's code); the paper's Pearson depends on that choice.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +18,7 @@ from dataclasses import dataclass
 
 from saedb.backends import Backend
 
-SHOWN, HELD_OUT = 5, 3
+SHOWN, HELD_OUT, POOL = 5, 3, 60
 
 
 @dataclass(frozen=True)
@@ -16,9 +26,12 @@ class FeatureExamples:
     feature_id: int
     density: float
     positives: list[str]  # the 5 top-activating abstracts
+    activations: list[float]  # their activations
     negatives: list[str]  # 5 random abstracts where the feature does not fire
-    held_out_positives: list[str]  # 3 more activating abstracts
+    held_out_positives: list[str]  # activating abstracts ranked 6-8
     held_out_negatives: list[str]  # 3 more non-activating abstracts
+    more_positives: list[str]  # activating abstracts ranked 9 and below
+    more_activations: list[float]  # their activations
 
     def held_out(self) -> tuple[list[str], list[int]]:
         """Held-out texts and their truth (1 fires, 0 does not)."""
@@ -30,32 +43,39 @@ def document_text(title: str, abstract: str) -> str:
     return f"{title}. {abstract}"
 
 
+def random_inactive_documents(backend: Backend, model_id: int, features: list[int], count: int, rng: random.Random) -> list[str]:
+    """``count`` random abstracts on which none of ``features`` fires (a seeded hash order)."""
+    marks = ", ".join("?" * len(features))
+    rows = backend.query(
+        "SELECT p.title, p.abstract FROM papers p JOIN embeddings e ON e.doc_id = p.doc_id "
+        f"WHERE NOT EXISTS (SELECT 1 FROM sae_codes c WHERE c.model_id = ? AND c.feature_id IN ({marks}) AND c.doc_id = p.doc_id) "
+        "ORDER BY (p.doc_id * 2654435761 + ?) % 1000003, p.doc_id LIMIT ?",
+        (model_id, *features, rng.randrange(1_000_003), count),
+    )
+    return [document_text(t, a) for t, a in rows]
+
+
 def feature_examples(backend: Backend, model_id: int, feature_id: int, n_documents: int, seed: int = 0) -> FeatureExamples | None:
     """Examples for a feature, or None when it fires on too few documents to hold any out."""
     rng = random.Random(seed * 1_000_003 + feature_id)
     active = backend.query(
-        "SELECT p.title, p.abstract FROM sae_codes c JOIN papers p ON p.doc_id = c.doc_id "
-        "WHERE c.model_id = ? AND c.feature_id = ? ORDER BY c.activation DESC, c.doc_id LIMIT 50",
-        (model_id, feature_id),
+        "SELECT p.title, p.abstract, c.activation FROM sae_codes c JOIN papers p ON p.doc_id = c.doc_id "
+        "WHERE c.model_id = ? AND c.feature_id = ? ORDER BY c.activation DESC, c.doc_id LIMIT ?",
+        (model_id, feature_id, POOL),
     )
-    n_active = int(backend.query("SELECT count(*) FROM sae_codes WHERE model_id = ? AND feature_id = ?", (model_id, feature_id))[0][0])
     if len(active) < SHOWN + HELD_OUT:
         return None
-    # Random documents by doc_id probe; the feature must not fire on them.
-    probe = backend.query(
-        "SELECT p.title, p.abstract FROM papers p JOIN embeddings e ON e.doc_id = p.doc_id "
-        "WHERE NOT EXISTS (SELECT 1 FROM sae_codes c WHERE c.model_id = ? AND c.feature_id = ? AND c.doc_id = p.doc_id) "
-        "ORDER BY (p.doc_id * 2654435761 + ?) % 1000003 LIMIT ?",
-        (model_id, feature_id, rng.randrange(1_000_003), SHOWN + HELD_OUT),
-    )
-    texts = [document_text(t, a) for t, a in active]
-    held = rng.sample(texts[SHOWN:], HELD_OUT)
-    negatives = [document_text(t, a) for t, a in probe]
+    n_active = int(backend.query("SELECT count(*) FROM sae_codes WHERE model_id = ? AND feature_id = ?", (model_id, feature_id))[0][0])
+    texts = [document_text(t, a) for t, a, _ in active]
+    negatives = random_inactive_documents(backend, model_id, [feature_id], SHOWN + HELD_OUT, rng)
     return FeatureExamples(
         feature_id=feature_id,
         density=n_active / max(n_documents, 1),
         positives=texts[:SHOWN],
+        activations=[float(a) for _, _, a in active[:SHOWN]],
         negatives=negatives[:SHOWN],
-        held_out_positives=held,
+        held_out_positives=texts[SHOWN : SHOWN + HELD_OUT],
         held_out_negatives=negatives[SHOWN:],
+        more_positives=texts[SHOWN + HELD_OUT :],
+        more_activations=[float(a) for _, _, a in active[SHOWN + HELD_OUT :]],
     )

@@ -1,162 +1,200 @@
-"""Labellers: an interpreter (examples -> 1-8 word label) and a predictor (label + text ->
-score in [-1, 1]). The offline labeller needs no API; the LLM labeller uses any
-OpenAI-compatible endpoint through the ``openai`` client."""
+"""Labellers: an interpreter (examples -> label of 1-8 words) and a predictor (label + one
+abstract -> score in [-1, 1], > 0 meaning "the feature fires").
+
+- ``OfflineLabeller``: the label is the phrase (or two) that the feature's activating
+  abstracts use far more often than the corpus does; the predictor is lexical evidence for
+  the label in the abstract (``LexicalPredictor``). Neither looks at the SAE's embedding
+  space, so a score measures whether the label names what the documents say.
+- ``LLMLabeller``: the paper's protocol through any OpenAI-compatible endpoint: the
+  interpreter reasons in steps and ends with ``FINAL: <label>``; the predictor sees one
+  abstract at a time and ends with ``PREDICTION: <number>``.
+"""
 
 from __future__ import annotations
 
-import json
 import math
-import re
-from collections import Counter
+from collections import Counter, defaultdict
 from typing import Protocol
 
-import numpy as np
-
-from saedb.embedders import Embedder
 from saedb.errors import InvalidInputError
+from saedb.interp.examples import FeatureExamples
+from saedb.interp.text import CorpusStats, content_runs, normal_form, phrases, surface_form, words
+from saedb.llm import ChatModel, final_answer, prediction, retried
 
-STOPWORDS = frozenset(
-    """a about above after again against all also an and any are as at be been being between both but by can could
-    did do does doing during each few for from further had has have having here how however i if in into is it its
-    itself more most much new no not of off on once only or other our out over own paper present presented results
-    same several show shown so some such than that the their them then there these they this those through to too
-    two under until up using use used very via was we were what when where which while who whom why will with within
-    without would find found first one based study studies work approach method methods propose proposed provide""".split()
-)
-WORD = re.compile(r"[a-z][a-z0-9\-]+")
+MIN_SUPPORT = 0.08  # a label phrase carries at least this share of the feature's activation mass
+MIN_DOCUMENTS = 3  # ... in at least this many abstracts
+SECOND_PHRASE = 0.5  # a second phrase joins the label when it scores at least this share of the first
+SUBSUMED = 0.8  # a phrase gives way to a longer phrase containing it with at least this share of its support
+SECOND_LIFT = 5.0  # ... and is at least this many times more common among the feature's abstracts than in the corpus
 
 
-class Labeller(Protocol):
-    name: str
+def _contains(longer: tuple[str, ...], shorter: tuple[str, ...]) -> bool:
+    return any(longer[i : i + len(shorter)] == shorter for i in range(len(longer) - len(shorter) + 1))
 
-    def label(self, positives: list[str], negatives: list[str]) -> str:
-        """A 1-8 word label for what the positives share and the negatives lack."""
-        ...
 
+class Predictor(Protocol):
     def predict(self, label: str, texts: list[str]) -> list[float]:
         """For each text, -1 (the labelled concept is absent) to 1 (present)."""
         ...
 
 
-def _terms(text: str) -> set[str]:
-    words = [w for w in WORD.findall(text.lower()) if w not in STOPWORDS and len(w) > 2]
-    return set(words) | {f"{a} {b}" for a, b in zip(words, words[1:])}
+class Labeller(Predictor, Protocol):
+    name: str
+
+    def label(self, examples: FeatureExamples) -> str:
+        """A 1-8 word label for what the activating examples share and the others lack."""
+        ...
 
 
-def clean_label(text: str) -> str:
-    """First line, no quotes or trailing dot, at most 8 words; empty is an error."""
-    words = text.strip().splitlines()[0].strip().strip("\"'`*").rstrip(".").split() if text.strip() else []
-    if not words:
-        raise InvalidInputError("the interpreter returned an empty label")
-    return " ".join(words[:8])
+class LexicalPredictor:
+    """Evidence that a text is about a label, from the words alone.
+
+    Each phrase of the label (runs of content words) counts 1 per verbatim occurrence in the
+    text (in normal form), else 0.5 times the share of its words' IDF present anywhere in
+    it. The score is 1 - 2·exp(-evidence): -1 with no evidence, > 0 from about one verbatim
+    occurrence. Corpus IDF is the only statistic used; nothing is fitted to a feature.
+    """
+
+    def __init__(self, stats: CorpusStats) -> None:
+        self.stats = stats
+
+    def label_phrases(self, label: str) -> list[tuple[str, ...]]:
+        return [tuple(normal_form(w) for w in run) for run in content_runs(label)]
+
+    def evidence(self, label_phrases: list[tuple[str, ...]], text: str) -> float:
+        seq = words(text)
+        present = set(seq)
+        total = 0.0
+        for phrase in label_phrases:
+            size = len(phrase)
+            exact = sum(1 for i in range(len(seq) - size + 1) if tuple(seq[i : i + size]) == phrase)
+            if exact:
+                total += exact
+            else:
+                weights = [self.stats.idf(w) for w in phrase]
+                total += 0.5 * sum(w for w, word in zip(weights, phrase) if word in present) / sum(weights)
+        return total
+
+    def predict(self, label: str, texts: list[str]) -> list[float]:
+        label_phrases = self.label_phrases(label)
+        return [1 - 2 * math.exp(-self.evidence(label_phrases, t)) for t in texts]
 
 
 class OfflineLabeller:
-    """Contrastive keywords (log-odds of document frequency, activating vs non-activating
-    abstracts) as the label; embedding similarity to the label as the predictor, centred
-    between the shown activating and non-activating examples."""
+    """Contrastive phrase mining over the feature's activating abstracts (shown and pooled,
+    never the held-out ones) against corpus document frequencies."""
 
-    name = "offline-keywords"
+    name = "offline-phrases"
 
-    def __init__(self, embedder: Embedder, background: list[str] | None = None, max_terms: int = 3) -> None:
-        self.embedder = embedder
-        self.background = background or []
-        self.max_terms = max_terms
-        self._calibration: dict[str, tuple[float, float]] = {}
+    def __init__(self, stats: CorpusStats, max_phrases: int = 2) -> None:
+        self.stats = stats
+        self.max_phrases = max_phrases
+        self.predictor = LexicalPredictor(stats)
 
-    def label(self, positives: list[str], negatives: list[str]) -> str:
-        contrast = negatives + self.background
-        pos = Counter(t for text in positives for t in _terms(text))
-        neg = Counter(t for text in contrast for t in _terms(text))
+    def ranked_phrases(self, texts: list[str], weights: list[float]) -> list[tuple[float, float, tuple[str, ...], str]]:
+        """(score, lift, phrase, spelling), best first. p is the share of the texts' weight
+        (activation) on texts with the phrase, t the same for their titles (a title states the
+        topic; the text before the first '. ' is taken as the title), q the phrase's corpus
+        share; score = (p + t) / 2 · log(p / q), lift = p / q. Phrases below MIN_SUPPORT or in
+        fewer than MIN_DOCUMENTS texts are left out, and so is a phrase inside a longer one that
+        has nearly its support ('neural' when 'graph neural networks' is as common)."""
+        support: Counter = Counter()
+        in_titles: Counter = Counter()
+        documents: Counter = Counter()
+        spellings: dict[tuple[str, ...], list[str]] = defaultdict(list)
+        total = sum(weights)
+        for text, weight in zip(texts, weights):
+            for key in phrases(text.split(". ", 1)[0]):
+                in_titles[key] += weight / total
+            for key, spelling in phrases(text).items():
+                support[key] += weight / total
+                documents[key] += 1
+                spellings[key].append(spelling)
+        kept = {key: p for key, p in support.items() if p >= MIN_SUPPORT and documents[key] >= MIN_DOCUMENTS}
+        ranked = []
+        for key, p in kept.items():
+            if not any(len(longer) > len(key) and kept[longer] >= SUBSUMED * p and _contains(longer, key) for longer in kept):
+                lift = p / self.stats.share(key)
+                ranked.append(((p + in_titles[key]) / 2 * math.log(lift), lift, key, surface_form(spellings[key])))
+        ranked.sort(key=lambda r: (-r[0], -len(r[2]), r[2]))
+        return ranked
 
-        def score(term: str) -> float:
-            p = (pos[term] + 0.1) / (len(positives) + 0.2)
-            q = (neg[term] + 0.5) / (len(contrast) + 1.0)
-            return math.log(p / (1 - p)) - math.log(q / (1 - q)) + (0.3 if " " in term else 0.0)
-
-        ranked = sorted((t for t in pos if pos[t] >= 2), key=lambda t: (-score(t), t))
-        chosen: list[str] = []
-        for term in ranked:
-            if not any(set(term.split()) & set(c.split()) for c in chosen):
-                chosen.append(term)
-            if len(chosen) == self.max_terms:
+    def label(self, examples: FeatureExamples) -> str:
+        ranked = self.ranked_phrases(examples.positives + examples.more_positives, examples.activations + examples.more_activations)
+        if not ranked:
+            return "no shared phrase"
+        chosen = [ranked[0]]
+        for candidate in ranked[1:]:
+            if len(chosen) == self.max_phrases or candidate[0] < SECOND_PHRASE * chosen[0][0]:
                 break
-        if not chosen:
-            chosen = ranked[:1] or [sorted(pos, key=lambda t: -pos[t])[0]]
-        label = clean_label(", ".join(chosen))
-        self.calibrate(label, positives, negatives)
-        return label
-
-    def calibrate(self, label: str, positives: list[str], negatives: list[str]) -> None:
-        """Centre the predictor for ``label`` between known activating and non-activating texts."""
-        sims = self._similarity(label, positives + negatives)
-        mid = (sims[: len(positives)].mean() + sims[len(positives) :].mean()) / 2
-        spread = max(abs(sims[: len(positives)].mean() - mid), 1e-3)
-        self._calibration[label] = (float(mid), float(spread))
-
-    def _similarity(self, label: str, texts: list[str]) -> np.ndarray:
-        vectors = self.embedder.embed([label, *texts])
-        return vectors[1:] @ vectors[0]
+            if candidate[1] >= SECOND_LIFT and not any(set(candidate[2]) & set(c[2]) for c in chosen):
+                chosen.append(candidate)
+        return ", ".join(c[3] for c in chosen)
 
     def predict(self, label: str, texts: list[str]) -> list[float]:
-        mid, spread = self._calibration.get(label, (0.0, 0.1))
-        return [float(np.tanh((s - mid) / spread)) for s in self._similarity(label, texts)]
+        return self.predictor.predict(label, texts)
 
 
-INTERPRETER_PROMPT = (
-    "You are labelling one feature of a sparse autoencoder trained on embeddings of scientific abstracts. "
-    "The feature is ACTIVE on the first group of abstracts and INACTIVE on the second. "
-    "Reply with a label of 1 to 8 words naming the concept that the active abstracts share and the inactive ones lack. "
-    "Reply with the label only."
-)
-PREDICTOR_PROMPT = (
-    "A feature of a sparse autoencoder over scientific abstracts is labelled: {label!r}. "
-    "For each numbered abstract, rate how strongly the feature is present, from -1 (absent) to 1 (present). "
-    "Reply with a JSON list of {n} numbers and nothing else."
-)
+INTERPRETER_PROMPT = """You are a meticulous {domain} researcher conducting an important investigation into one neuron \
+of a sparse autoencoder trained on embeddings of {domain} paper abstracts. You are shown MAX_ACTIVATING abstracts, on \
+which the neuron fires (with its activation), and ZERO_ACTIVATING abstracts, on which it does not fire.
 
+Work step by step:
+1. List the topics, concepts, themes and methodologies that the max-activating abstracts share, at several levels of \
+granularity; give more weight to the abstracts with higher activations.
+2. Rule out every candidate that is also present in the zero-activating abstracts.
+3. Choose the simplest candidate that explains the activations (Occam's razor).
+4. End your reply with one line: FINAL: <a label of 1 to 8 words>"""
 
-def _numbered(texts: list[str]) -> str:
-    return "\n\n".join(f"{i + 1}. {t[:1500]}" for i, t in enumerate(texts))
+PREDICTOR_PROMPT = """You are a {domain} expert. A neuron of a sparse autoencoder over {domain} abstracts has this \
+description: "{label}".{family} You are shown one abstract.
+
+1. Reason step by step about whether the neuron fires on this abstract; do not speculate beyond what the abstract says.
+2. Give a confidence in [0, 1] if it will fire, or in [-1, 0] if it will not.
+3. End your reply with one line: PREDICTION: <number between -1 and 1>"""
+
+FAMILY_NOTE = " The neuron is highly general and fires on a family of related topics: related topics count."
+
+FAMILY_NAMER_PROMPT = """You are a meticulous {domain} researcher. A family of sparse-autoencoder features has a parent \
+feature and child features, each with a label. Name the family.
+
+1. Brainstorm general concepts that cover the labels.
+2. Pick the high-level concept that covers most of the children.
+3. Do not add the field's name ("in astronomy", "in machine learning").
+4. End your reply with one line: FINAL: <2 to 8 words>"""
+
+SEPARATOR = "\n\n------------------------\n"
 
 
 class LLMLabeller:
-    """Interpreter and predictor through an OpenAI-compatible chat endpoint."""
+    """The paper's interpreter and predictor through an OpenAI-compatible chat endpoint.
 
-    def __init__(self, model: str, base_url: str | None = None, api_key: str | None = None, attempts: int = 3) -> None:
-        from openai import OpenAI
+    A predictor reply without a number is asked again up to 3 times, then scored 0.0 (the
+    paper's rule: "no opinion", which neither side of F1's threshold counts as firing)."""
 
+    def __init__(self, model: str, base_url: str | None = None, api_key: str | None = None,
+                 domain: str = "scientific", family: bool = False) -> None:
         self.name = f"llm:{model}"
-        self.model = model
-        self.attempts = attempts
-        self.client = OpenAI(base_url=base_url, api_key=api_key or "unused", max_retries=4, timeout=60)
+        self.chat = ChatModel(model, base_url, api_key)
+        self.domain = domain
+        self.family = family
 
-    def _ask(self, system: str, user: str) -> str:
-        response = self.client.chat.completions.create(
-            model=self.model, temperature=0, messages=[{"role": "system", "content": system}, {"role": "user", "content": user}]
-        )
-        return response.choices[0].message.content or ""
+    def label(self, examples: FeatureExamples) -> str:
+        shown = SEPARATOR.join(f"Activation:{a:.3f}\n{t[:2000]}" for a, t in zip(examples.activations, examples.positives))
+        zero = SEPARATOR.join(t[:2000] for t in examples.negatives)
+        user = f"MAX_ACTIVATING:\n{shown}\n\nZERO_ACTIVATING:\n{zero}"
+        return retried(lambda: final_answer(self.chat.ask(INTERPRETER_PROMPT.format(domain=self.domain), user)))
 
-    def label(self, positives: list[str], negatives: list[str]) -> str:
-        user = f"ACTIVE:\n{_numbered(positives)}\n\nINACTIVE:\n{_numbered(negatives)}"
-        return self._retry(lambda: clean_label(self._ask(INTERPRETER_PROMPT, user)))
+    def predict_one(self, label: str, text: str) -> float:
+        system = PREDICTOR_PROMPT.format(domain=self.domain, label=label, family=FAMILY_NOTE if self.family else "")
+        try:
+            return retried(lambda: prediction(self.chat.ask(system, f"Abstract:\n{text[:3000]}")))
+        except InvalidInputError:
+            return 0.0
 
     def predict(self, label: str, texts: list[str]) -> list[float]:
-        def parse() -> list[float]:
-            reply = self._ask(PREDICTOR_PROMPT.format(label=label, n=len(texts)), _numbered(texts))
-            match = re.search(r"\[.*\]", reply, re.DOTALL)
-            scores = json.loads(match.group(0)) if match else None
-            if not isinstance(scores, list) or len(scores) != len(texts) or not all(isinstance(s, (int, float)) for s in scores):
-                raise InvalidInputError(f"the predictor did not return {len(texts)} numbers: {reply[:200]!r}")
-            return [max(-1.0, min(1.0, float(s))) for s in scores]
+        return [self.predict_one(label, t) for t in texts]
 
-        return self._retry(parse)
-
-    def _retry(self, call):
-        """Retry malformed replies (HTTP errors are retried by the client itself)."""
-        for attempt in range(self.attempts):
-            try:
-                return call()
-            except (InvalidInputError, json.JSONDecodeError):
-                if attempt == self.attempts - 1:
-                    raise
+    def name_family(self, parent: str, children: list[str]) -> str:
+        user = f"Parent: {parent}\nChildren:\n" + "\n".join(f"- {c}" for c in children)
+        return retried(lambda: final_answer(self.chat.ask(FAMILY_NAMER_PROMPT.format(domain=self.domain), user)))

@@ -30,6 +30,7 @@ class Paper:
     subjects: list[str]
     published: date | None
     year: int | None
+    line: int = 0  # line (JSONL/CSV) or row (Parquet) of the source file
 
     @property
     def text(self) -> str:
@@ -83,7 +84,7 @@ def _published(record: dict[str, Any]) -> tuple[date | None, int | None]:
     return published, year
 
 
-def parse_paper(record: Any) -> Paper:
+def parse_paper(record: Any, line: int = 0) -> Paper:
     """Validate one decoded record; raises InvalidInputError with the reason."""
     if not isinstance(record, dict):
         raise InvalidInputError("row is not an object")
@@ -100,6 +101,7 @@ def parse_paper(record: Any) -> Paper:
         subjects=_string_list(record, "subjects"),
         published=published,
         year=year,
+        line=line,
     )
 
 
@@ -152,7 +154,7 @@ def read_papers(path: str | Path) -> Iterator[Paper | RowError]:
                 yield RowError(line_no, str(record), raw)
                 continue
             try:
-                yield parse_paper(record)
+                yield parse_paper(record, line_no)
             except InvalidInputError as exc:
                 yield RowError(line_no, str(exc), raw)
     except (EOFError, OSError, zlib.error, UnicodeDecodeError, csv.Error, pa.ArrowException) as exc:

@@ -1,5 +1,10 @@
 """Load a corpus file into a saedb database: validate, embed, bulk-insert in batches.
 
+Vectors come from the embedder, or from a file of embeddings made elsewhere
+(``embeddings=``, see ``saedb.loaders.vectors``); then the embedder only names what made
+them (the database records it, so queries are embedded the same way) and, when it can run
+here, is checked against a sample of the file's vectors before anything is written.
+
 Idempotent: papers already in the database (by arXiv id) are skipped before embedding,
 so a re-run adds nothing. Resumable: each batch commits on its own, so after a kill the
 next run carries on from the last committed batch.
@@ -7,18 +12,24 @@ next run carries on from the last committed batch.
 
 from __future__ import annotations
 
+import itertools
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterator
 
 import numpy as np
 from tqdm import tqdm
 
 from saedb.backends import Backend, DocumentBatch
-from saedb.embedders import Embedder
-from saedb.errors import InvalidInputError
+from saedb.embedders import Embedder, get_embedder, known_dim, runnable_here
+from saedb.errors import ConfigurationError, InvalidInputError
+from saedb.iterate import chunked
 from saedb.loaders.corpus import Paper, RowError, check_source, read_papers
+from saedb.loaders.vectors import PrecomputedEmbeddings, read_embeddings
+
+SAMPLE_CHECK = 4  # papers re-embedded to check that a file's vectors come from the named embedder
+SAMPLE_MIN_COSINE = 0.9
 
 
 @dataclass
@@ -29,6 +40,7 @@ class LoadReport:
     already_loaded: int = 0
     duplicates: int = 0
     rejected: int = 0
+    unmatched_vectors: int | None = None  # vectors in an embeddings file with no paper in this load
     first_errors: list[RowError] = field(default_factory=list)
 
     def summary(self) -> str:
@@ -36,6 +48,8 @@ class LoadReport:
             f"{self.source}: read {self.read} valid rows, added {self.added}, "
             f"{self.already_loaded} already loaded, {self.duplicates} duplicate ids in file, {self.rejected} rejected"
         )
+        if self.unmatched_vectors:
+            text += f"\n  {self.unmatched_vectors} vectors of the embeddings file have no paper in this load"
         for err in self.first_errors:
             text += f"\n  line {err.line}: {err.reason}"
         if self.rejected > len(self.first_errors):
@@ -48,17 +62,6 @@ def corpus_name(path: Path) -> str:
     return re.sub(r"\.(jsonl|json|ndjson|csv|parquet)(\.gz)?$", "", path.name, flags=re.IGNORECASE)
 
 
-def _batches(items: Iterable[Paper], size: int) -> Iterator[list[Paper]]:
-    batch: list[Paper] = []
-    for item in items:
-        batch.append(item)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
-
-
 def _embed(embedder: Embedder, papers: list[Paper]) -> np.ndarray:
     vectors = np.asarray(embedder.embed([p.text for p in papers]), dtype=np.float32)
     if vectors.shape != (len(papers), embedder.dim) or not np.isfinite(vectors).all():
@@ -68,33 +71,81 @@ def _embed(embedder: Embedder, papers: list[Paper]) -> np.ndarray:
     return vectors
 
 
+def _unit(rows: np.ndarray) -> np.ndarray:
+    return (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float32)
+
+
+def check_sample(embedder: Embedder, papers: list[Paper], vectors: np.ndarray, source: str) -> None:
+    """Re-embed the papers: the file's vectors must be the named embedder's (mean cosine >= 0.9)."""
+    cosine = float(np.mean(np.sum(_embed(embedder, papers) * _unit(vectors), axis=1)))
+    if cosine < SAMPLE_MIN_COSINE:
+        raise ConfigurationError(
+            f"the vectors in {source} do not come from {embedder.name}: re-embedding {len(papers)} papers gives mean "
+            f"cosine {cosine:.2f} with the file's vectors. Pass the embedder that made them (--embedder), or a name "
+            "saedb does not run (queries must then be given as vectors)."
+        )
+
+
+def precomputed_vectors(path: Path, embedder: Embedder | str, embeddings: str | Path | PrecomputedEmbeddings) -> tuple[str, PrecomputedEmbeddings]:
+    """(embedder name, vectors) for a load of precomputed vectors, checked before anything is
+    written: the dimension against the named embedder's, and, when that embedder runs here,
+    a re-embedded sample of the corpus against the file."""
+    vectors = embeddings if isinstance(embeddings, PrecomputedEmbeddings) else read_embeddings(embeddings)
+    name = embedder if isinstance(embedder, str) else embedder.name
+    expected = known_dim(name)
+    if expected is not None and expected != vectors.dim:
+        raise InvalidInputError(f"{vectors.source} holds {vectors.dim}-d vectors but {name} makes {expected}-d ones")
+    runnable = embedder if not isinstance(embedder, str) else (get_embedder(name) if runnable_here(name) else None)
+    if runnable is not None:
+        sample = list(itertools.islice(
+            (p for p in read_papers(path) if isinstance(p, Paper) and p.arxiv_id in vectors.index and p.arxiv_id not in vectors.unusable),
+            SAMPLE_CHECK,
+        ))
+        if sample:
+            check_sample(runnable, sample, np.stack([vectors.matrix[vectors.index[p.arxiv_id]] for p in sample]), vectors.source)
+    return name, vectors
+
+
 def load_corpus(
     backend: Backend,
     path: str | Path,
-    embedder: Embedder,
+    embedder: Embedder | str,
     *,
+    embeddings: str | Path | PrecomputedEmbeddings | None = None,
     limit: int | None = None,
     batch_size: int = 1024,
     corpus: str | None = None,
     progress: bool = True,
 ) -> LoadReport:
-    """Load the first ``limit`` valid papers of ``path`` (all if None) with their embeddings."""
+    """Load the first ``limit`` valid papers of ``path`` (all if None) with their embeddings:
+    computed by ``embedder``, or read from ``embeddings`` (made by the embedder so named)."""
     path = Path(path)
     check_source(path)
     corpus = corpus or corpus_name(path)
     report = LoadReport(source=path.name)
-    backend.bind_embedder(embedder.name, embedder.dim)
+    vectors: PrecomputedEmbeddings | None = None
+    if embeddings is not None:
+        name, vectors = precomputed_vectors(path, embedder, embeddings)
+        backend.bind_embedder(name, vectors.dim)
+        embed_batch = lambda papers: _unit(np.stack([vectors.lookup(p.arxiv_id) for p in papers]))  # noqa: E731
+    else:
+        runnable = get_embedder(embedder) if isinstance(embedder, str) else embedder
+        backend.bind_embedder(runnable.name, runnable.dim)
+        embed_batch = lambda papers: _embed(runnable, papers)  # noqa: E731
     present = backend.existing_arxiv_ids()
     seen: set[str] = set()
     pending_errors: list[RowError] = []
 
+    def reject(error: RowError) -> None:
+        report.rejected += 1
+        pending_errors.append(error)
+        if len(report.first_errors) < 5:
+            report.first_errors.append(error)
+
     def new_papers() -> Iterator[Paper]:
         for item in read_papers(path):
             if isinstance(item, RowError):
-                report.rejected += 1
-                pending_errors.append(item)
-                if len(report.first_errors) < 5:
-                    report.first_errors.append(item)
+                reject(item)
                 continue
             if limit is not None and report.read >= limit:
                 return
@@ -102,6 +153,12 @@ def load_corpus(
                 report.duplicates += 1
                 continue
             seen.add(item.arxiv_id)
+            if vectors is not None and item.arxiv_id not in present:
+                try:
+                    vectors.lookup(item.arxiv_id)
+                except InvalidInputError as exc:
+                    reject(RowError(item.line, str(exc), item.arxiv_id))
+                    continue
             report.read += 1
             if item.arxiv_id in present:
                 report.already_loaded += 1
@@ -109,7 +166,7 @@ def load_corpus(
             yield item
 
     bar = tqdm(total=limit, unit="doc", desc=f"loading {corpus}", disable=not progress)
-    for papers in _batches(new_papers(), batch_size):
+    for papers in chunked(new_papers(), batch_size):
         batch = DocumentBatch(
             arxiv_ids=[p.arxiv_id for p in papers],
             titles=[p.title for p in papers],
@@ -119,7 +176,7 @@ def load_corpus(
             published=[p.published for p in papers],
             years=[p.year for p in papers],
             corpus=corpus,
-            embeddings=_embed(embedder, papers),
+            embeddings=embed_batch(papers),
         )
         with backend.transaction():
             report.added += backend.insert_documents(batch)
@@ -131,4 +188,6 @@ def load_corpus(
         with backend.transaction():
             backend.record_load_errors(path.name, [(e.line, e.reason, e.raw) for e in pending_errors])
     backend.create_embeddings_index()
+    if vectors is not None:
+        report.unmatched_vectors = vectors.unmatched(seen | present)
     return report

@@ -17,7 +17,7 @@ from saedb.errors import InvalidInputError
 from saedb.trainer.config import TrainConfig
 from saedb.trainer.train import load_training_matrix, train_sae
 
-RUN_COLUMNS = ("k", "n_latents", "epochs", "samples", "train_flops", "normalised_mse", "dead_fraction", "l0", "seconds")
+RUN_COLUMNS = ("k", "n_latents", "steps", "samples", "train_flops", "normalised_mse", "dead_fraction", "l0", "seconds")
 
 
 @dataclass(frozen=True)
@@ -32,10 +32,10 @@ class PowerLaw:
         return self.coefficient * np.asarray(n, dtype=float) ** self.alpha
 
 
-def training_flops(d: int, n: int, k: int, samples: int, epochs: int) -> float:
+def training_flops(d: int, n: int, k: int, steps: int, batch_size: int) -> float:
     """Forward + backward FLOPs: dense encoder (2dn forward, 2dn weight gradient) and the
-    sparse decoder (about 6dk) per sample per epoch."""
-    return float(epochs) * samples * (4 * d * n + 6 * d * k)
+    sparse decoder (about 6dk) per sample, for steps x batch_size samples."""
+    return float(steps) * batch_size * (4 * d * n + 6 * d * k)
 
 
 def run_grid(
@@ -55,8 +55,8 @@ def run_grid(
                 continue
             metrics = train_sae(x, replace(base, k=k, n_latents=n)).metrics
             run = {
-                "k": k, "n_latents": n, "epochs": base.epochs, "samples": x.shape[0],
-                "train_flops": training_flops(x.shape[1], n, k, x.shape[0], base.epochs),
+                "k": k, "n_latents": n, "steps": base.steps, "samples": x.shape[0],
+                "train_flops": training_flops(x.shape[1], n, k, base.steps, base.batch_size),
                 **{key: metrics[key] for key in ("normalised_mse", "dead_fraction", "l0", "seconds")},
             }
             with backend.transaction():

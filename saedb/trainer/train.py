@@ -1,10 +1,10 @@
 """Training loop: normalised MSE + AuxK on dead latents, decoder-gradient projection,
 gradient clipping, unit-norm decoder after every step (Gao et al. 2024, as used by
-O'Neill et al. 2024).
+O'Neill et al. 2024), for a budget of optimiser steps (a new shuffle at each pass).
 
 Memory: ``train_from_db`` holds the whole embedding matrix once (rows x d float32, e.g.
-87k x 256 = 89 MB), shuffled into batches each epoch; codes are written back in
-8192-row batches by ``publish_model``.
+87k x 384 = 134 MB); codes are written back in 8192-row batches by ``publish_model``.
+A run whose weights or metrics are not finite (a diverged run) is never published.
 """
 
 from __future__ import annotations
@@ -12,23 +12,30 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
-from saedb.backends import Backend
-from saedb.errors import InvalidInputError
-from saedb.models import publish_model
+from saedb.errors import InvalidInputError, TrainingDivergedError
 from saedb.trainer.config import TrainConfig
 from saedb.trainer.topk_sae import TopKSAE, normalised_mse
+
+
+if TYPE_CHECKING:  # the training loop itself needs torch only (it runs on GPU machines without the database drivers)
+    from saedb.backends import Backend
+
+LOG_EVERY = 500  # steps between progress lines
+HISTORY_EVERY = 100  # steps averaged into one history point
 
 
 @dataclass
 class TrainResult:
     model: TopKSAE
     metrics: dict[str, float]
-    history: list[float] = field(default_factory=list)  # normalised MSE per epoch
+    history: list[float] = field(default_factory=list)  # mean training NMSE per HISTORY_EVERY steps
+    holdout_history: list[tuple[int, float]] = field(default_factory=list)  # (step, held-out NMSE) every LOG_EVERY steps
 
 
 def pick_device(requested: str | None) -> torch.device:
@@ -63,6 +70,13 @@ def evaluate(model: TopKSAE, x: torch.Tensor, batch_size: int = 8192) -> dict[st
     }
 
 
+@torch.no_grad()
+def encoder_decoder_cosine(model: TopKSAE) -> float:
+    """Mean cosine between each latent's encoder row and decoder row (1.0 at the tied init;
+    the paper's SAE64: 0.57)."""
+    return float(F.cosine_similarity(model.w_enc, model.w_dec, dim=1).mean())
+
+
 def clip_grad_norm(parameters: Iterable[torch.nn.Parameter], max_norm: float) -> None:
     """Scale gradients to a global norm of at most max_norm; untouched when already below
     (torch's version rescales every gradient on every step)."""
@@ -75,10 +89,10 @@ def clip_grad_norm(parameters: Iterable[torch.nn.Parameter], max_norm: float) ->
 class Trainer:
     """Optimiser state and dead-latent bookkeeping around one TopKSAE."""
 
-    def __init__(self, model: TopKSAE, cfg: TrainConfig, steps_per_epoch: int) -> None:
+    def __init__(self, model: TopKSAE, cfg: TrainConfig) -> None:
         self.model, self.cfg = model, cfg
         self.optimiser = torch.optim.Adam(model.parameters(), lr=cfg.lr, fused=True)
-        self.dead_after = max(1, int(cfg.dead_after_epochs * steps_per_epoch))
+        self.dead_after = cfg.dead_steps
         self.steps_since_fired = torch.zeros(cfg.n_latents, dtype=torch.long, device=model.w_dec.device)
 
     def dead(self) -> torch.Tensor:
@@ -108,39 +122,79 @@ class Trainer:
 def new_trainer(x: torch.Tensor, cfg: TrainConfig, generator: torch.Generator) -> Trainer:
     """A model initialised as in the paper (median pre-bias from a sample of x) with its trainer."""
     model = TopKSAE(x.shape[1], cfg.n_latents, cfg.k, coordinate_median(x, cfg.median_sample, generator)).to(x.device)
-    return Trainer(model, cfg, steps_per_epoch=math.ceil(x.shape[0] / cfg.batch_size))
+    return Trainer(model, cfg)
+
+
+def batches(n_rows: int, cfg: TrainConfig, generator: torch.Generator) -> Iterator[torch.Tensor]:
+    """Row indices of ``cfg.steps`` batches: full batches of a fresh permutation per pass."""
+    per_pass = max(1, n_rows // cfg.batch_size)
+    for step in range(cfg.steps):
+        if step % per_pass == 0:
+            order = torch.randperm(n_rows, generator=generator)
+        start = (step % per_pass) * cfg.batch_size
+        yield order[start : start + cfg.batch_size]
+
+
+def split_holdout(n_rows: int, fraction: float, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """(training rows, held-out rows); no hold-out when the fraction leaves fewer than 2 rows out."""
+    order = torch.randperm(n_rows, generator=generator)
+    held = int(n_rows * fraction)
+    held = held if held >= 2 and n_rows - held >= 2 else 0
+    return order[held:].sort().values, order[:held].sort().values
 
 
 def train_sae(x_np: np.ndarray, cfg: TrainConfig, log: Callable[[str], None] | None = None) -> TrainResult:
-    """Train a top-k SAE on a float32 (rows, d) matrix."""
+    """Train a top-k SAE on a float32 (rows, d) matrix for ``cfg.steps`` optimiser steps."""
     if x_np.ndim != 2 or x_np.shape[0] < 2:
         raise InvalidInputError(f"need at least 2 embeddings to train, got shape {x_np.shape}")
     if not np.isfinite(x_np).all():
         raise InvalidInputError("training embeddings contain NaN or infinite values")
-    if not 0 < cfg.k <= cfg.n_latents:
-        raise InvalidInputError(f"k must be in 1..n_latents ({cfg.n_latents}), got {cfg.k}")
     device = pick_device(cfg.device)
     torch.manual_seed(cfg.seed)
     generator = torch.Generator().manual_seed(cfg.seed)
-    x = torch.from_numpy(np.ascontiguousarray(x_np, dtype=np.float32)).to(device)
+    x_all = torch.from_numpy(np.ascontiguousarray(x_np, dtype=np.float32))
+    train_rows, held_rows = split_holdout(x_all.shape[0], cfg.holdout_fraction, generator)
+    x = x_all[train_rows].to(device)
+    held = x_all[held_rows].to(device) if held_rows.numel() else None
     trainer = new_trainer(x, cfg, generator)
     history: list[float] = []
+    holdout_history: list[tuple[int, float]] = []
+    window = 0.0
     started = time.perf_counter()
-    for epoch in range(cfg.epochs):
-        order = torch.randperm(x.shape[0], generator=generator).to(device)
-        epoch_loss = 0.0
-        for start in range(0, x.shape[0], cfg.batch_size):
-            batch = x[order[start : start + cfg.batch_size]]
-            epoch_loss += trainer.step(batch) * batch.shape[0]
-        history.append(epoch_loss / x.shape[0])
-        if log:
-            log(f"epoch {epoch + 1}/{cfg.epochs}: normalised MSE {history[-1]:.4f}, dead {float(trainer.dead().float().mean()):.1%}")
-    metrics = evaluate(trainer.model, x)
-    metrics.update(seconds=time.perf_counter() - started, samples=int(x.shape[0]), device=str(device))
-    return TrainResult(model=trainer.model, metrics=metrics, history=history)
+    for step, rows in enumerate(batches(x.shape[0], cfg, generator), start=1):
+        window += trainer.step(x[rows.to(device)])
+        if step % HISTORY_EVERY == 0 or step == cfg.steps:
+            history.append(window / (step - HISTORY_EVERY * (len(history))))
+            window = 0.0
+        if step % LOG_EVERY == 0 or step == cfg.steps:
+            if held is not None:
+                holdout_history.append((step, evaluate(trainer.model, held)["normalised_mse"]))
+            if log:
+                log(f"step {step}/{cfg.steps}: normalised MSE {history[-1]:.4f}"
+                    + (f" (held out {holdout_history[-1][1]:.4f})" if holdout_history else "")
+                    + f", dead {float(trainer.dead().float().mean()):.1%}")
+    metrics: dict[str, float | str] = dict(evaluate(trainer.model, x))
+    if holdout_history:
+        metrics["holdout_normalised_mse"] = holdout_history[-1][1]
+    metrics.update(
+        steps=cfg.steps, enc_dec_cosine=encoder_decoder_cosine(trainer.model), seconds=time.perf_counter() - started,
+        samples=int(x.shape[0]), holdout_samples=int(held_rows.numel()), device=str(device),
+    )
+    check_finite(trainer.model, metrics)
+    return TrainResult(model=trainer.model, metrics=metrics, history=history, holdout_history=holdout_history)
 
 
-def load_training_matrix(backend: Backend, batch_size: int = 8192) -> np.ndarray:
+def check_finite(model: TopKSAE, metrics: dict[str, float | str]) -> None:
+    """A diverged run (NaN/Inf weights or reconstruction error) is an error, never a model."""
+    finite_weights = all(bool(torch.isfinite(p).all()) for p in model.parameters())
+    if not finite_weights or not math.isfinite(float(metrics["normalised_mse"])):
+        raise TrainingDivergedError(
+            f"training diverged (normalised MSE {metrics['normalised_mse']}, finite weights: {finite_weights}); "
+            "nothing was published. Lower the learning rate (--lr)."
+        )
+
+
+def load_training_matrix(backend: "Backend", batch_size: int = 8192) -> np.ndarray:
     """All embeddings as one float32 matrix, read in batches."""
     backend.require_embedder()
     parts = [matrix for _, matrix in backend.iter_embeddings(batch_size)]
@@ -150,10 +204,12 @@ def load_training_matrix(backend: Backend, batch_size: int = 8192) -> np.ndarray
 
 
 def train_from_db(
-    backend: Backend, cfg: TrainConfig, name: str, log: Callable[[str], None] | None = None
+    backend: "Backend", cfg: TrainConfig, name: str, log: Callable[[str], None] | None = None
 ) -> tuple[int, TrainResult]:
     """Train on the database's embeddings and publish weights + codes as a new model version."""
+    from saedb.models import publish_model
+
     result = train_sae(load_training_matrix(backend), cfg, log)
-    metrics = {**result.metrics, "config": cfg.as_dict(), "history": result.history}
+    metrics = {**result.metrics, "config": cfg.as_dict(), "history": result.history, "holdout_history": result.holdout_history}
     model_id = publish_model(backend, result.model.to_numpy(), name, metrics)
     return model_id, result

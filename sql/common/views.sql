@@ -11,9 +11,9 @@ FROM sae_codes c JOIN sae_models m USING (model_id)
 WHERE m.status = 'ready'
 GROUP BY c.model_id, c.feature_id;
 
--- The best-scoring label of each feature (highest predictor correlation).
+-- The best-scoring label of each feature (highest predictor correlation), and whether it is clean.
 CREATE OR REPLACE VIEW feature_best_labels AS
-SELECT model_id, feature_id, label, labeller, pearson, f1
+SELECT model_id, feature_id, label, labeller, pearson, f1, coalesce(clean, FALSE) AS clean
 FROM (SELECT l.*, row_number() OVER (PARTITION BY model_id, feature_id ORDER BY pearson DESC NULLS LAST, labeller) AS r
       FROM feature_labels l) ranked
 WHERE r = 1;
@@ -53,3 +53,49 @@ SELECT c.model_id, p.doc_id, p.arxiv_id, p.title, p.year, p.published, p.categor
 FROM sae_codes c
 JOIN papers p ON p.doc_id = c.doc_id
 LEFT JOIN feature_best_labels l ON l.model_id = c.model_id AND l.feature_id = c.feature_id;
+
+-- The paper's family statistics (paper-notes §4.2), one row per model:
+-- mean and median children per family, the largest family, the share of all features in a
+-- family, the mean co-occurrence ratio (parent row over children / children block), the
+-- block-diagonality of co-occurrence (in-block over off-block mean of C / min(C_ii, C_jj),
+-- divided by the same ratio for random feature sets of the same sizes: 1 means no structure)
+-- and the membership fraction (clean features in a family whose name scores f1 >= 0.8 and
+-- pearson >= 0.8, over all clean features).
+CREATE OR REPLACE VIEW family_stats AS
+WITH families AS (
+    SELECT model_id, count(*) AS n_families,
+           avg(CAST(size - 1 AS DOUBLE PRECISION)) AS mean_children,
+           percentile_cont(0.5) WITHIN GROUP (ORDER BY size - 1) AS median_children,
+           max(size - 1) AS max_children,
+           avg(cooccurrence_ratio) AS mean_cooccurrence_ratio,
+           avg(f1) AS mean_family_f1,
+           avg(pearson) AS mean_family_pearson,
+           (sum(in_block_sum) / nullif(sum(in_block_n), 0)) / nullif(sum(off_block_sum) / nullif(sum(off_block_n), 0), 0) AS block_ratio,
+           (sum(random_in_block_sum) / nullif(sum(random_in_block_n), 0))
+             / nullif(sum(random_off_block_sum) / nullif(sum(random_off_block_n), 0), 0) AS random_block_ratio
+    FROM feature_families GROUP BY model_id
+), members AS (
+    SELECT model_id, count(DISTINCT feature_id) AS features_in_families FROM family_members GROUP BY model_id
+), clean AS (
+    SELECT model_id, count(*) AS clean_features FROM feature_best_labels WHERE clean GROUP BY model_id
+), well_named AS (
+    SELECT m.model_id, count(DISTINCT m.feature_id) AS features
+    FROM family_members m
+    JOIN feature_families f ON f.model_id = m.model_id AND f.family_id = m.family_id
+    JOIN feature_best_labels l ON l.model_id = m.model_id AND l.feature_id = m.feature_id
+    WHERE l.clean AND f.f1 >= 0.8 AND f.pearson >= 0.8
+    GROUP BY m.model_id
+)
+SELECT f.model_id, f.n_families, f.mean_children, f.median_children, f.max_children,
+       CAST(mem.features_in_families AS DOUBLE PRECISION) / sm.n_latents AS share_of_features,
+       CAST(f.max_children + 1 AS DOUBLE PRECISION) / sm.n_latents AS largest_family_share,
+       c.clean_features,
+       f.mean_cooccurrence_ratio,
+       f.block_ratio / nullif(f.random_block_ratio, 0) AS block_diagonality,
+       f.mean_family_f1, f.mean_family_pearson,
+       CAST(coalesce(w.features, 0) AS DOUBLE PRECISION) / nullif(c.clean_features, 0) AS membership_fraction
+FROM families f
+JOIN sae_models sm ON sm.model_id = f.model_id
+LEFT JOIN members mem ON mem.model_id = f.model_id
+LEFT JOIN clean c ON c.model_id = f.model_id
+LEFT JOIN well_named w ON w.model_id = f.model_id;

@@ -49,6 +49,13 @@ CREATE TABLE IF NOT EXISTS sae_models (
     UNIQUE (name, version)
 );
 
+-- Training figures of each version (also in metrics): filled by the trainer, NULL for imports.
+ALTER TABLE sae_models ADD COLUMN IF NOT EXISTS steps INTEGER;
+ALTER TABLE sae_models ADD COLUMN IF NOT EXISTS normalised_mse DOUBLE;
+ALTER TABLE sae_models ADD COLUMN IF NOT EXISTS dead_fraction DOUBLE;
+ALTER TABLE sae_models ADD COLUMN IF NOT EXISTS enc_dec_cosine DOUBLE;
+
+
 CREATE TABLE IF NOT EXISTS sae_encoder (
     model_id   INTEGER NOT NULL,
     feature_id INTEGER NOT NULL,
@@ -85,6 +92,10 @@ CREATE TABLE IF NOT EXISTS feature_labels (
     labelled_at TIMESTAMP NOT NULL DEFAULT current_timestamp,
     PRIMARY KEY (model_id, feature_id, labeller)
 );
+-- The paper's clean filter (f1 >= 0.8, pearson >= 0.8, density < 0.2, no vague label, one feature per
+-- label): set for all labels of a model and labeller after each labelling run.
+ALTER TABLE feature_labels ADD COLUMN IF NOT EXISTS clean BOOLEAN;
+
 
 -- Documents in which both features fire (feature_i <= feature_j; the diagonal counts one feature).
 -- Millions of rows per model and only scanned, so no index (DuckDB's zone maps suffice).
@@ -106,6 +117,21 @@ CREATE TABLE IF NOT EXISTS feature_families (
     label        VARCHAR NOT NULL,
     PRIMARY KEY (model_id, family_id)
 );
+-- Family name scores (the predictor on the family's examples) and the parts of the paper's family
+-- statistics, summed by the family_stats view: M = C / min(C_ii, C_jj) over member pairs (in block),
+-- member x other clean feature (off block), and the same for a random set of equal size.
+ALTER TABLE feature_families ADD COLUMN IF NOT EXISTS f1 DOUBLE;
+ALTER TABLE feature_families ADD COLUMN IF NOT EXISTS pearson DOUBLE;
+ALTER TABLE feature_families ADD COLUMN IF NOT EXISTS cooccurrence_ratio DOUBLE;
+ALTER TABLE feature_families ADD COLUMN IF NOT EXISTS in_block_sum DOUBLE;
+ALTER TABLE feature_families ADD COLUMN IF NOT EXISTS in_block_n BIGINT;
+ALTER TABLE feature_families ADD COLUMN IF NOT EXISTS off_block_sum DOUBLE;
+ALTER TABLE feature_families ADD COLUMN IF NOT EXISTS off_block_n BIGINT;
+ALTER TABLE feature_families ADD COLUMN IF NOT EXISTS random_in_block_sum DOUBLE;
+ALTER TABLE feature_families ADD COLUMN IF NOT EXISTS random_in_block_n BIGINT;
+ALTER TABLE feature_families ADD COLUMN IF NOT EXISTS random_off_block_sum DOUBLE;
+ALTER TABLE feature_families ADD COLUMN IF NOT EXISTS random_off_block_n BIGINT;
+
 
 CREATE TABLE IF NOT EXISTS family_members (
     model_id   INTEGER NOT NULL,
@@ -126,7 +152,7 @@ CREATE TABLE IF NOT EXISTS scaling_runs (
     grid           VARCHAR NOT NULL,
     k              INTEGER NOT NULL,
     n_latents      INTEGER NOT NULL,
-    epochs         INTEGER NOT NULL,
+    steps          INTEGER NOT NULL,
     samples        INTEGER NOT NULL,
     train_flops    DOUBLE NOT NULL,
     normalised_mse DOUBLE NOT NULL,
@@ -136,3 +162,7 @@ CREATE TABLE IF NOT EXISTS scaling_runs (
     created_at     TIMESTAMP NOT NULL DEFAULT current_timestamp,
     PRIMARY KEY (grid, k, n_latents)
 );
+-- Databases from before the step budget counted epochs.
+ALTER TABLE scaling_runs DROP COLUMN IF EXISTS epochs;
+ALTER TABLE scaling_runs ADD COLUMN IF NOT EXISTS steps INTEGER;
+

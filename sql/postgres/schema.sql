@@ -49,6 +49,13 @@ CREATE TABLE IF NOT EXISTS sae_models (
     UNIQUE (name, version)
 );
 
+-- Training figures of each version (also in metrics): filled by the trainer, NULL for imports.
+ALTER TABLE sae_models ADD COLUMN IF NOT EXISTS steps integer;
+ALTER TABLE sae_models ADD COLUMN IF NOT EXISTS normalised_mse double precision;
+ALTER TABLE sae_models ADD COLUMN IF NOT EXISTS dead_fraction double precision;
+ALTER TABLE sae_models ADD COLUMN IF NOT EXISTS enc_dec_cosine double precision;
+
+
 -- Weight rows are stored PLAIN (in-line, uncompressed): sae_encode scans every encoder
 -- row per call, and out-of-line TOAST lookups would dominate its cost.
 CREATE TABLE IF NOT EXISTS sae_encoder (
@@ -91,6 +98,10 @@ CREATE TABLE IF NOT EXISTS feature_labels (
     labelled_at timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (model_id, feature_id, labeller)
 );
+-- The paper's clean filter (f1 >= 0.8, pearson >= 0.8, density < 0.2, no vague label, one feature per
+-- label): set for all labels of a model and labeller after each labelling run.
+ALTER TABLE feature_labels ADD COLUMN IF NOT EXISTS clean boolean;
+
 
 -- Documents in which both features fire (feature_i <= feature_j; the diagonal counts one feature).
 CREATE TABLE IF NOT EXISTS feature_cooccurrence (
@@ -112,6 +123,21 @@ CREATE TABLE IF NOT EXISTS feature_families (
     label        text NOT NULL,
     PRIMARY KEY (model_id, family_id)
 );
+-- Family name scores (the predictor on the family's examples) and the parts of the paper's family
+-- statistics, summed by the family_stats view: M = C / min(C_ii, C_jj) over member pairs (in block),
+-- member x other clean feature (off block), and the same for a random set of equal size.
+ALTER TABLE feature_families ADD COLUMN IF NOT EXISTS f1 double precision;
+ALTER TABLE feature_families ADD COLUMN IF NOT EXISTS pearson double precision;
+ALTER TABLE feature_families ADD COLUMN IF NOT EXISTS cooccurrence_ratio double precision;
+ALTER TABLE feature_families ADD COLUMN IF NOT EXISTS in_block_sum double precision;
+ALTER TABLE feature_families ADD COLUMN IF NOT EXISTS in_block_n bigint;
+ALTER TABLE feature_families ADD COLUMN IF NOT EXISTS off_block_sum double precision;
+ALTER TABLE feature_families ADD COLUMN IF NOT EXISTS off_block_n bigint;
+ALTER TABLE feature_families ADD COLUMN IF NOT EXISTS random_in_block_sum double precision;
+ALTER TABLE feature_families ADD COLUMN IF NOT EXISTS random_in_block_n bigint;
+ALTER TABLE feature_families ADD COLUMN IF NOT EXISTS random_off_block_sum double precision;
+ALTER TABLE feature_families ADD COLUMN IF NOT EXISTS random_off_block_n bigint;
+
 
 CREATE TABLE IF NOT EXISTS family_members (
     model_id   integer NOT NULL,
@@ -127,7 +153,7 @@ CREATE TABLE IF NOT EXISTS scaling_runs (
     grid           text NOT NULL,
     k              integer NOT NULL,
     n_latents      integer NOT NULL,
-    epochs         integer NOT NULL,
+    steps          integer NOT NULL,
     samples        integer NOT NULL,
     train_flops    double precision NOT NULL,
     normalised_mse double precision NOT NULL,
@@ -137,3 +163,7 @@ CREATE TABLE IF NOT EXISTS scaling_runs (
     created_at     timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (grid, k, n_latents)
 );
+-- Databases from before the step budget counted epochs.
+ALTER TABLE scaling_runs DROP COLUMN IF EXISTS epochs;
+ALTER TABLE scaling_runs ADD COLUMN IF NOT EXISTS steps integer;
+

@@ -1,0 +1,90 @@
+"""The control for label scores: does a feature's own label predict its held-out examples
+better than another feature's label does?
+
+Each labelled feature's held-out abstracts are scored twice by the same predictor: with its
+own label and with the label of another labelled feature (a random derangement). A score
+that only measured the predictor or the examples would come out the same both ways.
+Pearson is undefined (NaN) when a label's predictions are all equal; the report gives the
+share of such cases and means both over the defined cases and with NaN counted as 0.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import numpy as np
+
+from saedb.backends import Backend
+from saedb.errors import InvalidInputError
+from saedb.interp.autointerp import iter_examples
+from saedb.interp.labellers import Predictor
+from saedb.interp.scoring import f1_score, pearson
+
+
+@dataclass(frozen=True)
+class Scores:
+    pearson: list[float | None]
+    f1: list[float]
+
+    def pearson_as_zero(self) -> float:
+        return float(np.mean([0.0 if r is None else r for r in self.pearson]))
+
+    def pearson_defined(self) -> float:
+        defined = [r for r in self.pearson if r is not None]
+        return float(np.mean(defined)) if defined else float("nan")
+
+    def nan_share(self) -> float:
+        return sum(r is None for r in self.pearson) / len(self.pearson)
+
+    def mean_f1(self) -> float:
+        return float(np.mean(self.f1))
+
+
+@dataclass(frozen=True)
+class ControlReport:
+    labeller: str
+    features: int
+    own: Scores
+    shuffled: Scores
+
+    def pearson_margin(self) -> float:
+        return self.own.pearson_as_zero() - self.shuffled.pearson_as_zero()
+
+    def f1_margin(self) -> float:
+        return self.own.mean_f1() - self.shuffled.mean_f1()
+
+    def lines(self) -> list[str]:
+        row = "{:<16} {:>14.3f} {:>16.3f} {:>9.1%} {:>8.3f}"
+        return [
+            f"control: {self.features} features labelled by {self.labeller}, each scored with its own and with a shuffled label",
+            f"{'label':<16} {'Pearson (NaN=0)':>14} {'Pearson (defined)':>16} {'NaN':>9} {'F1':>8}",
+            row.format("own", self.own.pearson_as_zero(), self.own.pearson_defined(), self.own.nan_share(), self.own.mean_f1()),
+            row.format("shuffled", self.shuffled.pearson_as_zero(), self.shuffled.pearson_defined(), self.shuffled.nan_share(),
+                       self.shuffled.mean_f1()),
+            f"margin: Pearson {self.pearson_margin():+.3f}, F1 {self.f1_margin():+.3f}",
+        ]
+
+
+def label_control(backend: Backend, model_id: int, labeller: str, predictor: Predictor, seed: int = 0,
+                  limit: int | None = None) -> ControlReport:
+    """Own-label against shuffled-label scores for the features ``labeller`` has labelled."""
+    labels = dict(backend.query(
+        "SELECT feature_id, label FROM feature_labels WHERE model_id = ? AND labeller = ? ORDER BY feature_id", (model_id, labeller)
+    ))
+    features = sorted(labels)
+    rng = random.Random(seed)
+    rng.shuffle(features)
+    features = features[:limit]
+    if len(features) < 2:
+        raise InvalidInputError(f"the control needs at least 2 features labelled by {labeller}; run `saedb interp` first")
+    donor = {f: features[(i + 1) % len(features)] for i, f in enumerate(features)}  # a cycle: nobody keeps their own
+    n_documents = backend.model_row(model_id)["n_documents"]
+    own, shuffled = Scores([], []), Scores([], [])
+    for examples in iter_examples(backend, model_id, features, n_documents):
+        texts, truth = examples.held_out()
+        for scores, label in ((own, labels[examples.feature_id]), (shuffled, labels[donor[examples.feature_id]])):
+            predictions = predictor.predict(label, texts)
+            scores.pearson.append(pearson(predictions, truth))
+            scores.f1.append(f1_score(predictions, truth))
+    return ControlReport(labeller=labeller, features=len(own.f1), own=own, shuffled=shuffled)
