@@ -98,7 +98,7 @@ def main() -> None:
 
     def fresh(cls: type[Trainer], dead_fraction: float) -> Trainer:
         base = new_trainer(x, cfg, torch.Generator().manual_seed(0))
-        trainer = cls(base.model, cfg, steps_per_epoch=x.shape[0] // batch)
+        trainer = cls(base.model, cfg)
         pinned = torch.zeros(n, dtype=torch.bool, device=device)
         pinned[: int(n * dead_fraction)] = True
         trainer.dead = lambda: pinned  # a fixed dead set: AuxK runs (or not) identically in both loops

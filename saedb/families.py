@@ -4,9 +4,15 @@ maximum spanning trees over the clean features.
 1. C[i, j] = documents where features i and j both fire (a self-join of sae_codes in SQL,
    materialised in feature_cooccurrence).
 2. Only clean features (``feature_labels.clean``). C_norm[i, j] = C[i, j] / (C[i, i] + 1)
-   is asymmetric; the edge weight is exp(max(C_norm[i, j], C_norm[j, i])) — symmetrised
-   explicitly, where the paper's networkx call took whichever entry came later in row
-   order — for edges with that maximum at or above 0.1 (first round) or 0.07 (later rounds).
+   is asymmetric; we symmetrise it by the geometric mean g = sqrt(C_norm[i, j] · C_norm[j, i])
+   (about C_ij / sqrt(C_ii C_jj), the cosine of the two features' firing patterns) and keep
+   edges with g >= 0.1 (first round) or 0.07 (later rounds), weight exp(g).
+   Deviation: the paper's networkx call took whichever entry came later in row order, i.e.
+   an arbitrary one of the two. With that entry, or the maximum, a dense hub feature links
+   every feature that often fires with it, and on hh_ml MiniLM (k=32, n=3072, 746 clean
+   features) its family swallowed 345 (paper's entry) or 314 (maximum) features, 10-11% of
+   the SAE; the mean gave 243, the geometric mean 120 (3.9%; median family 8.5 children,
+   578 of 746 clean features in a family), the minimum 50 but with only 363 in a family.
 3. Maximum spanning tree (Kruskal); each edge points from the denser feature to the
    sparser (ties: lower id first).
 4. Roots: in-degree 0 and out-degree > 2; a family is a root and all its descendants.
@@ -122,12 +128,12 @@ def cooccurrence_counts(backend: Backend, model_id: int, features: list[int]) ->
 
 
 def cooccurrence_graph(counts: np.ndarray, features: list[int], keep: list[int], threshold: float) -> nx.Graph:
-    """Graph over ``keep`` (indices into ``features``): weight exp(max of the two normalised
-    entries) where that maximum reaches ``threshold``."""
+    """Graph over ``keep`` (indices into ``features``): weight exp(g) where the geometric mean
+    g of the two normalised entries reaches ``threshold``."""
     diag = np.diag(counts)
     sub = counts[np.ix_(keep, keep)]
     normalised = sub / (diag[keep][:, None] + 1)
-    both = np.maximum(normalised, normalised.T)
+    both = np.sqrt(normalised * normalised.T)
     np.fill_diagonal(both, 0)
     graph = nx.Graph()
     graph.add_nodes_from(features[i] for i in keep)

@@ -166,6 +166,20 @@ def test_a_feature_with_two_denser_tree_neighbours_keeps_its_parent_inside_each_
     assert sorted(f.members[2][0] for f in both) == [0, 1]
 
 
+def test_a_dense_hub_does_not_swallow_the_topics_that_co_occur_with_it() -> None:
+    # Feature 0 fires on 10,000 documents and on 60% of every other feature's documents;
+    # three topics each have a leader (200 documents) and 4 members (100) that fire together.
+    diagonal, pairs = {0: 10_000}, {}
+    for topic in range(3):
+        leader, members = 1 + 5 * topic, [2 + 5 * topic + i for i in range(4)]
+        diagonal |= {leader: 200} | {m: 100 for m in members}
+        pairs |= {(0, leader): 120} | {(0, m): 60 for m in members} | {(leader, m): 50 for m in members}
+        pairs |= {(a, b): 30 for a in members for b in members if a < b}
+    families = find_families(symmetric(16, diagonal, pairs), list(range(16)))
+    assert sorted((f.root, sorted(f.children)) for f in families) == [
+        (1, [2, 3, 4, 5]), (6, [7, 8, 9, 10]), (11, [12, 13, 14, 15])]
+
+
 def test_families_need_more_than_three_descendants_and_drop_near_duplicates() -> None:
     big = Family(0, 0, {0: (None, 0), **{c: (0, 1) for c in (1, 2, 3, 4, 5)}})
     near = Family(9, 1, {9: (None, 0), **{c: (9, 1) for c in (1, 2, 3, 4)}})  # Jaccard 4/5 = 0.8 with big

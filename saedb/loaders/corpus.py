@@ -11,7 +11,7 @@ import csv
 import gzip
 import json
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 from typing import Any, Iterator
@@ -30,7 +30,7 @@ class Paper:
     subjects: list[str]
     published: date | None
     year: int | None
-    line: int = 0  # line (JSONL/CSV) or row (Parquet) of the source file
+    line: int = field(default=0, compare=False)  # line (JSONL/CSV) or row (Parquet) of the source file
 
     @property
     def text(self) -> str:
