@@ -84,14 +84,14 @@ def test_malformed_rows_are_counted_reported_and_kept(backend: Backend, tmp_path
     path.write_text("\n".join(lines) + "\n")
     report = load_corpus(backend, path, embedder, progress=False)
     assert (report.added, report.rejected, report.duplicates) == (2, 6, 1)
-    errors = backend.query("SELECT line, reason FROM load_errors WHERE source = 'bad.jsonl' ORDER BY line")
-    assert [line for line, _ in errors] == [2, 3, 4, 6, 8, 9]
+    errors = backend.query("SELECT line, reason FROM load_errors WHERE source = ? ORDER BY line", (str(path.resolve()),))
+    assert [line for line, _ in errors] == [2, 3, 4, 6, 7, 8, 9]  # line 7: the duplicate id, kept but not counted as rejected
     reasons = dict(errors)
     assert "malformed JSON" in reasons[2] and "abstract is missing" in reasons[3]
     assert "year 'soon'" in reasons[4] and "id is missing" in reasons[6] and "not an object" in reasons[8]
     assert sorted(backend.query("SELECT categories FROM papers WHERE arxiv_id = ?", (good[3]["id"],))[0][0]) == ["astro-ph", "hep-th"]
     load_corpus(backend, path, embedder, progress=False)  # re-run records nothing twice
-    assert backend.count("load_errors") == 6 and backend.count("papers") == 2
+    assert backend.count("load_errors") == 7 and backend.count("papers") == 2
 
 
 def test_truncated_gzip_loads_what_it_can_and_says_so(backend: Backend, tmp_path: Path, astro_slice: Path, embedder) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import gzip
 import json
+import re
 import zlib
 from dataclasses import dataclass, field
 from datetime import date
@@ -57,7 +58,10 @@ def _string_list(record: dict[str, Any], field: str) -> list[str]:
     if value is None or value == "":
         return []
     if isinstance(value, str):  # CSV: a JSON array or ';'-separated values
-        value = json.loads(value) if value.lstrip().startswith("[") else value.split(";")
+        try:
+            value = json.loads(value) if value.lstrip().startswith("[") else value.split(";")
+        except json.JSONDecodeError as exc:
+            raise InvalidInputError(f"{field} is not a JSON list ({exc.msg}): {value[:60]!r}") from None
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise InvalidInputError(f"{field} must be a list of strings")
     return [v.strip() for v in value if v.strip()]
@@ -89,11 +93,13 @@ def parse_paper(record: Any, line: int = 0) -> Paper:
     if not isinstance(record, dict):
         raise InvalidInputError("row is not an object")
     raw_id = record.get("id")
-    arxiv_id = str(raw_id).strip() if isinstance(raw_id, (str, int)) else ""
+    if isinstance(raw_id, bool) or not isinstance(raw_id, (str, int, type(None))):
+        raise InvalidInputError(f"id must be a string or an integer, not {raw_id!r}")
+    arxiv_id = "" if raw_id is None else str(raw_id).strip()
     if not arxiv_id:
         raise InvalidInputError("id is missing or empty")
     published, year = _published(record)
-    return Paper(
+    paper = Paper(
         arxiv_id=arxiv_id,
         title=_required_text(record, "title"),
         abstract=_required_text(record, "abstract"),
@@ -103,6 +109,11 @@ def parse_paper(record: Any, line: int = 0) -> Paper:
         year=year,
         line=line,
     )
+    for name in ("arxiv_id", "title", "abstract", "categories", "subjects"):
+        value = getattr(paper, name)
+        if any("\x00" in v for v in (value if isinstance(value, list) else [value])):
+            raise InvalidInputError(f"{name} contains a NUL character")
+    return paper
 
 
 JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".json.gz", ".ndjson")
@@ -116,23 +127,62 @@ def check_source(path: Path) -> None:
         raise InvalidInputError(f"{path}: unsupported file type (use .jsonl, .jsonl.gz, .csv or .parquet)")
 
 
+KNOWN_COLUMNS = ("id", "title", "abstract", "categories", "subjects", "date", "year")
+BAD_BYTES = re.compile("[\udc80-\udcff]")  # undecodable bytes, kept by errors="surrogateescape"
+
+
+def _open_text(path: Path):
+    """Text lines of a (gzipped) file: a UTF-8 BOM is dropped and bytes that are not UTF-8
+    are kept as surrogates, so one bad line is found and reported without stopping the read."""
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    return opener(path, "rt", encoding="utf-8-sig", errors="surrogateescape", newline="")
+
+
+def _bad_bytes(text: str) -> InvalidInputError | None:
+    found = BAD_BYTES.search(text)
+    if found is None:
+        return None
+    return InvalidInputError(f"line is not valid UTF-8 (byte 0x{ord(found.group()) - 0xDC00:02x} at column {found.start() + 1})")
+
+
+def _printable(text: str) -> str:
+    return BAD_BYTES.sub("\ufffd", text)
+
+
 def _raw_records(path: Path) -> Iterator[tuple[int, Any, str]]:
     """(line number, decoded record or the exception, raw text) for each row."""
     name = path.name.lower()
     if name.endswith(JSONL_SUFFIXES):
-        opener = gzip.open if name.endswith(".gz") else open
-        with opener(path, "rt", encoding="utf-8") as handle:
+        with _open_text(path) as handle:
             for line_no, line in enumerate(handle, start=1):
                 if not line.strip():
+                    continue
+                bad = _bad_bytes(line)
+                if bad:
+                    yield line_no, bad, _printable(line)
                     continue
                 try:
                     yield line_no, json.loads(line), line
                 except json.JSONDecodeError as exc:
                     yield line_no, InvalidInputError(f"malformed JSON: {exc.msg} at column {exc.colno}"), line
     elif name.endswith(".csv"):
-        with open(path, newline="", encoding="utf-8") as handle:
-            for line_no, row in enumerate(csv.DictReader(handle), start=2):
-                yield line_no, row, json.dumps(row)
+        with _open_text(path) as handle:
+            reader = csv.DictReader(handle)
+            while True:
+                start = reader.line_num + 1  # the record's first line (a quoted field may span lines)
+                try:
+                    row = next(reader)
+                except StopIteration:
+                    return
+                raw = _printable(json.dumps(row, ensure_ascii=False))
+                extra = row.pop(None, None)
+                bad = next(filter(None, (_bad_bytes(v) for v in row.values() if isinstance(v, str))), None)
+                if bad:
+                    yield start, bad, raw
+                elif extra:
+                    yield start, InvalidInputError(f"row has {len(extra)} more fields than the header"), raw
+                else:
+                    yield start, row, raw
     else:
         import pyarrow.parquet as pq
 
@@ -141,6 +191,27 @@ def _raw_records(path: Path) -> Iterator[tuple[int, Any, str]]:
             for row in batch.to_pylist():
                 line_no += 1
                 yield line_no, row, json.dumps(row, default=str)
+
+
+def ignored_columns(path: Path) -> list[str]:
+    """Columns of a CSV or Parquet file (keys of a JSONL file's first record) that saedb does not read."""
+    name = path.name.lower()
+    if name.endswith(".csv"):
+        with _open_text(path) as handle:
+            columns = next(csv.reader(handle), [])
+    elif name.endswith(".parquet"):
+        import pyarrow.parquet as pq
+
+        columns = pq.read_schema(path).names
+    else:
+        with _open_text(path) as handle:
+            first = next((line for line in handle if line.strip()), "{}")
+        try:
+            record = json.loads(first)
+        except json.JSONDecodeError:
+            return []
+        columns = list(record) if isinstance(record, dict) else []
+    return [c for c in columns if c not in KNOWN_COLUMNS]
 
 
 def read_papers(path: str | Path) -> Iterator[Paper | RowError]:

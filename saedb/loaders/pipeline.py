@@ -25,7 +25,7 @@ from saedb.backends import Backend, DocumentBatch
 from saedb.embedders import Embedder, get_embedder, known_dim, runnable_here
 from saedb.errors import ConfigurationError, InvalidInputError
 from saedb.iterate import chunked
-from saedb.loaders.corpus import Paper, RowError, check_source, read_papers
+from saedb.loaders.corpus import Paper, RowError, check_source, ignored_columns, read_papers
 from saedb.loaders.vectors import PrecomputedEmbeddings, read_embeddings
 
 SAMPLE_CHECK = 4  # papers re-embedded to check that a file's vectors come from the named embedder
@@ -41,6 +41,7 @@ class LoadReport:
     duplicates: int = 0
     rejected: int = 0
     unmatched_vectors: int | None = None  # vectors in an embeddings file with no paper in this load
+    ignored_columns: list[str] = field(default_factory=list)  # columns of the file saedb does not read
     first_errors: list[RowError] = field(default_factory=list)
 
     def summary(self) -> str:
@@ -48,6 +49,8 @@ class LoadReport:
             f"{self.source}: read {self.read} valid rows, added {self.added}, "
             f"{self.already_loaded} already loaded, {self.duplicates} duplicate ids in file, {self.rejected} rejected"
         )
+        if self.ignored_columns:
+            text += f"\n  ignored columns: {', '.join(self.ignored_columns)}"
         if self.unmatched_vectors:
             text += f"\n  {self.unmatched_vectors} vectors of the embeddings file have no paper in this load"
         for err in self.first_errors:
@@ -122,7 +125,8 @@ def load_corpus(
     path = Path(path)
     check_source(path)
     corpus = corpus or corpus_name(path)
-    report = LoadReport(source=path.name)
+    report = LoadReport(source=path.name, ignored_columns=ignored_columns(path))
+    source = str(path.resolve())  # load_errors tells files of the same name in different folders apart
     vectors: PrecomputedEmbeddings | None = None
     if embeddings is not None:
         name, vectors = precomputed_vectors(path, embedder, embeddings)
@@ -133,7 +137,7 @@ def load_corpus(
         backend.bind_embedder(runnable.name, runnable.dim)
         embed_batch = lambda papers: _embed(runnable, papers)  # noqa: E731
     present = backend.existing_arxiv_ids()
-    seen: set[str] = set()
+    seen: dict[str, int] = {}  # id -> line of its first row
     pending_errors: list[RowError] = []
 
     def reject(error: RowError) -> None:
@@ -151,8 +155,9 @@ def load_corpus(
                 return
             if item.arxiv_id in seen:
                 report.duplicates += 1
+                pending_errors.append(RowError(item.line, f"duplicate id {item.arxiv_id!r}: first on line {seen[item.arxiv_id]}", item.arxiv_id))
                 continue
-            seen.add(item.arxiv_id)
+            seen[item.arxiv_id] = item.line
             if vectors is not None and item.arxiv_id not in present:
                 try:
                     vectors.lookup(item.arxiv_id)
@@ -180,14 +185,14 @@ def load_corpus(
         )
         with backend.transaction():
             report.added += backend.insert_documents(batch)
-            backend.record_load_errors(path.name, [(e.line, e.reason, e.raw) for e in pending_errors])
+            backend.record_load_errors(source, [(e.line, e.reason, e.raw) for e in pending_errors])
         pending_errors.clear()
         bar.update(len(papers))
     bar.close()
     if pending_errors:
         with backend.transaction():
-            backend.record_load_errors(path.name, [(e.line, e.reason, e.raw) for e in pending_errors])
+            backend.record_load_errors(source, [(e.line, e.reason, e.raw) for e in pending_errors])
     backend.create_embeddings_index()
     if vectors is not None:
-        report.unmatched_vectors = vectors.unmatched(seen | present)
+        report.unmatched_vectors = vectors.unmatched(seen.keys() | present)
     return report
