@@ -10,9 +10,10 @@ from typing import Any, ClassVar, Iterator, Sequence
 import duckdb
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from saedb.backends.base import Backend, DocumentBatch
-from saedb.errors import ConfigurationError
+from saedb.errors import ConfigurationError, InvalidInputError
 from saedb.sae import SAE, SparseCodes
 
 
@@ -28,6 +29,11 @@ def vectors_to_matrix(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
         column = column.combine_chunks()
     if len(column) == 0:
         return np.zeros((0, 0), dtype=np.float32)
+    if not pa.types.is_fixed_size_list(column.type):
+        lengths = pc.list_value_length(column).to_numpy(zero_copy_only=False)
+        if (lengths != lengths[0]).any():  # rows of 257 and 255 values must not pass as two of 256
+            raise InvalidInputError(
+                f"embedding rows have different numbers of dimensions ({int(lengths.min())} to {int(lengths.max())})")
     values = column.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
     return values.reshape(len(column), -1)
 

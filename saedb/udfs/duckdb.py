@@ -158,6 +158,8 @@ def register_udfs(backend: DuckDBBackend) -> None:
         offsets = lists.offsets.to_numpy()
         if flat.field("feature_id").null_count or flat.field("activation").null_count:
             raise InvalidInputError("sae_decode: codes contain a NULL feature_id or activation")
+        if not np.isfinite(activations).all():
+            raise InvalidInputError("sae_decode: activation is NaN or infinite")
 
         def decode(sae: SAE, rows: np.ndarray) -> np.ndarray:
             out = np.tile(sae.b_pre, (len(rows), 1))

@@ -93,6 +93,12 @@ BEGIN
     IF codes IS NULL THEN
         RAISE EXCEPTION 'sae_decode: codes are NULL' USING ERRCODE = 'null_value_not_allowed';
     END IF;
+    IF EXISTS (SELECT 1 FROM unnest(codes) c WHERE c IS NULL OR c.feature_id IS NULL OR c.activation IS NULL) THEN
+        RAISE EXCEPTION 'sae_decode: codes contain a NULL feature_id or activation' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF EXISTS (SELECT 1 FROM unnest(codes) c WHERE c.activation IN ('NaN', 'Infinity', '-Infinity')) THEN
+        RAISE EXCEPTION 'sae_decode: activation is NaN or infinite' USING ERRCODE = 'data_exception';
+    END IF;
     PERFORM sae_check_features('sae_decode', ARRAY(SELECT c.feature_id FROM unnest(codes) c), m);
     SELECT sum(sae_scaled(d.w_dec, c.activation)) INTO total
       FROM unnest(codes) c JOIN sae_decoder d ON d.model_id = model AND d.feature_id = c.feature_id;
@@ -109,6 +115,9 @@ BEGIN
     PERFORM sae_check_embedding('steer', embedding, m);
     IF features IS NULL OR strengths IS NULL OR cardinality(features) = 0 THEN
         RAISE EXCEPTION 'steer: features and strengths must be non-empty' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF array_ndims(features) > 1 OR array_ndims(strengths) > 1 THEN
+        RAISE EXCEPTION 'steer: features and strengths must be one-dimensional arrays' USING ERRCODE = 'data_exception';
     END IF;
     IF cardinality(features) <> cardinality(strengths) THEN
         RAISE EXCEPTION 'steer: % features but % strengths', cardinality(features), cardinality(strengths)

@@ -1,0 +1,52 @@
+"""No silent wrong answers from the SQL functions: ragged vectors, NaN/NULL activations and
+nested arrays are errors, the same on DuckDB and Postgres."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from saedb.backends import Backend
+from saedb.models import publish_model
+from saedb.sae import SAE
+from tests.test_sql_functions import DB_ERRORS
+
+
+@pytest.fixture
+def model(loaded: Backend, random_sae: SAE) -> tuple[Backend, int]:
+    return loaded, publish_model(loaded, random_sae, "inputs")
+
+
+def literal(backend: Backend, values: list[float]) -> str:
+    text = "[" + ", ".join(f"{v:.3f}" for v in values) + "]"
+    return f"CAST('{text}' AS DOUBLE[])" if backend.dialect == "duckdb" else f"'{text}'::vector"
+
+
+@pytest.mark.parametrize("function", ["steer({e}, 0, 1.0, {m})", "sae_encode({e}, {m})", "steer_many({e}, [0, 1], [1.0, 0.5], {m})"])
+def test_ragged_rows_in_one_call_are_errors(model: tuple[Backend, int], function: str) -> None:
+    backend, model_id = model
+    if backend.dialect == "postgres":
+        function = function.replace("[0, 1], [1.0, 0.5]", "ARRAY[0, 1], ARRAY[1.0, 0.5]")
+    rows = ", ".join(f"({literal(backend, [0.01] * n)})" for n in (257, 255))  # one chunk
+    with pytest.raises(DB_ERRORS, match="dimensions"):
+        backend.query(f"SELECT {function.format(e='t.e', m=model_id)} FROM (VALUES {rows}) AS t(e)")
+
+
+@pytest.mark.parametrize("activation", ["'NaN'", "'Infinity'", "NULL"])
+def test_decode_refuses_nan_infinite_and_null_activations(model: tuple[Backend, int], activation: str) -> None:
+    backend, model_id = model
+    if backend.dialect == "duckdb":
+        codes = f"[{{'feature_id': 3, 'activation': 0.5}}, {{'feature_id': 4, 'activation': CAST({activation} AS FLOAT)}}]"
+    else:
+        codes = f"ARRAY[ROW(3, 0.5)::sae_feature, ROW(4, CAST({activation} AS real))::sae_feature]"
+    with pytest.raises(DB_ERRORS, match="sae_decode: (activation is NaN or infinite|codes contain a NULL)"):
+        backend.query(f"SELECT sae_decode({codes}, ?)", (model_id,))
+
+
+def test_postgres_steer_many_refuses_nested_arrays(model: tuple[Backend, int]) -> None:
+    backend, model_id = model
+    if backend.dialect != "postgres":
+        pytest.skip("DuckDB's typed lists cannot nest here")
+    x = backend.vector_param(np.full(256, 0.01, np.float32))
+    with pytest.raises(DB_ERRORS, match="one-dimensional"):
+        backend.query("SELECT steer_many(?, ARRAY[[0, 1], [2, 3]], ARRAY[[1.0, 1.0], [1.0, 1.0]], ?)", (x, model_id))
