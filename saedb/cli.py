@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from saedb.backends import DATABASE_ERRORS, DEFAULT_DB, connect, user_message
+from saedb.backends import DATABASE_ERRORS, DEFAULT_DB, connect, mask_dsn, user_message
 from saedb.cli_config import config_options
 from saedb.errors import InvalidInputError, SaedbError, UnknownModelError
 from saedb.trainer.config import TrainConfig
@@ -307,7 +307,7 @@ def serve(
     except USER_ERRORS as exc:
         _fail(exc)
     server = make_server(app_, host, port)
-    typer.echo(f"saedb is serving {db} read-only at http://{host}:{server.server_port}/   (Ctrl-C stops it)")
+    typer.echo(f"saedb is serving {mask_dsn(db)} read-only at http://{host}:{server.server_port}/   (Ctrl-C stops it)")
     try:
         server.serve_forever()
     except KeyboardInterrupt:

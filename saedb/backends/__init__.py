@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import duckdb
 import psycopg
 
@@ -28,6 +30,12 @@ def connect(url: str = DEFAULT_DB, read_only: bool = False, statement_timeout_s:
     return DuckDBBackend(url.removeprefix("duckdb://"), read_only=read_only)
 
 
+def mask_dsn(url: str) -> str:
+    """A database URL fit to print: a Postgres password (user:password@ or password=) becomes ***."""
+    url = re.sub(r"^(postgres(?:ql)?://[^:/@?]+):[^@/?]*@", r"\1:***@", url)
+    return re.sub(r"([?&]password=)[^&]*", r"\1***", url)
+
+
 _UDF_WRAPPER = "Python exception occurred while executing the UDF: "
 
 
@@ -39,4 +47,4 @@ def user_message(exc: Exception) -> str:
     return message
 
 
-__all__ = ["Backend", "DocumentBatch", "connect", "DEFAULT_DB", "DATABASE_ERRORS", "user_message"]
+__all__ = ["Backend", "DocumentBatch", "connect", "mask_dsn", "DEFAULT_DB", "DATABASE_ERRORS", "user_message"]
