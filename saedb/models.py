@@ -22,7 +22,7 @@ def publish_model(backend: Backend, sae: SAE, name: str, metrics: dict[str, Any]
         raise InvalidInputError(f"model has input dimension {sae.d} but the database embeddings are {dim}-d")
     if not name or not name.strip():
         raise InvalidInputError("model name is empty")
-    with backend.transaction():
+    with backend.publishing():
         model_id = backend.insert_model_row(name.strip(), sae, embedder, metrics or {})
         backend.copy_weights(model_id, sae)
         n_documents = 0

@@ -50,3 +50,28 @@ def test_postgres_steer_many_refuses_nested_arrays(model: tuple[Backend, int]) -
     x = backend.vector_param(np.full(256, 0.01, np.float32))
     with pytest.raises(DB_ERRORS, match="one-dimensional"):
         backend.query("SELECT steer_many(?, ARRAY[[0, 1], [2, 3]], ARRAY[[1.0, 1.0], [1.0, 1.0]], ?)", (x, model_id))
+
+
+def test_concurrent_publishers_all_publish_with_distinct_ids(loaded: Backend, db_url: str) -> None:
+    """Three trainings finishing at once each get a version (Postgres allocated the same model_id before)."""
+    import threading
+
+    from saedb.backends import connect
+
+    results, errors = [], []
+
+    def publish(seed: int) -> None:
+        try:
+            with connect(db_url) as backend:
+                results.append(publish_model(backend, SAE.random(d=256, n=128, k=8, seed=seed), "concurrent"))
+        except Exception as exc:  # noqa: BLE001 - collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=publish, args=(seed,)) for seed in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == [] and sorted(results) == [1, 2, 3]
+    versions = loaded.query("SELECT version FROM sae_models WHERE name = 'concurrent' AND status = 'ready' ORDER BY version")
+    assert [v for (v,) in versions] == [1, 2, 3]

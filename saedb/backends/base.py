@@ -67,6 +67,13 @@ class Backend(ABC):
     def transaction(self) -> Iterator[None]:
         """All statements inside commit together or not at all."""
 
+    @contextmanager
+    def publishing(self) -> Iterator[None]:
+        """The transaction of a model version's write-back, one publisher at a time (model ids
+        and versions are allocated as max + 1 inside it). Readers are never blocked."""
+        with self.transaction():
+            yield
+
     @abstractmethod
     def close(self) -> None: ...
 

@@ -57,6 +57,7 @@ class SharedDatabase:
         self.key, self.read_only, self.users = key, read_only, 0
         self.functions: set[str] = set()
         self.udfs_for: tuple[str, int] | None = None  # the embedder binding the UDFs were built for
+        self.publish_lock = threading.Lock()  # one model write-back at a time per database (DuckDB would abort the second)
 
     @classmethod
     def acquire(cls, path: str, read_only: bool) -> "SharedDatabase":
@@ -133,6 +134,12 @@ class DuckDBBackend(Backend):
 
     def run_script(self, sql: str) -> None:
         self.con.execute(sql)
+
+    @contextmanager
+    def publishing(self) -> Iterator[None]:
+        assert self.shared is not None
+        with self.shared.publish_lock, self.transaction():
+            yield
 
     @contextmanager
     def transaction(self) -> Iterator[None]:

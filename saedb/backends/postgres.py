@@ -65,6 +65,13 @@ class PostgresBackend(Backend):
         with self.conn.transaction():
             yield
 
+    @contextmanager
+    def publishing(self) -> Iterator[None]:
+        with self.transaction():
+            # Conflicts with itself (a second publisher waits) but not with readers' ACCESS SHARE.
+            self.execute("LOCK TABLE sae_models IN SHARE ROW EXCLUSIVE MODE")
+            yield
+
     def close(self) -> None:
         self.conn.close()
 
