@@ -9,6 +9,7 @@ the ORDER BY uses the HNSW index.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import groupby
 from typing import Any, Literal, Sequence
 
 import numpy as np
@@ -52,18 +53,33 @@ def run_portable(backend: Backend, sql: str, params: Sequence[Any] = ()) -> list
     return backend.query(text, [backend.vector_param(p) if isinstance(p, np.ndarray) else p for p in ordered])
 
 
+MAX_NESTED_STEERING = 16  # label/family steerings per query: each nests one SQL call
+
+
 def search(
     backend: Backend, query: np.ndarray, limit: int = 10, steering: Steering | Sequence[Steering] = ()
 ) -> list[Hit]:
-    """Nearest documents to ``query``, first steered by each steering in turn."""
+    """Nearest documents to ``query``, steered by each steering in turn. Consecutive feature
+    steerings of one model become a single steer_many call, so any number of them keeps the
+    SQL flat; label and family steerings nest one call each (at most MAX_NESTED_STEERING)."""
     if limit < 1:
         raise InvalidInputError("limit must be at least 1")
-    params: list[Any] = [np.asarray(query, dtype=np.float32), limit]
-    target = "$1::vector"
-    for step in [steering] if isinstance(steering, Steering) else steering:
+    steps = [steering] if isinstance(steering, Steering) else list(steering)
+    for step in steps:
         if step.by not in STEER_FUNCTIONS:
             raise InvalidInputError(f"steer by one of {', '.join(STEER_FUNCTIONS)}, not {step.by!r}")
-        params += [step.target, float(step.strength), step.model_id]
-        n = len(params)
-        target = f"{STEER_FUNCTIONS[step.by]}({target}, ${n - 2}, ${n - 1}, ${n})"
+    if sum(step.by != "feature" for step in steps) > MAX_NESTED_STEERING:
+        raise InvalidInputError(f"steer by at most {MAX_NESTED_STEERING} labels and families at once")
+    params: list[Any] = [np.asarray(query, dtype=np.float32), limit]
+    target = "$1::vector"
+    for group in groupby(steps, key=lambda s: (s.by, s.model_id) if s.by == "feature" else id(s)):
+        run = list(group[1])
+        if run[0].by == "feature":
+            params += [[int(s.target) for s in run], [float(s.strength) for s in run], run[0].model_id]
+            n = len(params)
+            target = f"steer_many({target}, ${n - 2}::integer[], ${n - 1}::double precision[], ${n})"
+        else:
+            params += [run[0].target, float(run[0].strength), run[0].model_id]
+            n = len(params)
+            target = f"{STEER_FUNCTIONS[run[0].by]}({target}, ${n - 2}, ${n - 1}, ${n})"
     return [Hit(*row[:4], float(row[4])) for row in run_portable(backend, SEARCH_SQL.format(target=target), params)]

@@ -241,3 +241,26 @@ def test_browser_steered_search_and_feature_page(served: tuple[str, int], browse
     browser.save_screenshot(str(SCREENSHOTS / f"dashboard-{kind}.png"))
     browser.get(f"{base}/#/feature/abc")
     assert "id must be an integer" in wait_for(browser, "#error", lambda els: els and els[0].text)[0].text
+
+
+def raw_get(base: str, path: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(base + path, timeout=30) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read()
+
+
+def test_many_steering_terms_long_paths_and_huge_ids_get_clear_answers(served: tuple[str, int]) -> None:
+    base, model_id = served
+    m = str(model_id)
+    many = [("f", f"{i}:0.05") for i in range(100)]
+    status, body = get(base, "search", [("q", "gamma-ray bursts"), ("model", m), *many])
+    assert status == 200 and len(body["steering"]) == 100  # one steer_many call, no deep nesting
+    _, fams = get(base, "families", [("model", m)])
+    status, body = get(base, "search", [("q", "x"), ("model", m), *[("fam", f"{fams[0]['family_id']}:0.1")] * 300])
+    assert status == 400 and "at most" in body["error"]
+    status, body = get(base, "search", [("q", "x"), ("model", m), ("fam", f"{2**31}:0.5")])
+    assert status == 400 and "steer_family" not in body["error"] and "between" in body["error"]
+    status, text = raw_get(base, "/" + "a" * 300)
+    assert status == 404 and text == b"not found"

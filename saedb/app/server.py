@@ -25,6 +25,7 @@ from saedb.embedders import get_embedder
 from saedb.errors import SaedbError
 
 STATIC = Path(__file__).resolve().parent / "static"
+STATIC_FILES = frozenset(p.name for p in STATIC.iterdir() if p.is_file())
 CONTENT_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript", ".css": "text/css"}
 log = logging.getLogger("saedb.app")
 
@@ -83,6 +84,8 @@ def _pairs(params: dict[str, list[str]], name: str) -> list[tuple[int, float]]:
             pair = (int(ident), float(strength))
         except ValueError:
             raise api.ApiError(400, f"{name} must look like ID:STRENGTH, got {raw[:40]!r}") from None
+        if not 0 <= pair[0] < 2**31:
+            raise api.ApiError(400, f"{name} ids must be between 0 and {2**31 - 1}, got {ident[:20]}")
         if not np.isfinite(pair[1]) or abs(pair[1]) > 10:
             raise api.ApiError(400, f"steering strength must be a number between -10 and 10, got {strength!r}")
         pairs.append(pair)
@@ -129,9 +132,9 @@ class App:
         """(status, content type, body) for a GET request."""
         if not path.startswith("/api/"):
             name = "index.html" if path in ("/", "/index.html") else path.lstrip("/")
-            file = (STATIC / name).resolve()
-            if file.parent != STATIC or not file.is_file():
+            if name not in STATIC_FILES:  # only the shipped files: no path is ever resolved on disk
                 return 404, "text/plain", b"not found"
+            file = STATIC / name
             return 200, CONTENT_TYPES.get(file.suffix, "application/octet-stream"), file.read_bytes()
         try:
             status, body = 200, self.route(path, parse_qs(query))
