@@ -75,3 +75,17 @@ def test_concurrent_publishers_all_publish_with_distinct_ids(loaded: Backend, db
     assert errors == [] and sorted(results) == [1, 2, 3]
     versions = loaded.query("SELECT version FROM sae_models WHERE name = 'concurrent' AND status = 'ready' ORDER BY version")
     assert [v for (v,) in versions] == [1, 2, 3]
+
+
+def test_retired_deleted_and_reused_model_ids_never_serve_stale_weights(loaded: Backend) -> None:
+    x = loaded.vector_param(np.full(256, 0.05, np.float32))
+    first = publish_model(loaded, SAE.random(d=256, n=128, k=8, seed=1), "cached")
+    assert len(loaded.query("SELECT unnest(sae_encode(?, ?))", (x, first))) == 8  # weights now cached
+    loaded.execute("UPDATE sae_models SET status = 'retired' WHERE model_id = ?", (first,))
+    with pytest.raises(DB_ERRORS, match="unknown model"):
+        loaded.query("SELECT sae_encode(?, ?)", (x, first))
+    for table in ("sae_codes", "sae_encoder", "sae_decoder", "sae_models"):
+        loaded.execute(f"DELETE FROM {table} WHERE model_id = ?", (first,))
+    reused = publish_model(loaded, SAE.random(d=256, n=128, k=4, seed=2), "cached")
+    assert reused == first  # the id comes back with other weights
+    assert len(loaded.query("SELECT unnest(sae_encode(?, ?))", (x, reused))) == 4

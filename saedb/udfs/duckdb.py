@@ -27,7 +27,7 @@ import pyarrow as pa
 from duckdb import sqltypes as st
 
 from saedb.backends.duckdb import DuckDBBackend, fixed_size_vectors, vectors_to_matrix
-from saedb.errors import InvalidInputError
+from saedb.errors import InvalidInputError, UnknownModelError
 from saedb.sae import SAE, SparseCodes, as_matrix
 
 
@@ -73,18 +73,25 @@ def codes_to_arrow(codes: SparseCodes) -> pa.ListArray:
 
 
 class ModelCache:
-    """Published model versions are immutable, so weights are read once per model id."""
+    """Weights read once per published model version. Each call checks the version's
+    fingerprint (its creation time while 'ready'), so a retired or deleted model is an
+    error and a reused model id never serves the old weights."""
 
     def __init__(self, backend: DuckDBBackend) -> None:
         self.reader = backend.sibling()
-        self.models: dict[int, SAE] = {}
+        self.models: dict[int, tuple[object, SAE]] = {}
         self.lock = threading.Lock()  # DuckDB may call a UDF from several threads at once
 
     def get(self, model_id: int) -> SAE:
         with self.lock:
-            if model_id not in self.models:
-                self.models[model_id] = self.reader.load_sae(model_id)
-            return self.models[model_id]
+            rows = self.reader.query("SELECT created_at FROM sae_models WHERE model_id = ? AND status = 'ready'", (model_id,))
+            if not rows:
+                self.models.pop(model_id, None)
+                raise UnknownModelError(f"unknown model {model_id} (no published model with that id)")
+            cached = self.models.get(model_id)
+            if cached is None or cached[0] != rows[0][0]:
+                cached = self.models[model_id] = (rows[0][0], self.reader.load_sae(model_id))
+            return cached[1]
 
     def feature_by_label(self, model_id: int, label: str) -> int:
         """Same rule as Postgres' sae_feature_by_label: exact (case-insensitive), else the
