@@ -60,11 +60,10 @@ def train(
     name: str = typer.Option("sae", help="Model name; each run publishes its next version."),
 ) -> None:
     """Train a top-k SAE on the database's embeddings and write weights + codes back."""
-    from saedb.trainer.train import train_from_db
+    from saedb.trainer.train import train_from_url
 
     try:
-        with connect(db) as backend:
-            model_id, result = train_from_db(backend, cfg, name, log=typer.echo)
+        model_id, result = train_from_url(db, cfg, name, log=typer.echo)
     except USER_ERRORS as exc:
         _fail(exc)
     m = result.metrics
@@ -118,7 +117,7 @@ def export_model(
     from saedb.interchange import export_sae
 
     try:
-        with connect(db) as backend:
+        with connect(db, read_only=True) as backend:
             typer.echo(f"wrote {export_sae(backend.load_sae(model), out, fmt)}")  # type: ignore[arg-type]
     except USER_ERRORS as exc:
         _fail(exc)
@@ -253,7 +252,7 @@ def search(
 
     chosen = [(by, value) for by, value in (("feature", feature), ("label", label), ("family", family)) if value is not None]
     try:
-        with connect(db) as backend:
+        with connect(db, read_only=True) as backend:
             if len(chosen) > 1 or (chosen and model is None):
                 raise InvalidInputError("steer by one of --feature, --label or --family, with --model")
             steering = Steering(chosen[0][0], chosen[0][1], strength, _model_id(backend, model)) if chosen else None  # type: ignore[arg-type]
@@ -317,11 +316,20 @@ def serve(
         app_.pool.close()
 
 
+READ_STATEMENTS = ("select", "with", "show", "describe", "explain", "table", "values")
+
+
+def is_read_only(statement: str) -> bool:
+    """Whether a statement only reads (then the database opens read-only, beside other processes)."""
+    words = statement.lstrip(" \t\n(").split(None, 1)
+    return bool(words) and words[0].lower() in READ_STATEMENTS
+
+
 @app.command()
 def sql(query: str = typer.Argument(..., help="SQL to run; saedb's functions are available."), db: str = DbOption) -> None:
     """Run one SQL statement and print the rows as tab-separated values."""
     try:
-        with connect(db) as backend:
+        with connect(db, read_only=is_read_only(query)) as backend:
             for row in backend.query(query):
                 typer.echo("\t".join(str(v) for v in row))
     except USER_ERRORS as exc:
@@ -334,7 +342,7 @@ def models(db: str = DbOption) -> None:
     columns = ("model_id", "name", "version", "n_latents", "k", "status", "steps", "normalised_mse", "dead_fraction",
                "enc_dec_cosine", "created_at")
     try:
-        with connect(db) as backend:
+        with connect(db, read_only=True) as backend:
             typer.echo("\t".join(columns))
             for row in backend.query(f"SELECT {', '.join(columns)} FROM sae_models ORDER BY model_id"):
                 typer.echo("\t".join("" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v) for v in row))

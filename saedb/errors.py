@@ -19,3 +19,7 @@ class ConfigurationError(SaedbError):
 
 class TrainingDivergedError(SaedbError, ArithmeticError):
     """Training produced non-finite weights or loss; the run is not published."""
+
+
+class DatabaseBusyError(ConfigurationError):
+    """Another process holds the database file in a conflicting mode (DuckDB: one writer, or readers)."""

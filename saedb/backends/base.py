@@ -118,7 +118,7 @@ class Backend(ABC):
         if self.schema_fingerprint() == fingerprint:
             return
         if read_only:
-            raise ConfigurationError("the database is missing or has an older saedb schema: open it once for writing (e.g. saedb models)")
+            raise ConfigurationError("the database is missing or has an older saedb schema: create it by loading a corpus (saedb load), or open it once for writing")
         for script in scripts:
             self.run_script(script)
         self.execute(

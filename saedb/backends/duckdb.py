@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from saedb.backends.base import Backend, DocumentBatch
-from saedb.errors import ConfigurationError, InvalidInputError
+from saedb.errors import ConfigurationError, DatabaseBusyError, InvalidInputError
 from saedb.sae import SAE, SparseCodes
 
 
@@ -52,6 +52,10 @@ class SharedDatabase:
     def __init__(self, key: str, path: str, read_only: bool) -> None:
         try:
             self.root = duckdb.connect(path, read_only=read_only)
+        except duckdb.IOException as exc:
+            if "lock" in str(exc).lower():  # DuckDB has no finer class for a file held by another process
+                raise DatabaseBusyError(f"{path} is open in another process: {exc}") from None
+            raise ConfigurationError(f"cannot open {path}: {exc}") from None
         except duckdb.Error as exc:
             raise ConfigurationError(f"cannot open {path}: {exc}") from None
         self.key, self.read_only, self.users = key, read_only, 0

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import time
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
@@ -213,3 +214,35 @@ def train_from_db(
     metrics = {**result.metrics, "config": cfg.as_dict(), "history": result.history, "holdout_history": result.holdout_history}
     model_id = publish_model(backend, result.model.to_numpy(), name, metrics)
     return model_id, result
+
+
+def train_from_url(url: str, cfg: TrainConfig, name: str, log: Callable[[str], None] | None = None,
+                   wait_s: float = 600, poll_s: float = 2) -> tuple[int, TrainResult]:
+    """Train from a database URL holding it only while reading and while writing back: a
+    DuckDB file stays readable by other processes (``saedb serve``) during training, and the
+    write-back waits up to ``wait_s`` for them to let go. If it cannot, the model is saved as
+    a sparsify folder beside the database (``saedb import`` publishes it), never lost."""
+    from saedb.backends import connect
+    from saedb.errors import DatabaseBusyError
+    from saedb.models import publish_model
+
+    with connect(url, read_only=True, statement_timeout_s=0) as reader:
+        x = load_training_matrix(reader)
+    result = train_sae(x, cfg, log)
+    metrics = {**result.metrics, "config": cfg.as_dict(), "history": result.history, "holdout_history": result.holdout_history}
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            with connect(url) as writer:
+                return publish_model(writer, result.model.to_numpy(), name, metrics), result
+        except DatabaseBusyError:
+            if time.monotonic() > deadline:
+                from saedb.interchange import export_sae
+
+                saved = export_sae(result.model.to_numpy(), Path(url).with_name(f"{name}-unpublished"), "sparsify")
+                raise DatabaseBusyError(
+                    f"{url} stayed open in another process for {wait_s:.0f}s; the trained model is saved in {saved}: "
+                    f"publish it with `saedb import {saved} --name {name}`") from None
+            if log:
+                log("the database is open in another process (e.g. saedb serve): waiting to write the model back")
+            time.sleep(poll_s)
