@@ -264,3 +264,27 @@ def test_many_steering_terms_long_paths_and_huge_ids_get_clear_answers(served: t
     assert status == 400 and "steer_family" not in body["error"] and "between" in body["error"]
     status, text = raw_get(base, "/" + "a" * 300)
     assert status == 404 and text == b"not found"
+
+
+def test_postgres_app_reconnects_and_answers_503_while_the_database_is_away(served: tuple[str, int], db_url: str) -> None:
+    if not db_url.startswith("postgresql"):
+        pytest.skip("connection loss is a server-database matter")
+    import psycopg
+
+    base, model_id = served
+    dbname = psycopg.conninfo.conninfo_to_dict(db_url)["dbname"]
+    admin_dsn = db_url.replace(f"/{dbname}?", "/postgres?")
+
+    def cut(allow: bool) -> None:
+        with psycopg.connect(admin_dsn, autocommit=True) as admin:
+            admin.execute(f"ALTER DATABASE {dbname} WITH ALLOW_CONNECTIONS {str(allow).lower()}")
+            admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()", (dbname,))
+
+    assert get(base, "models")[0] == 200
+    cut(allow=True)  # every pooled connection is killed; the database stays up
+    assert [get(base, "models")[0] for _ in range(10)] == [200] * 10
+    cut(allow=False)  # the database is away
+    status, body = get(base, "models")
+    assert status == 503 and "unavailable" in body["error"]
+    cut(allow=True)
+    assert get(base, "models")[0] == 200

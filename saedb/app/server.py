@@ -18,9 +18,11 @@ from typing import Any, Callable, Iterator
 from urllib.parse import parse_qs, urlparse
 
 import numpy as np
+import psycopg
 
 from saedb.app import api
 from saedb.backends import DATABASE_ERRORS, Backend, connect, user_message
+from saedb.backends.postgres import PostgresBackend, configure_reader
 from saedb.embedders import get_embedder
 from saedb.errors import SaedbError
 
@@ -30,31 +32,59 @@ CONTENT_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript", 
 log = logging.getLogger("saedb.app")
 
 
+class DatabaseUnavailable(Exception):
+    """No working database connection could be had: the request gets a 503."""
+
+
 class BackendPool:
-    """Read-only backends shared by request threads (DuckDB: cursors of one read-only instance)."""
+    """Read-only backends shared by request threads. DuckDB: cursors of one read-only
+    instance. Postgres: a psycopg_pool that checks each connection before lending it and
+    replaces broken ones, so the app recovers from restarts, failovers and terminated sessions."""
 
     def __init__(self, url: str, size: int, timeout_s: float) -> None:
-        self.timeout_s = timeout_s
+        self.url, self.timeout_s = url, timeout_s
         self.primary = connect(url, read_only=True, statement_timeout_s=timeout_s)
         self.idle: queue.Queue[Backend] = queue.Queue()
-        for _ in range(size):
-            self.idle.put(self.primary.sibling() if self.primary.dialect == "duckdb" else connect(url, read_only=True, statement_timeout_s=timeout_s))
+        self.pg_pool = None
+        if self.primary.dialect == "duckdb":
+            for _ in range(size):
+                self.idle.put(self.primary.sibling())
+        else:
+            from psycopg_pool import ConnectionPool
+
+            self.pg_pool = ConnectionPool(
+                url, min_size=1, max_size=size, open=True, kwargs={"autocommit": True}, check=ConnectionPool.check_connection,
+                configure=lambda conn: configure_reader(conn, int(timeout_s * 1000)),
+            )
 
     @contextmanager
     def borrow(self) -> Iterator[Backend]:
+        if self.pg_pool is not None:
+            yield from self._borrow_postgres()
+            return
         backend = self.idle.get()
-        timer = None
-        if backend.dialect == "duckdb":  # DuckDB has no statement_timeout: interrupt the connection
-            timer = threading.Timer(self.timeout_s, backend.con.interrupt)  # type: ignore[attr-defined]
-            timer.start()
+        timer = threading.Timer(self.timeout_s, backend.con.interrupt)  # type: ignore[attr-defined]  # DuckDB has no statement_timeout
+        timer.start()
         try:
             yield backend
         finally:
-            if timer is not None:
-                timer.cancel()
+            timer.cancel()
             self.idle.put(backend)
 
+    def _borrow_postgres(self) -> Iterator[Backend]:
+        from psycopg_pool import PoolTimeout
+
+        try:
+            with self.pg_pool.connection(timeout=self.timeout_s) as conn:  # type: ignore[union-attr]
+                yield PostgresBackend(self.url, conn=conn)
+        except psycopg.errors.QueryCanceled:  # the statement timeout: answered as a slow query, not an outage
+            raise
+        except (PoolTimeout, psycopg.OperationalError) as exc:
+            raise DatabaseUnavailable(str(exc).split("\n")[0]) from None
+
     def close(self) -> None:
+        if self.pg_pool is not None:
+            self.pg_pool.close()
         while not self.idle.empty():
             self.idle.get().close()
         self.primary.close()
@@ -140,6 +170,8 @@ class App:
             status, body = 200, self.route(path, parse_qs(query))
         except api.ApiError as exc:
             status, body = exc.status, {"error": str(exc)}
+        except DatabaseUnavailable as exc:
+            status, body = 503, {"error": f"the database is unavailable: {exc}"}
         except SaedbError as exc:
             status, body = 400, {"error": str(exc)}
         except DATABASE_ERRORS as exc:

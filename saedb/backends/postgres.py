@@ -32,23 +32,35 @@ def to_psycopg(sql: str) -> str:
     return _PLACEHOLDER.sub("%s", sql.replace("%", "%%"))
 
 
+def configure_reader(conn: psycopg.Connection, statement_timeout_ms: int) -> None:
+    """A read-only session with a statement timeout and the vector type (autocommit connection)."""
+    conn.execute("SET client_min_messages = warning")
+    conn.execute("SET default_transaction_read_only = on")
+    conn.execute(f"SET statement_timeout = {int(statement_timeout_ms)}")
+    register_vector(conn)
+
+
 class PostgresBackend(Backend):
     dialect = "postgres"
     schema_files = ("schema.sql", "functions.sql", "views.sql")
 
-    def __init__(self, dsn: str, read_only: bool = False, statement_timeout_ms: int = 10_000) -> None:
+    def __init__(self, dsn: str, read_only: bool = False, statement_timeout_ms: int = 10_000,
+                 conn: psycopg.Connection | None = None) -> None:
+        """Connect to ``dsn``, or wrap ``conn`` (a pooled connection set up by ``configure_reader``)."""
         self.dsn = dsn
+        if conn is not None:
+            self.conn = conn
+            return
         self.conn = psycopg.connect(dsn, autocommit=True)
-        self.conn.execute("SET client_min_messages = warning")
         if read_only:
             self.migrate(read_only=True)
-            self.conn.execute("SET default_transaction_read_only = on")
-            self.conn.execute(f"SET statement_timeout = {int(statement_timeout_ms)}")
-        else:
-            with self.conn.transaction():
-                # Serialise concurrent first-time migrations of the same database.
-                self.conn.execute("SELECT pg_advisory_xact_lock(hashtext('saedb.migrate'))")
-                self.migrate()
+            configure_reader(self.conn, statement_timeout_ms)
+            return
+        self.conn.execute("SET client_min_messages = warning")
+        with self.conn.transaction():
+            # Serialise concurrent first-time migrations of the same database.
+            self.conn.execute("SELECT pg_advisory_xact_lock(hashtext('saedb.migrate'))")
+            self.migrate()
         register_vector(self.conn)
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
