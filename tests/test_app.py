@@ -38,7 +38,7 @@ def served(db_url: str, astro_slice: Path, embedder) -> Iterator[tuple[str, int]
         backend.execute("UPDATE feature_labels SET clean = TRUE WHERE model_id = ?", (model_id,))  # tiny model: all labels
         build_families(backend, model_id)
     app = App(db_url, pool_size=8, timeout_s=10)
-    server = make_server(app, "127.0.0.1", 0)
+    server = make_server(app, "127.0.0.1", 0, idle_timeout_s=2)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield f"http://127.0.0.1:{server.server_port}", model_id
     server.shutdown()
@@ -288,3 +288,21 @@ def test_postgres_app_reconnects_and_answers_503_while_the_database_is_away(serv
     assert status == 503 and "unavailable" in body["error"]
     cut(allow=True)
     assert get(base, "models")[0] == 200
+
+
+def test_two_hundred_parallel_searches_all_answered_and_idle_sockets_closed(served: tuple[str, int]) -> None:
+    import socket
+    from concurrent.futures import ThreadPoolExecutor
+
+    base, model_id = served
+    params = [("q", "gamma-ray bursts"), ("model", str(model_id)), ("f", "3:0.4"), ("limit", "5")]
+    with ThreadPoolExecutor(max_workers=200) as pool:
+        statuses = list(pool.map(lambda _: get(base, "search", params)[0], range(200)))
+    assert statuses == [200] * 200
+    host, port = base.removeprefix("http://").split(":")
+    idle = [socket.create_connection((host, int(port))) for _ in range(50)]  # connect, send nothing
+    assert get(base, "models")[0] == 200  # idle sockets do not starve real requests
+    for sock in idle:
+        sock.settimeout(15)
+        assert sock.recv(1) == b""  # the server closed it after its idle timeout
+        sock.close()

@@ -184,8 +184,41 @@ class App:
         return status, "application/json", json.dumps(body).encode()
 
 
-def make_server(app: App, host: str = "127.0.0.1", port: int = 8080) -> ThreadingHTTPServer:
+class SaedbHTTPServer(ThreadingHTTPServer):
+    """A thread per connection, with a deep listen backlog (the default 5 dropped bursts of
+    parallel requests) and a cap on open connections: past it a connection is closed at once."""
+
+    daemon_threads = True
+    request_queue_size = 1024
+
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], max_connections: int) -> None:
+        super().__init__(address, handler)
+        self.slots = threading.BoundedSemaphore(max_connections)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self.slots.acquire(blocking=False):
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self.slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
+
+
+def make_server(app: App, host: str = "127.0.0.1", port: int = 8080, idle_timeout_s: float = 30.0,
+                max_connections: int = 512) -> ThreadingHTTPServer:
+    """The HTTP server; a connection that sends no complete request within ``idle_timeout_s`` is closed."""
+
     class Handler(BaseHTTPRequestHandler):
+        timeout = idle_timeout_s
+
         def do_GET(self) -> None:  # noqa: N802
             url = urlparse(self.path)
             status, content_type, body = app.handle(url.path, url.query)
@@ -199,6 +232,4 @@ def make_server(app: App, host: str = "127.0.0.1", port: int = 8080) -> Threadin
         def log_message(self, fmt: str, *args: object) -> None:
             log.debug(fmt, *args)
 
-    server = ThreadingHTTPServer((host, port), Handler)
-    server.daemon_threads = True
-    return server
+    return SaedbHTTPServer((host, port), Handler, max_connections)
