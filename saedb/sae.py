@@ -90,6 +90,8 @@ class SAE:
     def encode(self, x: np.ndarray | Sequence[float]) -> SparseCodes:
         """Top-k codes of a (B, d) batch or a single vector."""
         pre = self.pre_activations(as_matrix(x, self.d))
+        if not np.isfinite(pre).all():  # finite inputs whose float32 sums overflow
+            raise InvalidInputError("activations overflow: the embedding's values are too large")
         k = self.k
         top = np.argpartition(-pre, k - 1, axis=1)[:, :k]
         top_vals = np.take_along_axis(pre, top, axis=1)

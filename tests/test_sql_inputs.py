@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from saedb.backends import Backend
+from saedb.errors import InvalidInputError
 from saedb.models import publish_model
 from saedb.sae import SAE
 from tests.test_sql_functions import DB_ERRORS
@@ -89,3 +90,19 @@ def test_retired_deleted_and_reused_model_ids_never_serve_stale_weights(loaded: 
     reused = publish_model(loaded, SAE.random(d=256, n=128, k=4, seed=2), "cached")
     assert reused == first  # the id comes back with other weights
     assert len(loaded.query("SELECT unnest(sae_encode(?, ?))", (x, reused))) == 4
+
+
+def test_finite_embeddings_whose_activations_overflow_are_errors_on_both_backends(loaded: Backend) -> None:
+    """Activations past float32's range (8e38 here) were inf on DuckDB and Postgres: now an error on both."""
+    n, d = 64, 256
+    w_enc = np.zeros((n, d), np.float32)
+    w_enc[:, :8] = 1.0
+    sae = SAE(w_enc=w_enc, b_lat=np.linspace(0, 1, n, dtype=np.float32), w_dec=np.eye(n, d, dtype=np.float32),
+              b_pre=np.zeros(d, np.float32), k=8)
+    model_id = publish_model(loaded, sae, "huge")
+    with pytest.raises(DB_ERRORS, match="sae_encode: activations overflow"):
+        loaded.query("SELECT sae_encode(?, ?)", (loaded.vector_param(np.full(d, 1e38, np.float32)), model_id))
+    with pytest.raises(InvalidInputError, match="activations overflow"):
+        sae.encode(np.full(d, 1e38, np.float32))
+    fine = loaded.query("SELECT f.activation FROM unnest(sae_encode(?, ?)) AS f", (loaded.vector_param(np.full(d, 1e30, np.float32)), model_id))
+    np.testing.assert_allclose([a for (a,) in fine], sae.encode(np.full(d, 1e30, np.float32)).values[0], rtol=1e-5)

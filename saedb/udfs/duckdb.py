@@ -142,10 +142,16 @@ def register_udfs(backend: DuckDBBackend) -> None:
         except ValueError:  # ragged rows cannot form a matrix
             raise InvalidInputError(f"{fn}: embedding has the wrong number of dimensions (model expects {sae.d})") from None
 
+    def encode_rows(sae: SAE, x: np.ndarray) -> SparseCodes:
+        try:
+            return sae.encode(x)
+        except InvalidInputError as exc:
+            raise InvalidInputError(f"sae_encode: {exc}") from None
+
     def sae_encode(embedding: pa.ChunkedArray, model: pa.ChunkedArray) -> pa.Array:
         emb = _dense(embedding, "sae_encode")
         results: list[tuple[np.ndarray, SparseCodes]] = list(
-            cache.per_model("sae_encode", model, lambda sae, rows: sae.encode(embeddings_for(sae, emb, rows, "sae_encode")))
+            cache.per_model("sae_encode", model, lambda sae, rows: encode_rows(sae, embeddings_for(sae, emb, rows, "sae_encode")))
         )
         if len(results) == 1:
             return codes_to_arrow(results[0][1])

@@ -74,6 +74,9 @@ BEGIN
              ORDER BY activation DESC, e.feature_id
              LIMIT m.k) t
      WHERE t.activation > 0;
+    IF EXISTS (SELECT 1 FROM unnest(codes) c WHERE c.activation = 'Infinity') THEN
+        RAISE EXCEPTION 'sae_encode: activations overflow: the embedding''s values are too large' USING ERRCODE = 'data_exception';
+    END IF;
     RETURN codes;
 END $$;
 
