@@ -25,3 +25,4 @@ bench: $(VENV)/.installed
 	$(PY) bench/bench_foundation.py
 	$(PY) bench/bench_trainer.py
 	$(PY) bench/bench_analysis.py
+	$(PY) bench/bench_serve.py

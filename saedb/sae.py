@@ -85,7 +85,8 @@ class SAE:
 
     def pre_activations(self, x: np.ndarray) -> np.ndarray:
         """w_enc @ (x - b_pre) + b_lat for a validated (B, d) batch."""
-        return (x - self.b_pre) @ self.w_enc.T + self.b_lat
+        with np.errstate(over="ignore"):  # overflow is checked by the caller
+            return (x - self.b_pre) @ self.w_enc.T + self.b_lat
 
     def encode(self, x: np.ndarray | Sequence[float]) -> SparseCodes:
         """Top-k codes of a (B, d) batch or a single vector."""

@@ -76,3 +76,28 @@ def test_postgres_reader_role_can_query_and_steer_but_not_write(pg_dsn: str, ast
         reader.execute("SET default_transaction_read_only = off")  # even then, the role has no write grants
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             reader.execute("DELETE FROM papers")
+
+
+def test_dashboard_logins_made_by_the_reader_procedure_are_read_only_time_limited_and_without_temp(pg_dsn: str) -> None:
+    """Postgres does not pass ALTER ROLE ... SET from a group role to its members: the
+    guarantees must hold for the login a dashboard actually uses."""
+    from saedb.sqlfiles import read_sql
+
+    with connect(pg_dsn) as admin:
+        admin.run_script(read_sql("postgres", "reader_role.sql"))
+        admin.run_script("DO $$ BEGIN IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'bi_login') THEN "
+                         "EXECUTE 'DROP OWNED BY bi_login'; DROP ROLE bi_login; END IF; END $$")
+        admin.execute("CALL saedb_create_reader('bi_login', NULL, '1s')")
+    login = pg_dsn.replace("postgresql://postgres:@", "postgresql://bi_login:@")
+    with psycopg.connect(login, autocommit=True) as plain:  # a BI tool's own connection: no saedb settings
+        assert plain.execute("SHOW default_transaction_read_only").fetchone() == ("on",)
+        with pytest.raises(psycopg.errors.QueryCanceled):
+            plain.execute("SELECT pg_sleep(3)")
+        with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
+            plain.execute("CREATE TEMP TABLE scratch (x int)")
+        plain.execute("SET default_transaction_read_only = off")  # a login may switch that off: TEMP is still refused
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            plain.execute("CREATE TEMP TABLE scratch (x int)")
+        assert plain.execute("SELECT count(*) FROM papers").fetchone() == (0,)
+    with connect(pg_dsn) as admin:  # the owner keeps its temporary tables (the loader stages with them)
+        admin.execute("CREATE TEMP TABLE still_allowed (x int)")
