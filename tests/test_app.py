@@ -306,3 +306,26 @@ def test_two_hundred_parallel_searches_all_answered_and_idle_sockets_closed(serv
         sock.settimeout(15)
         assert sock.recv(1) == b""  # the server closed it after its idle timeout
         sock.close()
+
+
+def test_connections_past_the_cap_are_closed_at_once(served: tuple[str, int], db_url: str) -> None:
+    import socket
+
+    app = App(db_url, pool_size=2, timeout_s=10)
+    server = make_server(app, "127.0.0.1", 0, idle_timeout_s=30, max_connections=3)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        idle = [socket.create_connection(("127.0.0.1", server.server_port)) for _ in range(3)]
+        time.sleep(0.5)  # all three are being served (and idle)
+        extra = socket.create_connection(("127.0.0.1", server.server_port))
+        extra.settimeout(5)
+        started = time.monotonic()
+        assert extra.recv(1) == b"" and time.monotonic() - started < 5  # closed at once, not after 30 s
+        for sock in idle:
+            sock.close()
+        time.sleep(0.5)
+        assert get(f"http://127.0.0.1:{server.server_port}", "models")[0] == 200
+    finally:
+        server.shutdown()
+        server.server_close()
+        app.pool.close()
