@@ -73,9 +73,10 @@ class SharedDatabase:
                 shared = cls(key, path, read_only)
                 if not in_memory:
                     cls._open[key] = shared
-            elif shared.read_only != read_only:
-                mode = "read-only" if shared.read_only else "for writing"
-                raise ConfigurationError(f"{path} is already open {mode} in this process")
+            elif shared.read_only and not read_only:
+                # A writable instance also serves read-only users of the same process (DuckDB allows one
+                # instance per file and process); only those users' own code then keeps them from writing.
+                raise ConfigurationError(f"{path} is already open read-only in this process")
             shared.users += 1
             return shared
 
