@@ -44,13 +44,16 @@ def test_decode_refuses_nan_infinite_and_null_activations(model: tuple[Backend, 
         backend.query(f"SELECT sae_decode({codes}, ?)", (model_id,))
 
 
-def test_postgres_steer_many_refuses_nested_arrays(model: tuple[Backend, int]) -> None:
-    backend, model_id = model
-    if backend.dialect != "postgres":
-        pytest.skip("DuckDB's typed lists cannot nest here")
-    x = backend.vector_param(np.full(256, 0.01, np.float32))
-    with pytest.raises(DB_ERRORS, match="one-dimensional"):
-        backend.query("SELECT steer_many(?, ARRAY[[0, 1], [2, 3]], ARRAY[[1.0, 1.0], [1.0, 1.0]], ?)", (x, model_id))
+def test_postgres_steer_many_refuses_nested_arrays(pg_dsn: str, random_sae: SAE, astro_slice, embedder) -> None:
+    from saedb.backends import connect
+    from saedb.loaders import load_corpus
+
+    with connect(pg_dsn) as backend:
+        load_corpus(backend, astro_slice, embedder, limit=10, progress=False)
+        model_id = publish_model(backend, random_sae, "nested")
+        x = backend.vector_param(np.full(256, 0.01, np.float32))
+        with pytest.raises(DB_ERRORS, match="one-dimensional"):
+            backend.query("SELECT steer_many(?, ARRAY[[0, 1], [2, 3]], ARRAY[[1.0, 1.0], [1.0, 1.0]], ?)", (x, model_id))
 
 
 def test_concurrent_publishers_all_publish_with_distinct_ids(loaded: Backend, db_url: str) -> None:
