@@ -18,7 +18,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -27,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import astro_duckdb, report  # noqa: E402
 from saedb.backends import connect  # noqa: E402
 from saedb.trainer import TrainConfig  # noqa: E402
-from saedb.trainer.topk_sae import TopKSAE, normalised_mse  # noqa: E402
+from saedb.trainer.topk_sae import normalised_mse  # noqa: E402
 from saedb.trainer.train import Trainer, load_training_matrix, new_trainer  # noqa: E402
 
 
