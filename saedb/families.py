@@ -117,14 +117,14 @@ def compute_cooccurrence(backend: Backend, model_id: int) -> int:
     return int(backend.query("SELECT count(*) FROM feature_cooccurrence WHERE model_id = ?", (model_id,))[0][0])
 
 
-def cooccurrence_counts(backend: Backend, model_id: int, features: list[int]) -> tuple[np.ndarray, np.ndarray]:
-    """(C restricted to ``features`` as a symmetric dense matrix, diagonal = document counts)."""
+def cooccurrence_counts(backend: Backend, model_id: int, features: list[int]) -> np.ndarray:
+    """C restricted to ``features`` as a symmetric dense matrix (diagonal = document counts)."""
     position = {f: i for i, f in enumerate(features)}
     counts = np.zeros((len(features), len(features)), dtype=np.float64)
     for i, j, n in backend.query("SELECT feature_i, feature_j, n_docs FROM feature_cooccurrence WHERE model_id = ?", (model_id,)):
         if i in position and j in position:
             counts[position[i], position[j]] = counts[position[j], position[i]] = n
-    return counts, np.diag(counts).copy()
+    return counts
 
 
 def cooccurrence_graph(counts: np.ndarray, features: list[int], keep: list[int], threshold: float) -> nx.Graph:
@@ -292,7 +292,7 @@ def build_families(
     compute_cooccurrence(backend, model_id)
     labels = dict(backend.query(CLEAN_FEATURES_SQL, (model_id,)))
     features = sorted(labels)
-    counts, _ = cooccurrence_counts(backend, model_id, features)
+    counts = cooccurrence_counts(backend, model_id, features)
     rng = random.Random(seed)
     named = []
     for family in find_families(counts, features):

@@ -31,7 +31,6 @@ class PrecomputedEmbeddings:
     index: dict[str, int]
     matrix: np.ndarray  # float32 (rows, dim), rows as given (not renormalised)
     unusable: dict[str, str] = field(default_factory=dict)  # id -> reason
-    used: set[str] = field(default_factory=set)
 
     @property
     def dim(self) -> int:
@@ -44,7 +43,6 @@ class PrecomputedEmbeddings:
         row = self.index.get(arxiv_id)
         if row is None:
             raise InvalidInputError(f"no embedding for id {arxiv_id!r} in {self.source}")
-        self.used.add(arxiv_id)
         return self.matrix[row]
 
     def unmatched(self, loaded_ids: set[str]) -> int:

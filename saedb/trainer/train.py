@@ -38,6 +38,10 @@ class TrainResult:
     history: list[float] = field(default_factory=list)  # mean training NMSE per HISTORY_EVERY steps
     holdout_history: list[tuple[int, float]] = field(default_factory=list)  # (step, held-out NMSE) every LOG_EVERY steps
 
+    def published_metrics(self, cfg: TrainConfig) -> dict:
+        """What a model version records: the metrics, the config and both NMSE curves."""
+        return {**self.metrics, "config": cfg.as_dict(), "history": self.history, "holdout_history": self.holdout_history}
+
 
 def pick_device(requested: str | None) -> torch.device:
     return torch.device(requested or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -211,9 +215,7 @@ def train_from_db(
     from saedb.models import publish_model
 
     result = train_sae(load_training_matrix(backend), cfg, log)
-    metrics = {**result.metrics, "config": cfg.as_dict(), "history": result.history, "holdout_history": result.holdout_history}
-    model_id = publish_model(backend, result.model.to_numpy(), name, metrics)
-    return model_id, result
+    return publish_model(backend, result.model.to_numpy(), name, result.published_metrics(cfg)), result
 
 
 def train_from_url(url: str, cfg: TrainConfig, name: str, log: Callable[[str], None] | None = None,
@@ -229,20 +231,22 @@ def train_from_url(url: str, cfg: TrainConfig, name: str, log: Callable[[str], N
     with connect(url, read_only=True, statement_timeout_s=0) as reader:
         x = load_training_matrix(reader)
     result = train_sae(x, cfg, log)
-    metrics = {**result.metrics, "config": cfg.as_dict(), "history": result.history, "holdout_history": result.holdout_history}
+    sae, metrics = result.model.to_numpy(), result.published_metrics(cfg)
     deadline = time.monotonic() + wait_s
+    waiting = False
     while True:
         try:
             with connect(url) as writer:
-                return publish_model(writer, result.model.to_numpy(), name, metrics), result
+                return publish_model(writer, sae, name, metrics), result
         except DatabaseBusyError:
             if time.monotonic() > deadline:
                 from saedb.interchange import export_sae
 
-                saved = export_sae(result.model.to_numpy(), Path(url).with_name(f"{name}-unpublished"), "sparsify")
+                saved = export_sae(sae, Path(url).with_name(f"{name}-unpublished"), "sparsify")
                 raise DatabaseBusyError(
                     f"{url} stayed open in another process for {wait_s:.0f}s; the trained model is saved in {saved}: "
                     f"publish it with `saedb import {saved} --name {name}`") from None
-            if log:
+            if log and not waiting:
                 log("the database is open in another process (e.g. saedb serve): waiting to write the model back")
+            waiting = True
             time.sleep(poll_s)
