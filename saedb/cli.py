@@ -264,29 +264,59 @@ def search(
         _fail(exc)
 
 
+def default_judges(database_embedder: str) -> list[str]:
+    """arXiv categories, and a local embedder other than the database's."""
+    from saedb.embedders import LOCAL_EMBEDDERS
+
+    return ["categories", *(f"embedder:{name}" for name in LOCAL_EMBEDDERS if name != database_embedder)][:2]
+
+
 @app.command("eval")
 def evaluate_steering(
     model: str = typer.Argument(..., help="Model id or name (with labelled features)."),
     db: str = DbOption,
-    queries: int = typer.Option(30),
-    strength: list[float] = typer.Option([0.5, 1.0], help="Steering strengths to compare (repeat the option)."),
-    llm: Optional[str] = typer.Option(None, help="Chat model for LLM query rewriting (default: offline rewriting)."),
+    judge: Optional[list[str]] = typer.Option(None, help="categories, embedder:NAME (not the database's embedder) or "
+                                                          "llm:MODEL; repeat for several. Default: categories and the "
+                                                          "other local embedder."),
+    queries: Optional[Path] = typer.Option(None, help="Queries, one per line (default: titles of random papers, "
+                                                      "each kept out of its own results)."),
+    n_queries: int = typer.Option(50, help="How many corpus titles, without --queries."),
+    rewriter: str = typer.Option("naive-append", help="llm:MODEL for the paper's query rewriting; naive-append is "
+                                                      "a naive baseline ('<query> and <topic>')."),
+    grid: str = typer.Option("paper", help="paper (a_up 7 x a_down 6) or small (3 x 3)."),
+    seed: int = typer.Option(0),
+    category_precision: float = typer.Option(0.6, help="categories judge: a feature stands for a category when at "
+                                                       "least this share of the papers it fires on are in it."),
+    plot: Path = typer.Option(Path("eval-plots"), help="Folder for the accuracy-vs-cosine figures (PNG + SVG)."),
 ) -> None:
-    """Steering vs query rewriting: target feature moved, cosine to the query, judged accuracy."""
+    """Steering vs query rewriting with the paper's protocol; stores the run in eval_runs/eval_results."""
+    from tqdm import tqdm
+
     from saedb.embedders import get_embedder
-    from saedb.evaluate import LLMRewriter, evaluate
+    from saedb.evaluation import file_queries, get_judge, get_rewriter, run_evaluation, store_run, title_queries
+    from saedb.evaluation.plot import plot_run
+    from saedb.evaluation.report import format_comparison, format_table
 
     try:
         with connect(db) as backend:
             model_id = _model_id(backend, model)
-            rewriter = LLMRewriter(llm) if llm else None
-            scores = evaluate(backend, model_id, get_embedder(backend.require_embedder()[0]), rewriter=rewriter,
-                              n_queries=queries, strengths=strength)
+            database_embedder = backend.require_embedder()[0]
+            query_list = file_queries(queries) if queries else title_queries(backend, n_queries, seed)
+            source = str(queries) if queries else f"{len(query_list)} corpus titles"
+            chosen_rewriter = get_rewriter(rewriter)
+            for spec in judge or default_judges(database_embedder):
+                chosen = get_judge(spec, backend)
+                typer.echo(f"\njudge {chosen.name}, {len(query_list)} queries ({source}), rewriter {chosen_rewriter.name}")
+                run = run_evaluation(backend, model_id, get_embedder(database_embedder), chosen, query_list,
+                                     chosen_rewriter, source, grid=grid, seed=seed, category_precision=category_precision,
+                                     progress=lambda cases: tqdm(cases, desc="cases", unit="query"))
+                run_id = store_run(backend, run)
+                typer.echo(format_table(run))
+                typer.echo(format_comparison(run))
+                paths = plot_run(run, plot / f"eval-run{run_id}-{chosen.name.replace(':', '-')}")
+                typer.echo(f"stored as eval run {run_id}; figure: {', '.join(map(str, paths))}")
     except USER_ERRORS as exc:
         _fail(exc)
-    typer.echo(f"{'method/direction':<20} {'target moved':>12} {'cos to q':>10} {'judged acc.':>11}")
-    for name, s in scores.items():
-        typer.echo(f"{name:<20} {s['target_moved']:>12.2f} {s['cosine_to_query']:>10.3f} {s['judged_accuracy']:>11.2f}")
 
 
 @app.command()

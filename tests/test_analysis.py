@@ -1,11 +1,9 @@
 """Feature analysis on real DuckDB and Postgres: co-occurrence in SQL, families, autointerp,
-steering by label and family, BI views, and the steering-vs-rewriting evaluation."""
+steering by label and family, and BI views."""
 
 from __future__ import annotations
 
-import json
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Iterator
 
 import duckdb
@@ -15,11 +13,11 @@ import pytest
 import scipy.sparse as sp
 
 from saedb.backends import Backend
-from saedb.evaluate import evaluate
 from saedb.families import build_families, compute_cooccurrence
 from saedb.interp import LLMLabeller, OfflineLabeller, corpus_stats, run_autointerp
 from saedb.interp.scoring import f1_score, pearson
 from tests.conftest import embeddings_of
+from tests.scripted_chat import ScriptedChatHandler, serving
 from tests.test_sql_functions import vector_sql
 
 
@@ -87,7 +85,7 @@ def test_scoring_helpers() -> None:
     assert f1_score([1, 1, -1, -1, -1, 1], [1, 1, 1, 0, 0, 0]) == pytest.approx(2 / 3)
 
 
-class FakeChatAPI(BaseHTTPRequestHandler):
+class FakeChatAPI(ScriptedChatHandler):
     """A scripted OpenAI-compatible /v1/chat/completions speaking the paper's protocol: the
     interpreter reasons and ends with FINAL:, the predictor sees one abstract and ends with
     PREDICTION:; the first predictor reply is malformed (retried)."""
@@ -96,9 +94,7 @@ class FakeChatAPI(BaseHTTPRequestHandler):
     interpreter_inputs: list[str] = []
     lock = threading.Lock()
 
-    def do_POST(self) -> None:  # noqa: N802
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        system, user = body["messages"][0]["content"], body["messages"][1]["content"]
+    def reply(self, system: str, user: str) -> str:
         interpreter = "FINAL:" in system and "MAX_ACTIVATING" in system
         with self.lock:
             FakeChatAPI.calls.append("label" if interpreter else "predict")
@@ -111,24 +107,14 @@ class FakeChatAPI(BaseHTTPRequestHandler):
             content = "I think this one is relevant!"  # no PREDICTION line: asked again
         else:
             content = "Reasoning...\nPREDICTION: " + ("0.9" if "star" in user.lower() else "-0.7")
-        reply = {"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
-                 "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": content}}]}
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.end_headers()
-        self.wfile.write(json.dumps(reply).encode())
-
-    def log_message(self, *args: object) -> None:
-        pass
+        return content
 
 
 @pytest.fixture
 def chat_url() -> Iterator[str]:
     FakeChatAPI.calls, FakeChatAPI.interpreter_inputs = [], []
-    server = ThreadingHTTPServer(("127.0.0.1", 0), FakeChatAPI)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_port}/v1"
-    server.shutdown()
+    with serving(FakeChatAPI) as url:
+        yield url
 
 
 def test_llm_autointerp_through_openai_client(trained: tuple[Backend, int], chat_url: str) -> None:
@@ -191,13 +177,3 @@ def test_bi_views_match_direct_aggregates(labelled: tuple[Backend, int]) -> None
     assert [r[0] for r in top] == list(range(1, len(top) + 1)) and [r[1] for r in top] == sorted((r[1] for r in top), reverse=True)
     joined = backend.query("SELECT count(*) FROM document_features WHERE model_id = ? AND year IS NOT NULL", (model_id,))[0][0]
     assert joined == backend.query("SELECT count(*) FROM sae_codes WHERE model_id = ?", (model_id,))[0][0]
-
-
-def test_steering_vs_rewriting_evaluation_runs_offline(labelled: tuple[Backend, int], embedder) -> None:
-    backend, model_id = labelled
-    scores = evaluate(backend, model_id, embedder, n_queries=6, strengths=(0.5, 1.0), top=5)
-    assert {"baseline/up", "steering@0.5/up", "steering@1/up", "rewriting/up"} <= scores.keys()
-    assert scores["steering@0.5/up"]["target_moved"] == 1.0 and scores["baseline/up"]["target_moved"] == 0.0
-    assert scores["steering@1/up"]["cosine_to_query"] < scores["steering@0.5/up"]["cosine_to_query"]
-    assert scores["baseline/up"]["cosine_to_query"] == pytest.approx(1.0)
-    assert all(0 <= s["judged_accuracy"] <= 1 and s["cosine_to_query"] <= 1 + 1e-6 for s in scores.values())

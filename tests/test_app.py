@@ -23,6 +23,7 @@ from saedb.interp import OfflineLabeller, corpus_stats, run_autointerp
 from saedb.loaders import load_corpus
 from saedb.trainer import TrainConfig
 from saedb.trainer.train import train_from_db
+from saedb.evaluation.runner import EvalRun, ResultRow, store_run
 
 ROOT = Path(__file__).resolve().parent.parent
 SCREENSHOTS = ROOT / "build" / "screenshots"
@@ -37,6 +38,9 @@ def served(db_url: str, astro_slice: Path, embedder) -> Iterator[tuple[str, int]
         run_autointerp(backend, model_id, OfflineLabeller(corpus_stats(backend)), limit=60, concurrency=2)
         backend.execute("UPDATE feature_labels SET clean = TRUE WHERE model_id = ?", (model_id,))  # tiny model: all labels
         build_families(backend, model_id)
+        store_run(backend, EvalRun(model_id, "categories", "naive-append", "2 corpus titles", 2, 0, "small", [
+            ResultRow("add", 0.5, -1.0, 2, 0.7, 0.5, 1.0, 0), ResultRow("random-direction", 0.5, -1.0, 2, 0.7, 0.0, 0.5, 0),
+            ResultRow("rewrite:naive-append", None, None, 2, 0.8, 0.5, 0.0, 0)]))
     app = App(db_url, pool_size=8, timeout_s=10)
     server = make_server(app, "127.0.0.1", 0, idle_timeout_s=2)
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -76,6 +80,9 @@ def test_api_pages_and_steering(served: tuple[str, int], db_url: str) -> None:
     assert status == 200 and len(family["members"]) == fams[0]["size"]
     status, board = get(base, "dashboard", [("model", m)])
     assert status == 200 and board["model"]["n_documents"] == 400 and board["top_features"]
+    (run,) = board["evaluation"]
+    assert run["judge"] == "categories" and {r["method"]: (r["cosine"], r["up_accuracy"], r["a_up"]) for r in run["results"]} == {
+        "add": (0.7, 0.5, 0.5), "random-direction": (0.7, 0.0, 0.5), "rewrite:naive-append": (0.8, 0.5, None)}
 
 
 @pytest.mark.parametrize(
@@ -238,6 +245,7 @@ def test_browser_steered_search_and_feature_page(served: tuple[str, int], browse
 
     browser.get(f"{base}/#/dashboard")
     wait_for(browser, "h1", lambda els: els and els[0].text.startswith("Model app"))
+    assert len(wait_for(browser, "svg.accuracy circle.dot", lambda els: len(els) == 6)) == 6  # 3 results x up, down
     browser.save_screenshot(str(SCREENSHOTS / f"dashboard-{kind}.png"))
     browser.get(f"{base}/#/feature/abc")
     assert "id must be an integer" in wait_for(browser, "#error", lambda els: els and els[0].text)[0].text

@@ -60,3 +60,22 @@ def test_interpreter_predictor_and_family_namer_against_a_real_model(trained: tu
     family = Family(root=results[0].feature_id, iteration=0, members={results[0].feature_id: (None, 0), results[1].feature_id: (results[0].feature_id, 1)})
     name = labeller.name_family(results[0].label, [results[1].label])
     assert family.children and 1 <= len(name.split()) <= 8
+
+
+def test_judge_and_rewriter_against_a_real_model(llm_url: str) -> None:
+    """A 270M model's answers need not be right; the protocol must hold: a judge reply becomes two
+    option numbers or counts as unanswered, a rewrite is a non-empty query."""
+    import random
+
+    from saedb.evaluation.judges import Doc, LLMJudge
+    from saedb.evaluation.rewriters import LLMRewriter
+    from saedb.evaluation.topics import Topic
+    from saedb.llm import ChatModel
+
+    chat = ChatModel("gemma", base_url=llm_url, api_key="local")
+    options = [Topic(n, (i,)) for i, n in enumerate(["neural networks", "speech", "galaxy clusters", "proteins", "graphs"])]
+    before = [Doc(1, "Weak lensing of galaxy clusters", "Cluster masses from lensing.", ())]
+    after = [Doc(2, "Training deep neural networks", "Stochastic gradient descent for deep networks.", ())]
+    up, down = LLMJudge(chat).choose(options, before, after, random.Random(0))
+    assert (up is None and down is None) or (0 <= up < 5 and 0 <= down < 5)
+    assert LLMRewriter(chat).rewrite("dark matter halos", options[0], options[2]).strip()

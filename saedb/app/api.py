@@ -181,4 +181,20 @@ def dashboard(backend: Backend, model_id: int) -> dict[str, Any]:
         "documents_per_year": rows_as_dicts(
             backend, "SELECT year, count(*) FROM papers WHERE year IS NOT NULL GROUP BY year ORDER BY year", (), ("year", "count"),
         ),
+        "evaluation": latest_evaluation(backend, model_id),
     }
+
+
+EVAL_COLUMNS = ("run_id", "judge", "rewriter", "queries", "method", "a_up", "a_down", "n_cases", "cosine",
+                "up_accuracy", "down_accuracy")
+
+
+def latest_evaluation(backend: Backend, model_id: int) -> list[dict[str, Any]]:
+    """The latest `saedb eval` run of each judge: accuracy against cosine per method and strengths."""
+    rows = rows_as_dicts(backend, f"SELECT {', '.join(EVAL_COLUMNS)} FROM eval_latest WHERE model_id = ? "
+                                  "ORDER BY judge, method, a_up, a_down", (model_id,), EVAL_COLUMNS)
+    runs: dict[int, dict[str, Any]] = {}
+    for row in rows:
+        run = runs.setdefault(row["run_id"], {k: row[k] for k in ("run_id", "judge", "rewriter", "queries")} | {"results": []})
+        run["results"].append({k: row[k] for k in EVAL_COLUMNS[4:]})
+    return list(runs.values())

@@ -99,3 +99,12 @@ JOIN sae_models sm ON sm.model_id = f.model_id
 LEFT JOIN members mem ON mem.model_id = f.model_id
 LEFT JOIN clean c ON c.model_id = f.model_id
 LEFT JOIN well_named w ON w.model_id = f.model_id;
+
+-- The latest evaluation run of each model and judge, one row per method and strengths: the
+-- accuracy-vs-cosine chart (saedb eval). Rewriting rows have NULL strengths.
+CREATE OR REPLACE VIEW eval_latest AS
+SELECT r.model_id, r.run_id, r.judge, r.rewriter, r.queries, r.n_queries, r.created_at,
+       x.method, x.a_up, x.a_down, x.n_cases, x.cosine, x.up_accuracy, x.down_accuracy, x.unanswered
+FROM eval_runs r
+JOIN eval_results x ON x.run_id = r.run_id
+WHERE r.run_id = (SELECT max(l.run_id) FROM eval_runs l WHERE l.model_id = r.model_id AND l.judge = r.judge);

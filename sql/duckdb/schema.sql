@@ -166,3 +166,30 @@ CREATE TABLE IF NOT EXISTS scaling_runs (
 ALTER TABLE scaling_runs DROP COLUMN IF EXISTS epochs;
 ALTER TABLE scaling_runs ADD COLUMN IF NOT EXISTS steps INTEGER;
 
+
+-- Steering evaluations (saedb eval): one row per run, and per run one row per method and strengths
+-- (NULL strengths: query rewriting). Accuracies are the judge's 5-way choices, chance 0.2.
+CREATE SEQUENCE IF NOT EXISTS eval_runs_run_id_seq START 1;
+CREATE TABLE IF NOT EXISTS eval_runs (
+    run_id     INTEGER PRIMARY KEY DEFAULT nextval('eval_runs_run_id_seq'),
+    model_id   INTEGER NOT NULL,
+    judge      VARCHAR NOT NULL,
+    rewriter   VARCHAR NOT NULL,
+    queries    VARCHAR NOT NULL,
+    n_queries  INTEGER NOT NULL,
+    seed       INTEGER NOT NULL,
+    grid       VARCHAR NOT NULL,
+    created_at TIMESTAMP NOT NULL DEFAULT current_timestamp
+);
+
+CREATE TABLE IF NOT EXISTS eval_results (
+    run_id        INTEGER NOT NULL,
+    method        VARCHAR NOT NULL,
+    a_up          DOUBLE,
+    a_down        DOUBLE,
+    n_cases       INTEGER NOT NULL,
+    cosine        DOUBLE NOT NULL,
+    up_accuracy   DOUBLE NOT NULL,
+    down_accuracy DOUBLE NOT NULL,
+    unanswered    INTEGER NOT NULL
+);

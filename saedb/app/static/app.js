@@ -43,6 +43,31 @@ function lineChart(points, { x, y, width = 520, height = 160 }) {
     <text x="30" y="${height - 4}">${x0}</text><text x="${width - 40}" y="${height - 4}">${x1}</text><text x="0" y="12">${fmt(y1, 3)}</text></svg>`;
 }
 
+function accuracyChart(run, side, { width = 520, height = 220 } = {}) {
+  // Accuracy against cos(q, q'), as the paper's figure: steering, the random-direction control, rewriting.
+  const px = (c) => 34 + ((c + 0.2) / 1.2) * (width - 44), py = (a) => height - 22 - a * (height - 34);
+  const style = { add: "dot add", clamp: "dot clamp", "family-add": "dot family", "random-direction": "dot control", unmodified: "dot control" };
+  const dots = run.results.map((r) => {
+    const kind = r.method.startsWith("rewrite") ? "dot rewrite" : style[r.method];
+    if (!kind) return "";
+    const [cx, cy] = [px(r.cosine), py(r[`${side}_accuracy`])];
+    return `<circle class="${kind}" cx="${cx}" cy="${cy}" r="${kind === "dot rewrite" ? 7 : 4}"><title>${esc(r.method)} a_up ${r.a_up ?? "–"} a_down ${r.a_down ?? "–"}: cos ${fmt(r.cosine, 2)}, ${side} ${fmt(r[`${side}_accuracy`], 2)} (n ${r.n_cases})</title></circle>`;
+  });
+  const axes = [0, 0.5, 1].map((a) => `<text x="2" y="${py(a) + 4}">${a}</text>`).concat(
+    [0, 0.5, 1].map((c) => `<text x="${px(c) - 6}" y="${height - 6}">${c}</text>`));
+  return `<svg class="accuracy" viewBox="0 0 ${width} ${height}" width="100%" role="img">
+    <line class="chance" x1="${px(-0.2)}" x2="${px(1)}" y1="${py(0.2)}" y2="${py(0.2)}"/>${axes.join("")}${dots.join("")}</svg>`;
+}
+
+function evaluationCards(runs) {
+  if (!runs.length) return '<div class="card"><h2>Steering evaluation</h2><p class="muted">no run yet: <code>saedb eval MODEL</code></p></div>';
+  return runs.map((run) => `<div class="card evaluation"><h2>Steering evaluation, judge ${esc(run.judge)} (run ${run.run_id}, ${esc(run.queries)})</h2>
+    <p class="muted">accuracy (chance 0.2, dashed) against cos(q, q'): <span class="key add">decoder addition</span>
+    <span class="key clamp">clamp</span> <span class="key family">family</span> <span class="key control">random direction / unmodified</span>
+    <span class="key rewrite">rewriting (${esc(run.rewriter)})</span></p>
+    <div class="row"><div><h3>up</h3>${accuracyChart(run, "up")}</div><div><h3>down</h3>${accuracyChart(run, "down")}</div></div></div>`).join("");
+}
+
 function tree(members, current) {
   // Layered layout: depth down the page, members of a depth spread across.
   const byDepth = new Map();
@@ -168,7 +193,8 @@ async function dashboardPage() {
       <div class="card"><h2>Documents per year</h2>${bars(d.documents_per_year, { x: "year", y: "count" })}</div>
     </div>
     <div class="card"><h2>Most common features</h2><table><tr><th>feature</th><th>density</th><th>mean activation</th><th>interpretability</th></tr>
-      ${d.top_features.map((f) => `<tr><td>${featureLink(f.feature_id, f.label)}</td><td>${fmt(100 * f.density, 2)}%</td><td>${fmt(f.mean_activation)}</td><td>${fmt(f.interpretability, 2)}</td></tr>`).join("")}</table></div>`;
+      ${d.top_features.map((f) => `<tr><td>${featureLink(f.feature_id, f.label)}</td><td>${fmt(100 * f.density, 2)}%</td><td>${fmt(f.mean_activation)}</td><td>${fmt(f.interpretability, 2)}</td></tr>`).join("")}</table></div>
+    ${evaluationCards(d.evaluation)}`;
 }
 
 async function render() {

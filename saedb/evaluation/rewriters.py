@@ -1,0 +1,59 @@
+"""Query rewriting, the baseline that steering is compared with (paper-notes §5.3)."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from saedb.errors import InvalidInputError
+from saedb.evaluation.topics import Topic
+from saedb.llm import ChatModel, final_answer, retried
+
+
+class Rewriter(Protocol):
+    name: str
+
+    def rewrite(self, query: str, up: Topic, down: Topic) -> str: ...
+
+
+class NaiveAppendRewriter:
+    """A naive baseline, not query rewriting: '<query> and <up>'. It cannot down-weight a
+    topic without an LLM (appending 'not X' moves a bag-of-words embedding towards X)."""
+
+    name = "naive-append"
+
+    def rewrite(self, query: str, up: Topic, down: Topic) -> str:
+        return f"{query} and {up.name}"
+
+
+REWRITE_SYSTEM = "You rewrite search queries for a scientific paper search engine."
+
+
+def rewrite_prompt(query: str, up: Topic, down: Topic) -> str:
+    """The paper's rewriting prompt: down-weight X, append 'and Y', change the query little."""
+    return (
+        f"Original query: {query}\n\n"
+        f"Rewrite the query so that its results are less about the topic '{down.name}' and also about the topic "
+        f"'{up.name}'. Down-weight '{down.name}' and add the new topic in the form '<original query> and {up.name}'. "
+        "Do not change the query too much otherwise.\n"
+        "End with one line: FINAL: <the rewritten query>"
+    )
+
+
+class LLMRewriter:
+    def __init__(self, chat: ChatModel) -> None:
+        self.name = f"llm:{chat.model}"
+        self.chat = chat
+
+    def rewrite(self, query: str, up: Topic, down: Topic) -> str:
+        prompt = rewrite_prompt(query, up, down)
+        return retried(lambda: final_answer(self.chat.ask(REWRITE_SYSTEM, prompt), max_words=80))
+
+
+def get_rewriter(spec: str) -> Rewriter:
+    """``naive-append`` or ``llm:MODEL`` (OPENAI_BASE_URL)."""
+    kind, _, name = spec.partition(":")
+    if spec == NaiveAppendRewriter.name:
+        return NaiveAppendRewriter()
+    if kind == "llm" and name:
+        return LLMRewriter(ChatModel(name))
+    raise InvalidInputError(f"unknown rewriter {spec!r}: use naive-append or llm:MODEL")
