@@ -258,7 +258,7 @@ def search(
             if not query.strip():
                 raise InvalidInputError("the search text is empty")
             vector = get_embedder(backend.require_embedder()[0]).embed([query])[0]
-            for hit in run_search(backend, vector, limit, steering):
+            for hit in run_search(backend, vector, limit, steering or ()):
                 typer.echo(f"{hit.distance:.3f}  {hit.arxiv_id}  {hit.year}  {hit.title}")
     except USER_ERRORS as exc:
         _fail(exc)

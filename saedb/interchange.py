@@ -66,6 +66,23 @@ def detect_format(directory: Path) -> Format:
     raise InvalidInputError(f"{directory}: no sae.safetensors (sparsify) or sae_weights.safetensors (SAELens) found")
 
 
+def unsupported_settings(cfg: dict, fmt: Format) -> list[str]:
+    """Settings of the file that change the codes and that saedb does not implement."""
+    found = []
+    if fmt == "sparsify":
+        if cfg.get("activation", "topk") != "topk":
+            found.append(f"activation {cfg['activation']!r}")
+    else:
+        for key in ("activation_fn", "activation_fn_str"):
+            if cfg.get(key, "relu") not in ("relu", "topk"):
+                found.append(f"{key} {cfg[key]!r}")
+        if cfg.get("rescale_acts_by_decoder_norm"):
+            found.append("rescale_acts_by_decoder_norm")
+        if cfg.get("normalize_activations", "none") not in ("none", None):
+            found.append(f"normalize_activations {cfg['normalize_activations']!r}")
+    return found
+
+
 def import_sae(directory: str | Path) -> SAE:
     """Read a sparsify or SAELens SAE directory (the format is detected from its files)."""
     directory = Path(directory)
@@ -79,6 +96,10 @@ def import_sae(directory: str | Path) -> SAE:
         raise InvalidInputError(f"{directory}: cfg.json has no 'k' (only top-k SAEs are supported)")
     if fmt == "saelens" and (cfg.get("architecture") != "topk" or not cfg.get("apply_b_dec_to_input", True)):
         raise InvalidInputError(f"{directory}: SAELens architecture must be 'topk' with apply_b_dec_to_input")
+    unsupported = unsupported_settings(cfg, fmt)
+    if unsupported:
+        raise InvalidInputError(f"{directory}: saedb encodes ReLU(TopK(W_enc(x - b_dec) + b_enc)) only; this SAE uses "
+                                f"{', '.join(unsupported)}, which would give other codes")
     names = ("encoder.weight", "encoder.bias", "W_dec", "b_dec") if fmt == "sparsify" else ("W_enc", "b_enc", "W_dec", "b_dec")
     missing = [name for name in names if name not in tensors]
     if missing:

@@ -12,7 +12,10 @@ import duckdb
 import psycopg
 import pytest
 
+from typer.testing import CliRunner
+
 from saedb.backends import Backend, connect
+from saedb.cli import app
 from saedb.errors import ConfigurationError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -101,3 +104,14 @@ def test_dashboard_logins_made_by_the_reader_procedure_are_read_only_time_limite
         assert plain.execute("SELECT count(*) FROM papers").fetchone() == (0,)
     with connect(pg_dsn) as admin:  # the owner keeps its temporary tables (the loader stages with them)
         admin.execute("CREATE TEMP TABLE still_allowed (x int)")
+
+
+def test_question_marks_in_literals_comments_and_jsonb_operators_are_not_placeholders(pg_dsn: str) -> None:
+    with connect(pg_dsn) as backend:
+        assert backend.query("SELECT '?', '100%'") == [("?", "100%")]
+        assert backend.query("""SELECT '{"a": 1}'::jsonb ? 'a' -- is it there?""") == [(True,)]
+        assert backend.query("SELECT ?::int, 'why?', $q$what?$q$ /* two? */", (5,)) == [(5, "why?", "what?")]
+        assert backend.query("""SELECT '{"a": 1}'::jsonb ?? 'a', '{"a": 1}'::jsonb ?| array['a', ?]""", ("b",)) == [(True, True)]
+        assert backend.query("""SELECT "a?" FROM (SELECT 1 AS "a?") t WHERE 1 = ?""", (1,)) == [(1,)]
+    result = CliRunner().invoke(app, ["sql", "SELECT '?'", "--db", pg_dsn])
+    assert result.exit_code == 0 and result.output.strip() == "?", result.output

@@ -32,3 +32,11 @@ def test_errors_are_clear_and_exit_non_zero(tmp_path: Path) -> None:
     assert missing.exit_code == 2 and "no such file" in missing.output
     untrained = runner.invoke(app, ["train", "--db", db, "--n", "64", "--k", "4", "--steps", "1"])
     assert untrained.exit_code == 2 and "no embeddings yet" in untrained.output
+
+
+def test_plain_search_needs_no_model(tmp_path: Path, astro_slice: Path) -> None:
+    db = str(tmp_path / "cli.duckdb")
+    assert runner.invoke(app, ["load", str(astro_slice), "--db", db, "--limit", "50"]).exit_code == 0
+    found = runner.invoke(app, ["search", "disks around young binary stars", "--db", db, "--limit", "3"])
+    assert found.exit_code == 0, found.output
+    assert found.output.splitlines()[0].endswith("Disks around Young Binary Stars") and len(found.output.splitlines()) == 3

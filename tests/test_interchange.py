@@ -84,3 +84,22 @@ def test_cli_export_then_import_publishes_an_identical_model(loaded: Backend, ra
             (model_id, copy_id),
         )[0][0]
         assert same == backend.query("SELECT count(*) FROM sae_codes WHERE model_id = ?", (model_id,))[0][0] > 0
+
+
+@pytest.mark.parametrize("fmt, change, message", [
+    ("sparsify", {"activation": "groupmax"}, "activation 'groupmax'"),
+    ("sparsify", {"activation": "jumprelu"}, "activation 'jumprelu'"),
+    ("saelens", {"rescale_acts_by_decoder_norm": True}, "rescale_acts_by_decoder_norm"),
+    ("saelens", {"normalize_activations": "expected_average_only_in"}, "normalize_activations"),
+    ("saelens", {"activation_fn": "relu6"}, "activation_fn 'relu6'"),
+])
+def test_import_refuses_what_it_does_not_implement(tmp_path: Path, random_sae: SAE, fmt: str, change: dict, message: str) -> None:
+    folder = export_sae(random_sae, tmp_path / fmt, fmt)  # type: ignore[arg-type]
+    cfg = json.loads((folder / "cfg.json").read_text()) | change
+    (folder / "cfg.json").write_text(json.dumps(cfg))
+    with pytest.raises(InvalidInputError, match=message):
+        import_sae(folder)
+    (folder / "cfg.json").write_text(json.dumps(cfg | ({"activation": "topk", "multi_topk": True} if fmt == "sparsify" else
+                                                      {"activation_fn": "relu", "rescale_acts_by_decoder_norm": False,
+                                                       "normalize_activations": "none"})))
+    assert np.array_equal(import_sae(folder).w_dec, random_sae.w_dec)  # supported settings import (multi_topk: a training loss)

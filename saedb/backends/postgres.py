@@ -15,7 +15,12 @@ from pgvector.psycopg import register_vector
 from saedb.backends.base import Backend, DocumentBatch
 from saedb.sae import SAE, SparseCodes
 
-_PLACEHOLDER = re.compile(r"\?")
+# Left as they are: quoted literals and identifiers, dollar-quoted strings and comments.
+_SQL_TOKENS = re.compile(
+    r"""(?P<skip>'(?:[^']|'')*'|"(?:[^"]|"")*"|--[^\n]*|/\*.*?\*/|\$(?P<tag>[A-Za-z_]\w*)?\$.*?\$(?P=tag)?\$)"""
+    r"|(?P<operator>\?\?|\?[|&])|(?P<mark>\?)|(?P<percent>%)",
+    re.S,
+)
 STAGE_COLUMNS = {
     "pos": "int4", "arxiv_id": "text", "title": "text", "abstract": "text",
     "categories": "text[]", "subjects": "text[]", "published": "date", "year": "int4",
@@ -27,9 +32,21 @@ def _stack(vectors: list) -> np.ndarray:
     return np.stack([v.to_numpy() for v in vectors]).astype(np.float32, copy=False)
 
 
-def to_psycopg(sql: str) -> str:
-    """Translate saedb's portable ``?`` placeholders to psycopg's ``%s``."""
-    return _PLACEHOLDER.sub("%s", sql.replace("%", "%%"))
+def _psycopg_token(match: re.Match) -> str:
+    if match["skip"]:
+        return match["skip"].replace("%", "%%")
+    if match["operator"]:
+        return "?" if match["operator"] == "??" else match["operator"]
+    return "%s" if match["mark"] else "%%"
+
+
+def to_psycopg(sql: str, params: Sequence[Any]) -> tuple[str, list[Any] | None]:
+    """Translate saedb's portable ``?`` placeholders to psycopg's ``%s``. A ``?`` inside a literal,
+    a quoted identifier or a comment stays; so does the jsonb operator ``?|``/``?&``, and ``??``
+    (as in JDBC) is the jsonb ``?`` operator. Without parameters the SQL is sent unchanged."""
+    if not params:
+        return sql, None
+    return _SQL_TOKENS.sub(_psycopg_token, sql), list(params)
 
 
 def configure_reader(conn: psycopg.Connection, statement_timeout_ms: int) -> None:
@@ -64,10 +81,10 @@ class PostgresBackend(Backend):
         register_vector(self.conn)
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
-        self.conn.execute(to_psycopg(sql), list(params))
+        self.conn.execute(*to_psycopg(sql, params))
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
-        return self.conn.execute(to_psycopg(sql), list(params)).fetchall()
+        return self.conn.execute(*to_psycopg(sql, params)).fetchall()
 
     def run_script(self, sql: str) -> None:
         self.conn.execute(sql)
@@ -92,7 +109,7 @@ class PostgresBackend(Backend):
 
     def fetch_vectors(self, sql: str, params: Sequence[Any] = ()) -> np.ndarray:
         with self.conn.cursor(binary=True) as cur:
-            rows = cur.execute(to_psycopg(sql), list(params)).fetchall()
+            rows = cur.execute(*to_psycopg(sql, params)).fetchall()
         if not rows:
             return np.zeros((0, 0), dtype=np.float32)
         return _stack([r[0] for r in rows])
