@@ -23,8 +23,9 @@ class ApiError(Exception):
         self.status = status
 
 
-def rows_as_dicts(backend: Backend, sql: str, params: tuple = (), keys: tuple[str, ...] = ()) -> list[dict[str, Any]]:
-    return [dict(zip(keys, (_plain(v) for v in row))) for row in backend.query(sql, params)]
+def records(backend: Backend, sql: str, params: tuple = ()) -> list[dict[str, Any]]:
+    """Rows as JSON-ready dicts keyed by the result's column names."""
+    return [{k: _plain(v) for k, v in row.items()} for row in backend.arrow(sql, params).to_pylist()]
 
 
 def _plain(value: Any) -> Any:
@@ -46,10 +47,9 @@ def check_model(backend: Backend, model_id: int) -> dict[str, Any]:
 
 
 def models(backend: Backend) -> list[dict[str, Any]]:
-    return rows_as_dicts(
+    return records(
         backend,
         "SELECT model_id, name, version, n_latents, k, n_documents FROM sae_models WHERE status = 'ready' ORDER BY model_id DESC",
-        keys=("model_id", "name", "version", "n_latents", "k", "n_documents"),
     )
 
 
@@ -91,69 +91,68 @@ def search(
 def feature(backend: Backend, model_id: int, feature_id: int) -> dict[str, Any]:
     """Everything the feature page shows."""
     check_model(backend, model_id)
-    summary = rows_as_dicts(
+    summary = records(
         backend,
         "SELECT feature_id, label, labeller, interpretability, f1, n_docs, density, mean_activation, max_activation "
         "FROM feature_summary WHERE model_id = ? AND feature_id = ?",
         (model_id, feature_id),
-        ("feature_id", "label", "labeller", "interpretability", "f1", "n_docs", "density", "mean_activation", "max_activation"),
     )
     if not summary:
         raise ApiError(404, f"feature {feature_id} of model {model_id} never fires or does not exist")
     page = summary[0]
     width = (page["max_activation"] or 1.0) / 20
-    page["histogram"] = rows_as_dicts(
+    page["histogram"] = records(
         backend,
-        "SELECT floor(activation / ?) * ? AS bin_start, count(*) FROM sae_codes WHERE model_id = ? AND feature_id = ? GROUP BY 1 ORDER BY 1",
-        (width, width, model_id, feature_id), ("bin_start", "count"),
+        "SELECT floor(activation / ?) * ? AS bin_start, count(*) AS count FROM sae_codes WHERE model_id = ? AND feature_id = ? GROUP BY 1 ORDER BY 1",
+        (width, width, model_id, feature_id),
     )
-    page["top_documents"] = rows_as_dicts(
+    page["top_documents"] = records(
         backend,
-        "SELECT t.rank, t.arxiv_id, t.title, t.year, t.activation, substr(p.abstract, 1, 400) FROM feature_top_documents t "
+        "SELECT t.rank, t.arxiv_id, t.title, t.year, t.activation, substr(p.abstract, 1, 400) AS abstract FROM feature_top_documents t "
         "JOIN papers p ON p.doc_id = t.doc_id WHERE t.model_id = ? AND t.feature_id = ? ORDER BY t.rank LIMIT 10",
-        (model_id, feature_id), ("rank", "arxiv_id", "title", "year", "activation", "abstract"),
+        (model_id, feature_id),
     )
-    page["cooccurring"] = rows_as_dicts(
+    page["cooccurring"] = records(
         backend,
-        "SELECT o.other, o.n_docs, l.label FROM (SELECT CASE WHEN feature_i = ? THEN feature_j ELSE feature_i END AS other, n_docs "
+        "SELECT o.other AS feature_id, o.n_docs, l.label FROM (SELECT CASE WHEN feature_i = ? THEN feature_j ELSE feature_i END AS other, n_docs "
         "FROM feature_cooccurrence WHERE model_id = ? AND (feature_i = ? OR feature_j = ?) AND feature_i <> feature_j) o "
         "LEFT JOIN feature_best_labels l ON l.model_id = ? AND l.feature_id = o.other ORDER BY o.n_docs DESC, o.other LIMIT 10",
-        (feature_id, model_id, feature_id, feature_id, model_id), ("feature_id", "n_docs", "label"),
+        (feature_id, model_id, feature_id, feature_id, model_id),
     )
     page["families"] = [
         family(backend, model_id, family_id)
         for (family_id,) in backend.query(
             "SELECT family_id FROM family_members WHERE model_id = ? AND feature_id = ? ORDER BY family_id LIMIT 3", (model_id, feature_id))
     ]
-    page["trend"] = rows_as_dicts(
+    page["trend"] = records(
         backend, "SELECT year, n_docs, share_of_year FROM feature_trends WHERE model_id = ? AND feature_id = ? AND year IS NOT NULL ORDER BY year",
-        (model_id, feature_id), ("year", "n_docs", "share_of_year"),
+        (model_id, feature_id),
     )
     return page
 
 
 def families(backend: Backend, model_id: int) -> list[dict[str, Any]]:
     check_model(backend, model_id)
-    return rows_as_dicts(
+    return records(
         backend, "SELECT family_id, label, root_feature, size, iteration FROM feature_families WHERE model_id = ? ORDER BY size DESC, family_id",
-        (model_id,), ("family_id", "label", "root_feature", "size", "iteration"),
+        (model_id,),
     )
 
 
 def family(backend: Backend, model_id: int, family_id: int) -> dict[str, Any]:
     check_model(backend, model_id)
-    head = rows_as_dicts(
+    head = records(
         backend, "SELECT family_id, label, root_feature, size, iteration FROM feature_families WHERE model_id = ? AND family_id = ?",
-        (model_id, family_id), ("family_id", "label", "root_feature", "size", "iteration"),
+        (model_id, family_id),
     )
     if not head:
         raise ApiError(404, f"model {model_id} has no family {family_id}")
-    head[0]["members"] = rows_as_dicts(
+    head[0]["members"] = records(
         backend,
         "SELECT m.feature_id, m.parent_id, m.depth, l.label FROM family_members m "
         "LEFT JOIN feature_best_labels l ON l.model_id = m.model_id AND l.feature_id = m.feature_id "
         "WHERE m.model_id = ? AND m.family_id = ? ORDER BY m.depth, m.feature_id",
-        (model_id, family_id), ("feature_id", "parent_id", "depth", "label"),
+        (model_id, family_id),
     )
     return head[0]
 
@@ -169,17 +168,16 @@ def dashboard(backend: Backend, model_id: int) -> dict[str, Any]:
         "model": {k: info[k] for k in ("model_id", "name", "version", "n_latents", "k", "n_documents")},
         "active_features": totals[0], "mean_density": _plain(totals[1]), "labelled_features": totals[2],
         "mean_interpretability": _plain(totals[3]),
-        "density_histogram": rows_as_dicts(
-            backend, "SELECT floor(log10(density) * 4) / 4 AS log10_density, count(*) FROM feature_stats WHERE model_id = ? GROUP BY 1 ORDER BY 1",
-            (model_id,), ("log10_density", "count"),
+        "density_histogram": records(
+            backend, "SELECT floor(log10(density) * 4) / 4 AS log10_density, count(*) AS count FROM feature_stats WHERE model_id = ? GROUP BY 1 ORDER BY 1",
+            (model_id,),
         ),
-        "top_features": rows_as_dicts(
+        "top_features": records(
             backend, "SELECT feature_id, label, density, mean_activation, interpretability FROM feature_summary "
             "WHERE model_id = ? ORDER BY n_docs DESC, feature_id LIMIT 15", (model_id,),
-            ("feature_id", "label", "density", "mean_activation", "interpretability"),
         ),
-        "documents_per_year": rows_as_dicts(
-            backend, "SELECT year, count(*) FROM papers WHERE year IS NOT NULL GROUP BY year ORDER BY year", (), ("year", "count"),
+        "documents_per_year": records(
+            backend, "SELECT year, count(*) AS count FROM papers WHERE year IS NOT NULL GROUP BY year ORDER BY year",
         ),
         "evaluation": latest_evaluation(backend, model_id),
     }
@@ -191,8 +189,8 @@ EVAL_COLUMNS = ("run_id", "judge", "rewriter", "queries", "method", "a_up", "a_d
 
 def latest_evaluation(backend: Backend, model_id: int) -> list[dict[str, Any]]:
     """The latest `saedb eval` run of each judge: accuracy against cosine per method and strengths."""
-    rows = rows_as_dicts(backend, f"SELECT {', '.join(EVAL_COLUMNS)} FROM eval_latest WHERE model_id = ? "
-                                  "ORDER BY judge, method, a_up, a_down", (model_id,), EVAL_COLUMNS)
+    rows = records(backend, f"SELECT {', '.join(EVAL_COLUMNS)} FROM eval_latest WHERE model_id = ? "
+                                  "ORDER BY judge, method, a_up, a_down", (model_id,))
     runs: dict[int, dict[str, Any]] = {}
     for row in rows:
         run = runs.setdefault(row["run_id"], {k: row[k] for k in ("run_id", "judge", "rewriter", "queries")} | {"results": []})

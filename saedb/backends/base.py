@@ -16,6 +16,7 @@ from datetime import date
 from typing import Any, Iterator, Sequence
 
 import numpy as np
+import pyarrow as pa
 
 from saedb.errors import ConfigurationError, UnknownModelError
 from saedb.sae import SAE, SparseCodes
@@ -57,6 +58,11 @@ class Backend(ABC):
     @abstractmethod
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
         """Run one statement with ``?`` placeholders and return all rows."""
+
+    @abstractmethod
+    def arrow(self, sql: str, params: Sequence[Any] = ()) -> pa.Table:
+        """Run one statement with ``?`` placeholders and return its rows as an Arrow table with
+        the result's column names (an empty table for a statement without a result)."""
 
     @abstractmethod
     def run_script(self, sql: str) -> None:

@@ -137,6 +137,10 @@ class DuckDBBackend(Backend):
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
         return self.con.execute(sql, list(params)).fetchall()
 
+    def arrow(self, sql: str, params: Sequence[Any] = ()) -> pa.Table:
+        relation = self.con.sql(sql, params=list(params) or None)
+        return relation.to_arrow_table() if relation is not None else pa.table({})
+
     def run_script(self, sql: str) -> None:
         self.con.execute(sql)
 

@@ -9,7 +9,9 @@ from contextlib import contextmanager
 from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
+import pyarrow as pa
 import psycopg
+from pgvector import Vector
 from pgvector.psycopg import register_vector
 
 from saedb.backends.base import Backend, DocumentBatch
@@ -38,6 +40,13 @@ def _psycopg_token(match: re.Match) -> str:
     if match["operator"]:
         return "?" if match["operator"] == "??" else match["operator"]
     return "%s" if match["mark"] else "%%"
+
+
+def _plain_value(value: Any) -> Any:
+    """pgvector values (Vector objects, numpy arrays) as lists of floats for Arrow."""
+    if isinstance(value, Vector):
+        return value.to_list()
+    return value.tolist() if isinstance(value, np.ndarray) else value
 
 
 def to_psycopg(sql: str, params: Sequence[Any]) -> tuple[str, list[Any] | None]:
@@ -85,6 +94,15 @@ class PostgresBackend(Backend):
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
         return self.conn.execute(*to_psycopg(sql, params)).fetchall()
+
+    def arrow(self, sql: str, params: Sequence[Any] = ()) -> pa.Table:
+        with self.conn.cursor() as cur:
+            cur.execute(*to_psycopg(sql, params))
+            if cur.description is None:
+                return pa.table({})
+            names, rows = [c.name for c in cur.description], cur.fetchall()
+        columns = zip(*rows) if rows else ([] for _ in names)
+        return pa.table([pa.array([_plain_value(v) for v in column]) for column in columns], names=names)
 
     def run_script(self, sql: str) -> None:
         self.conn.execute(sql)

@@ -1,0 +1,74 @@
+"""saedb for notebooks and scripts: SQL in, Arrow tables out.
+
+    import saedb
+    db = saedb.connect("ml.duckdb")            # or a postgresql:// URL
+    db.sql("SELECT * FROM feature_summary WHERE model_id = ?", [1]).to_pandas()
+    polars.from_arrow(db.search("graph neural networks", model="ml32", label="molecules", strength=0.8))
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import pyarrow as pa
+
+from saedb.backends import DEFAULT_DB, Backend
+from saedb.backends import connect as open_backend
+from saedb.errors import InvalidInputError
+from saedb.search import SteerBy, Steering, search
+
+
+class Database:
+    """A saedb database (DuckDB file or Postgres URL) with saedb's SQL functions available."""
+
+    def __init__(self, url: str = DEFAULT_DB, read_only: bool = False) -> None:
+        self.backend: Backend = open_backend(url, read_only=read_only)
+
+    def sql(self, query: str, params: Sequence[Any] = ()) -> pa.Table:
+        """Run one statement (``?`` placeholders) and return its rows with their column names."""
+        return self.backend.arrow(query, params)
+
+    def model_id(self, model: int | str) -> int:
+        """A model id, or the latest published version of a model name."""
+        if isinstance(model, int):
+            return model
+        found = self.backend.query("SELECT sae_model_id(?)", (model,))[0][0]
+        if found is None:
+            raise InvalidInputError(f"no published model named {model!r}")
+        return int(found)
+
+    def search(self, text: str, model: int | str | None = None, *, feature: int | None = None, label: str | None = None,
+               family: int | None = None, strength: float = 0.5, limit: int = 10) -> pa.Table:
+        """Nearest papers to ``text``, optionally steered along a feature, a label or a family."""
+        from saedb.embedders import get_embedder
+
+        chosen: list[tuple[SteerBy, int | str]] = [
+            (by, value) for by, value in (("feature", feature), ("label", label), ("family", family)) if value is not None]
+        if len(chosen) > 1 or (chosen and model is None):
+            raise InvalidInputError("steer by one of feature, label or family, with a model")
+        steering = [Steering(chosen[0][0], chosen[0][1], strength, self.model_id(model))] if chosen and model is not None else []
+        vector = get_embedder(self.backend.require_embedder()[0]).embed([text])[0]
+        hits = search(self.backend, vector, limit, steering)
+        return pa.table({
+            "doc_id": pa.array([h.doc_id for h in hits], pa.int64()), "arxiv_id": [h.arxiv_id for h in hits],
+            "title": [h.title for h in hits], "year": pa.array([h.year for h in hits], pa.int32()),
+            "distance": pa.array([h.distance for h in hits], pa.float64()),
+        })
+
+    def features(self, model: int | str) -> pa.Table:
+        """The feature_summary view of a model: label, interpretability, density, family."""
+        return self.sql("SELECT * FROM feature_summary WHERE model_id = ? ORDER BY feature_id", (self.model_id(model),))
+
+    def close(self) -> None:
+        self.backend.close()
+
+    def __enter__(self) -> "Database":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def connect(url: str = DEFAULT_DB, read_only: bool = False) -> Database:
+    """Open a saedb database: a DuckDB file path or a postgresql:// URL."""
+    return Database(url, read_only=read_only)
