@@ -26,3 +26,4 @@ bench: $(VENV)/.installed
 	$(PY) bench/bench_trainer.py
 	$(PY) bench/bench_analysis.py
 	$(PY) bench/bench_serve.py
+	$(PY) bench/bench_macros.py

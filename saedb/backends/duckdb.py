@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,6 +16,7 @@ import pyarrow.compute as pc
 from saedb.backends.base import Backend, DocumentBatch
 from saedb.errors import ConfigurationError, DatabaseBusyError, InvalidInputError
 from saedb.sae import SAE, SparseCodes
+from saedb.sqlfiles import read_sql
 
 
 def fixed_size_vectors(matrix: np.ndarray) -> pa.FixedSizeListArray:
@@ -59,7 +61,7 @@ class SharedDatabase:
         except duckdb.Error as exc:
             raise ConfigurationError(f"cannot open {path}: {exc}") from None
         self.key, self.read_only, self.users = key, read_only, 0
-        self.functions: set[str] = set()
+        self.functions: dict[str, int] = {}  # registered UDFs: name -> number of arguments
         self.udfs_for: tuple[str, int] | None = None  # the embedder binding the UDFs were built for
         self.publish_lock = threading.Lock()  # one model write-back at a time per database (DuckDB would abort the second)
 
@@ -104,6 +106,8 @@ class DuckDBBackend(Backend):
         self.con = self.shared.root.cursor()
         try:
             self.migrate(read_only=read_only)
+            if not read_only:
+                self.ensure_sql_macros()
             self._ensure_udfs()
         except BaseException:
             self.close()
@@ -119,6 +123,29 @@ class DuckDBBackend(Backend):
             if not self.shared.functions or self.shared.udfs_for != bound:
                 register_udfs(self)
                 self.shared.udfs_for = bound
+        self.shadow_sql_macros()
+
+    def shadow_sql_macros(self) -> None:
+        """Temporary macros on this connection that route saedb's function names to the Python
+        UDFs (temporary objects come first in DuckDB's name resolution)."""
+        assert self.shared is not None
+        for name, arity in self.shared.functions.items():
+            args = ", ".join(f"arg{i}" for i in range(arity))
+            self.con.execute(f"CREATE OR REPLACE TEMP MACRO {name}({args}) AS saedb_udf_{name}({args})")
+
+    def ensure_sql_macros(self) -> None:
+        """Persist the pure-SQL twins of the functions in the file, for DuckDB clients without
+        saedb, once the embedding dimension is known (rewritten when saedb's version of them changes)."""
+        bound = self.embedder()
+        if bound is None:
+            return
+        script = read_sql(self.dialect, "macros.sql", dim=bound[1])
+        fingerprint = hashlib.sha256(script.encode()).hexdigest()[:16]
+        if self.meta("sql_macros") != fingerprint:
+            with self.transaction():
+                self.run_script(script)
+                self.execute("INSERT INTO saedb_meta VALUES ('sql_macros', ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                             (fingerprint,))
 
     def sibling(self) -> "DuckDBBackend":
         """A backend on a separate connection to the same database, usable from inside UDFs
@@ -129,6 +156,7 @@ class DuckDBBackend(Backend):
 
     def bind_embedder(self, name: str, dim: int) -> None:
         super().bind_embedder(name, dim)
+        self.ensure_sql_macros()
         self._ensure_udfs()  # vectors now come back as FLOAT[dim]
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> None:

@@ -22,7 +22,8 @@ from saedb.sae import SparseCodes
 N_OPTIONS = 5
 # ``up`` is drawn from topics at least this interpretable (the paper: Pearson > 0.99 for LLM labels;
 # clean offline labels start at 0.8), falling back to any inactive topic when none is.
-UP_INTERPRETABILITY: dict[TopicKind, float] = {"labels": 0.9, "families": 0.0, "categories": 0.8}
+# Category topics are already features that predict their category (topics.category_topics).
+UP_INTERPRETABILITY: dict[TopicKind, float] = {"labels": 0.9, "families": 0.0, "categories": 0.0}
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,13 @@ class Case:
         return self.options.index(self.down)
 
 
+def pick(topics: Sequence[Topic], rng: random.Random) -> Topic:
+    """A random key (label, family or category), then a random topic of that key: a category
+    that many features predict is not drawn more often than one that few do."""
+    key = rng.choice(sorted({t.key for t in topics}))
+    return rng.choice([t for t in topics if t.key == key])
+
+
 def build_cases(queries: Sequence[Query], vectors: np.ndarray, codes: SparseCodes, topics: Sequence[Topic],
                 kind: TopicKind, seed: int) -> list[Case]:
     """One case per query that has an active topic; queries without one are left out."""
@@ -84,7 +92,7 @@ def build_cases(queries: Sequence[Query], vectors: np.ndarray, codes: SparseCode
         wanted = [t for t in off if t.interpretability >= UP_INTERPRETABILITY[kind]] or off
         if not wanted:
             continue
-        down, up = rng.choice(on), rng.choice(wanted)
+        down, up = pick(on, rng), pick(wanted, rng)
         others = sorted(set(by_key) - {up.key, down.key})
         options = [up, down] + [by_key[key] for key in rng.sample(others, N_OPTIONS - 2)]
         rng.shuffle(options)

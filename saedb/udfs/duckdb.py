@@ -2,7 +2,9 @@
 
 Each is a vectorised Arrow UDF: DuckDB hands over a chunk of rows (2048 by default),
 the chunk becomes one numpy matrix, and the numpy core in ``saedb.sae`` does the math.
-Signatures and errors match the Postgres functions:
+Registered as ``saedb_udf_<name>`` and called through per-connection temporary macros
+``<name>``, which shadow the pure-SQL macros of the same names persisted in the file for
+other DuckDB clients (sql/duckdb/macros.sql). Signatures and errors match the Postgres functions:
 
     sae_encode(embedding DOUBLE[], model INTEGER) -> STRUCT(feature_id INTEGER, activation FLOAT)[]
     sae_decode(codes STRUCT(feature_id INTEGER, activation FLOAT)[], model INTEGER) -> FLOAT[dim]
@@ -125,8 +127,13 @@ class ModelCache:
             yield rows, compute(sae, rows)
 
 
+UDF_PREFIX = "saedb_udf_"
+
+
 def register_udfs(backend: DuckDBBackend) -> None:
-    """(Re-)register saedb's SQL functions on the database's root connection."""
+    """(Re-)register saedb's SQL functions on the database's root connection, as
+    ``saedb_udf_<name>``; each connection then shadows the file's pure-SQL macros of the same
+    names with temporary macros over these (``DuckDBBackend.shadow_sql_macros``)."""
     assert backend.shared is not None
     con, registered = backend.shared.root, backend.shared.functions
     cache = ModelCache(backend)
@@ -238,9 +245,9 @@ def register_udfs(backend: DuckDBBackend) -> None:
         functions["embed"] = (_embed_function(bound[0]), [st.VARCHAR], vector_out)
     for name, (fn, params, returns) in functions.items():
         if name in registered:
-            con.remove_function(name)
-        con.create_function(name, fn, params, returns, type="arrow", null_handling="special")
-        registered.add(name)
+            con.remove_function(UDF_PREFIX + name)
+        con.create_function(UDF_PREFIX + name, fn, params, returns, type="arrow", null_handling="special")
+        registered[name] = len(params)
 
 
 def _scatter(n_rows: int, parts) -> np.ndarray:

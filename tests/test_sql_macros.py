@@ -1,0 +1,121 @@
+"""The pure-SQL macros persisted in DuckDB files: a plain DuckDB client (no saedb) calls
+sae_encode, sae_decode, steer, steer_many and steer_family and gets the numpy reference's
+results; inside saedb the same names run the Python UDFs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from saedb.backends import connect
+from saedb.families import build_families
+from saedb.interp import OfflineLabeller, corpus_stats, run_autointerp
+from saedb.loaders import load_corpus
+from saedb.search import Steering, search
+from saedb.trainer import TrainConfig
+from saedb.trainer.train import train_from_db
+
+PLAIN_CLIENT = textwrap.dedent("""
+    import json, sys
+    import duckdb
+    con = duckdb.connect(sys.argv[1], read_only=True)
+    out = {"saedb_loaded": any(name.startswith("saedb") for name in sys.modules)}
+    for name, sql in json.loads(sys.argv[2]).items():
+        try:
+            out[name] = con.execute(sql).fetchall()
+        except duckdb.Error as exc:
+            out[name] = {"error": str(exc)}
+    print(json.dumps(out))
+""")
+
+
+def plain_duckdb(path: str, queries: dict[str, str]) -> dict:
+    """Run queries with the duckdb package alone, in a fresh interpreter."""
+    result = subprocess.run([sys.executable, "-c", PLAIN_CLIENT, path, json.dumps(queries)],
+                            capture_output=True, text=True, timeout=300, check=True)
+    return json.loads(result.stdout)
+
+
+@pytest.fixture(scope="module")
+def saedb_file(tmp_path_factory: pytest.TempPathFactory, astro_slice: Path, embedder) -> tuple[str, int, int]:
+    path = str(tmp_path_factory.mktemp("macros") / "plain.duckdb")
+    with connect(path) as backend:
+        load_corpus(backend, astro_slice, embedder, progress=False)
+        model_id, _ = train_from_db(backend, TrainConfig(k=8, n_latents=128, steps=120, batch_size=64, lr=1e-3), "plain")
+        run_autointerp(backend, model_id, OfflineLabeller(corpus_stats(backend)), limit=30, concurrency=2)
+        backend.execute("UPDATE feature_labels SET clean = TRUE WHERE model_id = ?", (model_id,))
+        build_families(backend, model_id)
+        family = backend.query("SELECT min(family_id) FROM feature_families WHERE model_id = ?", (model_id,))[0][0]
+    return path, model_id, family
+
+
+def test_a_plain_duckdb_client_gets_the_reference_results(saedb_file: tuple[str, int, int]) -> None:
+    path, model, family = saedb_file
+    rows = "FROM embeddings WHERE doc_id <= 40 ORDER BY doc_id"
+    got = plain_duckdb(path, {
+        "encode": f"SELECT sae_encode(embedding, {model}) {rows}",
+        "decode": f"SELECT sae_decode(sae_encode(embedding, {model}), {model}) {rows}",
+        "steer": f"SELECT steer(embedding, 5, -0.7, {model}) {rows}",
+        "steer_many": f"SELECT steer_many(embedding, [5, 9, 5], [0.5, -1.25, 0.25], {model}) {rows}",
+        "steer_family": f"SELECT steer_family(embedding, {family}, 0.8, {model}) {rows}",
+    })
+    assert got.pop("saedb_loaded") is False
+    with connect(path, read_only=True) as backend:
+        sae = backend.load_sae(model)
+        x = backend.fetch_vectors(f"SELECT embedding {rows}")
+        members = [r[0] for r in backend.query("SELECT feature_id FROM family_members WHERE model_id = ? AND family_id = ? "
+                                               "ORDER BY feature_id", (model, family))]
+    codes = sae.encode(x)
+    for row, expected in zip(got["encode"], codes.rows()):
+        assert [c["feature_id"] for c in row[0]] == [f for f, _ in expected]
+        np.testing.assert_allclose([c["activation"] for c in row[0]], [a for _, a in expected], atol=1e-6)
+    reference = {
+        "decode": sae.decode(codes),
+        "steer": sae.steer(x, 5, -0.7),
+        "steer_many": sae.steer(x, [5, 9, 5], [0.5, -1.25, 0.25]),
+        "steer_family": sae.steer(x, members, sae.family_strengths(members, 0.8)),
+    }
+    for name, expected in reference.items():
+        np.testing.assert_allclose(np.array([r[0] for r in got[name]], dtype=np.float32), expected, atol=2e-6, err_msg=name)
+
+
+def test_a_steered_search_from_a_plain_client_matches_saedb(saedb_file: tuple[str, int, int], embedder) -> None:
+    path, model, _ = saedb_file
+    query = embedder.embed(["gamma-ray bursts and their afterglows"])[0]
+    literal = "[" + ", ".join(f"{v:.9g}" for v in query) + f"]::FLOAT[{query.shape[0]}]"
+    sql = (f"SELECT p.doc_id FROM embeddings e JOIN papers p USING (doc_id) "
+           f"ORDER BY array_cosine_distance(e.embedding, steer_many({literal}, [5, 9], [1.5, -0.5], {model})) LIMIT 10")
+    got = plain_duckdb(path, {"search": sql})
+    with connect(path, read_only=True) as backend:
+        expected = search(backend, query, 10, [Steering("feature", 5, 1.5, model), Steering("feature", 9, -0.5, model)])
+    assert [r[0] for r in got["search"]] == [hit.doc_id for hit in expected]
+
+
+def test_saedb_runs_its_udfs_under_the_same_names(saedb_file: tuple[str, int, int]) -> None:
+    path, model, _ = saedb_file
+    with connect(path, read_only=True) as backend:
+        kinds = set(backend.query("SELECT database_name, function_type FROM duckdb_functions() WHERE function_name = 'steer'"))
+        assert {("temp", "macro"), ("plain", "macro")} <= kinds  # saedb's shadow and the file's pure-SQL twin
+        via_udf, via_file = backend.query(
+            f"SELECT steer(embedding, 5, 0.3, {model}), plain.main.steer(embedding, 5, 0.3, {model}) FROM embeddings WHERE doc_id = 1")[0]
+        np.testing.assert_allclose(via_udf, via_file, atol=2e-6)
+
+
+def test_plain_client_errors_are_clear(saedb_file: tuple[str, int, int]) -> None:
+    path, model, _ = saedb_file
+    got = plain_duckdb(path, {
+        "feature": f"SELECT steer(embedding, 99999, 1.0, {model}) FROM embeddings LIMIT 1",
+        "model": "SELECT sae_encode(embedding, 777) FROM embeddings LIMIT 1",
+        "family": f"SELECT steer_family(embedding, 99999, 1.0, {model}) FROM embeddings LIMIT 1",
+        "lengths": f"SELECT steer_many(embedding, [1, 2], [1.0], {model}) FROM embeddings LIMIT 1",
+    })
+    assert f"model {model} has no feature 99999" in got["feature"]["error"]
+    assert "unknown model 777" in got["model"]["error"]
+    assert "has no family 99999" in got["family"]["error"]
+    assert "different lengths" in got["lengths"]["error"]
