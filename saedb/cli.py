@@ -139,6 +139,30 @@ def import_model(
         _fail(exc)
 
 
+@app.command()
+def encode(
+    model: str = typer.Argument(..., help="Model id or name (latest version)."),
+    db: str = DbOption,
+    batch_size: int = typer.Option(4096, help="Documents encoded and committed per batch."),
+) -> None:
+    """Write codes for the documents that have none for MODEL (new rows; resumable, idempotent)."""
+    from tqdm import tqdm
+
+    from saedb.encode import encode_new_documents, pending_documents
+
+    try:
+        with connect(db) as backend:
+            model_id = _model_id(backend, model)
+            pending = pending_documents(backend, model_id)
+            typer.echo(f"model {model_id}: {pending} documents pending")
+            with tqdm(total=pending, desc="encoding", unit="doc") as bar:
+                report = encode_new_documents(backend, model_id, batch_size, progress=bar.update)
+    except USER_ERRORS as exc:
+        _fail(exc)
+    typer.echo(f"encoded {report.encoded} documents" + (
+        f"; {report.without_features} have no active feature (checked again next time)" if report.without_features else ""))
+
+
 def _model_id(backend, model: str) -> int:
     """A model id, or the latest published version of a model name."""
     if model.isdigit():

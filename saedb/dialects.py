@@ -16,6 +16,7 @@ tighter than comparisons), and render them per backend:
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 from typing import Any, Sequence
 
 import sqlglot
@@ -106,21 +107,28 @@ def translate(sql: str, to: str, read: str = "postgres", dim: int | None = None)
 def prepare(sql: str, to: str, params: Sequence[Any] = (), dim: int | None = None) -> tuple[str, list[Any]]:
     """Translate saedb-postgres SQL for a backend, with ``?`` placeholders and the parameters
     in textual order. Accepts positional ``?`` and numbered ``$1`` placeholders (write
-    ``$1::vector`` or ``CAST(? AS vector)``: Postgres tokenises ``?::`` as an operator)."""
+    ``$1::vector`` or ``CAST(? AS vector)``: Postgres tokenises ``?::`` as an operator).
+    Translations are cached: a search builds the same few statements again and again."""
+    text, order = _translated(sql, to, len(params), dim)
+    return text, [params[i] for i in order]
+
+
+@lru_cache(maxsize=256)
+def _translated(sql: str, to: str, n_params: int, dim: int | None) -> tuple[str, tuple[int, ...]]:
     tree = _parse(sql, "postgres", to, dim)
-    positional = iter(range(len(params)))
+    positional = iter(range(n_params))
     markers: list[int] = []
 
     def mark(node: exp.Expression) -> exp.Expression:
         numbered = isinstance(node, exp.Parameter) and node.name.isdigit()
         if isinstance(node, exp.Placeholder) or numbered:
-            index = int(node.name) - 1 if node.name.isdigit() else next(positional, len(params))
-            if index >= len(params):
-                raise InvalidInputError(f"the query has more placeholders than the {len(params)} parameters given")
+            index = int(node.name) - 1 if node.name.isdigit() else next(positional, n_params)
+            if index >= n_params:
+                raise InvalidInputError(f"the query has more placeholders than the {n_params} parameters given")
             markers.append(index)
             return exp.var(f"__saedb_param_{len(markers) - 1}__")
         return node
 
     text = tree.transform(mark).sql(dialect=DIALECTS[to])
-    ordered = [params[markers[int(m)]] for m in PARAMETER.findall(text)]
-    return PARAMETER.sub("?", text), ordered
+    order = tuple(markers[int(m)] for m in PARAMETER.findall(text))
+    return PARAMETER.sub("?", text), order

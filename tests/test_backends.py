@@ -115,3 +115,10 @@ def test_question_marks_in_literals_comments_and_jsonb_operators_are_not_placeho
         assert backend.query("""SELECT "a?" FROM (SELECT 1 AS "a?") t WHERE 1 = ?""", (1,)) == [(1,)]
     result = CliRunner().invoke(app, ["sql", "SELECT '?'", "--db", pg_dsn])
     assert result.exit_code == 0 and result.output.strip() == "?", result.output
+
+
+def test_postgres_sessions_search_with_the_documented_hnsw_settings(pg_dsn: str) -> None:
+    for read_only in (False, True):
+        with connect(pg_dsn, read_only=read_only) as backend:
+            assert backend.query("SELECT current_setting('hnsw.ef_search'), current_setting('hnsw.iterative_scan')") == [
+                ("100", "relaxed_order")]

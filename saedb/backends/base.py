@@ -49,6 +49,7 @@ class Backend(ABC):
 
     dialect: str
     schema_files: tuple[str, ...]
+    in_process_search: bool = False  # True: nearest() ranks exactly in this process (else SQL ranks)
 
     # --- driver primitives -------------------------------------------------
     @abstractmethod
@@ -107,6 +108,11 @@ class Backend(ABC):
     @abstractmethod
     def iter_embeddings(self, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Stream (doc_ids, float32 matrix) batches ordered by doc_id; holds one batch in RAM."""
+
+    def nearest(self, query: np.ndarray, limit: int) -> list[tuple[int, float]]:
+        """(doc_id, cosine distance) of the ``limit`` nearest documents, exactly, where
+        ``in_process_search`` is set."""
+        raise NotImplementedError(f"{type(self).__name__} ranks in SQL")
 
     @abstractmethod
     def create_embeddings_index(self) -> None:

@@ -14,6 +14,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from saedb.backends.base import Backend, DocumentBatch
+from saedb.backends.exact_index import STAMP_SQL, ExactIndex
 from saedb.errors import ConfigurationError, DatabaseBusyError, InvalidInputError
 from saedb.sae import SAE, SparseCodes
 from saedb.sqlfiles import read_sql
@@ -63,6 +64,7 @@ class SharedDatabase:
         self.key, self.read_only, self.users = key, read_only, 0
         self.functions: dict[str, int] = {}  # registered UDFs: name -> number of arguments
         self.udfs_for: tuple[str, int] | None = None  # the embedder binding the UDFs were built for
+        self.exact_index = ExactIndex()  # the embeddings for in-process exact search, shared by this file's users
         self.publish_lock = threading.Lock()  # one model write-back at a time per database (DuckDB would abort the second)
 
     @classmethod
@@ -93,6 +95,7 @@ class SharedDatabase:
 
 class DuckDBBackend(Backend):
     dialect = "duckdb"
+    in_process_search = True
     schema_files = ("schema.sql", "views.sql")
 
     def __init__(self, path: str, con: duckdb.DuckDBPyConnection | None = None, read_only: bool = False) -> None:
@@ -277,6 +280,20 @@ class DuckDBBackend(Backend):
         reader = self.con.cursor().sql("SELECT doc_id, embedding FROM embeddings ORDER BY doc_id").to_arrow_reader(batch_size)
         for batch in reader:
             yield batch.column(0).to_numpy().astype(np.int64), vectors_to_matrix(batch.column(1))
+
+    def nearest(self, query: np.ndarray, limit: int) -> list[tuple[int, float]]:
+        """Exact cosine nearest neighbours from the shared in-process index, refreshed first."""
+        index = self.shared.exact_index if self.shared is not None else ExactIndex()
+        stamp = self.con.execute(STAMP_SQL).fetchall()[0]
+        index.refresh(tuple(int(v) for v in stamp), self._embeddings_after)  # type: ignore[arg-type]
+        ids, distances = index.nearest(query, limit)
+        return list(zip(ids.tolist(), distances.tolist()))
+
+    def _embeddings_after(self, doc_id: int) -> tuple[np.ndarray, np.ndarray]:
+        table = self.con.sql("SELECT doc_id, embedding FROM embeddings WHERE doc_id > ? ORDER BY doc_id", params=[doc_id]).to_arrow_table()
+        if not table.num_rows:
+            return np.zeros(0, np.int64), np.zeros((0, 1), np.float32)
+        return table.column(0).to_numpy().astype(np.int64), vectors_to_matrix(table.column(1))
 
     def create_embeddings_index(self) -> None:
         """DuckDB scans FLOAT[d] arrays with SIMD distance functions; no index needed at this scale."""

@@ -4,3 +4,6 @@ CREATE TABLE IF NOT EXISTS embeddings (
     doc_id    bigint PRIMARY KEY,
     embedding vector({dim}) NOT NULL
 );
+
+CREATE OR REPLACE TRIGGER embeddings_auto_encode AFTER INSERT ON embeddings
+    REFERENCING NEW TABLE AS inserted FOR EACH STATEMENT EXECUTE FUNCTION saedb_encode_inserted();

@@ -185,3 +185,43 @@ BEGIN
     SELECT vector_norm(sum(w_dec)) INTO norm FROM sae_decoder WHERE model_id = model AND feature_id = ANY(members);
     RETURN steer_many(embedding, members, array_fill(strength / norm, ARRAY[cardinality(members)]), model);
 END $$;
+
+-- Codes for the documents that have embeddings and no codes for a model yet (CALL saedb_encode_new(3)).
+CREATE OR REPLACE PROCEDURE saedb_encode_new(model integer)
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM sae_ready_model('saedb_encode_new', model);
+    LOCK TABLE sae_models IN SHARE ROW EXCLUSIVE MODE;  -- the publishers' lock: one writer of codes at a time
+    WITH pending AS (
+        SELECT e.doc_id, e.embedding FROM embeddings e
+        WHERE NOT EXISTS (SELECT 1 FROM sae_codes c WHERE c.model_id = model AND c.doc_id = e.doc_id)
+    ), written AS (
+        INSERT INTO sae_codes (model_id, doc_id, feature_id, activation)
+        SELECT model, p.doc_id, f.feature_id, f.activation
+        FROM pending p CROSS JOIN LATERAL unnest(sae_encode(p.embedding, model)) f
+        RETURNING doc_id
+    )
+    UPDATE sae_models SET n_documents = coalesce(n_documents, 0) + (SELECT count(DISTINCT doc_id) FROM written)
+    WHERE model_id = model;
+END $$;
+
+-- Optional: models listed in sae_auto_encode get codes for new embeddings rows as they are inserted
+-- (one statement-level trigger: a bulk COPY costs one query, and nothing when the list is empty).
+CREATE OR REPLACE FUNCTION saedb_encode_inserted() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO sae_codes (model_id, doc_id, feature_id, activation)
+    SELECT a.model_id, i.doc_id, f.feature_id, f.activation
+    FROM sae_auto_encode a
+    JOIN sae_models m ON m.model_id = a.model_id AND m.status = 'ready'
+    CROSS JOIN inserted i
+    CROSS JOIN LATERAL unnest(sae_encode(i.embedding, a.model_id)) f
+    ON CONFLICT DO NOTHING;
+    RETURN NULL;
+END $$;
+
+DO $$ BEGIN
+    IF to_regclass('embeddings') IS NOT NULL THEN
+        CREATE OR REPLACE TRIGGER embeddings_auto_encode AFTER INSERT ON embeddings
+            REFERENCING NEW TABLE AS inserted FOR EACH STATEMENT EXECUTE FUNCTION saedb_encode_inserted();
+    END IF;
+END $$;

@@ -193,3 +193,7 @@ CREATE TABLE IF NOT EXISTS eval_results (
     down_accuracy double precision NOT NULL,
     unanswered    integer NOT NULL
 );
+
+-- Models whose codes are written for new embeddings rows by a trigger (functions.sql), e.g.
+-- INSERT INTO sae_auto_encode VALUES (3). `saedb encode` and CALL saedb_encode_new(3) do it in batches.
+CREATE TABLE IF NOT EXISTS sae_auto_encode (model_id integer PRIMARY KEY);

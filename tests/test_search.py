@@ -1,0 +1,55 @@
+"""Search on DuckDB ranks in process from a cached copy of the embeddings: the same results as
+the portable SQL (exact), kept in step as rows are added or removed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from saedb.backends import Backend, connect
+from saedb.loaders import load_corpus
+from saedb.search import SEARCH_SQL, Steering, run_portable, search
+from saedb.trainer import TrainConfig
+from saedb.trainer.train import train_from_db
+from tests.conftest import ASTRO, write_slice
+
+
+def sql_search(backend: Backend, query: np.ndarray, limit: int, target: str = "$1::vector", extra: tuple = ()) -> list[tuple[int, float]]:
+    rows = run_portable(backend, SEARCH_SQL.format(target=target), [query.astype(np.float32), limit, *extra])
+    return [(row[0], float(row[4])) for row in rows]
+
+
+def test_in_process_ranking_equals_the_sql(duckdb_path: str, astro_slice: Path, embedder) -> None:
+    with connect(duckdb_path) as backend:
+        load_corpus(backend, astro_slice, embedder, progress=False)
+        model_id, _ = train_from_db(backend, TrainConfig(k=8, n_latents=128, steps=60, batch_size=64, lr=1e-3), "search")
+        assert backend.in_process_search
+        check_against_sql(backend, model_id, embedder)
+
+
+def check_against_sql(backend: Backend, model_id: int, embedder) -> None:
+    for text in ("gamma-ray bursts", "planet formation in disks", "galaxy clusters and dark matter"):
+        query = embedder.embed([text])[0]
+        hits = search(backend, query, 10)
+        expected = sql_search(backend, query, 10)
+        assert [h.doc_id for h in hits] == [d for d, _ in expected]
+        np.testing.assert_allclose([h.distance for h in hits], [d for _, d in expected], atol=1e-6)
+        steered = search(backend, query, 10, [Steering("feature", 3, 1.5, model_id), Steering("feature", 7, -0.5, model_id)])
+        expected = sql_search(backend, query, 10, "steer_many($1::vector, $3::integer[], $4::double precision[], $5)",
+                              ([3, 7], [1.5, -0.5], model_id))
+        assert [h.doc_id for h in steered] == [d for d, _ in expected]
+
+
+def test_rows_added_or_removed_after_a_search_are_seen(tmp_path: Path, embedder) -> None:
+    path = str(tmp_path / "grow.duckdb")
+    first, more = write_slice(ASTRO, tmp_path / "a.jsonl.gz", 100), write_slice(ASTRO, tmp_path / "b.jsonl.gz", 200)
+    with connect(path) as backend, connect(path) as other:
+        load_corpus(backend, first, embedder, progress=False)
+        assert len(search(backend, embedder.embed(["stars"])[0], 500)) == 100
+        load_corpus(other, more, embedder, progress=False)  # another connection adds 100 papers
+        newest = other.query("SELECT max(doc_id) FROM papers")[0][0]
+        vector = other.fetch_vectors("SELECT embedding FROM embeddings WHERE doc_id = ?", (newest,))[0]
+        assert search(backend, vector, 1)[0].doc_id == newest and len(search(backend, vector, 500)) == 200
+        other.execute("DELETE FROM embeddings WHERE doc_id = ?", (newest,))
+        assert newest not in [h.doc_id for h in search(backend, vector, 500)]
+        assert len(search(backend, vector, 500)) == 199
