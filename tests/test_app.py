@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
 import pytest
 
 from saedb.app.server import App, make_server
@@ -337,3 +338,44 @@ def test_connections_past_the_cap_are_closed_at_once(served: tuple[str, int], db
         server.shutdown()
         server.server_close()
         app.pool.close()
+
+
+def test_find_features_by_label_and_by_concept(served: tuple[str, int], db_url: str, embedder) -> None:
+    base, model_id = served
+    with connect(db_url, read_only=True) as backend:
+        labels = dict(backend.query("SELECT feature_id, label FROM feature_best_labels WHERE model_id = ?", (model_id,)))
+        decoder = backend.fetch_vectors("SELECT w_dec FROM sae_decoder WHERE model_id = ? ORDER BY feature_id", (model_id,))
+    word = next(label for label in labels.values() if " " not in label and len(label) > 4)
+    status, found = get(base, "labels", [("q", word.upper()), ("model", str(model_id)), ("limit", "5")])
+    assert status == 200 and found["by_label"][0]["label"].lower() == word.lower()  # exact match first, any case
+    assert all(word.lower() in f["label"].lower() or f["label"].lower() != word.lower() for f in found["by_label"])
+    _, typo = get(base, "labels", [("q", word[:-1] + "x"), ("model", str(model_id))])
+    assert word in [f["label"] for f in typo["by_label"]]  # a close spelling still finds it
+    query = embedder.embed(["gamma-ray bursts"])[0]
+    cosine = decoder @ query / np.linalg.norm(decoder, axis=1)
+    _, concept = get(base, "labels", [("q", "gamma-ray bursts"), ("model", str(model_id)), ("limit", "5")])
+    assert [f["feature_id"] for f in concept["by_concept"]] == np.argsort(-cosine)[:5].tolist()
+    assert concept["by_concept"][0]["cosine"] == pytest.approx(float(cosine.max()), abs=1e-5)
+    assert get(base, "labels", [("q", " "), ("model", str(model_id))])[0] == 400
+
+
+def test_browser_adds_a_feature_found_by_label(served: tuple[str, int], browser, db_url: str) -> None:
+    from selenium.webdriver.common.by import By
+
+    base, model_id = served
+    kind = "postgres" if db_url.startswith("postgres") else "duckdb"
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    browser.get(base + "/#/search")
+    wait_for(browser, "#q")[0].send_keys("gamma-ray bursts")
+    browser.find_element(By.ID, "go").click()
+    before = texts(browser, "ol.results li a", 10)
+    browser.find_element(By.ID, "add-id").send_keys("cluster")
+    browser.find_element(By.CSS_SELECTOR, "#add button").click()
+    picks = wait_for(browser, "ul.by-label button.add-feature")
+    assert wait_for(browser, "ul.by-concept button.add-feature")
+    added = picks[0].get_attribute("data-id")
+    picks[0].click()
+    browser.save_screenshot(str(SCREENSHOTS / f"add-by-label-{kind}.png"))
+    assert texts(browser, "ol.results li a", 10, differ_from=before) != before
+    assert wait_for(browser, f"#sliders input[data-id='{added}']")
+    browser.save_screenshot(str(SCREENSHOTS / f"add-by-label-{kind}.png"))

@@ -6,6 +6,7 @@ input raises ApiError with an HTTP status and a message meant for the user.
 
 from __future__ import annotations
 
+import difflib
 import math
 from dataclasses import asdict
 from typing import Any, Callable
@@ -85,6 +86,39 @@ def search(
         "query_features": [{"feature_id": f, "activation": _plain(a), "label": labels.get(f)} for f, a in active],
         "steering": [{"feature_id": f, "strength": s, "label": labels.get(f)} for f, s in features]
                     + [{"family_id": f, "strength": s} for f, s in families],
+    }
+
+
+FUZZY_MATCH = 0.75  # difflib ratio for a label that does not contain the text
+
+
+def find_features(backend: Backend, embed: Callable[[str], np.ndarray], text: str, model_id: int, limit: int) -> dict[str, Any]:
+    """Features for a text: by label (contains the text, else a close spelling) and by concept
+    (cosine between the text's embedding and each feature's decoder direction)."""
+    check_model(backend, model_id)
+    needle = text.lower()
+    rows = backend.query(
+        "SELECT l.feature_id, l.label, l.pearson, s.density FROM feature_best_labels l "
+        "LEFT JOIN feature_stats s ON s.model_id = l.model_id AND s.feature_id = l.feature_id WHERE l.model_id = ?", (model_id,))
+    by_label = []
+    for feature_id, label, pearson, density in rows:
+        low = label.lower()
+        match = 2.0 + (low == needle) if needle in low else difflib.SequenceMatcher(None, needle, low).ratio()
+        if match >= FUZZY_MATCH:
+            by_label.append((match, pearson or 0.0, feature_id, label, density, pearson))
+    by_label.sort(key=lambda m: (-m[0], -m[1], m[2]))
+    decoder = backend.fetch_vectors("SELECT w_dec FROM sae_decoder WHERE model_id = ? ORDER BY feature_id", (model_id,))
+    query = embed(text)
+    cosine = decoder @ query / (np.linalg.norm(decoder, axis=1) * np.linalg.norm(query))
+    nearest = np.argsort(-cosine, kind="stable")[:limit].tolist()
+    labels, stats = labels_of(backend, model_id, nearest), {r[0]: r for r in rows}
+    densities = dict(backend.query(f"SELECT feature_id, density FROM feature_stats WHERE model_id = ? AND feature_id IN "
+                                   f"({', '.join('?' * len(nearest))})", (model_id, *nearest))) if nearest else {}
+    return {
+        "by_label": [{"feature_id": f, "label": label, "density": _plain(d), "interpretability": _plain(p)}
+                     for _, _, f, label, d, p in by_label[:limit]],
+        "by_concept": [{"feature_id": f, "label": labels.get(f), "cosine": _plain(cosine[f]), "density": _plain(densities.get(f)),
+                        "interpretability": _plain(stats[f][2]) if f in stats else None} for f in nearest],
     }
 
 

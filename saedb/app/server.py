@@ -48,7 +48,7 @@ class BackendPool:
         self.pg_pool = None
         if self.primary.dialect == "duckdb":
             for _ in range(size):
-                self.idle.put(self.primary.sibling())
+                self.idle.put(self.primary.sibling(functions=True))
         else:
             from psycopg_pool import ConnectionPool
 
@@ -139,6 +139,8 @@ class App:
             "/api/search": lambda b: api.search(
                 b, self.embed, self._text(params), _int(params, "model"), _pairs(params, "f"), _pairs(params, "fam"),
                 _int(params, "limit", 10, 1, 100)),
+            "/api/labels": lambda b: api.find_features(b, self.embed, self._text(params), _int(params, "model"),
+                                                       _int(params, "limit", 10, 1, 100)),
             "/api/feature": lambda b: api.feature(b, _int(params, "model"), _int(params, "id")),
             "/api/families": lambda b: api.families(b, _int(params, "model")),
             "/api/family": lambda b: api.family(b, _int(params, "model"), _int(params, "id")),

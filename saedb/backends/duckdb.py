@@ -41,6 +41,14 @@ def vectors_to_matrix(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
     return values.reshape(len(column), -1)
 
 
+def shadow_functions(con: duckdb.DuckDBPyConnection, functions: dict[str, int]) -> None:
+    """Route saedb's function names to its UDFs (``saedb_udf_<name>``) on one connection, ahead
+    of the pure-SQL macros of the same names in the file."""
+    for name, arity in functions.items():
+        args = ", ".join(f"arg{i}" for i in range(arity))
+        con.execute(f"CREATE OR REPLACE TEMP MACRO {name}({args}) AS saedb_udf_{name}({args})")
+
+
 class SharedDatabase:
     """One DuckDB instance per file per process, reference-counted.
 
@@ -132,9 +140,7 @@ class DuckDBBackend(Backend):
         """Temporary macros on this connection that route saedb's function names to the Python
         UDFs (temporary objects come first in DuckDB's name resolution)."""
         assert self.shared is not None
-        for name, arity in self.shared.functions.items():
-            args = ", ".join(f"arg{i}" for i in range(arity))
-            self.con.execute(f"CREATE OR REPLACE TEMP MACRO {name}({args}) AS saedb_udf_{name}({args})")
+        shadow_functions(self.con, self.shared.functions)
 
     def ensure_sql_macros(self) -> None:
         """Persist the pure-SQL twins of the functions in the file, for DuckDB clients without
@@ -150,12 +156,16 @@ class DuckDBBackend(Backend):
                 self.execute("INSERT INTO saedb_meta VALUES ('sql_macros', ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                              (fingerprint,))
 
-    def sibling(self) -> "DuckDBBackend":
+    def sibling(self, functions: bool = False) -> "DuckDBBackend":
         """A backend on a separate connection to the same database, usable from inside UDFs
         (code running in a query cannot use that query's own connection). It is a cursor of
-        the shared root, so it stays valid whichever backend closes first."""
+        the shared root, so it stays valid whichever backend closes first. ``functions``: with
+        saedb's SQL functions (for request threads; not from inside a UDF)."""
         root = self.shared.root if self.shared is not None else self.con
-        return DuckDBBackend(self.path, con=root.cursor())
+        sibling = DuckDBBackend(self.path, con=root.cursor())
+        if functions and self.shared is not None:
+            shadow_functions(sibling.con, self.shared.functions)
+        return sibling
 
     def bind_embedder(self, name: str, dim: int) -> None:
         super().bind_embedder(name, dim)

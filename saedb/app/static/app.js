@@ -92,22 +92,38 @@ async function searchPage() {
   view.innerHTML = `<h1>Steered semantic search</h1>
     <form class="search"><input id="q" name="q" placeholder="e.g. dark matter halos in cosmological simulations" value="${esc(state.lastQuery)}" autocomplete="off">
     <button id="go">Search</button></form>
-    <div class="layout"><aside class="card"><h2 style="margin-top:0">Steering</h2>
-      <div id="sliders"><p class="muted">Search to see the query's features.</p></div>
-      <h2>Add a feature or family</h2>
-      <form id="add" class="search"><input id="add-id" placeholder="feature id, or fam:ID"><button>Add</button></form></aside>
+    <div class="layout"><aside class="card"><h2 style="margin-top:0">Add a feature or family</h2>
+      <form id="add" class="search"><input id="add-id" placeholder="a label or concept, a feature id, or fam:ID"><button>Find</button></form>
+      <div id="suggestions"></div>
+      <h2>Steering</h2>
+      <div id="sliders"><p class="muted">Search to see the query's features.</p></div></aside>
     <section class="card"><div id="results"></div></section></div>`;
   const run = debounce(runSearch, 250);
   view.querySelector("form.search").onsubmit = (e) => { e.preventDefault(); state.lastQuery = document.getElementById("q").value; runSearch(); };
-  document.getElementById("add").onsubmit = (e) => {
+  document.getElementById("add").onsubmit = async (e) => {
     e.preventDefault();
     const raw = document.getElementById("add-id").value.trim();
-    const fam = raw.startsWith("fam:");
-    const id = parseInt(fam ? raw.slice(4) : raw, 10);
-    if (Number.isNaN(id)) return showError("enter a feature id, or fam:ID for a family");
-    (fam ? state.families : state.steering).set(id, 0.5);
-    run();
+    if (!raw) return showError("type a label, a concept, a feature id or fam:ID");
+    if (/^(fam:)?\d+$/.test(raw)) {
+      const fam = raw.startsWith("fam:");
+      (fam ? state.families : state.steering).set(parseInt(fam ? raw.slice(4) : raw, 10), 0.5);
+      document.getElementById("suggestions").innerHTML = "";
+      return run();
+    }
+    try {
+      const found = await get("labels", [["q", raw], ["model", model()], ["limit", "8"]]);
+      const item = (f, extra) => `<li><button type="button" class="add-feature" data-id="${f.feature_id}">+</button> ${featureLink(f.feature_id, f.label)}
+        <span class="dist">${extra}</span></li>`;
+      document.getElementById("suggestions").innerHTML = `<h3>By label</h3><ul class="picks by-label">${found.by_label.map((f) => item(f, `r ${fmt(f.interpretability, 2)}, ${fmt(100 * f.density, 1)}% of docs`)).join("") || '<li class="muted">no label matches</li>'}</ul>
+        <h3>By concept (decoder cosine)</h3><ul class="picks by-concept">${found.by_concept.map((f) => item(f, `cos ${fmt(f.cosine, 2)}, ${fmt(100 * (f.density || 0), 1)}% of docs`)).join("")}</ul>`;
+    } catch (err) { showError(err.message); }
   };
+  document.getElementById("suggestions").addEventListener("click", (e) => {
+    const button = e.target.closest("button.add-feature");
+    if (!button) return;
+    state.steering.set(Number(button.dataset.id), 0.8);
+    run();
+  });
   view.addEventListener("input", (e) => {
     if (!e.target.matches("input[type=range]")) return;
     const { kind, id } = e.target.dataset;
