@@ -64,7 +64,7 @@ def run_demo(
     limit: int = 5000,
     query: str = "dark matter halos in cosmological simulations",
     concept: str = "exoplanet atmospheres and transit spectroscopy",
-    strength: float = 0.6,
+    strength: float = 0.9,  # demo model: 0.6-0.8 leave the top 5 as it is, 1.0 replaces all of it
     log: Callable[[str], None] = print,
 ) -> dict[str, object]:
     embedder = get_embedder()
