@@ -288,6 +288,34 @@ def search(
         _fail(exc)
 
 
+def plot_name(backend, run) -> str:
+    """eval-<model name>-run<id>-<judge>: unique per database and model."""
+    name = backend.model_row(run.model_id)["name"]
+    return f"eval-{name}-run{run.run_id}-{run.judge.replace(':', '-')}"
+
+
+@app.command("eval-plot")
+def evaluation_plot(
+    run_id: int = typer.Argument(..., help="An eval run id (table eval_runs)."),
+    db: str = DbOption,
+    plot: Path = typer.Option(Path("eval-plots"), help="Folder for the figure (PNG + SVG)."),
+) -> None:
+    """Print a stored evaluation run and draw its accuracy-vs-cosine figure again."""
+    from saedb.evaluation.plot import plot_run
+    from saedb.evaluation.report import format_comparison, format_table
+    from saedb.evaluation.runner import load_run
+
+    try:
+        with connect(db, read_only=True) as backend:
+            run = load_run(backend, run_id)
+            paths = plot_run(run, plot / plot_name(backend, run))
+    except USER_ERRORS as exc:
+        _fail(exc)
+    typer.echo(format_table(run))
+    typer.echo(format_comparison(run))
+    typer.echo(f"figure: {', '.join(map(str, paths))}")
+
+
 def default_judges(database_embedder: str) -> list[str]:
     """arXiv categories, and a local embedder other than the database's."""
     from saedb.embedders import LOCAL_EMBEDDERS
@@ -337,7 +365,7 @@ def evaluate_steering(
                 run_id = store_run(backend, run)
                 typer.echo(format_table(run))
                 typer.echo(format_comparison(run))
-                paths = plot_run(run, plot / f"eval-run{run_id}-{chosen.name.replace(':', '-')}")
+                paths = plot_run(run, plot / plot_name(backend, run))
                 typer.echo(f"stored as eval run {run_id}; figure: {', '.join(map(str, paths))}")
     except USER_ERRORS as exc:
         _fail(exc)

@@ -251,3 +251,9 @@ def test_cli_prints_the_table_and_writes_the_figure(evaluated_db: tuple[str, int
     assert result.exit_code == 0, result.output
     assert "random-direction" in result.output and "at matched cosine" in result.output
     assert {p.suffix for p in tmp_path.iterdir()} == {".png", ".svg"}
+    last = max(int(p.stem.split("-run")[1].split("-")[0]) for p in tmp_path.iterdir())
+    again = CliRunner().invoke(app, ["eval-plot", str(last), "--db", url, "--plot", str(tmp_path / "again")])
+    assert again.exit_code == 0, again.output
+    table = [line for line in result.output.splitlines() if line.startswith(("add ", "clamp ", "random-direction ", "unmodified "))]
+    assert len(table) >= 22 and table == [line for line in again.output.splitlines() if line.startswith(("add ", "clamp ", "random-direction ", "unmodified "))]
+    assert {p.name for p in (tmp_path / "again").iterdir()} == {f"eval-eval-run{last}-categories.png", f"eval-eval-run{last}-categories.svg"}

@@ -185,3 +185,13 @@ def store_run(backend: Backend, run: EvalRun) -> int:
             )
     run.run_id = run_id
     return run_id
+
+
+def load_run(backend: Backend, run_id: int) -> EvalRun:
+    """A stored run, as ``store_run`` wrote it."""
+    head = backend.query("SELECT model_id, judge, rewriter, queries, n_queries, seed, grid FROM eval_runs WHERE run_id = ?", (run_id,))
+    if not head:
+        raise InvalidInputError(f"no evaluation run {run_id}")
+    rows = backend.query("SELECT method, a_up, a_down, n_cases, cosine, up_accuracy, down_accuracy, unanswered FROM eval_results "
+                         "WHERE run_id = ? ORDER BY method, a_up, a_down", (run_id,))
+    return EvalRun(*head[0], rows=[ResultRow(*row) for row in rows], run_id=run_id)
