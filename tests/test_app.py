@@ -77,6 +77,13 @@ def test_api_pages_and_steering(served: tuple[str, int], db_url: str) -> None:
     status, page = get(base, "feature", [("model", m), ("id", str(target))])
     assert status == 200 and page["n_docs"] > 0 and page["histogram"] and page["top_documents"] and page["trend"]
     assert sum(b["count"] for b in page["histogram"]) == page["n_docs"]
+    with connect(db_url, read_only=True) as backend:
+        decoder = backend.fetch_vectors("SELECT w_dec FROM sae_decoder WHERE model_id = ? ORDER BY feature_id", (model_id,))
+    cosine = (decoder / np.linalg.norm(decoder, axis=1, keepdims=True)) @ (decoder[target] / np.linalg.norm(decoder[target]))
+    ranked = [int(f) for f in np.argsort(-cosine) if f != target]
+    assert [r["feature_id"] for r in page["related"]["top"]] == ranked[:6]
+    assert [r["feature_id"] for r in page["related"]["bottom"]] == ranked[::-1][:6]
+    assert page["related"]["top"][0]["cosine"] == pytest.approx(float(cosine[ranked[0]]), abs=1e-5)
     status, family = get(base, "family", [("model", m), ("id", str(fams[0]["family_id"]))])
     assert status == 200 and len(family["members"]) == fams[0]["size"]
     status, board = get(base, "dashboard", [("model", m)])
@@ -242,6 +249,7 @@ def test_browser_steered_search_and_feature_page(served: tuple[str, int], browse
     wait_for(browser, "h1", lambda els: len(els) == 1 and els[0].text.startswith(f"Feature #{feature_id}"))
     assert wait_for(browser, "svg rect.bar")  # activation histogram
     assert len(wait_for(browser, "ol.results li")) >= 1  # top abstracts
+    assert len(wait_for(browser, "table.related-top tr", lambda els: len(els) == 6)) == 6  # related by decoder cosine
     browser.save_screenshot(str(SCREENSHOTS / f"feature-{kind}.png"))
 
     browser.get(f"{base}/#/dashboard")

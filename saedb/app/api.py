@@ -162,7 +162,20 @@ def feature(backend: Backend, model_id: int, feature_id: int) -> dict[str, Any]:
         backend, "SELECT year, n_docs, share_of_year FROM feature_trends WHERE model_id = ? AND feature_id = ? AND year IS NOT NULL ORDER BY year",
         (model_id, feature_id),
     )
+    page["related"] = related_features(backend, model_id, feature_id)
     return page
+
+
+def related_features(backend: Backend, model_id: int, feature_id: int, count: int = 6) -> dict[str, list[dict[str, Any]]]:
+    """The paper's neighbours: features whose decoder directions are most and least aligned with this one's."""
+    decoder = backend.fetch_vectors("SELECT w_dec FROM sae_decoder WHERE model_id = ? ORDER BY feature_id", (model_id,))
+    unit = decoder / np.linalg.norm(decoder, axis=1, keepdims=True)
+    cosine = unit @ unit[feature_id]
+    order = [int(f) for f in np.argsort(-cosine, kind="stable") if f != feature_id]
+    nearest, farthest = order[:count], order[::-1][:count]
+    labels = labels_of(backend, model_id, nearest + farthest)
+    return {side: [{"feature_id": f, "label": labels.get(f), "cosine": _plain(cosine[f])} for f in features]
+            for side, features in (("top", nearest), ("bottom", farthest))}
 
 
 def families(backend: Backend, model_id: int) -> list[dict[str, Any]]:

@@ -163,6 +163,7 @@ async function runSearch() {
 async function featurePage(id) {
   const f = await get("feature", [["model", model()], ["id", id]]);
   view.innerHTML = `<h1>Feature #${f.feature_id}: ${esc(f.label || "(unlabelled)")}</h1>
+    <p><a href="#/search" class="steer-with" data-id="${f.feature_id}">Steer a search along this feature</a></p>
     <div class="row">
       <div class="card"><div class="stat">${fmt(f.interpretability, 2)}</div><div class="muted">interpretability (predictor r), F1 ${fmt(f.f1, 2)}</div></div>
       <div class="card"><div class="stat">${fmt(100 * f.density, 2)}%</div><div class="muted">density: ${f.n_docs} documents</div></div>
@@ -179,7 +180,11 @@ async function featurePage(id) {
       <div class="card"><h2>Co-occurring features</h2>${f.cooccurring.length ? `<table><tr><th>feature</th><th>documents</th></tr>${f.cooccurring.map((c) =>
         `<tr><td>${featureLink(c.feature_id, c.label)}</td><td>${c.n_docs}</td></tr>`).join("")}</table>` : '<p class="muted">Run <code>saedb families</code> to compute co-occurrence.</p>'}</div>
     </div>
+    <div class="row related">${["top", "bottom"].map((side) => `<div class="card"><h2>${side === "top" ? "Most" : "Least"} aligned features (decoder cosine)</h2>
+      <table class="related-${side}">${f.related[side].map((r) => `<tr><td>${featureLink(r.feature_id, r.label)}</td><td>${fmt(r.cosine, 2)}</td>
+      <td><a href="#/search" class="steer-with" data-id="${r.feature_id}">steer with it</a></td></tr>`).join("")}</table></div>`).join("")}</div>
     ${f.families.map((fam) => `<div class="card"><h2>Family ${fam.family_id}: ${esc(fam.label)} (${fam.size} features)</h2>${tree(fam.members, f.feature_id)}</div>`).join("")}`;
+  view.querySelectorAll("a.steer-with").forEach((a) => (a.onclick = () => state.steering.set(Number(a.dataset.id), 0.8)));
 }
 
 async function familiesPage() {
