@@ -377,6 +377,8 @@ def test_browser_adds_a_feature_found_by_label(served: tuple[str, int], browser,
     wait_for(browser, "#q")[0].send_keys("gamma-ray bursts")
     browser.find_element(By.ID, "go").click()
     before = texts(browser, "ol.results li a", 10)
+    fires = [float(e.text.split()[1]) for e in wait_for(browser, "#sliders > .slider .dist")]  # labelled, outside the collapsed list
+    assert 0 < len(fires) <= 8 and fires == sorted(fires, reverse=True)
     browser.find_element(By.ID, "add-id").send_keys("cluster")
     browser.find_element(By.CSS_SELECTOR, "#add button").click()
     picks = wait_for(browser, "ul.by-label button.add-feature")

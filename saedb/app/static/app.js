@@ -1,7 +1,7 @@
 // saedb web app: hash-routed pages over the JSON API in saedb/app/api.py.
 const view = document.getElementById("view");
 const modelSelect = document.getElementById("model");
-const state = { steering: new Map(), families: new Map(), lastQuery: "" };
+const state = { steering: new Map(), families: new Map(), lastQuery: "", showAll: false };
 
 const esc = (s) => String(s ?? "").replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c]);
 const fmt = (x, d = 3) => (x === null || x === undefined ? "–" : Number(x).toFixed(d));
@@ -136,10 +136,29 @@ async function searchPage() {
 
 function debounce(fn, ms) { let t; return (...a) => { clearTimeout(t); t = setTimeout(() => fn(...a), ms); }; }
 
-function slider(kind, id, label, value) {
-  return `<div class="slider"><div class="name"><span>${kind === "family" ? `family ${id}` : featureLink(id, label)}</span>
+function slider(kind, id, label, value, activation) {
+  const fires = activation === undefined ? "" : `<span class="dist">fires ${fmt(activation, 2)}</span>`;
+  return `<div class="slider"><div class="name"><span>${kind === "family" ? `family ${id}` : featureLink(id, label)} ${fires}</span>
     <span class="value">${fmt(value, 2)}</span></div>
     <input type="range" min="-1.5" max="1.5" step="0.05" value="${value}" data-kind="${kind}" data-id="${id}" aria-label="strength of ${kind} ${id}"></div>`;
+}
+
+const SLIDER_LIMIT = 8;
+
+function querySliders(data) {
+  // What you steer first (added features and families), then the query's labelled features by
+  // activation (SLIDER_LIMIT of them until "show all"), then its unlabelled ones, collapsed.
+  const fired = new Map(data.query_features.map((f) => [f.feature_id, f]));
+  const added = [...state.steering.keys()].filter((f) => !fired.has(f));
+  let html = added.map((f) => slider("feature", f, (data.steering.find((x) => x.feature_id === f) || {}).label, state.steering.get(f))).join("");
+  state.families.forEach((s, f) => (html += slider("family", f, "", s)));
+  const labelled = data.query_features.filter((f) => f.label), unlabelled = data.query_features.filter((f) => !f.label);
+  const shown = state.showAll ? labelled : labelled.slice(0, SLIDER_LIMIT);
+  html += shown.map((f) => slider("feature", f.feature_id, f.label, state.steering.get(f.feature_id) || 0, f.activation)).join("");
+  if (shown.length < labelled.length) html += `<button type="button" id="show-all" class="link">show all ${labelled.length} labelled features</button>`;
+  if (unlabelled.length) html += `<details class="unlabelled"><summary>${unlabelled.length} unlabelled features</summary>${unlabelled.map((f) =>
+    slider("feature", f.feature_id, "", state.steering.get(f.feature_id) || 0, f.activation)).join("")}</details>`;
+  return html;
 }
 
 async function runSearch() {
@@ -149,11 +168,10 @@ async function runSearch() {
   state.families.forEach((s, f) => s !== 0 && params.push(["fam", `${f}:${s}`]));
   try {
     const data = await get("search", params);
-    const shown = new Set();
-    let html = data.query_features.map((f) => { shown.add(f.feature_id); return slider("feature", f.feature_id, f.label, state.steering.get(f.feature_id) || 0); }).join("");
-    state.steering.forEach((s, f) => { if (!shown.has(f)) html += slider("feature", f, (data.steering.find((x) => x.feature_id === f) || {}).label, s); });
-    state.families.forEach((s, f) => (html += slider("family", f, "", s)));
+    const html = querySliders(data);
     if (!document.activeElement || !document.activeElement.matches("input[type=range]")) document.getElementById("sliders").innerHTML = html || '<p class="muted">No active features.</p>';
+    const more = document.getElementById("show-all");
+    if (more) more.onclick = () => { state.showAll = true; runSearch(); };
     document.getElementById("results").innerHTML = `<ol class="results">${data.results.map((r) =>
       `<li><a href="https://arxiv.org/abs/${esc(r.arxiv_id)}" target="_blank" rel="noopener">${esc(r.title)}</a>
        <span class="dist">${esc(r.arxiv_id)} · ${r.year ?? ""} · distance ${fmt(r.distance)}</span></li>`).join("")}</ol>`;
