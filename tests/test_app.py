@@ -88,6 +88,9 @@ def test_api_pages_and_steering(served: tuple[str, int], db_url: str) -> None:
     assert status == 200 and len(family["members"]) == fams[0]["size"]
     status, board = get(base, "dashboard", [("model", m)])
     assert status == 200 and board["model"]["n_documents"] == 400 and board["top_features"]
+    with connect(db_url, read_only=True) as backend:
+        scored = backend.query("SELECT count(*) FROM feature_best_labels WHERE model_id = ? AND pearson IS NOT NULL", (model_id,))[0][0]
+    assert sum(b["count"] for b in board["interpretability_histogram"]) == scored > 0
     (run,) = board["evaluation"]
     assert run["judge"] == "categories" and {r["method"]: (r["cosine"], r["up_accuracy"], r["a_up"]) for r in run["results"]} == {
         "add": (0.7, 0.5, 0.5), "random-direction": (0.7, 0.0, 0.5), "rewrite:naive-append": (0.8, 0.5, None)}

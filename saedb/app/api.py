@@ -219,6 +219,10 @@ def dashboard(backend: Backend, model_id: int) -> dict[str, Any]:
             backend, "SELECT floor(log10(density) * 4) / 4 AS log10_density, count(*) AS count FROM feature_stats WHERE model_id = ? GROUP BY 1 ORDER BY 1",
             (model_id,),
         ),
+        "interpretability_histogram": records(
+            backend, "SELECT floor(pearson * 10) / 10 AS pearson_bin, count(*) AS count FROM feature_best_labels "
+            "WHERE model_id = ? AND pearson IS NOT NULL GROUP BY 1 ORDER BY 1", (model_id,),
+        ),
         "top_features": records(
             backend, "SELECT feature_id, label, density, mean_activation, interpretability FROM feature_summary "
             "WHERE model_id = ? ORDER BY n_docs DESC, feature_id LIMIT 15", (model_id,),

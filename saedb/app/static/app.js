@@ -29,7 +29,8 @@ function bars(points, { x, y, width = 520, height = 160, label = (p) => p[x] }) 
     const h = (p[y] / max) * (height - 24);
     return `<rect class="bar" x="${i * w + 1}" y="${height - 18 - h}" width="${Math.max(w - 2, 1)}" height="${h}"><title>${esc(label(p))}: ${p[y]}</title></rect>`;
   });
-  const ticks = [0, Math.floor(points.length / 2), points.length - 1].map((i) => `<text x="${i * w}" y="${height - 4}">${esc(label(points[i]))}</text>`);
+  const ticks = [0, Math.floor(points.length / 2), points.length - 1].map((i, n) =>  // first, middle, last: anchored to stay inside
+    `<text x="${(i + (n === 2 ? 1 : n === 1 ? 0.5 : 0)) * w}" y="${height - 4}" text-anchor="${["start", "middle", "end"][n]}">${esc(label(points[i]))}</text>`);
   return `<svg viewBox="0 0 ${width} ${height}" width="100%" role="img">${rects.join("")}${ticks.join("")}</svg>`;
 }
 
@@ -229,6 +230,7 @@ async function dashboardPage() {
     </div>
     <div class="row">
       <div class="card"><h2>Feature density (log10)</h2>${bars(d.density_histogram, { x: "log10_density", y: "count", label: (p) => fmt(p.log10_density, 2) })}</div>
+      <div class="card"><h2>Interpretability (predictor Pearson r)</h2>${bars(d.interpretability_histogram, { x: "pearson_bin", y: "count", label: (p) => fmt(p.pearson_bin, 1) })}</div>
       <div class="card"><h2>Documents per year</h2>${bars(d.documents_per_year, { x: "year", y: "count" })}</div>
     </div>
     <div class="card"><h2>Most common features</h2><table><tr><th>feature</th><th>density</th><th>mean activation</th><th>interpretability</th></tr>
