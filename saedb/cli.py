@@ -140,6 +140,29 @@ def import_model(
 
 
 @app.command()
+def attach(
+    table: str = typer.Argument(..., help="Your table or view (schema.table allowed)."),
+    key: str = typer.Option(..., help="Its unique key column."),
+    vector: str = typer.Option(..., help="Its vector column (Postgres vector(d), DuckDB FLOAT[d])."),
+    schema: str = typer.Option(..., help="The saedb workspace schema to create next to it."),
+    title: Optional[str] = typer.Option(None, help="A title column (for labels and results)."),
+    text: Optional[str] = typer.Option(None, help="A text column (for labels)."),
+    year: Optional[str] = typer.Option(None, help="A year column (for trends)."),
+    embedder: Optional[str] = typer.Option(None, help="The embedder that made the vectors (minilm, ...), so queries match."),
+    db: str = DbOption,
+) -> None:
+    """Work on an existing table without copying it: then use --db 'URL?schema=SCHEMA' with any command."""
+    from saedb.attach import Attachment, attach_table
+
+    try:
+        with attach_table(db, schema, Attachment(table, key, vector, title, text, year), embedder) as backend:
+            count = backend.count("doc_keys")
+    except USER_ERRORS as exc:
+        _fail(exc)
+    typer.echo(f"attached {table}: {count} rows; use --db '{mask_dsn(db)}{'&' if '?' in db else '?'}schema={schema}'")
+
+
+@app.command()
 def encode(
     model: str = typer.Argument(..., help="Model id or name (latest version)."),
     db: str = DbOption,

@@ -32,6 +32,7 @@ def pending_documents(backend: Backend, model_id: int) -> int:
 def encode_new_documents(backend: Backend, model_id: int, batch_size: int = 4096,
                          progress: Callable[[int], None] = lambda n: None) -> EncodeReport:
     """Write the codes of every pending document for ``model_id``; ``progress(n)`` after each batch."""
+    backend.sync_documents()
     sae = backend.load_sae(model_id)
     encoded = without = 0
     after = -1

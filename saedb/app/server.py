@@ -21,7 +21,7 @@ import numpy as np
 import psycopg
 
 from saedb.app import api
-from saedb.backends import DATABASE_ERRORS, Backend, connect, user_message
+from saedb.backends import DATABASE_ERRORS, Backend, connect, postgres_dsn, user_message
 from saedb.backends.postgres import PostgresBackend, configure_reader
 from saedb.embedders import get_embedder
 from saedb.errors import SaedbError
@@ -53,7 +53,7 @@ class BackendPool:
             from psycopg_pool import ConnectionPool
 
             self.pg_pool = ConnectionPool(
-                url, min_size=1, max_size=size, open=True, kwargs={"autocommit": True}, check=ConnectionPool.check_connection,
+                postgres_dsn(url), min_size=1, max_size=size, open=True, kwargs={"autocommit": True}, check=ConnectionPool.check_connection,
                 configure=lambda conn: configure_reader(conn, int(timeout_s * 1000)),
             )
 

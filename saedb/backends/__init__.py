@@ -8,15 +8,44 @@ import duckdb
 import psycopg
 
 from saedb.backends.base import Backend, DocumentBatch
+from saedb.errors import ConfigurationError
 
 DEFAULT_DB = "saedb.duckdb"
 # Errors the databases raise for bad queries or bad input inside SQL functions.
 DATABASE_ERRORS: tuple[type[Exception], ...] = (duckdb.Error, psycopg.Error)
 
 
+IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def split_schema(url: str) -> tuple[str, str | None]:
+    """The URL without its ``schema=NAME`` query parameter, and that name (a workspace schema
+    made by ``saedb attach``; None: the database's default schema)."""
+    base, _, query = url.partition("?")
+    kept, schema = [], None
+    for part in query.split("&") if query else []:
+        key, _, value = part.partition("=")
+        if key == "schema":
+            if not IDENTIFIER.match(value):
+                raise ConfigurationError(f"schema must be a plain SQL identifier, not {value!r}")
+            schema = value
+        else:
+            kept.append(part)
+    return base + ("?" + "&".join(kept) if kept else ""), schema
+
+
+def postgres_dsn(url: str) -> str:
+    """A libpq URL whose sessions resolve names in the URL's workspace schema first."""
+    base, schema = split_schema(url)
+    if schema is None:
+        return base
+    return base + ("&" if "?" in base else "?") + f"options=-csearch_path%3D{schema},public"
+
+
 def connect(url: str = DEFAULT_DB, read_only: bool = False, statement_timeout_s: float = 10.0) -> Backend:
     """Open a backend from a URL: ``postgresql://...`` for Postgres, otherwise a DuckDB
-    file path (``duckdb:///path`` or a plain path; ``:memory:`` for an in-memory DB).
+    file path (``duckdb:///path`` or a plain path; ``:memory:`` for an in-memory DB). A
+    ``?schema=NAME`` parameter opens the workspace of a table attached with ``saedb attach``.
 
     ``read_only`` opens an existing saedb database without migrating it, and refuses writes
     (DuckDB opens the file read-only; Postgres sessions are read-only transactions with
@@ -24,10 +53,11 @@ def connect(url: str = DEFAULT_DB, read_only: bool = False, statement_timeout_s:
     if url.startswith(("postgresql://", "postgres://")):
         from saedb.backends.postgres import PostgresBackend
 
-        return PostgresBackend(url, read_only=read_only, statement_timeout_ms=int(statement_timeout_s * 1000))
+        return PostgresBackend(postgres_dsn(url), read_only=read_only, statement_timeout_ms=int(statement_timeout_s * 1000))
     from saedb.backends.duckdb import DuckDBBackend
 
-    return DuckDBBackend(url.removeprefix("duckdb://"), read_only=read_only)
+    path, schema = split_schema(url.removeprefix("duckdb://"))
+    return DuckDBBackend(path, read_only=read_only, schema=schema)
 
 
 def mask_dsn(url: str) -> str:
@@ -47,4 +77,4 @@ def user_message(exc: Exception) -> str:
     return message
 
 
-__all__ = ["Backend", "DocumentBatch", "connect", "mask_dsn", "DEFAULT_DB", "DATABASE_ERRORS", "user_message"]
+__all__ = ["Backend", "DocumentBatch", "connect", "postgres_dsn", "split_schema", "mask_dsn", "DEFAULT_DB", "DATABASE_ERRORS", "user_message"]

@@ -140,7 +140,8 @@ class Backend(ABC):
 
     def schema_fingerprint(self) -> str | None:
         """Fingerprint of the schema scripts last applied, None on a new database."""
-        tables = self.query("SELECT count(*) FROM information_schema.tables WHERE table_name = 'saedb_meta'")
+        tables = self.query("SELECT count(*) FROM information_schema.tables WHERE table_name = 'saedb_meta' "
+                            "AND table_schema = current_schema()")
         return self.meta("schema") if tables[0][0] else None
 
     def meta(self, key: str) -> str | None:
@@ -165,6 +166,13 @@ class Backend(ABC):
         with self.transaction():
             self.execute("INSERT INTO saedb_meta VALUES ('embedder', ?), ('embedding_dim', ?)", (name, str(dim)))
             self.run_script(read_sql(self.dialect, "embeddings.sql", dim=dim))
+
+    def sync_documents(self) -> None:
+        """In the workspace of an attached table (saedb attach): number the table's new keys,
+        so that its new rows are documents. Elsewhere: nothing to do."""
+        statement = self.meta("attached_sync")
+        if statement:
+            self.execute(statement)
 
     def require_embedder(self) -> tuple[str, int]:
         bound = self.embedder()

@@ -106,15 +106,19 @@ class DuckDBBackend(Backend):
     in_process_search = True
     schema_files = ("schema.sql", "views.sql")
 
-    def __init__(self, path: str, con: duckdb.DuckDBPyConnection | None = None, read_only: bool = False) -> None:
+    def __init__(self, path: str, con: duckdb.DuckDBPyConnection | None = None, read_only: bool = False,
+                 schema: str | None = None) -> None:
         self.path = path
+        self.schema = schema  # a workspace schema (saedb attach) searched before main
         self._depth = 0
         self.shared: SharedDatabase | None = None
         if con is not None:  # a sibling over an open database: no migration, no UDFs
             self.con = con
+            self._use_schema()
             return
         self.shared = SharedDatabase.acquire(path, read_only)
         self.con = self.shared.root.cursor()
+        self._use_schema()
         try:
             self.migrate(read_only=read_only)
             if not read_only:
@@ -123,6 +127,10 @@ class DuckDBBackend(Backend):
         except BaseException:
             self.close()
             raise
+
+    def _use_schema(self) -> None:
+        if self.schema is not None:
+            self.con.execute(f"SET search_path = '{self.schema},main'")
 
     def _ensure_udfs(self) -> None:
         """(Re-)register the UDFs when missing or built for another embedder binding."""
@@ -162,7 +170,7 @@ class DuckDBBackend(Backend):
         the shared root, so it stays valid whichever backend closes first. ``functions``: with
         saedb's SQL functions (for request threads; not from inside a UDF)."""
         root = self.shared.root if self.shared is not None else self.con
-        sibling = DuckDBBackend(self.path, con=root.cursor())
+        sibling = DuckDBBackend(self.path, con=root.cursor(), schema=self.schema)
         if functions and self.shared is not None:
             shadow_functions(sibling.con, self.shared.functions)
         return sibling
@@ -287,7 +295,10 @@ class DuckDBBackend(Backend):
             self.con.unregister("stage_codes")
 
     def iter_embeddings(self, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        reader = self.con.cursor().sql("SELECT doc_id, embedding FROM embeddings ORDER BY doc_id").to_arrow_reader(batch_size)
+        cursor = self.con.cursor()
+        if self.schema is not None:
+            cursor.execute(f"SET search_path = '{self.schema},main'")
+        reader = cursor.sql("SELECT doc_id, embedding FROM embeddings ORDER BY doc_id").to_arrow_reader(batch_size)
         for batch in reader:
             yield batch.column(0).to_numpy().astype(np.int64), vectors_to_matrix(batch.column(1))
 

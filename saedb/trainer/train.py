@@ -214,6 +214,7 @@ def train_from_db(
     """Train on the database's embeddings and publish weights + codes as a new model version."""
     from saedb.models import publish_model
 
+    backend.sync_documents()
     result = train_sae(load_training_matrix(backend), cfg, log)
     return publish_model(backend, result.model.to_numpy(), name, result.published_metrics(cfg)), result
 
@@ -224,10 +225,13 @@ def train_from_url(url: str, cfg: TrainConfig, name: str, log: Callable[[str], N
     DuckDB file stays readable by other processes (``saedb serve``) during training, and the
     write-back waits up to ``wait_s`` for them to let go. If it cannot, the model is saved as
     a sparsify folder beside the database (``saedb import`` publishes it), never lost."""
-    from saedb.backends import connect
+    from saedb.backends import connect, split_schema
     from saedb.errors import DatabaseBusyError
     from saedb.models import publish_model
 
+    if split_schema(url)[1] is not None:  # an attached table: number its new rows first
+        with connect(url) as writer:
+            writer.sync_documents()
     with connect(url, read_only=True, statement_timeout_s=0) as reader:
         x = load_training_matrix(reader)
     result = train_sae(x, cfg, log)

@@ -220,7 +220,7 @@ BEGIN
 END $$;
 
 DO $$ BEGIN
-    IF to_regclass('embeddings') IS NOT NULL THEN
+    IF (SELECT relkind FROM pg_class WHERE oid = to_regclass('embeddings')) = 'r' THEN  -- a table, not an attached view
         CREATE OR REPLACE TRIGGER embeddings_auto_encode AFTER INSERT ON embeddings
             REFERENCING NEW TABLE AS inserted FOR EACH STATEMENT EXECUTE FUNCTION saedb_encode_inserted();
     END IF;

@@ -1,0 +1,93 @@
+"""A user's own table on both backends: my_docs(doc_key text primary key, emb vector(384),
+venue text, year int) with real MiniLM vectors. Train, encode new rows, search and the BI
+views work on it through a workspace schema, without copying it or changing it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from typer.testing import CliRunner
+
+from saedb.attach import Attachment, attach_table, raw_connection
+from saedb.cli import app
+from saedb.encode import encode_new_documents
+from saedb.search import Steering, search
+from saedb.trainer import TrainConfig
+from saedb.trainer.train import train_from_db
+from tests.conftest import DATA
+
+VENUES = ("NeurIPS", "ICML", "ICLR")
+
+
+@pytest.fixture(scope="module")
+def minilm_rows() -> tuple[list[str], np.ndarray]:
+    table = pq.read_table(DATA / "hh_ml_minilm.parquet").slice(0, 360)
+    return table.column("id").to_pylist(), np.array(table.column("embedding").to_pylist(), dtype=np.float32)
+
+
+def make_my_docs(url: str, keys: list[str], vectors: np.ndarray) -> None:
+    """The user's own table, made with the database's own tools (not saedb)."""
+    with raw_connection(url) as (execute, dialect):
+        vector_type = "vector(384)" if dialect == "postgres" else "FLOAT[384]"
+        if dialect == "postgres":
+            execute("CREATE EXTENSION IF NOT EXISTS vector")
+        execute(f"CREATE TABLE my_docs (doc_key text PRIMARY KEY, emb {vector_type}, venue text, year int)")
+        insert_rows(execute, dialect, keys, vectors, 0)
+
+
+def insert_rows(execute, dialect: str, keys: list[str], vectors: np.ndarray, start: int) -> None:
+    cast = "::vector" if dialect == "postgres" else "::FLOAT[384]"
+    values = ", ".join(f"('{k}', '[{','.join(f'{v:.8g}' for v in vec)}]'{cast}, '{VENUES[(start + i) % 3]}', {2015 + (start + i) % 4})"
+                       for i, (k, vec) in enumerate(zip(keys, vectors)))
+    execute(f"INSERT INTO my_docs VALUES {values}")
+
+
+def test_train_encode_search_and_views_over_my_table(db_url: str, minilm_rows, tmp_path: Path) -> None:
+    keys, vectors = minilm_rows
+    url = db_url if db_url.startswith("postgres") else str(tmp_path / "mine.duckdb")
+    make_my_docs(url, keys[:300], vectors[:300])
+    with attach_table(url, "my_docs_sae", Attachment("my_docs", "doc_key", "emb", year="year"), embedder="minilm") as backend:
+        assert backend.count("doc_keys") == 300 and backend.count("embeddings") == 300
+        model_id, _ = train_from_db(backend, TrainConfig(k=8, n_latents=128, steps=60, batch_size=64, lr=1e-3), "mine")
+        coded = backend.query("SELECT count(DISTINCT doc_id) FROM sae_codes WHERE model_id = ?", (model_id,))[0][0]
+        assert coded == 300
+        # codes join back to the user's rows and metadata through doc_keys
+        by_venue = dict(backend.query(
+            "SELECT d.venue, count(DISTINCT c.doc_id) FROM sae_codes c JOIN doc_keys k ON k.doc_id = c.doc_id "
+            "JOIN my_docs d ON d.doc_key = k.doc_key WHERE c.model_id = ? GROUP BY d.venue", (model_id,)))
+        assert by_venue == {"NeurIPS": 100, "ICML": 100, "ICLR": 100}
+        trends = backend.query("SELECT year, sum(n_docs) FROM feature_trends WHERE model_id = ? GROUP BY year ORDER BY year", (model_id,))
+        assert [y for y, _ in trends] == [2015, 2016, 2017, 2018]
+        sae = backend.load_sae(model_id)
+        hits = search(backend, vectors[7], 5, Steering("feature", 3, 0.5, model_id))
+        assert all(hit.arxiv_id in keys[:300] for hit in hits)
+        assert search(backend, vectors[7], 1)[0].arxiv_id == keys[7]  # its own row is nearest
+        # new rows of the user's table get codes without retraining
+        with raw_connection(url) as (execute, dialect):
+            insert_rows(execute, dialect, keys[300:360], vectors[300:360], 300)
+        report = encode_new_documents(backend, model_id)
+        assert report.encoded + report.without_features == 60
+        new = dict(backend.query("SELECT k.doc_key, k.doc_id FROM doc_keys k ORDER BY k.doc_id")[300:])
+        assert set(new) == set(keys[300:360])
+        for i in (300, 331, 359):
+            stored = backend.query("SELECT feature_id FROM sae_codes WHERE model_id = ? AND doc_id = ? ORDER BY activation DESC, feature_id",
+                                   (model_id, new[keys[i]]))
+            assert [f for (f,) in stored] == [f for f, _ in sae.encode(vectors[i]).rows()[0]]
+    with raw_connection(url) as (execute, _):  # the user's schema holds no saedb tables; their table is as they left it
+        assert {r[0] for r in execute("SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()")} == {
+            "my_docs"}
+        assert execute("SELECT count(*), count(DISTINCT venue) FROM my_docs") == [(360, 3)]
+        assert [r[0] for r in execute("SELECT column_name FROM information_schema.columns WHERE table_name = 'my_docs' "
+                                      "ORDER BY ordinal_position")] == ["doc_key", "emb", "venue", "year"]
+    result = CliRunner().invoke(app, ["search", "graph neural networks", "--db", f"{url}{'&' if '?' in url else '?'}schema=my_docs_sae",
+                                      "--limit", "3"])
+    hits = [line for line in result.output.splitlines() if line.split() and line.split()[-1] in keys]
+    assert result.exit_code == 0 and len(hits) == 3, result.output
+    attached = CliRunner().invoke(app, ["attach", "my_docs", "--key", "doc_key", "--vector", "emb", "--schema", "second",
+                                        "--embedder", "minilm", "--db", url])
+    assert attached.exit_code == 0 and "attached my_docs: 360 rows" in attached.output, attached.output
+    refused = CliRunner().invoke(app, ["attach", "my_docs", "--key", "venue", "--vector", "emb", "--schema", "third", "--db", url])
+    assert refused.exit_code == 2 and "must be unique" in refused.output
