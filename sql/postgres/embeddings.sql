@@ -5,9 +5,4 @@ CREATE TABLE IF NOT EXISTS embeddings (
     embedding vector({dim}) NOT NULL
 );
 
-DO $$ BEGIN
-    IF (SELECT relkind FROM pg_class WHERE oid = to_regclass('embeddings')) = 'r' THEN  -- a table, not an attached view
-        CREATE OR REPLACE TRIGGER embeddings_auto_encode AFTER INSERT ON embeddings
-            REFERENCING NEW TABLE AS inserted FOR EACH STATEMENT EXECUTE FUNCTION saedb_encode_inserted();
-    END IF;
-END $$;
+CALL saedb_create_encode_trigger();

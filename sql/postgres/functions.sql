@@ -219,9 +219,14 @@ BEGIN
     RETURN NULL;
 END $$;
 
-DO $$ BEGIN
-    IF (SELECT relkind FROM pg_class WHERE oid = to_regclass('embeddings')) = 'r' THEN  -- a table, not an attached view
+-- Called here and by embeddings.sql once the embeddings table exists (not on an attached table's view).
+CREATE OR REPLACE PROCEDURE saedb_create_encode_trigger()
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF (SELECT relkind FROM pg_class WHERE oid = to_regclass('embeddings')) = 'r' THEN
         CREATE OR REPLACE TRIGGER embeddings_auto_encode AFTER INSERT ON embeddings
             REFERENCING NEW TABLE AS inserted FOR EACH STATEMENT EXECUTE FUNCTION saedb_encode_inserted();
     END IF;
 END $$;
+
+CALL saedb_create_encode_trigger();
