@@ -255,6 +255,13 @@ def test_browser_steered_search_and_feature_page(served: tuple[str, int], browse
     assert len(wait_for(browser, "table.related-top tr", lambda els: len(els) == 6)) == 6  # related by decoder cosine
     browser.save_screenshot(str(SCREENSHOTS / f"feature-{kind}.png"))
 
+    _, fams = get(base, "families", [("model", str(model_id))])
+    largest = max(fams, key=lambda f: f["size"])
+    browser.get(f"{base}/#/family/{largest['family_id']}")
+    nodes = wait_for(browser, "ul.tree li", lambda els: len(els) == largest["size"])
+    assert any(node.text.strip() and "(unlabelled)" not in node.text for node in nodes)  # labels, not bare ids
+    browser.save_screenshot(str(SCREENSHOTS / f"family-{kind}.png"))
+
     browser.get(f"{base}/#/dashboard")
     wait_for(browser, "h1", lambda els: els and els[0].text.startswith("Model app"))
     assert len(wait_for(browser, "svg.accuracy circle.dot", lambda els: len(els) == 6)) == 6  # 3 results x up, down

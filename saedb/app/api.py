@@ -189,7 +189,7 @@ def families(backend: Backend, model_id: int) -> list[dict[str, Any]]:
 def family(backend: Backend, model_id: int, family_id: int) -> dict[str, Any]:
     check_model(backend, model_id)
     head = records(
-        backend, "SELECT family_id, label, root_feature, size, iteration FROM feature_families WHERE model_id = ? AND family_id = ?",
+        backend, "SELECT family_id, label, root_feature, size, iteration, f1, pearson FROM feature_families WHERE model_id = ? AND family_id = ?",
         (model_id, family_id),
     )
     if not head:

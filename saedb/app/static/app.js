@@ -69,23 +69,21 @@ function evaluationCards(runs) {
     <div class="row"><div><h3>up</h3>${accuracyChart(run, "up")}</div><div><h3>down</h3>${accuracyChart(run, "down")}</div></div></div>`).join("");
 }
 
-function tree(members, current) {
-  // Layered layout: depth down the page, members of a depth spread across.
-  const byDepth = new Map();
-  members.forEach((m) => byDepth.set(m.depth, [...(byDepth.get(m.depth) || []), m]));
-  const width = 760, rowH = 70, pos = new Map();
-  const height = byDepth.size * rowH + 20;
-  byDepth.forEach((row, depth) => row.forEach((m, i) => pos.set(m.feature_id, [((i + 0.5) / row.length) * width, 25 + depth * rowH])));
-  const edges = members.filter((m) => m.parent_id !== null && pos.has(m.parent_id)).map((m) => {
-    const [a, b] = [pos.get(m.parent_id), pos.get(m.feature_id)];
-    return `<line class="edge" x1="${a[0]}" y1="${a[1]}" x2="${b[0]}" y2="${b[1]}"/>`;
-  });
-  const nodes = members.map((m) => {
-    const [cx, cy] = pos.get(m.feature_id);
-    return `<a href="#/feature/${m.feature_id}"><circle class="node${m.feature_id === current ? " current" : ""}" cx="${cx}" cy="${cy}" r="7"><title>#${m.feature_id} ${esc(m.label || "")}</title></circle>
-      <text x="${cx + 9}" y="${cy + 4}">${m.feature_id}</text></a>`;
-  });
-  return `<svg class="tree" viewBox="0 0 ${width} ${height}" width="100%" role="img">${edges.join("")}${nodes.join("")}</svg>`;
+function tree(members, current, openDepth = 1) {
+  // The family as a collapsible outline with labels: the root and its children open, deeper
+  // levels folded (a 300-member family stays readable); each node shows how many it holds below.
+  const children = new Map();
+  members.forEach((m) => m.parent_id !== null && children.set(m.parent_id, [...(children.get(m.parent_id) || []), m]));
+  const size = (id) => (children.get(id) || []).reduce((n, c) => n + 1 + size(c.feature_id), 0);
+  const node = (m) => {
+    const kids = children.get(m.feature_id) || [];
+    const name = `<span class="${m.feature_id === current ? "current" : ""}">${featureLink(m.feature_id, m.label)}</span>`;
+    if (!kids.length) return `<li>${name}</li>`;
+    return `<li><details${m.depth <= openDepth ? " open" : ""}><summary>${name} <span class="dist">${size(m.feature_id)} below</span></summary>
+      <ul>${kids.map(node).join("")}</ul></details></li>`;
+  };
+  const roots = members.filter((m) => m.parent_id === null || !members.some((o) => o.feature_id === m.parent_id));
+  return `<ul class="tree">${roots.map(node).join("")}</ul>`;
 }
 
 // --- pages -------------------------------------------------------------------
@@ -215,7 +213,9 @@ async function familiesPage() {
 
 async function familyPage(id) {
   const f = await get("family", [["model", model()], ["id", id]]);
-  view.innerHTML = `<h1>Family ${f.family_id}: ${esc(f.label)}</h1><div class="card">${tree(f.members, f.root_feature)}</div>
+  view.innerHTML = `<h1>Family ${f.family_id}: ${esc(f.label)}</h1>
+    <p class="muted">${f.size} features; name scored by the predictor on the family's documents: F1 ${fmt(f.f1, 2)}, Pearson r ${fmt(f.pearson, 2)}</p>
+    <div class="card">${tree(f.members, f.root_feature)}</div>
     <div class="card"><table><tr><th>feature</th><th>parent</th><th>depth</th></tr>${f.members.map((m) =>
       `<tr><td>${featureLink(m.feature_id, m.label)}</td><td>${m.parent_id ?? "root"}</td><td>${m.depth}</td></tr>`).join("")}</table></div>`;
 }
