@@ -25,7 +25,7 @@ STEER_FUNCTIONS: dict[str, str] = {"feature": "steer", "label": "steer_label", "
 
 SEARCH_SQL = """
 SELECT p.doc_id, p.arxiv_id, p.title, p.year, e.embedding <=> {target} AS distance
-FROM embeddings e JOIN papers p ON p.doc_id = e.doc_id
+FROM embeddings e JOIN papers p ON p.doc_id = e.doc_id {where}
 ORDER BY e.embedding <=> {target}
 LIMIT $2
 """
@@ -59,9 +59,11 @@ MAX_NESTED_STEERING = 16  # label/family steerings per query: each nests one SQL
 
 
 def search(
-    backend: Backend, query: np.ndarray, limit: int = 10, steering: Steering | Sequence[Steering] = ()
+    backend: Backend, query: np.ndarray, limit: int = 10, steering: Steering | Sequence[Steering] = (),
+    corpus: str | None = None,
 ) -> list[Hit]:
-    """Nearest documents to ``query``, steered by each steering in turn. Consecutive feature
+    """Nearest documents to ``query``, steered by each steering in turn, optionally only those of
+    one corpus (Postgres: an iterative HNSW scan keeps the index in use). Consecutive feature
     steerings of one model become a single steer_many call, so any number of them keeps the
     SQL flat; label and family steerings nest one call each (at most MAX_NESTED_STEERING)."""
     if limit < 1:
@@ -85,9 +87,14 @@ def search(
             n = len(params)
             target = f"{STEER_FUNCTIONS[run[0].by]}({target}, ${n - 2}, ${n - 1}, ${n})"
     if not backend.in_process_search:
-        return [Hit(*row[:4], float(row[4])) for row in run_portable(backend, SEARCH_SQL.format(target=target), params)]
+        where = ""
+        if corpus is not None:
+            params.append(corpus)
+            where = f"WHERE p.corpus = ${len(params)}"
+        return [Hit(*row[:4], float(row[4])) for row in run_portable(backend, SEARCH_SQL.format(target=target, where=where), params)]
     vector = run_portable(backend, f"SELECT {target}", params)[0][0] if steps else params[0]
-    ranked = backend.nearest(np.asarray(vector, dtype=np.float32), limit)
+    allowed = [r[0] for r in backend.query("SELECT doc_id FROM papers WHERE corpus = ?", (corpus,))] if corpus is not None else None
+    ranked = backend.nearest(np.asarray(vector, dtype=np.float32), limit, allowed)
     marks = ", ".join("?" * len(ranked))
     papers = {row[0]: row for row in backend.query(f"SELECT doc_id, arxiv_id, title, year FROM papers WHERE doc_id IN ({marks})",
                                                    [doc_id for doc_id, _ in ranked])} if ranked else {}

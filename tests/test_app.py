@@ -399,3 +399,39 @@ def test_browser_adds_a_feature_found_by_label(served: tuple[str, int], browser,
     assert texts(browser, "ol.results li a", 10, differ_from=before) != before
     assert wait_for(browser, f"#sliders input[data-id='{added}']")
     browser.save_screenshot(str(SCREENSHOTS / f"add-by-label-{kind}.png"))
+
+
+def test_corpus_filter_and_switch(db_url: str, tmp_path: Path, embedder, browser) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    from tests.conftest import ASTRO, ML, write_slice
+
+    with connect(db_url) as backend:
+        load_corpus(backend, write_slice(ASTRO, tmp_path / "astro.jsonl.gz", 120), embedder, progress=False)
+        load_corpus(backend, write_slice(ML, tmp_path / "ml.jsonl.gz", 120), embedder, progress=False)
+        model_id, _ = train_from_db(backend, TrainConfig(k=8, n_latents=64, steps=40, batch_size=32, lr=1e-3), "two")
+        corpus_of = dict(backend.query("SELECT arxiv_id, corpus FROM papers"))
+    app = App(db_url, pool_size=2, timeout_s=10)
+    server = make_server(app, "127.0.0.1", 0, idle_timeout_s=2)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_port}"
+    try:
+        assert get(base, "corpora")[1] == [{"corpus": "astro", "papers": 120}, {"corpus": "ml", "papers": 120}]
+        for corpus in ("astro", "ml"):
+            _, found = get(base, "search", [("q", "neural networks for galaxy images"), ("model", str(model_id)), ("corpus", corpus)])
+            assert len(found["results"]) == 10 and {corpus_of[r["arxiv_id"]] for r in found["results"]} == {corpus}
+        kind = "postgres" if db_url.startswith("postgres") else "duckdb"
+        browser.get(base + "/#/search")
+        wait_for(browser, "#q")[0].send_keys("neural networks for galaxy images")
+        browser.find_element(By.ID, "go").click()
+        texts(browser, "ol.results li a", 10)
+        Select(wait_for(browser, "#corpus")[0]).select_by_value("astro")
+        wait_for(browser, "ol.results li a", lambda els: len(els) == 10 and all(
+            corpus_of[e.get_attribute("href").split("/abs/", 1)[1]] == "astro" for e in els))
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        browser.save_screenshot(str(SCREENSHOTS / f"corpus-filter-{kind}.png"))
+    finally:
+        server.shutdown()
+        server.server_close()
+        app.pool.close()

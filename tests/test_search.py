@@ -11,11 +11,11 @@ from saedb.loaders import load_corpus
 from saedb.search import SEARCH_SQL, Steering, run_portable, search
 from saedb.trainer import TrainConfig
 from saedb.trainer.train import train_from_db
-from tests.conftest import ASTRO, write_slice
+from tests.conftest import ASTRO, ML, write_slice
 
 
 def sql_search(backend: Backend, query: np.ndarray, limit: int, target: str = "$1::vector", extra: tuple = ()) -> list[tuple[int, float]]:
-    rows = run_portable(backend, SEARCH_SQL.format(target=target), [query.astype(np.float32), limit, *extra])
+    rows = run_portable(backend, SEARCH_SQL.format(target=target, where=""), [query.astype(np.float32), limit, *extra])
     return [(row[0], float(row[4])) for row in rows]
 
 
@@ -53,3 +53,22 @@ def test_rows_added_or_removed_after_a_search_are_seen(tmp_path: Path, embedder)
         other.execute("DELETE FROM embeddings WHERE doc_id = ?", (newest,))
         assert newest not in [h.doc_id for h in search(backend, vector, 500)]
         assert len(search(backend, vector, 500)) == 199
+
+
+def test_search_within_one_corpus(db_url: str, tmp_path: Path, embedder) -> None:
+    """Two corpora in one database; a corpus filter returns the exact nearest of that corpus only
+    (Postgres: through the HNSW index with iterative scans)."""
+    with connect(db_url) as backend:
+        load_corpus(backend, write_slice(ASTRO, tmp_path / "astro.jsonl.gz", 150), embedder, progress=False)
+        load_corpus(backend, write_slice(ML, tmp_path / "ml.jsonl.gz", 150), embedder, progress=False)
+        corpora = dict(backend.query("SELECT corpus, count(*) FROM papers GROUP BY corpus"))
+        assert corpora == {"astro": 150, "ml": 150}
+        ids, vectors = zip(*backend.iter_embeddings(1000))
+        doc_ids, matrix = np.concatenate(ids), np.concatenate(vectors)
+        in_ml = {d for (d,) in backend.query("SELECT doc_id FROM papers WHERE corpus = 'ml'")}
+        query = embedder.embed(["dark matter halos"])[0]  # an astro query, searched among ML papers
+        similarity = matrix @ query / np.linalg.norm(matrix, axis=1)
+        expected = [int(d) for d in doc_ids[np.argsort(-similarity)] if int(d) in in_ml][:10]
+        hits = search(backend, query, 10, corpus="ml")
+        assert [h.doc_id for h in hits] == expected
+        assert search(backend, query, 10, corpus="none") == []

@@ -54,6 +54,11 @@ def models(backend: Backend) -> list[dict[str, Any]]:
     )
 
 
+def corpora(backend: Backend) -> list[dict[str, Any]]:
+    """The corpora in the database (saedb load names each after its file), with their sizes."""
+    return records(backend, "SELECT corpus, count(*) AS papers FROM papers GROUP BY corpus ORDER BY corpus")
+
+
 def labels_of(backend: Backend, model_id: int, features: list[int]) -> dict[int, str]:
     if not features:
         return {}
@@ -70,15 +75,17 @@ def search(
     features: list[tuple[int, float]],
     families: list[tuple[int, float]],
     limit: int,
+    corpus: str | None = None,
 ) -> dict[str, Any]:
-    """Results for the query, steered by features and families, with the query's own features."""
+    """Results for the query (within one corpus if given), steered by features and families,
+    with the query's own features."""
     info = check_model(backend, model_id)
     for feature, _ in features:
         if not 0 <= feature < info["n_latents"]:
             raise ApiError(400, f"feature {feature} does not exist (model {model_id} has features 0..{info['n_latents'] - 1})")
     query = embed(text)
     steering = [Steering("family", f, s, model_id) for f, s in families] + [Steering("feature", f, s, model_id) for f, s in features]
-    results = search_documents(backend, query, limit, steering)
+    results = search_documents(backend, query, limit, steering, corpus)
     active = run_portable(backend, "SELECT f.feature_id, f.activation FROM unnest(sae_encode($1::vector, $2)) AS f", [query, model_id])
     labels = labels_of(backend, model_id, [f for f, _ in active] + [f for f, _ in features])
     return {

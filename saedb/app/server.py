@@ -138,7 +138,8 @@ class App:
             "/api/models": lambda b: api.models(b),
             "/api/search": lambda b: api.search(
                 b, self.embed, self._text(params), _int(params, "model"), _pairs(params, "f"), _pairs(params, "fam"),
-                _int(params, "limit", 10, 1, 100)),
+                _int(params, "limit", 10, 1, 100), params.get("corpus", [None])[0] or None),
+            "/api/corpora": lambda b: api.corpora(b),
             "/api/labels": lambda b: api.find_features(b, self.embed, self._text(params), _int(params, "model"),
                                                        _int(params, "limit", 10, 1, 100)),
             "/api/feature": lambda b: api.feature(b, _int(params, "model"), _int(params, "id")),

@@ -109,9 +109,9 @@ class Backend(ABC):
     def iter_embeddings(self, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Stream (doc_ids, float32 matrix) batches ordered by doc_id; holds one batch in RAM."""
 
-    def nearest(self, query: np.ndarray, limit: int) -> list[tuple[int, float]]:
-        """(doc_id, cosine distance) of the ``limit`` nearest documents, exactly, where
-        ``in_process_search`` is set."""
+    def nearest(self, query: np.ndarray, limit: int, allowed: Sequence[int] | None = None) -> list[tuple[int, float]]:
+        """(doc_id, cosine distance) of the ``limit`` nearest documents (among ``allowed`` doc ids
+        if given), exactly, where ``in_process_search`` is set."""
         raise NotImplementedError(f"{type(self).__name__} ranks in SQL")
 
     @abstractmethod

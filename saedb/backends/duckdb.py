@@ -302,12 +302,12 @@ class DuckDBBackend(Backend):
         for batch in reader:
             yield batch.column(0).to_numpy().astype(np.int64), vectors_to_matrix(batch.column(1))
 
-    def nearest(self, query: np.ndarray, limit: int) -> list[tuple[int, float]]:
+    def nearest(self, query: np.ndarray, limit: int, allowed: Sequence[int] | None = None) -> list[tuple[int, float]]:
         """Exact cosine nearest neighbours from the shared in-process index, refreshed first."""
         index = self.shared.exact_index if self.shared is not None else ExactIndex()
         stamp = self.con.execute(STAMP_SQL).fetchall()[0]
         index.refresh(tuple(int(v) for v in stamp), self._embeddings_after)  # type: ignore[arg-type]
-        ids, distances = index.nearest(query, limit)
+        ids, distances = index.nearest(query, limit, allowed)
         return list(zip(ids.tolist(), distances.tolist()))
 
     def _embeddings_after(self, doc_id: int) -> tuple[np.ndarray, np.ndarray]:

@@ -11,7 +11,7 @@ seen after reconnecting.
 from __future__ import annotations
 
 import threading
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -45,14 +45,20 @@ class ExactIndex:
                 self.unit_rows = np.ascontiguousarray(np.concatenate([self.unit_rows, unit]) if len(self.unit_rows) else unit, np.float32)
             self.stamp = (len(self.doc_ids), int(self.doc_ids[-1]) if len(self.doc_ids) else 0, int(self.doc_ids.sum()))
 
-    def nearest(self, query: np.ndarray, limit: int) -> tuple[np.ndarray, np.ndarray]:
-        """The ``limit`` nearest doc ids and their cosine distances, nearest first (ties by doc id)."""
+    def nearest(self, query: np.ndarray, limit: int, allowed: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The ``limit`` nearest doc ids (among ``allowed``, if given) and their cosine distances,
+        nearest first (ties by doc id)."""
         with self.lock:
-            if not len(self.doc_ids):
-                return np.zeros(0, np.int64), np.zeros(0, np.float32)
-            similarity = self.unit_rows @ (np.asarray(query, np.float32) / np.linalg.norm(query))
+            similarity = self.unit_rows @ (np.asarray(query, np.float32) / np.linalg.norm(query)) if len(self.doc_ids) else None
             doc_ids = self.doc_ids
+        if similarity is None:
+            return np.zeros(0, np.int64), np.zeros(0, np.float32)
+        if allowed is not None:
+            keep = np.isin(doc_ids, np.asarray(allowed, dtype=np.int64))
+            doc_ids, similarity = doc_ids[keep], similarity[keep]
         limit = min(limit, len(doc_ids))
+        if not limit:
+            return np.zeros(0, np.int64), np.zeros(0, np.float32)
         best = np.argpartition(-similarity, limit - 1)[:limit]
         order = np.lexsort((doc_ids[best], -similarity[best]))
         return doc_ids[best[order]], (1.0 - similarity[best[order]]).astype(np.float32)

@@ -90,7 +90,7 @@ function tree(members, current, openDepth = 1) {
 async function searchPage() {
   view.innerHTML = `<h1>Steered semantic search</h1>
     <form class="search"><input id="q" name="q" placeholder="e.g. dark matter halos in cosmological simulations" value="${esc(state.lastQuery)}" autocomplete="off">
-    <button id="go">Search</button></form>
+    <span id="corpus-box"></span><button id="go">Search</button></form>
     <div class="layout"><aside class="card"><h2 style="margin-top:0">Add a feature or family</h2>
       <form id="add" class="search"><input id="add-id" placeholder="a label or concept, a feature id, or fam:ID"><button>Find</button></form>
       <div id="suggestions"></div>
@@ -130,6 +130,12 @@ async function searchPage() {
     e.target.closest(".slider").querySelector(".value").textContent = fmt(e.target.value, 2);
     run();
   });
+  get("corpora").then((corpora) => {  // a corpus switch when the database holds several
+    if (corpora.length > 1) document.getElementById("corpus-box").innerHTML = `<select id="corpus" aria-label="corpus">
+      <option value="">all corpora</option>${corpora.map((c) => `<option value="${esc(c.corpus)}"${state.corpus === c.corpus ? " selected" : ""}>${esc(c.corpus)} (${c.papers})</option>`).join("")}</select>`;
+    const select = document.getElementById("corpus");
+    if (select) select.onchange = () => { state.corpus = select.value; if (state.lastQuery) runSearch(); };
+  }).catch((err) => showError(err.message));
   if (state.lastQuery) runSearch();
 }
 
@@ -163,6 +169,8 @@ function querySliders(data) {
 async function runSearch() {
   if (!state.lastQuery.trim()) return showError("type something to search for");
   const params = [["q", state.lastQuery], ["model", model()], ["limit", "10"]];
+  const corpus = document.getElementById("corpus");
+  if (corpus && corpus.value) params.push(["corpus", corpus.value]);
   state.steering.forEach((s, f) => s !== 0 && params.push(["f", `${f}:${s}`]));
   state.families.forEach((s, f) => s !== 0 && params.push(["fam", `${f}:${s}`]));
   try {
