@@ -290,6 +290,7 @@ def search(
     family: Optional[int] = typer.Option(None, help="Steer along this family."),
     strength: float = typer.Option(0.5, help="Steering strength (negative steers away)."),
     limit: int = typer.Option(10),
+    corpus: Optional[str] = typer.Option(None, help="Only papers of this corpus (saedb load names it after the file)."),
 ) -> None:
     """Semantic search, optionally steered by a feature, a label or a family."""
     from saedb.embedders import get_embedder
@@ -305,7 +306,7 @@ def search(
             if not query.strip():
                 raise InvalidInputError("the search text is empty")
             vector = get_embedder(backend.require_embedder()[0]).embed([query])[0]
-            for hit in run_search(backend, vector, limit, steering or ()):
+            for hit in run_search(backend, vector, limit, steering or (), corpus):
                 typer.echo(f"{hit.distance:.3f}  {hit.arxiv_id}  {hit.year}  {hit.title}")
     except USER_ERRORS as exc:
         _fail(exc)

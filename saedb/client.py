@@ -38,8 +38,9 @@ class Database:
         return int(found)
 
     def search(self, text: str, model: int | str | None = None, *, feature: int | None = None, label: str | None = None,
-               family: int | None = None, strength: float = 0.5, limit: int = 10) -> pa.Table:
-        """Nearest papers to ``text``, optionally steered along a feature, a label or a family."""
+               family: int | None = None, strength: float = 0.5, limit: int = 10, corpus: str | None = None) -> pa.Table:
+        """Nearest papers to ``text`` (within ``corpus`` if given), optionally steered along a
+        feature, a label or a family."""
         from saedb.embedders import get_embedder
 
         chosen: list[tuple[SteerBy, int | str]] = [
@@ -48,7 +49,7 @@ class Database:
             raise InvalidInputError("steer by one of feature, label or family, with a model")
         steering = [Steering(chosen[0][0], chosen[0][1], strength, self.model_id(model))] if chosen and model is not None else []
         vector = get_embedder(self.backend.require_embedder()[0]).embed([text])[0]
-        hits = search(self.backend, vector, limit, steering)
+        hits = search(self.backend, vector, limit, steering, corpus)
         return pa.table({
             "doc_id": pa.array([h.doc_id for h in hits], pa.int64()), "arxiv_id": [h.arxiv_id for h in hits],
             "title": [h.title for h in hits], "year": pa.array([h.year for h in hits], pa.int32()),

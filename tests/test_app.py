@@ -421,6 +421,12 @@ def test_corpus_filter_and_switch(db_url: str, tmp_path: Path, embedder, browser
         for corpus in ("astro", "ml"):
             _, found = get(base, "search", [("q", "neural networks for galaxy images"), ("model", str(model_id)), ("corpus", corpus)])
             assert len(found["results"]) == 10 and {corpus_of[r["arxiv_id"]] for r in found["results"]} == {corpus}
+        _, board = get(base, "dashboard", [("model", str(model_id)), ("corpus", "ml")])
+        assert sum(y["count"] for y in board["documents_per_year"]) == 120 and board["top_features"]
+        feature_id = board["top_features"][0]["feature_id"]
+        _, page = get(base, "feature", [("model", str(model_id)), ("id", str(feature_id)), ("corpus", "ml")])
+        assert page["corpus"]["n_docs"] > 0 and {corpus_of[d["arxiv_id"]] for d in page["top_documents"]} == {"ml"}
+        assert board["top_features"][0]["density"] == pytest.approx(page["corpus"]["density"])
         kind = "postgres" if db_url.startswith("postgres") else "duckdb"
         browser.get(base + "/#/search")
         wait_for(browser, "#q")[0].send_keys("neural networks for galaxy images")

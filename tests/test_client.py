@@ -33,6 +33,9 @@ def test_sql_and_search_return_arrow_tables(trained, db_url: str) -> None:
         assert plain.column_names == ["doc_id", "arxiv_id", "title", "year", "distance"] and plain.num_rows == 5
         steered = db.search("gamma-ray bursts", model="analysis", feature=int(codes.column("feature_id")[0].as_py()), strength=-2.0, limit=5)
         assert steered.column("doc_id").to_pylist() != plain.column("doc_id").to_pylist()
+        corpus = db.sql("SELECT corpus FROM papers LIMIT 1").column("corpus")[0].as_py()
+        assert db.search("gamma-ray bursts", limit=5, corpus=corpus).column("doc_id").to_pylist() == plain.column("doc_id").to_pylist()
+        assert db.search("gamma-ray bursts", limit=5, corpus="another").num_rows == 0
         assert db.features("analysis").num_rows > 0 and db.model_id("analysis") == model_id
         assert db.sql("CREATE TABLE my_notes (doc_id bigint, note text)").num_rows == 0
         with pytest.raises(InvalidInputError, match="no published model named 'nope'"):

@@ -129,8 +129,9 @@ def find_features(backend: Backend, embed: Callable[[str], np.ndarray], text: st
     }
 
 
-def feature(backend: Backend, model_id: int, feature_id: int) -> dict[str, Any]:
-    """Everything the feature page shows."""
+def feature(backend: Backend, model_id: int, feature_id: int, corpus: str | None = None) -> dict[str, Any]:
+    """Everything the feature page shows; with ``corpus``, its top abstracts and share of
+    documents within that corpus."""
     check_model(backend, model_id)
     summary = records(
         backend,
@@ -165,6 +166,20 @@ def feature(backend: Backend, model_id: int, feature_id: int) -> dict[str, Any]:
         for (family_id,) in backend.query(
             "SELECT family_id FROM family_members WHERE model_id = ? AND feature_id = ? ORDER BY family_id LIMIT 3", (model_id, feature_id))
     ]
+    if corpus is not None:
+        page["top_documents"] = records(
+            backend,
+            "SELECT row_number() OVER (ORDER BY c.activation DESC, c.doc_id) AS rank, p.arxiv_id, p.title, p.year, c.activation, "
+            "substr(p.abstract, 1, 400) AS abstract FROM sae_codes c JOIN papers p ON p.doc_id = c.doc_id "
+            "WHERE c.model_id = ? AND c.feature_id = ? AND p.corpus = ? ORDER BY c.activation DESC, c.doc_id LIMIT 10",
+            (model_id, feature_id, corpus),
+        )
+        page["corpus"] = records(
+            backend,
+            "SELECT ? AS corpus, count(c.doc_id) AS n_docs, CAST(count(c.doc_id) AS DOUBLE PRECISION) / nullif(count(*), 0) AS density "
+            "FROM papers p LEFT JOIN sae_codes c ON c.doc_id = p.doc_id AND c.model_id = ? AND c.feature_id = ? WHERE p.corpus = ?",
+            (corpus, model_id, feature_id, corpus),
+        )[0]
     page["trend"] = records(
         backend, "SELECT year, n_docs, share_of_year FROM feature_trends WHERE model_id = ? AND feature_id = ? AND year IS NOT NULL ORDER BY year",
         (model_id, feature_id),
@@ -211,7 +226,19 @@ def family(backend: Backend, model_id: int, family_id: int) -> dict[str, Any]:
     return head[0]
 
 
-def dashboard(backend: Backend, model_id: int) -> dict[str, Any]:
+CORPUS_TOP_FEATURES = """
+SELECT c.feature_id, l.label, CAST(count(*) AS DOUBLE PRECISION) / (SELECT count(*) FROM papers WHERE corpus = ?) AS density,
+       avg(c.activation) AS mean_activation, l.pearson AS interpretability
+FROM sae_codes c JOIN papers p ON p.doc_id = c.doc_id
+LEFT JOIN feature_best_labels l ON l.model_id = c.model_id AND l.feature_id = c.feature_id
+WHERE c.model_id = ? AND p.corpus = ?
+GROUP BY c.feature_id, l.label, l.pearson ORDER BY count(*) DESC, c.feature_id LIMIT 15
+"""
+
+
+def dashboard(backend: Backend, model_id: int, corpus: str | None = None) -> dict[str, Any]:
+    """The model's dashboard; with ``corpus``, its most common features and papers per year
+    are those of that corpus."""
     info = check_model(backend, model_id)
     totals = backend.query(
         "SELECT count(*), avg(density), (SELECT count(DISTINCT feature_id) FROM feature_labels WHERE model_id = ?), "
@@ -230,12 +257,14 @@ def dashboard(backend: Backend, model_id: int) -> dict[str, Any]:
             backend, "SELECT floor(pearson * 10) / 10 AS pearson_bin, count(*) AS count FROM feature_best_labels "
             "WHERE model_id = ? AND pearson IS NOT NULL GROUP BY 1 ORDER BY 1", (model_id,),
         ),
-        "top_features": records(
+        "corpus": corpus,
+        "top_features": records(backend, CORPUS_TOP_FEATURES, (corpus, model_id, corpus)) if corpus is not None else records(
             backend, "SELECT feature_id, label, density, mean_activation, interpretability FROM feature_summary "
             "WHERE model_id = ? ORDER BY n_docs DESC, feature_id LIMIT 15", (model_id,),
         ),
         "documents_per_year": records(
-            backend, "SELECT year, count(*) AS count FROM papers WHERE year IS NOT NULL GROUP BY year ORDER BY year",
+            backend, "SELECT year, count(*) AS count FROM papers WHERE year IS NOT NULL"
+            + (" AND corpus = ?" if corpus is not None else "") + " GROUP BY year ORDER BY year", (corpus,) if corpus is not None else (),
         ),
         "evaluation": latest_evaluation(backend, model_id),
     }

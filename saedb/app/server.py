@@ -142,10 +142,10 @@ class App:
             "/api/corpora": lambda b: api.corpora(b),
             "/api/labels": lambda b: api.find_features(b, self.embed, self._text(params), _int(params, "model"),
                                                        _int(params, "limit", 10, 1, 100)),
-            "/api/feature": lambda b: api.feature(b, _int(params, "model"), _int(params, "id")),
+            "/api/feature": lambda b: api.feature(b, _int(params, "model"), _int(params, "id"), params.get("corpus", [None])[0] or None),
             "/api/families": lambda b: api.families(b, _int(params, "model")),
             "/api/family": lambda b: api.family(b, _int(params, "model"), _int(params, "id")),
-            "/api/dashboard": lambda b: api.dashboard(b, _int(params, "model")),
+            "/api/dashboard": lambda b: api.dashboard(b, _int(params, "model"), params.get("corpus", [None])[0] or None),
         }
         if path not in endpoints:
             raise api.ApiError(404, f"no such endpoint {path}")

@@ -186,12 +186,12 @@ async function runSearch() {
 }
 
 async function featurePage(id) {
-  const f = await get("feature", [["model", model()], ["id", id]]);
+  const f = await get("feature", [["model", model()], ["id", id], ...(state.corpus ? [["corpus", state.corpus]] : [])]);
   view.innerHTML = `<h1>Feature #${f.feature_id}: ${esc(f.label || "(unlabelled)")}</h1>
     <p><a href="#/search" class="steer-with" data-id="${f.feature_id}">Steer a search along this feature</a></p>
     <div class="row">
       <div class="card"><div class="stat">${fmt(f.interpretability, 2)}</div><div class="muted">interpretability (predictor r), F1 ${fmt(f.f1, 2)}</div></div>
-      <div class="card"><div class="stat">${fmt(100 * f.density, 2)}%</div><div class="muted">density: ${f.n_docs} documents</div></div>
+      <div class="card"><div class="stat">${fmt(100 * f.density, 2)}%</div><div class="muted">density: ${f.n_docs} documents${f.corpus ? `; in ${esc(f.corpus.corpus)}: ${f.corpus.n_docs} (${fmt(100 * (f.corpus.density || 0), 2)}%)` : ""}</div></div>
       <div class="card"><div class="stat">${fmt(f.mean_activation)}</div><div class="muted">mean activation (max ${fmt(f.max_activation)})</div></div>
     </div>
     <div class="row">
@@ -199,7 +199,7 @@ async function featurePage(id) {
       <div class="card"><h2>Trend by year (share of papers)</h2>${lineChart(f.trend, { x: "year", y: "share_of_year" })}</div>
     </div>
     <div class="row">
-      <div class="card"><h2>Top abstracts</h2><ol class="results">${f.top_documents.map((d) =>
+      <div class="card"><h2>Top abstracts${f.corpus ? ` in ${esc(f.corpus.corpus)}` : ""}</h2><ol class="results">${f.top_documents.map((d) =>
         `<li><strong>${esc(d.title)}</strong> <span class="dist">${esc(d.arxiv_id)} · ${d.year ?? ""} · ${fmt(d.activation)}</span>
          <div class="abstract">${esc(d.abstract)}…</div></li>`).join("")}</ol></div>
       <div class="card"><h2>Co-occurring features</h2>${f.cooccurring.length ? `<table><tr><th>feature</th><th>documents</th></tr>${f.cooccurring.map((c) =>
@@ -229,8 +229,8 @@ async function familyPage(id) {
 }
 
 async function dashboardPage() {
-  const d = await get("dashboard", [["model", model()]]);
-  view.innerHTML = `<h1>Model ${esc(d.model.name)} v${d.model.version}</h1>
+  const d = await get("dashboard", [["model", model()], ...(state.corpus ? [["corpus", state.corpus]] : [])]);
+  view.innerHTML = `<h1>Model ${esc(d.model.name)} v${d.model.version}${d.corpus ? ` · corpus ${esc(d.corpus)}` : ""}</h1>
     <div class="row">
       <div class="card"><div class="stat">${d.active_features} / ${d.model.n_latents}</div><div class="muted">features that fire (k = ${d.model.k})</div></div>
       <div class="card"><div class="stat">${d.labelled_features}</div><div class="muted">labelled, mean interpretability ${fmt(d.mean_interpretability, 2)}</div></div>
