@@ -85,8 +85,7 @@ def attach_table(url: str, schema: str, attachment: Attachment, embedder: str | 
     backend = connect(f"{base}{separator}schema={schema}")
     try:
         backend.bind_embedder(embedder or f"attached:{attachment.table}.{attachment.vector}", dim)
-        backend.execute("INSERT INTO saedb_meta VALUES ('attached_sync', ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                        (sync_sql(attachment),))
+        backend.set_meta("attached_sync", sync_sql(attachment))
         backend.sync_documents()
     except BaseException:
         backend.close()

@@ -23,7 +23,7 @@ from saedb.evaluation.cases import build_cases
 from saedb.evaluation.interventions import add, clamp
 from saedb.evaluation.judges import CategoriesJudge, Doc, EmbedderJudge, LLMJudge
 from saedb.evaluation.rewriters import LLMRewriter
-from saedb.evaluation.runner import ExactIndex
+from saedb.evaluation.runner import exact_index
 from saedb.evaluation.topics import Topic, category_topics, topics_of
 from saedb.families import build_families
 from saedb.interp import OfflineLabeller, corpus_stats, run_autointerp
@@ -112,7 +112,7 @@ def test_addition_ranks_as_the_sql_search_with_steer_many(evaluated: tuple[Backe
     queries = title_queries(backend, 10, seed=2)
     vectors = embedder.embed([q.text for q in queries])
     cases = build_cases(queries, vectors, sae.encode(vectors), topics_of(backend, model_id, "labels"), "labels", seed=2)
-    index = ExactIndex(backend)
+    index = exact_index(backend)
     if backend.dialect == "postgres":  # exact search: HNSW is approximate (its recall is the search issue's)
         backend.execute("SET enable_indexscan = off")
     for case, (a_up, a_down) in zip(cases[:4], [(0.5, -0.5), (1.0, 0.0), (2.5, -1.0), (0.1, -5.0)]):
@@ -124,7 +124,7 @@ def test_addition_ranks_as_the_sql_search_with_steer_many(evaluated: tuple[Backe
 
 def test_title_queries_never_find_their_own_paper(evaluated: tuple[Backend, int]) -> None:
     backend, _ = evaluated
-    index = ExactIndex(backend)
+    index = exact_index(backend)
     for query in title_queries(backend, 10, seed=3):
         vector = backend.fetch_vectors("SELECT embedding FROM embeddings WHERE doc_id = ?", (query.own_doc,))
         assert index.top(vector, 10)[0][0] == query.own_doc  # its own abstract is the nearest ...

@@ -114,7 +114,7 @@ def find_features(backend: Backend, embed: Callable[[str], np.ndarray], text: st
         if match >= FUZZY_MATCH:
             by_label.append((match, pearson or 0.0, feature_id, label, density, pearson))
     by_label.sort(key=lambda m: (-m[0], -m[1], m[2]))
-    decoder = backend.fetch_vectors("SELECT w_dec FROM sae_decoder WHERE model_id = ? ORDER BY feature_id", (model_id,))
+    decoder = backend.decoder(model_id)
     query = embed(text)
     cosine = decoder @ query / (np.linalg.norm(decoder, axis=1) * np.linalg.norm(query))
     nearest = np.argsort(-cosine, kind="stable")[:limit].tolist()
@@ -190,7 +190,7 @@ def feature(backend: Backend, model_id: int, feature_id: int, corpus: str | None
 
 def related_features(backend: Backend, model_id: int, feature_id: int, count: int = 6) -> dict[str, list[dict[str, Any]]]:
     """The paper's neighbours: features whose decoder directions are most and least aligned with this one's."""
-    decoder = backend.fetch_vectors("SELECT w_dec FROM sae_decoder WHERE model_id = ? ORDER BY feature_id", (model_id,))
+    decoder = backend.decoder(model_id)
     unit = decoder / np.linalg.norm(decoder, axis=1, keepdims=True)
     cosine = unit @ unit[feature_id]
     order = [int(f) for f in np.argsort(-cosine, kind="stable") if f != feature_id]

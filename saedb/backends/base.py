@@ -133,16 +133,16 @@ class Backend(ABC):
             raise ConfigurationError("the database is missing or has an older saedb schema: create it by loading a corpus (saedb load), or open it once for writing")
         for script in scripts:
             self.run_script(script)
-        self.execute(
-            "INSERT INTO saedb_meta VALUES ('schema', ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            (fingerprint,),
-        )
+        self.set_meta("schema", fingerprint)
 
     def schema_fingerprint(self) -> str | None:
         """Fingerprint of the schema scripts last applied, None on a new database."""
         tables = self.query("SELECT count(*) FROM information_schema.tables WHERE table_name = 'saedb_meta' "
                             "AND table_schema = current_schema()")
         return self.meta("schema") if tables[0][0] else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        self.execute("INSERT INTO saedb_meta VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value", (key, value))
 
     def meta(self, key: str) -> str | None:
         rows = self.query("SELECT value FROM saedb_meta WHERE key = ?", (key,))
@@ -212,13 +212,17 @@ class Backend(ABC):
         """Read a published model's weights into the numpy core."""
         info = self.model_row(model_id)
         w_enc = self.fetch_vectors("SELECT w_enc FROM sae_encoder WHERE model_id = ? ORDER BY feature_id", (model_id,))
-        w_dec = self.fetch_vectors("SELECT w_dec FROM sae_decoder WHERE model_id = ? ORDER BY feature_id", (model_id,))
+        w_dec = self.decoder(model_id)
         b_pre = self.fetch_vectors("SELECT b_pre FROM sae_models WHERE model_id = ?", (model_id,))[0]
         b_lat = np.array(
             [r[0] for r in self.query("SELECT b_lat FROM sae_encoder WHERE model_id = ? ORDER BY feature_id", (model_id,))],
             dtype=np.float32,
         )
         return SAE(w_enc=w_enc, b_lat=b_lat, w_dec=w_dec, b_pre=b_pre, k=info["k"])
+
+    def decoder(self, model_id: int) -> np.ndarray:
+        """The model's decoder directions, one row per feature."""
+        return self.fetch_vectors("SELECT w_dec FROM sae_decoder WHERE model_id = ? ORDER BY feature_id", (model_id,))
 
     def insert_model_row(self, name: str, sae: SAE, embedder: str, metrics: dict[str, Any]) -> int:
         """Insert a 'building' model row for the next version of ``name``; returns its model_id."""

@@ -113,12 +113,10 @@ class DuckDBBackend(Backend):
         self._depth = 0
         self.shared: SharedDatabase | None = None
         if con is not None:  # a sibling over an open database: no migration, no UDFs
-            self.con = con
-            self._use_schema()
+            self.con = self._in_schema(con)
             return
         self.shared = SharedDatabase.acquire(path, read_only)
-        self.con = self.shared.root.cursor()
-        self._use_schema()
+        self.con = self._in_schema(self.shared.root.cursor())
         try:
             self.migrate(read_only=read_only)
             if not read_only:
@@ -128,9 +126,11 @@ class DuckDBBackend(Backend):
             self.close()
             raise
 
-    def _use_schema(self) -> None:
+    def _in_schema(self, con: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
+        """``con``, resolving names in this backend's workspace schema first (if any)."""
         if self.schema is not None:
-            self.con.execute(f"SET search_path = '{self.schema},main'")
+            con.execute(f"SET search_path = '{self.schema},main'")
+        return con
 
     def _ensure_udfs(self) -> None:
         """(Re-)register the UDFs when missing or built for another embedder binding."""
@@ -161,8 +161,7 @@ class DuckDBBackend(Backend):
         if self.meta("sql_macros") != fingerprint:
             with self.transaction():
                 self.run_script(script)
-                self.execute("INSERT INTO saedb_meta VALUES ('sql_macros', ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                             (fingerprint,))
+                self.set_meta("sql_macros", fingerprint)
 
     def sibling(self, functions: bool = False) -> "DuckDBBackend":
         """A backend on a separate connection to the same database, usable from inside UDFs
@@ -295,10 +294,7 @@ class DuckDBBackend(Backend):
             self.con.unregister("stage_codes")
 
     def iter_embeddings(self, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        cursor = self.con.cursor()
-        if self.schema is not None:
-            cursor.execute(f"SET search_path = '{self.schema},main'")
-        reader = cursor.sql("SELECT doc_id, embedding FROM embeddings ORDER BY doc_id").to_arrow_reader(batch_size)
+        reader = self._in_schema(self.con.cursor()).sql("SELECT doc_id, embedding FROM embeddings ORDER BY doc_id").to_arrow_reader(batch_size)
         for batch in reader:
             yield batch.column(0).to_numpy().astype(np.int64), vectors_to_matrix(batch.column(1))
 

@@ -19,6 +19,18 @@ Stamp = tuple[int, int, int]
 STAMP_SQL = "SELECT count(*), coalesce(max(doc_id), 0), coalesce(sum(doc_id), 0) FROM embeddings"
 
 
+def ranked(similarity: np.ndarray, doc_ids: np.ndarray, limit: int) -> tuple[np.ndarray, np.ndarray]:
+    """For each row of ``similarity`` (queries × documents), the ``limit`` most similar doc ids and
+    their cosine distances, nearest first, ties by doc id."""
+    limit = min(limit, len(doc_ids))
+    if not limit:
+        return np.zeros((len(similarity), 0), np.int64), np.zeros((len(similarity), 0), np.float32)
+    best = np.argpartition(-similarity, limit - 1, axis=1)[:, :limit]
+    order = np.lexsort((doc_ids[best], -np.take_along_axis(similarity, best, axis=1)))
+    best = np.take_along_axis(best, order, axis=1)
+    return doc_ids[best], (1.0 - np.take_along_axis(similarity, best, axis=1)).astype(np.float32)
+
+
 class ExactIndex:
     """Unit-normalised embedding rows and their doc ids, kept in step with the table."""
 
@@ -27,6 +39,13 @@ class ExactIndex:
         self.stamp: Stamp = (0, 0, 0)
         self.doc_ids = np.zeros(0, np.int64)
         self.unit_rows = np.zeros((0, 0), np.float32)
+
+    def append(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        """Add rows (doc ids above those held), normalised."""
+        if len(ids):
+            unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+            self.doc_ids = np.concatenate([self.doc_ids, ids])
+            self.unit_rows = np.ascontiguousarray(np.concatenate([self.unit_rows, unit]) if len(self.unit_rows) else unit, np.float32)
 
     def refresh(self, stamp: Stamp, read: Callable[[int], tuple[np.ndarray, np.ndarray]]) -> None:
         """Bring the cache to the table's ``stamp``; ``read(after)`` returns the (doc_ids, vectors)
@@ -39,26 +58,30 @@ class ExactIndex:
             if (count + len(ids), int(ids[-1]) if len(ids) else last, total + int(ids.sum())) != stamp:
                 self.doc_ids, self.unit_rows = np.zeros(0, np.int64), np.zeros((0, 0), np.float32)  # not an append
                 ids, vectors = read(0)
-            if len(ids):
-                unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
-                self.doc_ids = np.concatenate([self.doc_ids, ids])
-                self.unit_rows = np.ascontiguousarray(np.concatenate([self.unit_rows, unit]) if len(self.unit_rows) else unit, np.float32)
+            self.append(ids, vectors)
             self.stamp = (len(self.doc_ids), int(self.doc_ids[-1]) if len(self.doc_ids) else 0, int(self.doc_ids.sum()))
+
+    def similarity(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Cosine similarity of each query (rows) to every held row, and the doc ids they belong to."""
+        queries = np.atleast_2d(np.asarray(queries, np.float32))
+        with self.lock:
+            if not len(self.doc_ids):
+                return np.zeros((len(queries), 0), np.float32), self.doc_ids
+            return (queries / np.linalg.norm(queries, axis=1, keepdims=True)) @ self.unit_rows.T, self.doc_ids
 
     def nearest(self, query: np.ndarray, limit: int, allowed: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """The ``limit`` nearest doc ids (among ``allowed``, if given) and their cosine distances,
         nearest first (ties by doc id)."""
-        with self.lock:
-            similarity = self.unit_rows @ (np.asarray(query, np.float32) / np.linalg.norm(query)) if len(self.doc_ids) else None
-            doc_ids = self.doc_ids
-        if similarity is None:
-            return np.zeros(0, np.int64), np.zeros(0, np.float32)
+        similarity, doc_ids = self.similarity(query)
         if allowed is not None:
             keep = np.isin(doc_ids, np.asarray(allowed, dtype=np.int64))
-            doc_ids, similarity = doc_ids[keep], similarity[keep]
-        limit = min(limit, len(doc_ids))
-        if not limit:
-            return np.zeros(0, np.int64), np.zeros(0, np.float32)
-        best = np.argpartition(-similarity, limit - 1)[:limit]
-        order = np.lexsort((doc_ids[best], -similarity[best]))
-        return doc_ids[best[order]], (1.0 - similarity[best[order]]).astype(np.float32)
+            doc_ids, similarity = doc_ids[keep], similarity[:, keep]
+        ids, distances = ranked(similarity, doc_ids, limit)
+        return ids[0], distances[0]
+
+    def top(self, queries: np.ndarray, limit: int, exclude: int | None = None) -> list[list[int]]:
+        """For each query, the ``limit`` nearest doc ids (best first), never ``exclude``."""
+        similarity, doc_ids = self.similarity(queries)
+        if exclude is not None:
+            similarity[:, doc_ids == exclude] = -np.inf
+        return ranked(similarity, doc_ids, limit)[0].tolist()

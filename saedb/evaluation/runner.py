@@ -15,6 +15,7 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 
 from saedb.backends import Backend
+from saedb.backends.exact_index import ExactIndex
 from saedb.embedders import Embedder
 from saedb.errors import InvalidInputError
 from saedb.evaluation.cases import N_OPTIONS, Case, Query, build_cases
@@ -25,28 +26,14 @@ from saedb.evaluation.topics import TopicKind, family_topics, topics_of
 from saedb.sae import SAE
 
 
-class ExactIndex:
-    """Exact cosine nearest neighbours over the database's embeddings."""
-
-    def __init__(self, backend: Backend, batch_size: int = 65536) -> None:
-        ids, chunks = [], []
-        for doc_ids, matrix in backend.iter_embeddings(batch_size):
-            ids.append(doc_ids)
-            chunks.append(matrix / np.linalg.norm(matrix, axis=1, keepdims=True))
-        if not ids:
-            raise InvalidInputError("the database has no embeddings: run `saedb load` first")
-        self.doc_ids = np.concatenate(ids)
-        self.matrix = np.concatenate(chunks)
-
-    def top(self, vectors: np.ndarray, limit: int, exclude: int | None = None) -> list[list[int]]:
-        """For each vector, the ``limit`` nearest doc ids (best first), never ``exclude``."""
-        vectors = np.asarray(vectors, dtype=np.float32)
-        similarity = (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)) @ self.matrix.T
-        if exclude is not None:
-            similarity[:, self.doc_ids == exclude] = -np.inf
-        best = np.argpartition(-similarity, limit - 1, axis=1)[:, :limit]
-        order = np.argsort(-np.take_along_axis(similarity, best, axis=1), axis=1, kind="stable")
-        return [self.doc_ids[row].tolist() for row in np.take_along_axis(best, order, axis=1)]
+def exact_index(backend: Backend, batch_size: int = 65536) -> ExactIndex:
+    """All of the database's embeddings in an in-process exact index."""
+    index = ExactIndex()
+    for doc_ids, matrix in backend.iter_embeddings(batch_size):
+        index.append(doc_ids, matrix)
+    if not len(index.doc_ids):
+        raise InvalidInputError("the database has no embeddings: run `saedb load` first")
+    return index
 
 
 class Documents:
@@ -147,7 +134,7 @@ def run_evaluation(
     cases = {kind: build_cases(queries, vectors, codes, kind_topics, kind, seed) for kind, kind_topics in topics.items()}
     if not cases[judge.kind]:
         raise InvalidInputError("no query has an active topic to steer away from: use other queries")
-    index, documents = ExactIndex(backend), Documents(backend)
+    index, documents = exact_index(backend), Documents(backend)
     judge_rng, direction_rng = random.Random(seed), np.random.default_rng(seed)
     tallies: dict[Setting, Tally] = {}
     for kind, kind_cases in cases.items():
