@@ -286,10 +286,13 @@ def build_families(
     predictor: Predictor | None = None,
     namer: Callable[[Family, dict[int, str]], str] = offline_family_name,
     seed: int = 0,
+    with_cooccurrence: bool = True,
 ) -> list[NamedFamily]:
-    """Co-occurrence in SQL, the family algorithm over clean features, names, scores (when a
-    predictor is given) and statistics, all stored in SQL tables."""
-    compute_cooccurrence(backend, model_id)
+    """Co-occurrence in SQL (unless ``with_cooccurrence`` is False: the stored one is used), the
+    family algorithm over clean features, names, scores (when a predictor is given) and
+    statistics, all stored in SQL tables."""
+    if with_cooccurrence:
+        compute_cooccurrence(backend, model_id)
     labels = dict(backend.query(CLEAN_FEATURES_SQL, (model_id,)))
     features = sorted(labels)
     counts = cooccurrence_counts(backend, model_id, features)

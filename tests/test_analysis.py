@@ -177,3 +177,46 @@ def test_bi_views_match_direct_aggregates(labelled: tuple[Backend, int]) -> None
     assert [r[0] for r in top] == list(range(1, len(top) + 1)) and [r[1] for r in top] == sorted((r[1] for r in top), reverse=True)
     joined = backend.query("SELECT count(*) FROM document_features WHERE model_id = ? AND year IS NOT NULL", (model_id,))[0][0]
     assert joined == backend.query("SELECT count(*) FROM sae_codes WHERE model_id = ?", (model_id,))[0][0]
+
+
+class CountingQueries:
+    """A backend whose query() calls are counted (the rest passes through)."""
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend, self.queries = backend, 0
+
+    def query(self, sql: str, params=()) -> list[tuple]:
+        self.queries += 1
+        return self.backend.query(sql, params)
+
+    def __getattr__(self, name: str):
+        return getattr(self.backend, name)
+
+
+def test_examples_take_a_bounded_number_of_queries_and_are_right(trained: tuple[Backend, int]) -> None:
+    """Labelling cost must not be one pass over sae_codes per feature (1M documents x 1024
+    features); each feature's examples are still its own top activations and documents
+    where it does not fire, the same whichever other features share its batch."""
+    from saedb.interp.autointerp import features_by_density
+    from saedb.interp.examples import examples_for
+
+    backend, model_id = trained
+    features = features_by_density(backend, model_id)[:100]
+    counting = CountingQueries(backend)
+    examples = list(examples_for(counting, model_id, features, 400))
+    assert len(examples) >= 50 and counting.queries <= 12
+    fires = {(d, f) for d, f in backend.query("SELECT doc_id, feature_id FROM sae_codes WHERE model_id = ?", (model_id,))}
+    doc_of = {f"{t}. {a}": d for d, t, a in backend.query("SELECT doc_id, title, abstract FROM papers")}
+    for ex in examples:
+        top = backend.query(
+            "SELECT p.title, p.abstract, c.activation FROM sae_codes c JOIN papers p ON p.doc_id = c.doc_id "
+            "WHERE c.model_id = ? AND c.feature_id = ? ORDER BY c.activation DESC, c.doc_id LIMIT 60", (model_id, ex.feature_id))
+        texts = [f"{t}. {a}" for t, a, _ in top]
+        assert ex.positives + ex.held_out_positives + ex.more_positives == texts
+        assert ex.activations == pytest.approx([a for _, _, a in top[:5]])
+        negatives = ex.negatives + ex.held_out_negatives
+        assert len(negatives) == 8 and len(set(negatives)) == 8
+        assert not any((doc_of[text], ex.feature_id) in fires for text in negatives)
+    alone = next(examples_for(backend, model_id, [examples[7].feature_id], 400))
+    assert alone == examples[7]
+    assert len({tuple(ex.negatives) for ex in examples}) > len(examples) // 2  # not one shared list

@@ -9,6 +9,7 @@ import textwrap
 from pathlib import Path
 
 import duckdb
+import numpy as np
 import psycopg
 import pytest
 
@@ -122,3 +123,25 @@ def test_postgres_sessions_search_with_the_documented_hnsw_settings(pg_dsn: str)
         with connect(pg_dsn, read_only=read_only) as backend:
             assert backend.query("SELECT current_setting('hnsw.ef_search'), current_setting('hnsw.iterative_scan')") == [
                 ("100", "relaxed_order")]
+
+
+def test_duckdb_reads_all_embeddings_within_a_memory_limit(tmp_path: Path) -> None:
+    """Publishing codes reads every embedding: on DuckDB that must be a streamed range scan,
+    not a sort of the whole table (which needs the corpus in memory: at 1M documents, 3.3 GB,
+    and an out-of-memory error under a memory limit)."""
+    from saedb.backends.base import DocumentBatch
+
+    rows, dim = 20_000, 384
+    vectors = np.random.default_rng(0).standard_normal((rows, dim)).astype(np.float32)
+    with connect(str(tmp_path / "limited.duckdb")) as backend:
+        backend.bind_embedder("test-embedder", dim)
+        backend.insert_documents(DocumentBatch(
+            arxiv_ids=[f"d{i}" for i in range(rows)], titles=["t"] * rows, abstracts=["a"] * rows,
+            categories=[[]] * rows, subjects=[[]] * rows, published=[None] * rows, years=[None] * rows,
+            corpus="test", embeddings=vectors))
+    with connect(str(tmp_path / "limited.duckdb"), read_only=True) as backend:
+        backend.execute("SET memory_limit = '12MB'")  # the table holds 30 MB of vectors
+        ids, parts = zip(*backend.iter_embeddings(1000))
+    ids, matrix = np.concatenate(ids), np.concatenate(parts)
+    assert len(ids) == rows and (np.diff(ids) > 0).all()
+    np.testing.assert_array_equal(matrix, vectors)

@@ -4,6 +4,8 @@ algorithm with its statistics, on real DuckDB and Postgres."""
 
 from __future__ import annotations
 
+from itertools import islice
+
 import numpy as np
 import pytest
 import torch
@@ -17,7 +19,8 @@ from saedb.families import Family, build_families, deduplicate, find_families
 from saedb.interp import OfflineLabeller, corpus_stats, label_control, mark_clean, run_autointerp
 from saedb.interp.text import CorpusStats
 from saedb.trainer import TrainConfig
-from saedb.trainer.train import batches, train_from_db
+from saedb.trainer.stream import ArraySource, ChunkedRows, training_batches
+from saedb.trainer.train import train_from_db
 
 runner = CliRunner()
 
@@ -34,11 +37,14 @@ def test_defaults_are_the_papers_and_train_and_grid_share_them() -> None:
 
 
 def test_budget_is_counted_in_optimiser_steps_with_a_new_shuffle_per_pass() -> None:
-    cfg = TrainConfig(k=4, n_latents=16, steps=37, batch_size=64)
-    drawn = list(batches(300, cfg, torch.Generator().manual_seed(0)))
+    x = np.arange(300, dtype=np.float32)[:, None].repeat(2, axis=1)  # row r holds the value r
+    generator = torch.Generator().manual_seed(0)
+    rows = ChunkedRows(ArraySource(x), chunk_rows=10_000, fraction=0.0, seed=0, generator=generator)
+    drawn = [b[:, 0].long() for b in islice(training_batches(rows, 64, generator), 37)]
     assert len(drawn) == 37 and all(len(b) == 64 for b in drawn)
-    first_pass = torch.cat(drawn[:4])  # 4 full batches per pass of 300 rows
-    assert len(set(first_pass.tolist())) == 256
+    assert len(set(torch.cat(drawn[:4]).tolist())) == 256  # 4 full batches per pass of 300 rows
+    assert set(torch.cat(drawn[:9]).tolist()) == set(range(300))  # the 44 left over start the next pass
+    assert drawn[0].tolist() != drawn[4].tolist()  # a new order each pass
 
 
 @pytest.mark.parametrize("args, fields, message", [
@@ -67,7 +73,7 @@ def test_models_record_steps_nmse_dead_fraction_and_encoder_decoder_cosine(loade
     sae = loaded.load_sae(model_id)
     cosine = np.mean(np.sum(sae.w_enc * sae.w_dec, axis=1) / np.linalg.norm(sae.w_enc, axis=1) / np.linalg.norm(sae.w_dec, axis=1))
     assert row[3] == pytest.approx(cosine, abs=1e-5) and 0 < row[3] < 1  # untied from the initial 1.0
-    assert 0 < m["holdout_normalised_mse"] and m["holdout_samples"] == 20 and m["samples"] == 380
+    assert 0 < m["holdout_normalised_mse"] and 8 <= m["holdout_samples"] <= 35 and m["samples"] + m["holdout_samples"] == 400
     shown = runner.invoke(app, ["models", "--db", db_url])
     header, line = shown.output.strip().splitlines()[:2]
     assert header.split("\t")[6:10] == ["steps", "normalised_mse", "dead_fraction", "enc_dec_cosine"]
@@ -121,7 +127,9 @@ def test_own_labels_beat_shuffled_labels_on_held_out_abstracts(trained: tuple[Ba
     run_autointerp(backend, model_id, labeller, concurrency=1)
     report = label_control(backend, model_id, labeller.name, labeller)
     assert report.features >= 60
-    assert report.pearson_margin() >= 0.3 and report.f1_margin() >= 0.15, "\n".join(report.lines())
+    # Pearson margin over training seeds 0-4: 0.24-0.34 (in-memory trainer), 0.24-0.30 (streaming trainer);
+    # F1 margin 0.22-0.28. The shuffled label's margin is 0 by construction.
+    assert report.pearson_margin() >= 0.2 and report.f1_margin() >= 0.15, "\n".join(report.lines())
     assert report.shuffled.nan_share() > report.own.nan_share()
     labels = [r[0] for r in backend.query("SELECT label FROM feature_labels WHERE model_id = ?", (model_id,))]
     assert all(1 <= len(label.split()) <= 8 for label in labels)

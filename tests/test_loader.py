@@ -162,3 +162,30 @@ def test_resumes_after_kill_9(db_url: str) -> None:
     with connect(db_url) as backend:
         assert backend.count("papers") == backend.count("embeddings") == total
         assert backend.query("SELECT count(DISTINCT arxiv_id) FROM papers")[0][0] == total
+
+
+def test_a_duckdb_load_checkpoints_rarely_and_restores_the_setting(tmp_path: Path, astro_slice: Path, embedder) -> None:
+    """A load commits batch by batch; DuckDB's default checkpoint every 16 MB of log rewrote
+    the indexes each time (quadratic at 1M documents). During the load the threshold is
+    raised; afterwards the connection's own setting is back, also when the load fails."""
+    db = str(tmp_path / "bulk.duckdb")
+    with connect(db) as backend:
+        backend.execute("SET checkpoint_threshold = '20MB'")
+        insert, seen = backend.insert_documents, []
+
+        def fail(batch):
+            raise RuntimeError("disk full")
+
+        backend.insert_documents = fail  # type: ignore[method-assign]
+        with pytest.raises(RuntimeError):
+            load_corpus(backend, astro_slice, embedder, batch_size=100, progress=False)
+        assert backend.query("SELECT current_setting('checkpoint_threshold')")[0][0].startswith("19.0 MiB")
+
+        def spy(batch):
+            seen.append(backend.query("SELECT current_setting('checkpoint_threshold')")[0][0])
+            return insert(batch)
+
+        backend.insert_documents = spy  # type: ignore[method-assign]
+        load_corpus(backend, astro_slice, embedder, batch_size=100, progress=False)
+        assert len(seen) == 4 and all(value.startswith("953") for value in seen)  # 1 GB
+        assert backend.query("SELECT current_setting('checkpoint_threshold')")[0][0].startswith("19.0 MiB")

@@ -7,6 +7,9 @@ import os
 import subprocess
 import sys
 import textwrap
+from contextlib import nullcontext
+from dataclasses import replace
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +21,9 @@ from saedb.models import publish_model
 from saedb.sae import SAE
 from saedb.trainer import TrainConfig
 from saedb.trainer.topk_sae import TopKSAE, normalised_mse
-from saedb.trainer.train import coordinate_median, train_from_db, train_sae
+from saedb.errors import InvalidInputError
+from saedb.trainer.stream import ArraySource, ChunkedRows, DatabaseSource, held_out, training_batches
+from saedb.trainer.train import coordinate_median, evaluate, train_from_db, train_sae, train_stream
 from tests.conftest import embeddings_of
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -189,3 +194,57 @@ def test_scaling_grid_stores_runs_fits_and_plots(astro_2000: Backend, tmp_path: 
     assert runs[1]["train_flops"] == 2 * runs[0]["train_flops"] - 70 * 256 * 6 * 256 * 8
     png, svg = plot_scaling(runs, fits, tmp_path / "plots")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and svg.read_text().lstrip().startswith("<?xml")
+
+
+# --- streaming: memory bounded by the chunk, not the corpus ---------------------------
+
+class CountingSource(DatabaseSource):
+    """The database source, recording how many rows each chunk read returned."""
+
+    reads: list[int]
+
+    def read_many(self, blocks: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+        parts = super().read_many(blocks)
+        self.reads.append(sum(len(ids) for ids, _ in parts))
+        return parts
+
+
+def test_streamed_training_reads_one_chunk_at_a_time_and_never_trains_on_held_out_rows(astro_2000: Backend) -> None:
+    source = CountingSource(lambda: nullcontext(astro_2000), block_rows=100)
+    source.reads = []
+    generator = torch.Generator().manual_seed(0)
+    rows = ChunkedRows(source, chunk_rows=400, fraction=0.05, seed=3, generator=generator)
+    assert not rows.single
+    trained = torch.cat(list(islice(training_batches(rows, 64, generator), 90)))  # three passes of ~1900 rows
+    assert max(source.reads) <= 400 and len(source.reads) >= 10
+    ids, matrix = zip(*astro_2000.iter_embeddings(5000))
+    ids, matrix = np.concatenate(ids), np.concatenate(matrix)
+    held = held_out(ids, 0.05, seed=3)
+    assert 60 <= held.sum() <= 140  # about 5% of 2000
+    row_of = {row.tobytes(): i for i, row in enumerate(matrix)}
+    seen = {row_of[row.numpy().tobytes()] for row in trained}
+    assert not seen & set(np.flatnonzero(held).tolist())
+    assert seen == {row_of[row.tobytes()] for row in matrix[~held]}  # every training row within three passes
+
+
+def test_streamed_training_matches_training_in_memory(astro_2000: Backend) -> None:
+    cfg = TrainConfig(k=16, n_latents=256, steps=200, batch_size=128, lr=1e-3)
+    whole = train_stream(DatabaseSource(lambda: nullcontext(astro_2000)), cfg)
+    streamed = train_stream(DatabaseSource(lambda: nullcontext(astro_2000), block_rows=100), replace(cfg, chunk_rows=300))
+    for key in ("samples", "holdout_samples"):
+        assert streamed.metrics[key] == whole.metrics[key]
+    assert whole.metrics["samples"] + whole.metrics["holdout_samples"] == 2000
+    assert streamed.metrics["normalised_mse"] == pytest.approx(whole.metrics["normalised_mse"], rel=0.1)
+    assert streamed.metrics["holdout_normalised_mse"] == pytest.approx(whole.metrics["holdout_normalised_mse"], rel=0.1)
+    x = torch.from_numpy(np.concatenate([m for _, m in astro_2000.iter_embeddings(5000)]))
+    everything = evaluate(streamed.model, x)["normalised_mse"]  # the chunked final pass equals one pass over all rows
+    weighted = (streamed.metrics["normalised_mse"] * streamed.metrics["samples"]
+                + streamed.metrics["holdout_normalised_mse"] * streamed.metrics["holdout_samples"]) / 2000
+    assert everything == pytest.approx(weighted, rel=0.05)
+
+
+def test_a_non_finite_value_in_a_later_chunk_is_an_error() -> None:
+    x = np.random.default_rng(0).standard_normal((3000, 16)).astype(np.float32)
+    x[2900, 3] = np.nan
+    with pytest.raises(InvalidInputError, match="NaN or infinite"):
+        train_stream(ArraySource(x, block_rows=250), TrainConfig(k=4, n_latents=32, steps=100, batch_size=64, chunk_rows=500))

@@ -81,6 +81,11 @@ class Backend(ABC):
         with self.transaction():
             yield
 
+    @contextmanager
+    def bulk_writes(self) -> Iterator[None]:
+        """Many consecutive commits (a load, an incremental encode), each still durable on its own."""
+        yield
+
     @abstractmethod
     def close(self) -> None: ...
 
@@ -108,6 +113,16 @@ class Backend(ABC):
     @abstractmethod
     def iter_embeddings(self, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Stream (doc_ids, float32 matrix) batches ordered by doc_id; holds one batch in RAM."""
+
+    @abstractmethod
+    def embedding_range(self, first: int, stop: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(doc_ids, float32 matrix) of the documents with ``first <= doc_id < stop`` (no upper
+        bound when stop is None), ordered by doc_id; a range scan, not a pass over the table."""
+
+    def embedding_span(self) -> tuple[int, int, int]:
+        """(smallest doc_id, largest doc_id, number of embeddings); (0, -1, 0) when there are none."""
+        low, high, count = self.query("SELECT min(doc_id), max(doc_id), count(*) FROM embeddings")[0]
+        return (0, -1, 0) if not count else (int(low), int(high), int(count))
 
     def nearest(self, query: np.ndarray, limit: int, allowed: Sequence[int] | None = None) -> list[tuple[int, float]]:
         """(doc_id, cosine distance) of the ``limit`` nearest documents (among ``allowed`` doc ids

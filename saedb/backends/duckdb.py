@@ -20,6 +20,9 @@ from saedb.sae import SAE, SparseCodes
 from saedb.sqlfiles import read_sql
 
 
+BULK_CHECKPOINT_THRESHOLD = "1GB"
+
+
 def fixed_size_vectors(matrix: np.ndarray) -> pa.FixedSizeListArray:
     """A float32 (rows, dim) matrix as an Arrow fixed-size list column (DuckDB FLOAT[dim])."""
     matrix = np.ascontiguousarray(matrix, dtype=np.float32)
@@ -199,6 +202,18 @@ class DuckDBBackend(Backend):
             yield
 
     @contextmanager
+    def bulk_writes(self) -> Iterator[None]:
+        """Checkpoint after 1 GB of write-ahead log instead of DuckDB's 16 MB: a checkpoint
+        rewrites the tables' indexes, so checkpointing every few batches made a 1M-document
+        load quadratic (148 s against 82 s; the commits stay durable in the log)."""
+        previous = self.con.execute("SELECT current_setting('checkpoint_threshold')").fetchall()[0][0]
+        self.con.execute(f"SET checkpoint_threshold = '{BULK_CHECKPOINT_THRESHOLD}'")
+        try:
+            yield
+        finally:
+            self.con.execute(f"SET checkpoint_threshold = '{previous}'")
+
+    @contextmanager
     def transaction(self) -> Iterator[None]:
         if self._depth:  # nested: part of the enclosing transaction
             self._depth += 1
@@ -294,20 +309,26 @@ class DuckDBBackend(Backend):
             self.con.unregister("stage_codes")
 
     def iter_embeddings(self, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        reader = self._in_schema(self.con.cursor()).sql("SELECT doc_id, embedding FROM embeddings ORDER BY doc_id").to_arrow_reader(batch_size)
-        for batch in reader:
-            yield batch.column(0).to_numpy().astype(np.int64), vectors_to_matrix(batch.column(1))
+        """Range scans of ``batch_size`` doc ids (batches are smaller where ids have gaps): an
+        ORDER BY over the whole table would sort it, i.e. hold the corpus in memory."""
+        low, high, _ = self.embedding_span()
+        for first in range(low, high + 1, batch_size):
+            doc_ids, matrix = self.embedding_range(first, first + batch_size)
+            if len(doc_ids):
+                yield doc_ids, matrix
 
     def nearest(self, query: np.ndarray, limit: int, allowed: Sequence[int] | None = None) -> list[tuple[int, float]]:
         """Exact cosine nearest neighbours from the shared in-process index, refreshed first."""
         index = self.shared.exact_index if self.shared is not None else ExactIndex()
         stamp = self.con.execute(STAMP_SQL).fetchall()[0]
-        index.refresh(tuple(int(v) for v in stamp), self._embeddings_after)  # type: ignore[arg-type]
+        index.refresh(tuple(int(v) for v in stamp), lambda last: self.embedding_range(last + 1))  # type: ignore[arg-type]
         ids, distances = index.nearest(query, limit, allowed)
         return list(zip(ids.tolist(), distances.tolist()))
 
-    def _embeddings_after(self, doc_id: int) -> tuple[np.ndarray, np.ndarray]:
-        table = self.con.sql("SELECT doc_id, embedding FROM embeddings WHERE doc_id > ? ORDER BY doc_id", params=[doc_id]).to_arrow_table()
+    def embedding_range(self, first: int, stop: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        bounds, params = ("doc_id >= ?", [first]) if stop is None else ("doc_id >= ? AND doc_id < ?", [first, stop])
+        table = self._in_schema(self.con.cursor()).sql(
+            f"SELECT doc_id, embedding FROM embeddings WHERE {bounds} ORDER BY doc_id", params=params).to_arrow_table()
         if not table.num_rows:
             return np.zeros(0, np.int64), np.zeros((0, 1), np.float32)
         return table.column(0).to_numpy().astype(np.int64), vectors_to_matrix(table.column(1))

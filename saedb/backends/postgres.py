@@ -202,5 +202,13 @@ class PostgresBackend(Backend):
                     _stack([r[1] for r in rows]),
                 )
 
+    def embedding_range(self, first: int, stop: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        bounds, params = ("doc_id >= %s", [first]) if stop is None else ("doc_id >= %s AND doc_id < %s", [first, stop])
+        with self.conn.cursor(binary=True) as cur:
+            rows = cur.execute(f"SELECT doc_id, embedding FROM embeddings WHERE {bounds} ORDER BY doc_id", params).fetchall()
+        if not rows:
+            return np.zeros(0, np.int64), np.zeros((0, 1), np.float32)
+        return np.array([r[0] for r in rows], dtype=np.int64), _stack([r[1] for r in rows])
+
     def create_embeddings_index(self) -> None:
         self.execute("CREATE INDEX IF NOT EXISTS embeddings_hnsw ON embeddings USING hnsw (embedding vector_cosine_ops)")

@@ -12,14 +12,14 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterable
 
 import numpy as np
 
 from saedb.backends import Backend
 from saedb.errors import InvalidInputError
 from saedb.iterate import chunked
-from saedb.interp.examples import FeatureExamples, feature_examples
+from saedb.interp.examples import FeatureExamples, examples_for
 from saedb.interp.labellers import Labeller
 from saedb.interp.scoring import f1_score, passes_filter, pearson, sanitise_label
 from saedb.interp.text import CorpusStats
@@ -65,13 +65,6 @@ def features_by_density(backend: Backend, model_id: int) -> list[int]:
     )]
 
 
-def iter_examples(backend: Backend, model_id: int, features: list[int], n_documents: int) -> Iterator[FeatureExamples]:
-    for feature in features:
-        examples = feature_examples(backend, model_id, feature, n_documents)
-        if examples is not None:
-            yield examples
-
-
 def run_autointerp(
     backend: Backend,
     model_id: int,
@@ -98,7 +91,7 @@ def run_autointerp(
         # results (and the progress bar) arrive from the start.
         labelled = (
             result
-            for chunk in chunked(iter_examples(backend, model_id, todo, info["n_documents"]), 2 * workers)
+            for chunk in chunked(examples_for(backend, model_id, todo, info["n_documents"]), 2 * workers)
             for result in pool.map(lambda e: interpret(labeller, e), chunk)
         )
         for result in labelled:

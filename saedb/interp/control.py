@@ -17,7 +17,7 @@ import numpy as np
 
 from saedb.backends import Backend
 from saedb.errors import InvalidInputError
-from saedb.interp.autointerp import iter_examples
+from saedb.interp.examples import examples_for
 from saedb.interp.labellers import Predictor
 from saedb.interp.scoring import f1_score, pearson
 
@@ -81,7 +81,7 @@ def label_control(backend: Backend, model_id: int, labeller: str, predictor: Pre
     donor = {f: features[(i + 1) % len(features)] for i, f in enumerate(features)}  # a cycle: nobody keeps their own
     n_documents = backend.model_row(model_id)["n_documents"]
     own, shuffled = Scores([], []), Scores([], [])
-    for examples in iter_examples(backend, model_id, features, n_documents):
+    for examples in examples_for(backend, model_id, features, n_documents):
         texts, truth = examples.held_out()
         for scores, label in ((own, labels[examples.feature_id]), (shuffled, labels[donor[examples.feature_id]])):
             predictions = predictor.predict(label, texts)

@@ -171,23 +171,24 @@ def load_corpus(
             yield item
 
     bar = tqdm(total=limit, unit="doc", desc=f"loading {corpus}", disable=not progress)
-    for papers in chunked(new_papers(), batch_size):
-        batch = DocumentBatch(
-            arxiv_ids=[p.arxiv_id for p in papers],
-            titles=[p.title for p in papers],
-            abstracts=[p.abstract for p in papers],
-            categories=[p.categories for p in papers],
-            subjects=[p.subjects for p in papers],
-            published=[p.published for p in papers],
-            years=[p.year for p in papers],
-            corpus=corpus,
-            embeddings=embed_batch(papers),
-        )
-        with backend.transaction():
-            report.added += backend.insert_documents(batch)
-            backend.record_load_errors(source, [(e.line, e.reason, e.raw) for e in pending_errors])
-        pending_errors.clear()
-        bar.update(len(papers))
+    with backend.bulk_writes():
+        for papers in chunked(new_papers(), batch_size):
+            batch = DocumentBatch(
+                arxiv_ids=[p.arxiv_id for p in papers],
+                titles=[p.title for p in papers],
+                abstracts=[p.abstract for p in papers],
+                categories=[p.categories for p in papers],
+                subjects=[p.subjects for p in papers],
+                published=[p.published for p in papers],
+                years=[p.year for p in papers],
+                corpus=corpus,
+                embeddings=embed_batch(papers),
+            )
+            with backend.transaction():
+                report.added += backend.insert_documents(batch)
+                backend.record_load_errors(source, [(e.line, e.reason, e.raw) for e in pending_errors])
+            pending_errors.clear()
+            bar.update(len(papers))
     bar.close()
     if pending_errors:
         with backend.transaction():

@@ -35,6 +35,8 @@ class TrainConfig:
     grad_clip: float = field(default=1.0, metadata=_help("Global gradient-norm clip."))
     median_sample: int = field(default=10_000, metadata=_help("Rows used for the coordinate-median pre-bias."))
     holdout_fraction: float = field(default=0.05, metadata=_help("Share of documents held out to measure NMSE on unseen data."))
+    chunk_rows: int = field(default=131_072, metadata=_help(
+        "Embeddings held in memory at once: a larger corpus is streamed from the database in chunks of this many rows."))
     seed: int = field(default=0, metadata=_help("Random seed (initialisation, batches, hold-out split)."))
     device: str | None = field(default=None, metadata=_help("cuda or cpu (default: cuda when available)."))
 
@@ -42,7 +44,7 @@ class TrainConfig:
         problems = []
         if self.n_latents < 1 or not 0 < self.k <= self.n_latents:
             problems.append(f"k must be in 1..n_latents, got k={self.k}, n_latents={self.n_latents}")
-        for name in ("batch_size", "steps", "aux_k_factor", "dead_steps", "median_sample"):
+        for name in ("batch_size", "steps", "aux_k_factor", "dead_steps", "median_sample", "chunk_rows"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be at least 1, got {getattr(self, name)}")
         for name in ("lr", "grad_clip"):

@@ -2,8 +2,11 @@
 gradient clipping, unit-norm decoder after every step (Gao et al. 2024, as used by
 O'Neill et al. 2024), for a budget of optimiser steps (a new shuffle at each pass).
 
-Memory: ``train_from_db`` holds the whole embedding matrix once (rows x d float32, e.g.
-87k x 384 = 134 MB); codes are written back in 8192-row batches by ``publish_model``.
+Memory: the trainer reads the database's embeddings in chunks of ``chunk_rows`` rows
+(``saedb.trainer.stream``): a corpus that fits in one chunk (87k x 384 float32 = 134 MB
+at the default 131,072 rows) is read once, a larger one is streamed pass after pass, so
+memory is bounded by the chunk, not the corpus. Codes are written back in 8192-row
+batches by ``publish_model``.
 A run whose weights or metrics are not finite (a diverged run) is never published.
 """
 
@@ -11,9 +14,10 @@ from __future__ import annotations
 
 import math
 import time
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import numpy as np
 import torch
@@ -21,6 +25,7 @@ import torch.nn.functional as F
 
 from saedb.errors import InvalidInputError, TrainingDivergedError
 from saedb.trainer.config import TrainConfig
+from saedb.trainer.stream import ArraySource, ChunkedRows, DatabaseSource, EmbeddingSource, training_batches
 from saedb.trainer.topk_sae import TopKSAE, normalised_mse
 
 
@@ -29,6 +34,7 @@ if TYPE_CHECKING:  # the training loop itself needs torch only (it runs on GPU m
 
 LOG_EVERY = 500  # steps between progress lines
 HISTORY_EVERY = 100  # steps averaged into one history point
+HOLDOUT_MONITOR_ROWS = 16_384  # held-out rows (from the first chunk) scored every LOG_EVERY steps
 
 
 @dataclass
@@ -52,27 +58,48 @@ def coordinate_median(x: torch.Tensor, sample: int, generator: torch.Generator) 
     return x[rows].median(dim=0).values
 
 
-@torch.no_grad()
-def evaluate(model: TopKSAE, x: torch.Tensor, batch_size: int = 8192) -> dict[str, float]:
-    """Normalised MSE, L0, dead fraction and feature density over a full pass of x."""
-    fired = torch.zeros(model.w_dec.shape[0], device=x.device)
-    sq_err, active = 0.0, 0.0
-    for start in range(0, x.shape[0], batch_size):
-        batch = x[start : start + batch_size]
-        x_hat, indices, values = model(batch)
-        sq_err += float((x_hat - batch).pow(2).sum())
-        on = values > 0
-        active += float(on.sum())
-        fired.index_add_(0, indices[on], torch.ones(int(on.sum()), device=x.device))
-    total_var = float((x - x.mean(dim=0)).pow(2).sum())
-    density = fired / x.shape[0]
-    alive = density[density > 0]
-    return {
-        "normalised_mse": sq_err / total_var,
-        "l0": active / x.shape[0],
-        "dead_fraction": float((density == 0).float().mean()),
-        "mean_log10_density": float(alive.log10().mean()) if alive.numel() else float("-inf"),
-    }
+class ReconstructionStats:
+    """Normalised MSE, L0, dead fraction and feature density, accumulated batch by batch
+    (the variance from float64 sums, so a pass in chunks equals a pass over the whole)."""
+
+    def __init__(self, n_latents: int) -> None:
+        self.fired = torch.zeros(n_latents, dtype=torch.float64)
+        self.rows, self.sq_err, self.active = 0, 0.0, 0.0
+        self.sum: torch.Tensor | None = None
+        self.sum_sq = 0.0
+
+    @torch.no_grad()
+    def add(self, model: TopKSAE, x: torch.Tensor, batch_size: int = 8192) -> None:
+        for start in range(0, x.shape[0], batch_size):
+            batch = x[start : start + batch_size]
+            x_hat, indices, values = model(batch)
+            self.sq_err += float((x_hat - batch).double().pow(2).sum())
+            on = values > 0
+            self.active += float(on.sum())
+            self.fired.index_add_(0, indices[on].cpu(), torch.ones(int(on.sum()), dtype=torch.float64))
+            batch64 = batch.double()
+            self.sum = batch64.sum(dim=0).cpu() + (self.sum if self.sum is not None else 0)
+            self.sum_sq += float(batch64.pow(2).sum())
+            self.rows += batch.shape[0]
+
+    def metrics(self) -> dict[str, float]:
+        assert self.sum is not None, "no rows were evaluated"
+        total_var = self.sum_sq - float(self.sum.pow(2).sum()) / self.rows
+        density = self.fired / self.rows
+        alive = density[density > 0]
+        return {
+            "normalised_mse": self.sq_err / total_var,
+            "l0": self.active / self.rows,
+            "dead_fraction": float((density == 0).double().mean()),
+            "mean_log10_density": float(alive.log10().mean()) if alive.numel() else float("-inf"),
+        }
+
+
+def evaluate(model: TopKSAE, x: torch.Tensor) -> dict[str, float]:
+    """Reconstruction metrics over all rows of x."""
+    stats = ReconstructionStats(model.w_dec.shape[0])
+    stats.add(model, x)
+    return stats.metrics()
 
 
 @torch.no_grad()
@@ -130,63 +157,70 @@ def new_trainer(x: torch.Tensor, cfg: TrainConfig, generator: torch.Generator) -
     return Trainer(model, cfg)
 
 
-def batches(n_rows: int, cfg: TrainConfig, generator: torch.Generator) -> Iterator[torch.Tensor]:
-    """Row indices of ``cfg.steps`` batches: full batches of a fresh permutation per pass."""
-    per_pass = max(1, n_rows // cfg.batch_size)
-    for step in range(cfg.steps):
-        if step % per_pass == 0:
-            order = torch.randperm(n_rows, generator=generator)
-        start = (step % per_pass) * cfg.batch_size
-        yield order[start : start + cfg.batch_size]
-
-
-def split_holdout(n_rows: int, fraction: float, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """(training rows, held-out rows); no hold-out when the fraction leaves fewer than 2 rows out."""
-    order = torch.randperm(n_rows, generator=generator)
-    held = int(n_rows * fraction)
-    held = held if held >= 2 and n_rows - held >= 2 else 0
-    return order[held:].sort().values, order[:held].sort().values
-
-
 def train_sae(x_np: np.ndarray, cfg: TrainConfig, log: Callable[[str], None] | None = None) -> TrainResult:
     """Train a top-k SAE on a float32 (rows, d) matrix for ``cfg.steps`` optimiser steps."""
     if x_np.ndim != 2 or x_np.shape[0] < 2:
         raise InvalidInputError(f"need at least 2 embeddings to train, got shape {x_np.shape}")
-    if not np.isfinite(x_np).all():
-        raise InvalidInputError("training embeddings contain NaN or infinite values")
+    return train_stream(ArraySource(np.ascontiguousarray(x_np, dtype=np.float32)), cfg, log)
+
+
+def train_stream(source: EmbeddingSource, cfg: TrainConfig, log: Callable[[str], None] | None = None) -> TrainResult:
+    """Train a top-k SAE on the rows of ``source``, holding at most one chunk of
+    ``cfg.chunk_rows`` rows (plus one batch) in memory; see ``saedb.trainer.stream``."""
     device = pick_device(cfg.device)
     torch.manual_seed(cfg.seed)
     generator = torch.Generator().manual_seed(cfg.seed)
-    x_all = torch.from_numpy(np.ascontiguousarray(x_np, dtype=np.float32))
-    train_rows, held_rows = split_holdout(x_all.shape[0], cfg.holdout_fraction, generator)
-    x = x_all[train_rows].to(device)
-    held = x_all[held_rows].to(device) if held_rows.numel() else None
-    trainer = new_trainer(x, cfg, generator)
+    rows = ChunkedRows(source, cfg.chunk_rows, cfg.holdout_fraction, cfg.seed, generator)
+    trainer, monitor = start_from_first_chunk(rows, cfg, generator, device)
     history: list[float] = []
     holdout_history: list[tuple[int, float]] = []
     window = 0.0
     started = time.perf_counter()
-    for step, rows in enumerate(batches(x.shape[0], cfg, generator), start=1):
-        window += trainer.step(x[rows.to(device)])
+    for step, batch in zip(range(1, cfg.steps + 1), training_batches(rows, cfg.batch_size, generator)):
+        window += trainer.step(batch.to(device))
         if step % HISTORY_EVERY == 0 or step == cfg.steps:
             history.append(window / (step - HISTORY_EVERY * (len(history))))
             window = 0.0
         if step % LOG_EVERY == 0 or step == cfg.steps:
-            if held is not None:
-                holdout_history.append((step, evaluate(trainer.model, held)["normalised_mse"]))
+            if monitor is not None:
+                holdout_history.append((step, evaluate(trainer.model, monitor)["normalised_mse"]))
             if log:
                 log(f"step {step}/{cfg.steps}: normalised MSE {history[-1]:.4f}"
                     + (f" (held out {holdout_history[-1][1]:.4f})" if holdout_history else "")
                     + f", dead {float(trainer.dead().float().mean()):.1%}")
-    metrics: dict[str, float | str] = dict(evaluate(trainer.model, x))
-    if holdout_history:
-        metrics["holdout_normalised_mse"] = holdout_history[-1][1]
+    seconds = time.perf_counter() - started
+    seen, unseen = final_pass(trainer.model, rows, device)
+    metrics: dict[str, float | str] = dict(seen.metrics())
+    if unseen.rows >= 2:
+        metrics["holdout_normalised_mse"] = unseen.metrics()["normalised_mse"]
     metrics.update(
-        steps=cfg.steps, enc_dec_cosine=encoder_decoder_cosine(trainer.model), seconds=time.perf_counter() - started,
-        samples=int(x.shape[0]), holdout_samples=int(held_rows.numel()), device=str(device),
+        steps=cfg.steps, enc_dec_cosine=encoder_decoder_cosine(trainer.model), seconds=seconds,
+        samples=seen.rows, holdout_samples=unseen.rows, device=str(device),
     )
     check_finite(trainer.model, metrics)
     return TrainResult(model=trainer.model, metrics=metrics, history=history, holdout_history=holdout_history)
+
+
+def start_from_first_chunk(rows: ChunkedRows, cfg: TrainConfig, generator: torch.Generator,
+                           device: torch.device) -> tuple[Trainer, torch.Tensor | None]:
+    """The trainer (pre-bias from the first chunk's training rows) and the held-out rows of
+    that chunk scored during training (at most HOLDOUT_MONITOR_ROWS); the chunk is not kept."""
+    first = next(rows.chunks())
+    if first.training.shape[0] < 2:
+        raise InvalidInputError(f"need at least 2 embeddings to train, got {first.training.shape[0]} in the first chunk")
+    monitor = torch.from_numpy(first.held[:HOLDOUT_MONITOR_ROWS].copy()).to(device) if first.held.shape[0] >= 2 else None
+    return new_trainer(torch.from_numpy(first.training).to(device), cfg, generator), monitor
+
+
+def final_pass(model: TopKSAE, rows: ChunkedRows, device: torch.device) -> tuple[ReconstructionStats, ReconstructionStats]:
+    """Metrics over every training row and every held-out row, one chunk at a time."""
+    seen, unseen = ReconstructionStats(model.w_dec.shape[0]), ReconstructionStats(model.w_dec.shape[0])
+    for chunk in rows.chunks(shuffled=False):
+        if chunk.training.shape[0]:
+            seen.add(model, torch.from_numpy(chunk.training).to(device))
+        if chunk.held.shape[0]:
+            unseen.add(model, torch.from_numpy(chunk.held).to(device))
+    return seen, unseen
 
 
 def check_finite(model: TopKSAE, metrics: dict[str, float | str]) -> None:
@@ -200,12 +234,20 @@ def check_finite(model: TopKSAE, metrics: dict[str, float | str]) -> None:
 
 
 def load_training_matrix(backend: "Backend", batch_size: int = 8192) -> np.ndarray:
-    """All embeddings as one float32 matrix, read in batches."""
+    """All embeddings as one float32 matrix, read in batches (the scaling grid trains many
+    models on one small corpus; ``train_from_db`` streams instead)."""
     backend.require_embedder()
     parts = [matrix for _, matrix in backend.iter_embeddings(batch_size)]
     if not parts:
         raise InvalidInputError("the database has no embeddings to train on: run `saedb load` first")
     return np.concatenate(parts)
+
+
+def database_source(open_reader: Callable[[], AbstractContextManager["Backend"]]) -> DatabaseSource:
+    source = DatabaseSource(open_reader)
+    if not source.count:
+        raise InvalidInputError("the database has no embeddings to train on: run `saedb load` first")
+    return source
 
 
 def train_from_db(
@@ -215,16 +257,38 @@ def train_from_db(
     from saedb.models import publish_model
 
     backend.sync_documents()
-    result = train_sae(load_training_matrix(backend), cfg, log)
+    result = train_stream(database_source(lambda: nullcontext(backend)), cfg, log)
     return publish_model(backend, result.model.to_numpy(), name, result.published_metrics(cfg)), result
+
+
+def connect_when_free(url: str, wait_s: float, poll_s: float, log: Callable[[str], None] | None,
+                      **options: Any) -> "Backend":
+    """``connect(url, **options)``, retrying while another process holds the DuckDB file in a
+    way that excludes this one, up to ``wait_s`` (then DatabaseBusyError)."""
+    from saedb.backends import connect
+    from saedb.errors import DatabaseBusyError
+
+    deadline = time.monotonic() + wait_s
+    waiting = False
+    while True:
+        try:
+            return connect(url, **options)
+        except DatabaseBusyError:
+            if time.monotonic() > deadline:
+                raise
+            if log and not waiting:
+                log("the database is open in another process (e.g. saedb serve, saedb load): waiting for it")
+            waiting = True
+            time.sleep(poll_s)
 
 
 def train_from_url(url: str, cfg: TrainConfig, name: str, log: Callable[[str], None] | None = None,
                    wait_s: float = 600, poll_s: float = 2) -> tuple[int, TrainResult]:
-    """Train from a database URL holding it only while reading and while writing back: a
-    DuckDB file stays readable by other processes (``saedb serve``) during training, and the
-    write-back waits up to ``wait_s`` for them to let go. If it cannot, the model is saved as
-    a sparsify folder beside the database (``saedb import`` publishes it), never lost."""
+    """Train from a database URL holding it only while reading a chunk and while writing back:
+    a DuckDB file stays usable by other processes (``saedb serve``, ``saedb load``) during
+    training, and each read or the write-back waits up to ``wait_s`` for them to let go. If
+    the write-back cannot, the model is saved as a sparsify folder beside the database
+    (``saedb import`` publishes it), never lost."""
     from saedb.backends import connect, split_schema
     from saedb.errors import DatabaseBusyError
     from saedb.models import publish_model
@@ -232,25 +296,16 @@ def train_from_url(url: str, cfg: TrainConfig, name: str, log: Callable[[str], N
     if split_schema(url)[1] is not None:  # an attached table: number its new rows first
         with connect(url) as writer:
             writer.sync_documents()
-    with connect(url, read_only=True, statement_timeout_s=0) as reader:
-        x = load_training_matrix(reader)
-    result = train_sae(x, cfg, log)
+    source = database_source(lambda: connect_when_free(url, wait_s, poll_s, log, read_only=True, statement_timeout_s=0))
+    result = train_stream(source, cfg, log)
     sae, metrics = result.model.to_numpy(), result.published_metrics(cfg)
-    deadline = time.monotonic() + wait_s
-    waiting = False
-    while True:
-        try:
-            with connect(url) as writer:
-                return publish_model(writer, sae, name, metrics), result
-        except DatabaseBusyError:
-            if time.monotonic() > deadline:
-                from saedb.interchange import export_sae
+    try:
+        with connect_when_free(url, wait_s, poll_s, log) as writer:
+            return publish_model(writer, sae, name, metrics), result
+    except DatabaseBusyError:
+        from saedb.interchange import export_sae
 
-                saved = export_sae(sae, Path(url).with_name(f"{name}-unpublished"), "sparsify")
-                raise DatabaseBusyError(
-                    f"{url} stayed open in another process for {wait_s:.0f}s; the trained model is saved in {saved}: "
-                    f"publish it with `saedb import {saved} --name {name}`") from None
-            if log and not waiting:
-                log("the database is open in another process (e.g. saedb serve): waiting to write the model back")
-            waiting = True
-            time.sleep(poll_s)
+        saved = export_sae(sae, Path(url).with_name(f"{name}-unpublished"), "sparsify")
+        raise DatabaseBusyError(
+            f"{url} stayed open in another process for {wait_s:.0f}s; the trained model is saved in {saved}: "
+            f"publish it with `saedb import {saved} --name {name}`") from None

@@ -1,0 +1,159 @@
+"""Training rows streamed in chunks, so the trainer's memory is bounded by the chunk size,
+not by the corpus.
+
+Rules:
+- The corpus is cut into blocks of ``BLOCK_ROWS`` consecutive doc ids (a range scan each).
+  Every pass visits the blocks in a new random order; a chunk is ``chunk_rows // block_rows``
+  of them read together and shuffled, so one chunk mixes documents from all over the corpus
+  (the shard + shuffle-buffer scheme of streaming data loaders). Rows left over after the
+  last full batch of a chunk start the next one; nothing is dropped. Memory: one chunk,
+  briefly two while a chunk is assembled from its blocks, plus one batch.
+- A corpus that fits in one chunk is read once and kept: then every pass is a fresh
+  permutation of all rows, exactly an in-memory trainer.
+- A document is held out when a hash of (doc id, seed) says so: the same documents at any
+  chunk size and in any read order, never in a training batch.
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, Iterator, Protocol
+
+import numpy as np
+import torch
+
+from saedb.errors import InvalidInputError
+
+if TYPE_CHECKING:
+    from saedb.backends import Backend
+
+BLOCK_ROWS = 4096
+
+
+class EmbeddingSource(Protocol):
+    """Embeddings addressable by block of ``block_rows`` consecutive doc ids."""
+
+    block_rows: int
+
+    def blocks(self) -> np.ndarray:
+        """The block numbers that may hold rows (doc_id // block_rows)."""
+        ...
+
+    def read_many(self, blocks: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(doc_ids, float32 matrix) of each block."""
+        ...
+
+
+@dataclass
+class ArraySource:
+    """An in-memory matrix; row r has doc id r."""
+
+    matrix: np.ndarray
+    block_rows: int = BLOCK_ROWS
+
+    def blocks(self) -> np.ndarray:
+        return np.arange(-(-self.matrix.shape[0] // self.block_rows))
+
+    def read_many(self, blocks: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+        ranges = [(int(b) * self.block_rows, min((int(b) + 1) * self.block_rows, self.matrix.shape[0])) for b in blocks]
+        return [(np.arange(start, stop), self.matrix[start:stop]) for start, stop in ranges]
+
+
+class DatabaseSource:
+    """The database's embeddings table, read one block range at a time through ``open_reader``
+    (a connection per chunk for a URL, so a DuckDB file is not held open during training)."""
+
+    def __init__(self, open_reader: Callable[[], AbstractContextManager["Backend"]], block_rows: int = BLOCK_ROWS) -> None:
+        self.open_reader, self.block_rows = open_reader, block_rows
+        with open_reader() as backend:
+            backend.require_embedder()
+            low, high, self.count = backend.embedding_span()
+        self._blocks = np.arange(low // block_rows, high // block_rows + 1) if self.count else np.zeros(0, np.int64)
+
+    def blocks(self) -> np.ndarray:
+        return self._blocks
+
+    def read_many(self, blocks: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Several blocks through one connection."""
+        with self.open_reader() as backend:
+            return [backend.embedding_range(int(b) * self.block_rows, (int(b) + 1) * self.block_rows) for b in blocks]
+
+
+def held_out(doc_ids: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """Boolean mask of the held-out documents: a splitmix64 hash of (doc id, seed) below ``fraction``."""
+    with np.errstate(over="ignore"):
+        z = doc_ids.astype(np.uint64) + np.uint64(0x9E3779B97F4A7C15) * np.uint64(seed + 1)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z ^= z >> np.uint64(31)
+    return (z >> np.uint64(11)).astype(np.float64) / float(1 << 53) < fraction
+
+
+@dataclass
+class Chunk:
+    training: np.ndarray  # float32 rows
+    held: np.ndarray  # float32 rows held out
+
+
+def read_chunk(source: EmbeddingSource, blocks: np.ndarray, fraction: float, seed: int) -> Chunk:
+    """The rows of ``blocks`` split into training and held-out rows; InvalidInputError if any
+    value is NaN or infinite (a model trained on them would be silently wrong)."""
+    parts = [(ids, m) for ids, m in source.read_many(blocks) if len(ids)]
+    if not parts:
+        return Chunk(np.zeros((0, 0), np.float32), np.zeros((0, 0), np.float32))
+    if not all(np.isfinite(m).all() for _, m in parts):
+        raise InvalidInputError("training embeddings contain NaN or infinite values")
+    masks = [held_out(ids, fraction, seed) for ids, _ in parts]
+    return Chunk(np.concatenate([m[~mask] for (_, m), mask in zip(parts, masks)]).astype(np.float32, copy=False),
+                 np.concatenate([m[mask] for (_, m), mask in zip(parts, masks)]).astype(np.float32, copy=False))
+
+
+class ChunkedRows:
+    """The chunk schedule of one source: random block order per pass, ``per_chunk`` blocks per chunk."""
+
+    def __init__(self, source: EmbeddingSource, chunk_rows: int, fraction: float, seed: int,
+                 generator: torch.Generator) -> None:
+        self.source, self.fraction, self.seed, self.generator = source, fraction, seed, generator
+        self.block_ids = source.blocks()
+        self.per_chunk = max(1, chunk_rows // source.block_rows)
+        self.single = len(self.block_ids) <= self.per_chunk
+        self._kept: Chunk | None = None
+
+    def chunks(self, shuffled: bool = True) -> Iterator[Chunk]:
+        """One pass: chunks in a random block order (or doc id order when not shuffled)."""
+        if self.single:
+            if self._kept is None:
+                self._kept = read_chunk(self.source, self.block_ids, self.fraction, self.seed)
+            yield self._kept
+            return
+        order = self.block_ids[torch.randperm(len(self.block_ids), generator=self.generator).numpy()] if shuffled else self.block_ids
+        for start in range(0, len(order), self.per_chunk):
+            yield read_chunk(self.source, order[start : start + self.per_chunk], self.fraction, self.seed)
+
+
+def training_batches(rows: ChunkedRows, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
+    """Endless batches of ``batch_size`` training rows, each chunk in a new random order,
+    gathered batch by batch (no shuffled copy of the chunk); the rows of a chunk that do not
+    fill a batch open the next one. A corpus with fewer training rows than one batch gives
+    all of them as each batch."""
+    pending: list[torch.Tensor] = []
+    carried = 0
+    while True:
+        yielded = False
+        for chunk in rows.chunks():
+            x = torch.from_numpy(chunk.training)
+            order = torch.randperm(x.shape[0], generator=generator)
+            start = 0
+            while start < x.shape[0]:
+                take = min(batch_size - carried, x.shape[0] - start)
+                pending.append(x[order[start : start + take]])
+                carried, start = carried + take, start + take
+                if carried == batch_size:
+                    yield pending[0] if len(pending) == 1 else torch.cat(pending)
+                    pending, carried, yielded = [], 0, True
+        if not yielded:
+            if not carried:
+                return
+            yield torch.cat(pending)
+            pending, carried = [], 0
