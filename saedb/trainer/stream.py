@@ -7,7 +7,7 @@ Rules:
   of them read together and shuffled, so one chunk mixes documents from all over the corpus
   (the shard + shuffle-buffer scheme of streaming data loaders). Rows left over after the
   last full batch of a chunk start the next one; nothing is dropped. Memory: one chunk,
-  briefly two while a chunk is assembled from its blocks, plus one batch.
+  one block and one batch (plus, on DuckDB, its page cache of the chunk being read).
 - A corpus that fits in one chunk is read once and kept: then every pass is a fresh
   permutation of all rows, exactly an in-memory trainer.
 - A document is held out when a hash of (doc id, seed) says so: the same documents at any
@@ -40,8 +40,8 @@ class EmbeddingSource(Protocol):
         """The block numbers that may hold rows (doc_id // block_rows)."""
         ...
 
-    def read_many(self, blocks: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
-        """(doc_ids, float32 matrix) of each block."""
+    def read_blocks(self, blocks: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(doc_ids, float32 matrix) of each block in turn."""
         ...
 
 
@@ -55,9 +55,11 @@ class ArraySource:
     def blocks(self) -> np.ndarray:
         return np.arange(-(-self.matrix.shape[0] // self.block_rows))
 
-    def read_many(self, blocks: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
-        ranges = [(int(b) * self.block_rows, min((int(b) + 1) * self.block_rows, self.matrix.shape[0])) for b in blocks]
-        return [(np.arange(start, stop), self.matrix[start:stop]) for start, stop in ranges]
+    def read_blocks(self, blocks: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        for block in blocks:
+            start = int(block) * self.block_rows
+            stop = min(start + self.block_rows, self.matrix.shape[0])
+            yield np.arange(start, stop), self.matrix[start:stop]
 
 
 class DatabaseSource:
@@ -74,10 +76,11 @@ class DatabaseSource:
     def blocks(self) -> np.ndarray:
         return self._blocks
 
-    def read_many(self, blocks: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    def read_blocks(self, blocks: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Several blocks through one connection."""
         with self.open_reader() as backend:
-            return [backend.embedding_range(int(b) * self.block_rows, (int(b) + 1) * self.block_rows) for b in blocks]
+            for block in blocks:
+                yield backend.embedding_range(int(block) * self.block_rows, (int(block) + 1) * self.block_rows)
 
 
 def held_out(doc_ids: np.ndarray, fraction: float, seed: int) -> np.ndarray:
@@ -97,16 +100,28 @@ class Chunk:
 
 
 def read_chunk(source: EmbeddingSource, blocks: np.ndarray, fraction: float, seed: int) -> Chunk:
-    """The rows of ``blocks`` split into training and held-out rows; InvalidInputError if any
+    """The rows of ``blocks`` split into training and held-out rows, copied block by block into
+    arrays sized for the most rows the blocks can hold (pages never written are never
+    resident), so assembling a chunk holds one chunk plus one block; InvalidInputError if any
     value is NaN or infinite (a model trained on them would be silently wrong)."""
-    parts = [(ids, m) for ids, m in source.read_many(blocks) if len(ids)]
-    if not parts:
+    training = held = None
+    n_training = n_held = 0
+    for doc_ids, matrix in source.read_blocks(blocks):
+        if not len(doc_ids):
+            continue
+        if not np.isfinite(matrix).all():
+            raise InvalidInputError("training embeddings contain NaN or infinite values")
+        if training is None:
+            training = np.empty((len(blocks) * source.block_rows, matrix.shape[1]), np.float32)
+            held = np.empty_like(training)
+        mask = held_out(doc_ids, fraction, seed)
+        n_new, n_new_held = int((~mask).sum()), int(mask.sum())
+        training[n_training : n_training + n_new] = matrix[~mask]
+        held[n_held : n_held + n_new_held] = matrix[mask]  # type: ignore[index]
+        n_training, n_held = n_training + n_new, n_held + n_new_held
+    if training is None or held is None:
         return Chunk(np.zeros((0, 0), np.float32), np.zeros((0, 0), np.float32))
-    if not all(np.isfinite(m).all() for _, m in parts):
-        raise InvalidInputError("training embeddings contain NaN or infinite values")
-    masks = [held_out(ids, fraction, seed) for ids, _ in parts]
-    return Chunk(np.concatenate([m[~mask] for (_, m), mask in zip(parts, masks)]).astype(np.float32, copy=False),
-                 np.concatenate([m[mask] for (_, m), mask in zip(parts, masks)]).astype(np.float32, copy=False))
+    return Chunk(training[:n_training], held[:n_held])
 
 
 class ChunkedRows:
@@ -152,6 +167,7 @@ def training_batches(rows: ChunkedRows, batch_size: int, generator: torch.Genera
                 if carried == batch_size:
                     yield pending[0] if len(pending) == 1 else torch.cat(pending)
                     pending, carried, yielded = [], 0, True
+            del chunk, x, order  # let this chunk go before the next one is read
         if not yielded:
             if not carried:
                 return

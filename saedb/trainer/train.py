@@ -220,6 +220,7 @@ def final_pass(model: TopKSAE, rows: ChunkedRows, device: torch.device) -> tuple
             seen.add(model, torch.from_numpy(chunk.training).to(device))
         if chunk.held.shape[0]:
             unseen.add(model, torch.from_numpy(chunk.held).to(device))
+        del chunk  # let it go before the next one is read
     return seen, unseen
 
 
