@@ -1,6 +1,8 @@
 """Steered search speed and recall on both backends, against numpy exact search measured in
 the same run (issue: fast search). The whole astro-ph corpus with its MiniLM vectors
-(../shared/data), an SAE published over it, 100 random titles as queries (embedded with MiniLM), single client:
+(../shared/data; or embedded here by another embedder: ``bench_search.py hh_astro
+wordllama-256``), a random SAE published over it, 100 random titles as queries (embedded by
+the same embedder), single client:
 
 1. numpy exact top-10 over the same matrix (baseline);
 2. DuckDB ``saedb.search`` (in-process exact ranking) plain and steered: p50, p99, recall;
@@ -67,23 +69,24 @@ def measure(label: str, backend: Backend, model: int, queries: list, features: l
         report(f"{label} {name} recall@10 vs exact", recall(found, truth), "", None, f"target >= {target_recall:.2f}")
 
 
-def build(url: str, corpus: str, sae: SAE) -> tuple[Backend, int]:
+def build(url: str, corpus: str, sae: SAE, embedder: str) -> tuple[Backend, int]:
+    """The corpus with the reference MiniLM vectors from ../shared, or embedded here by ``embedder``."""
     backend = connect(url)
-    load_corpus(backend, DATA / f"{corpus}.jsonl.gz", "minilm", embeddings=DATA / f"{corpus}_minilm.parquet",
-                batch_size=8192, progress=False)
+    vectors = DATA / f"{corpus}_minilm.parquet" if embedder == "minilm" else None
+    load_corpus(backend, DATA / f"{corpus}.jsonl.gz", embedder, embeddings=vectors, batch_size=8192, progress=False)
     return backend, publish_model(backend, sae, "bench")
 
 
-def main(corpus: str = "hh_astro", n_queries: int = 100, strength: float = 0.6) -> None:
-    sae = SAE.random(384, 3072, 32, seed=3)
+def main(corpus: str = "hh_astro", embedder: str = "minilm", n_queries: int = 100, strength: float = 0.6) -> None:
+    sae = SAE.random(get_embedder(embedder).dim, 3072, 32, seed=3)
     with tempfile.TemporaryDirectory() as folder, local_postgres(Path(folder) / "pg") as server:
-        duck, model = build(str(Path(folder) / "search.duckdb"), corpus, sae)
+        duck, model = build(str(Path(folder) / "search.duckdb"), corpus, sae, embedder)
         ids, matrix = zip(*duck.iter_embeddings(65536))
         doc_ids, unit = np.concatenate(ids), np.concatenate(matrix)
         unit /= np.linalg.norm(unit, axis=1, keepdims=True)
         rng = random.Random(0)
         titles = [t for (t,) in duck.query("SELECT title FROM papers ORDER BY doc_id")]
-        queries = list(get_embedder("minilm").embed(rng.sample(titles, n_queries)))  # embedded before the timed loops
+        queries = list(get_embedder(embedder).embed(rng.sample(titles, n_queries)))  # embedded before the timed loops
         features = [rng.randrange(sae.n_latents) for _ in queries]
         steered = [sae.steer(q, f, strength)[0] for q, f in zip(queries, features)]
 
@@ -98,7 +101,7 @@ def main(corpus: str = "hh_astro", n_queries: int = 100, strength: float = 0.6) 
         report(f"numpy exact top-10 over {len(doc_ids)} docs, p50 (baseline)", base, "ms")
         measure("DuckDB search", duck, model, queries, features, strength, (exact_plain, exact_steered), base, 1.0)
         duck.close()
-        pg, pg_model = build(fresh_database(server, "search_bench"), corpus, sae)
+        pg, pg_model = build(fresh_database(server, "search_bench"), corpus, sae, embedder)
         for ef in (40, 100, 200):
             pg.execute(f"SET hnsw.ef_search = {ef}")
             measure(f"Postgres HNSW ef_search={ef}", pg, pg_model, queries, features, strength, (exact_plain, exact_steered), base, 0.95)
@@ -118,4 +121,4 @@ def main(corpus: str = "hh_astro", n_queries: int = 100, strength: float = 0.6) 
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:2])
+    main(*sys.argv[1:3])  # [corpus] [embedder: minilm (the reference vectors) or one saedb runs, e.g. wordllama-256]

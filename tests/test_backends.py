@@ -122,7 +122,7 @@ def test_postgres_sessions_search_with_the_documented_hnsw_settings(pg_dsn: str)
     for read_only in (False, True):
         with connect(pg_dsn, read_only=read_only) as backend:
             assert backend.query("SELECT current_setting('hnsw.ef_search'), current_setting('hnsw.iterative_scan')") == [
-                ("100", "relaxed_order")]
+                ("200", "relaxed_order")]
 
 
 def test_duckdb_reads_all_embeddings_within_a_memory_limit(tmp_path: Path) -> None:
