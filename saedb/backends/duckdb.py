@@ -11,37 +11,16 @@ from typing import Any, ClassVar, Iterator, Sequence
 import duckdb
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
+from saedb.arrow_vectors import fixed_size_vectors, vectors_to_matrix
 from saedb.backends.base import Backend, DocumentBatch
 from saedb.backends.exact_index import STAMP_SQL, ExactIndex
-from saedb.errors import ConfigurationError, DatabaseBusyError, InvalidInputError
+from saedb.errors import ConfigurationError, DatabaseBusyError
 from saedb.sae import SAE, SparseCodes
 from saedb.sqlfiles import read_sql
 
 
 BULK_CHECKPOINT_THRESHOLD = "1GB"
-
-
-def fixed_size_vectors(matrix: np.ndarray) -> pa.FixedSizeListArray:
-    """A float32 (rows, dim) matrix as an Arrow fixed-size list column (DuckDB FLOAT[dim])."""
-    matrix = np.ascontiguousarray(matrix, dtype=np.float32)
-    return pa.FixedSizeListArray.from_arrays(pa.array(matrix.ravel()), matrix.shape[1])
-
-
-def vectors_to_matrix(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
-    """An Arrow list / fixed-size-list column of equal-length float vectors as a float32 matrix."""
-    if isinstance(column, pa.ChunkedArray):
-        column = column.combine_chunks()
-    if len(column) == 0:
-        return np.zeros((0, 0), dtype=np.float32)
-    if not pa.types.is_fixed_size_list(column.type):
-        lengths = pc.list_value_length(column).to_numpy(zero_copy_only=False)
-        if (lengths != lengths[0]).any():  # rows of 257 and 255 values must not pass as two of 256
-            raise InvalidInputError(
-                f"embedding rows have different numbers of dimensions ({int(lengths.min())} to {int(lengths.max())})")
-    values = column.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
-    return values.reshape(len(column), -1)
 
 
 def shadow_functions(con: duckdb.DuckDBPyConnection, functions: dict[str, int]) -> None:
@@ -143,7 +122,7 @@ class DuckDBBackend(Backend):
         with SharedDatabase._lock:
             bound = self.embedder()
             if not self.shared.functions or self.shared.udfs_for != bound:
-                register_udfs(self)
+                register_udfs(self.shared.root, self.shared.functions, self.sibling(), bound)
                 self.shared.udfs_for = bound
         self.shadow_sql_macros()
 

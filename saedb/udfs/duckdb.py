@@ -28,7 +28,8 @@ import numpy as np
 import pyarrow as pa
 from duckdb import sqltypes as st
 
-from saedb.backends.duckdb import DuckDBBackend, fixed_size_vectors, vectors_to_matrix
+from saedb.arrow_vectors import fixed_size_vectors, vectors_to_matrix
+from saedb.backends.base import Backend
 from saedb.errors import InvalidInputError, UnknownModelError
 from saedb.sae import SAE, SparseCodes, as_matrix
 
@@ -79,8 +80,8 @@ class ModelCache:
     fingerprint (its creation time while 'ready'), so a retired or deleted model is an
     error and a reused model id never serves the old weights."""
 
-    def __init__(self, backend: DuckDBBackend) -> None:
-        self.reader = backend.sibling()
+    def __init__(self, reader: Backend) -> None:
+        self.reader = reader
         self.models: dict[int, tuple[object, SAE]] = {}
         self.lock = threading.Lock()  # DuckDB may call a UDF from several threads at once
 
@@ -130,14 +131,15 @@ class ModelCache:
 UDF_PREFIX = "saedb_udf_"
 
 
-def register_udfs(backend: DuckDBBackend) -> None:
-    """(Re-)register saedb's SQL functions on the database's root connection, as
-    ``saedb_udf_<name>``; each connection then shadows the file's pure-SQL macros of the same
-    names with temporary macros over these (``DuckDBBackend.shadow_sql_macros``)."""
-    assert backend.shared is not None
-    con, registered = backend.shared.root, backend.shared.functions
-    cache = ModelCache(backend)
-    bound = backend.embedder()
+def register_udfs(con: duckdb.DuckDBPyConnection, registered: dict[str, int], reader: Backend,
+                  bound: tuple[str, int] | None) -> None:
+    """(Re-)register saedb's SQL functions on ``con`` (the database's root connection), as
+    ``saedb_udf_<name>``, recording each name and arity in ``registered``; ``reader`` (a
+    connection of its own) reads weights and labels, ``bound`` is the embedder binding.
+    Each connection then shadows the file's pure-SQL macros of the same names with temporary
+    macros over these (the backend's ``shadow_sql_macros``). Like datasette's
+    ``prepare_connection``: the backend hands over its connection, this module never imports it."""
+    cache = ModelCache(reader)
     vector_out = duckdb.array_type(st.FLOAT, bound[1]) if bound else duckdb.list_type(st.FLOAT)
     vectors_out = fixed_size_vectors if bound else _list_vectors
 
