@@ -9,7 +9,8 @@ import typer
 
 from saedb.backends import DATABASE_ERRORS, DEFAULT_DB, connect, mask_dsn, user_message
 from saedb.cli_config import config_options
-from saedb.errors import InvalidInputError, SaedbError, UnknownModelError
+from saedb.errors import InvalidInputError, SaedbError
+from saedb.models import resolve_model
 from saedb.trainer.config import TrainConfig
 
 app = typer.Typer(help="Sparse-autoencoder features for text embeddings, inside DuckDB or Postgres.", no_args_is_help=True)
@@ -175,7 +176,7 @@ def encode(
 
     try:
         with connect(db) as backend:
-            model_id = _model_id(backend, model)
+            model_id = resolve_model(backend, model)
             pending = pending_documents(backend, model_id)
             typer.echo(f"model {model_id}: {pending} documents pending")
             with tqdm(total=pending, desc="encoding", unit="doc") as bar:
@@ -184,16 +185,6 @@ def encode(
         _fail(exc)
     typer.echo(f"encoded {report.encoded} documents" + (
         f"; {report.without_features} have no active feature (checked again next time)" if report.without_features else ""))
-
-
-def _model_id(backend, model: str) -> int:
-    """A model id, or the latest published version of a model name."""
-    if model.isdigit():
-        return int(model)
-    found = backend.query("SELECT sae_model_id(?)", (model,))[0][0]
-    if found is None:
-        raise UnknownModelError(f"no published model named {model!r}")
-    return int(found)
 
 
 def _labeller(backend, llm: str | None, family: bool = False):
@@ -220,7 +211,7 @@ def interp(
 
     try:
         with connect(db) as backend:
-            model_id = _model_id(backend, model)
+            model_id = resolve_model(backend, model)
             labeller = _labeller(backend, llm)
             bar = tqdm_bar(f"labelling with {labeller.name}")
             results = run_autointerp(backend, model_id, labeller, limit=limit, concurrency=concurrency, progress=bar)
@@ -251,7 +242,7 @@ def families(
 
     try:
         with connect(db) as backend:
-            model_id = _model_id(backend, model)
+            model_id = resolve_model(backend, model)
             labeller = _labeller(backend, llm, family=True)
             namer = (lambda f, labels: labeller.name_family(labels[f.root], [labels[c] for c in sorted(f.children)])) if llm \
                 else offline_family_name
@@ -302,7 +293,7 @@ def search(
         with connect(db, read_only=True) as backend:
             if len(chosen) > 1 or (chosen and model is None):
                 raise InvalidInputError("steer by one of --feature, --label or --family, with --model")
-            steering = Steering(chosen[0][0], chosen[0][1], strength, _model_id(backend, model)) if chosen else None  # type: ignore[arg-type]
+            steering = Steering(chosen[0][0], chosen[0][1], strength, resolve_model(backend, model)) if chosen else None  # type: ignore[arg-type]
             if not query.strip():
                 raise InvalidInputError("the search text is empty")
             vector = get_embedder(backend.require_embedder()[0]).embed([query])[0]
@@ -375,7 +366,7 @@ def evaluate_steering(
 
     try:
         with connect(db) as backend:
-            model_id = _model_id(backend, model)
+            model_id = resolve_model(backend, model)
             database_embedder = backend.require_embedder()[0]
             query_list = file_queries(queries) if queries else title_queries(backend, n_queries, seed)
             source = str(queries) if queries else f"{len(query_list)} corpus titles"

@@ -29,13 +29,10 @@ class Database:
         return self.backend.arrow(query, params)
 
     def model_id(self, model: int | str) -> int:
-        """A model id, or the latest published version of a model name."""
-        if isinstance(model, int):
-            return model
-        found = self.backend.query("SELECT sae_model_id(?)", (model,))[0][0]
-        if found is None:
-            raise InvalidInputError(f"no published model named {model!r}")
-        return int(found)
+        """A model id, or the latest published version of a model name (UnknownModelError if none)."""
+        from saedb.models import resolve_model
+
+        return resolve_model(self.backend, model)
 
     def search(self, text: str, model: int | str | None = None, *, feature: int | None = None, label: str | None = None,
                family: int | None = None, strength: float = 0.5, limit: int = 10, corpus: str | None = None) -> pa.Table:

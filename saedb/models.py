@@ -5,10 +5,21 @@ from __future__ import annotations
 from typing import Any
 
 from saedb.backends import Backend
-from saedb.errors import InvalidInputError
+from saedb.errors import InvalidInputError, UnknownModelError
 from saedb.sae import SAE
 
 CODES_BATCH = 8192
+
+
+def resolve_model(backend: Backend, model: int | str) -> int:
+    """A model id (an int or a string of digits), or the latest published version of a model
+    name; UnknownModelError when no published model has that name."""
+    if isinstance(model, int) or model.isdigit():
+        return int(model)
+    found = backend.query("SELECT sae_model_id(?)", (model,))[0][0]
+    if found is None:
+        raise UnknownModelError(f"no published model named {model!r}")
+    return int(found)
 
 
 def publish_model(backend: Backend, sae: SAE, name: str, metrics: dict[str, Any] | None = None) -> int:

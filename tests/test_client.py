@@ -10,7 +10,7 @@ import pyarrow as pa
 import pytest
 
 import saedb
-from saedb.errors import InvalidInputError
+from saedb.errors import UnknownModelError
 
 
 def test_version_and_typed_package() -> None:
@@ -38,5 +38,5 @@ def test_sql_and_search_return_arrow_tables(trained, db_url: str) -> None:
         assert db.search("gamma-ray bursts", limit=5, corpus="another").num_rows == 0
         assert db.features("analysis").num_rows > 0 and db.model_id("analysis") == model_id
         assert db.sql("CREATE TABLE my_notes (doc_id bigint, note text)").num_rows == 0
-        with pytest.raises(InvalidInputError, match="no published model named 'nope'"):
+        with pytest.raises(UnknownModelError, match="no published model named 'nope'"):
             db.search("x", model="nope", feature=1)
