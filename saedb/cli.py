@@ -285,19 +285,17 @@ def search(
 ) -> None:
     """Semantic search, optionally steered by a feature, a label or a family."""
     from saedb.embedders import get_embedder
-    from saedb.search import Steering
+    from saedb.search import chosen_steering
     from saedb.search import search as run_search
 
-    chosen = [(by, value) for by, value in (("feature", feature), ("label", label), ("family", family)) if value is not None]
     try:
         with connect(db, read_only=True) as backend:
-            if len(chosen) > 1 or (chosen and model is None):
-                raise InvalidInputError("steer by one of --feature, --label or --family, with --model")
-            steering = Steering(chosen[0][0], chosen[0][1], strength, resolve_model(backend, model)) if chosen else None  # type: ignore[arg-type]
+            steering = chosen_steering(feature, label, family, strength,
+                                       (lambda: resolve_model(backend, model)) if model is not None else None)
             if not query.strip():
                 raise InvalidInputError("the search text is empty")
             vector = get_embedder(backend.require_embedder()[0]).embed([query])[0]
-            for hit in run_search(backend, vector, limit, steering or (), corpus):
+            for hit in run_search(backend, vector, limit, steering, corpus):
                 typer.echo(f"{hit.distance:.3f}  {hit.arxiv_id}  {hit.year}  {hit.title}")
     except USER_ERRORS as exc:
         _fail(exc)

@@ -14,8 +14,7 @@ import pyarrow as pa
 
 from saedb.backends import DEFAULT_DB, Backend
 from saedb.backends import connect as open_backend
-from saedb.errors import InvalidInputError
-from saedb.search import SteerBy, Steering, search
+from saedb.search import chosen_steering, search
 
 
 class Database:
@@ -40,11 +39,7 @@ class Database:
         feature, a label or a family."""
         from saedb.embedders import get_embedder
 
-        chosen: list[tuple[SteerBy, int | str]] = [
-            (by, value) for by, value in (("feature", feature), ("label", label), ("family", family)) if value is not None]
-        if len(chosen) > 1 or (chosen and model is None):
-            raise InvalidInputError("steer by one of feature, label or family, with a model")
-        steering = [Steering(chosen[0][0], chosen[0][1], strength, self.model_id(model))] if chosen and model is not None else []
+        steering = chosen_steering(feature, label, family, strength, (lambda: self.model_id(model)) if model is not None else None)
         vector = get_embedder(self.backend.require_embedder()[0]).embed([text])[0]
         hits = search(self.backend, vector, limit, steering, corpus)
         return pa.table({

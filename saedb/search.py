@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from itertools import groupby
-from typing import Any, Literal, Sequence
+from typing import Any, Callable, Literal, Sequence
 
 import numpy as np
 
@@ -46,6 +46,19 @@ class Hit:
     title: str
     year: int | None
     distance: float
+
+
+def chosen_steering(feature: int | None, label: str | None, family: int | None, strength: float,
+                    model: Callable[[], int] | None) -> list[Steering]:
+    """The steering asked for by at most one of feature, label and family (none: a plain
+    search); ``model`` resolves the model to steer with, None when no model was named."""
+    chosen: list[tuple[SteerBy, int | str]] = [
+        (by, value) for by, value in (("feature", feature), ("label", label), ("family", family)) if value is not None]
+    if not chosen:
+        return []
+    if len(chosen) > 1 or model is None:
+        raise InvalidInputError("steer by one of feature, label or family, with a model")
+    return [Steering(chosen[0][0], chosen[0][1], strength, model())]
 
 
 def run_portable(backend: Backend, sql: str, params: Sequence[Any] = ()) -> list[tuple]:

@@ -40,3 +40,8 @@ def test_plain_search_needs_no_model(tmp_path: Path, astro_slice: Path) -> None:
     found = runner.invoke(app, ["search", "disks around young binary stars", "--db", db, "--limit", "3"])
     assert found.exit_code == 0, found.output
     assert found.output.splitlines()[0].endswith("Disks around Young Binary Stars") and len(found.output.splitlines()) == 3
+    for args in (["--feature", "3"], ["--feature", "3", "--label", "disk", "--model", "1"]):
+        refused = runner.invoke(app, ["search", "disks", "--db", db, *args])
+        assert refused.exit_code == 2 and "steer by one of feature, label or family, with a model" in refused.output
+    unknown = runner.invoke(app, ["search", "disks", "--db", db, "--feature", "3", "--model", "nope"])
+    assert unknown.exit_code == 2 and "no published model named 'nope'" in unknown.output
