@@ -441,3 +441,18 @@ def test_corpus_filter_and_switch(db_url: str, tmp_path: Path, embedder, browser
         server.shutdown()
         server.server_close()
         app.pool.close()
+
+
+def test_duckdb_app_loads_the_search_index_before_serving(loaded, db_url: str) -> None:
+    """At 1M documents the in-process copy of the vectors takes ~9 s to load: inside a request
+    that races the 10 s statement timeout (which interrupts the read, so it never completes).
+    The app loads it when it starts, before the first request."""
+    if loaded.dialect != "duckdb":
+        pytest.skip("Postgres searches its HNSW index")
+    loaded.close()
+    app = App(db_url, pool_size=2, timeout_s=10)
+    try:
+        index = app.pool.primary.shared.exact_index  # type: ignore[attr-defined]
+        assert len(index.doc_ids) == 400
+    finally:
+        app.pool.close()

@@ -47,6 +47,7 @@ class BackendPool:
         self.idle: queue.Queue[Backend] = queue.Queue()
         self.pg_pool = None
         if self.primary.dialect == "duckdb":
+            self.primary.search_index()  # type: ignore[attr-defined]  # loaded now, not inside a request racing the statement timeout
             for _ in range(size):
                 self.idle.put(self.primary.sibling(functions=True))
         else:

@@ -298,11 +298,16 @@ class DuckDBBackend(Backend):
 
     def nearest(self, query: np.ndarray, limit: int, allowed: Sequence[int] | None = None) -> list[tuple[int, float]]:
         """Exact cosine nearest neighbours from the shared in-process index, refreshed first."""
+        ids, distances = self.search_index().nearest(query, limit, allowed)
+        return list(zip(ids.tolist(), distances.tolist()))
+
+    def search_index(self) -> ExactIndex:
+        """The in-process copy of the embeddings, brought up to date with the table (the first
+        call loads it: about 9 s and 1.5 GB at 1M 384-d documents)."""
         index = self.shared.exact_index if self.shared is not None else ExactIndex()
         stamp = self.con.execute(STAMP_SQL).fetchall()[0]
         index.refresh(tuple(int(v) for v in stamp), lambda last: self.embedding_range(last + 1))  # type: ignore[arg-type]
-        ids, distances = index.nearest(query, limit, allowed)
-        return list(zip(ids.tolist(), distances.tolist()))
+        return index
 
     def embedding_range(self, first: int, stop: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         bounds, params = ("doc_id >= ?", [first]) if stop is None else ("doc_id >= ? AND doc_id < ?", [first, stop])
