@@ -72,3 +72,35 @@ def test_search_within_one_corpus(db_url: str, tmp_path: Path, embedder) -> None
         hits = search(backend, query, 10, corpus="ml")
         assert [h.doc_id for h in hits] == expected
         assert search(backend, query, 10, corpus="none") == []
+
+
+def test_the_in_process_index_loads_in_bounded_ranges_and_appends_only_new_rows() -> None:
+    """Loading 1M vectors in one read held them twice (the read and the normalised copy);
+    the index reads LOAD_BLOCK doc ids at a time into one array, and later reads only what
+    was added."""
+    from saedb.backends.exact_index import LOAD_BLOCK, ExactIndex
+
+    rng = np.random.default_rng(0)
+    doc_ids = np.concatenate([np.arange(1, 100_001), np.arange(100_050, 150_001)])  # a gap of 49 ids
+    vectors = rng.standard_normal((len(doc_ids), 8)).astype(np.float32)
+    reads: list[int] = []
+
+    def read_range(first: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        rows = (doc_ids >= first) & (doc_ids < stop) & (doc_ids <= visible)
+        reads.append(int(rows.sum()))
+        return doc_ids[rows], vectors[rows]
+
+    def stamp() -> tuple[int, int, int]:
+        held = doc_ids[doc_ids <= visible]
+        return len(held), int(held[-1]), int(held.sum())
+
+    index, visible = ExactIndex(), 120_000
+    index.refresh(stamp(), read_range)
+    assert max(reads) <= LOAD_BLOCK and len(index.doc_ids) == int((doc_ids <= visible).sum())
+    np.testing.assert_allclose(index.unit_rows, vectors[doc_ids <= visible] / np.linalg.norm(vectors[doc_ids <= visible], axis=1, keepdims=True), rtol=1e-6)
+    reads.clear()
+    visible = 150_000
+    index.refresh(stamp(), read_range)
+    assert sum(reads) == 30_000 and len(index.doc_ids) == len(doc_ids)
+    query = vectors[123_456]
+    assert index.nearest(query, 1)[0][0] == doc_ids[123_456]

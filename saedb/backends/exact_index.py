@@ -31,6 +31,33 @@ def ranked(similarity: np.ndarray, doc_ids: np.ndarray, limit: int) -> tuple[np.
     return doc_ids[best], (1.0 - np.take_along_axis(similarity, best, axis=1)).astype(np.float32)
 
 
+LOAD_BLOCK = 65_536  # doc ids read per range scan when (re)loading
+
+
+def read_unit_rows(read_range: Callable[[int, int], tuple[np.ndarray, np.ndarray]], first: int, last: int,
+                   expected: int) -> tuple[np.ndarray, np.ndarray]:
+    """Doc ids and unit-normalised rows with first <= doc_id <= last, read LOAD_BLOCK ids at a
+    time into one array sized for ``expected`` rows (grown if there are more): loading 1M
+    vectors holds them once plus one block, not twice."""
+    id_parts: list[np.ndarray] = []
+    unit: np.ndarray | None = None
+    filled = 0
+    for start in range(first, last + 1, LOAD_BLOCK):
+        ids, vectors = read_range(start, min(start + LOAD_BLOCK, last + 1))
+        if not len(ids):
+            continue
+        if unit is None:
+            unit = np.empty((max(expected, len(ids)), vectors.shape[1]), np.float32)
+        elif filled + len(ids) > len(unit):
+            unit = np.concatenate([unit[:filled], np.empty((filled + len(ids) - len(unit), unit.shape[1]), np.float32)])
+        unit[filled : filled + len(ids)] = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+        id_parts.append(ids)
+        filled += len(ids)
+    if unit is None:
+        return np.zeros(0, np.int64), np.zeros((0, 0), np.float32)
+    return np.concatenate(id_parts).astype(np.int64, copy=False), unit[:filled]
+
+
 class ExactIndex:
     """Unit-normalised embedding rows and their doc ids, kept in step with the table."""
 
@@ -40,25 +67,21 @@ class ExactIndex:
         self.doc_ids = np.zeros(0, np.int64)
         self.unit_rows = np.zeros((0, 0), np.float32)
 
-    def append(self, ids: np.ndarray, vectors: np.ndarray) -> None:
-        """Add rows (doc ids above those held), normalised."""
-        if len(ids):
-            unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
-            self.doc_ids = np.concatenate([self.doc_ids, ids])
-            self.unit_rows = np.ascontiguousarray(np.concatenate([self.unit_rows, unit]) if len(self.unit_rows) else unit, np.float32)
-
-    def refresh(self, stamp: Stamp, read: Callable[[int], tuple[np.ndarray, np.ndarray]]) -> None:
-        """Bring the cache to the table's ``stamp``; ``read(after)`` returns the (doc_ids, vectors)
-        with doc_id > after, in doc id order."""
+    def refresh(self, stamp: Stamp, read_range: Callable[[int, int], tuple[np.ndarray, np.ndarray]]) -> None:
+        """Bring the cache to the table's ``stamp``; ``read_range(first, stop)`` returns the
+        (doc_ids, vectors) with first <= doc_id < stop, in doc id order. Rows past the held ones
+        are appended; any other change (a deleted or rewritten row) reloads everything."""
         with self.lock:
             if stamp == self.stamp:
                 return
             count, last, total = self.stamp
-            ids, vectors = read(last)
+            ids, unit = read_unit_rows(read_range, last + 1, stamp[1], stamp[0] - count)
             if (count + len(ids), int(ids[-1]) if len(ids) else last, total + int(ids.sum())) != stamp:
                 self.doc_ids, self.unit_rows = np.zeros(0, np.int64), np.zeros((0, 0), np.float32)  # not an append
-                ids, vectors = read(0)
-            self.append(ids, vectors)
+                ids, unit = read_unit_rows(read_range, 0, stamp[1], stamp[0])
+            if len(ids):
+                self.doc_ids = np.concatenate([self.doc_ids, ids])
+                self.unit_rows = np.concatenate([self.unit_rows, unit]) if len(self.unit_rows) else unit
             self.stamp = (len(self.doc_ids), int(self.doc_ids[-1]) if len(self.doc_ids) else 0, int(self.doc_ids.sum()))
 
     def similarity(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -15,7 +15,7 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 
 from saedb.backends import Backend
-from saedb.backends.exact_index import ExactIndex
+from saedb.backends.exact_index import STAMP_SQL, ExactIndex
 from saedb.embedders import Embedder
 from saedb.errors import InvalidInputError
 from saedb.evaluation.cases import N_OPTIONS, Case, Query, build_cases
@@ -26,11 +26,10 @@ from saedb.evaluation.topics import TopicKind, family_topics, topics_of
 from saedb.sae import SAE
 
 
-def exact_index(backend: Backend, batch_size: int = 65536) -> ExactIndex:
+def exact_index(backend: Backend) -> ExactIndex:
     """All of the database's embeddings in an in-process exact index."""
     index = ExactIndex()
-    for doc_ids, matrix in backend.iter_embeddings(batch_size):
-        index.append(doc_ids, matrix)
+    index.refresh(tuple(int(v) for v in backend.query(STAMP_SQL)[0]), backend.embedding_range)  # type: ignore[arg-type]
     if not len(index.doc_ids):
         raise InvalidInputError("the database has no embeddings: run `saedb load` first")
     return index
