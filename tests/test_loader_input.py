@@ -9,6 +9,7 @@ import gzip
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from saedb.backends import Backend
@@ -108,3 +109,36 @@ def test_read_papers_gives_true_line_numbers_after_bad_bytes(tmp_path: Path) -> 
     path.write_bytes(b"\n".join(lines) + b"\n")
     items = list(read_papers(path))
     assert [getattr(i, "line") for i in items] == [1, 2, 3, 4, 5]
+
+
+def test_absurd_rows_cost_only_themselves_and_reruns_finish(backend: Backend, tmp_path: Path, embedder) -> None:
+    """A literal NUL byte, a 3 KB id (past Postgres' btree limit), a 10 MB abstract and a line
+    nested 5,000 deep each stopped or crashed a whole load (Postgres: every rerun at the same
+    batch; both: MemoryError / RecursionError tracebacks). Each is now one row error."""
+    rows = records(3000)
+    lines = [json.dumps(r) for r in rows]
+    lines[10] = json.dumps(rows[10]).replace('"title": "', '"title": "\x00', 1)  # a raw NUL byte inside a string
+    lines[1500] = json.dumps({**rows[1500], "id": "x" * 3000})
+    lines[2000] = json.dumps({**rows[2000], "abstract": "stellar " * 1_300_000})  # ~10 MB
+    lines[2500] = "[" * 5000 + "]" * 5000
+    path = tmp_path / "absurd.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    for _ in range(2):  # the rerun adds nothing and stops nowhere
+        report = load_corpus(backend, path, embedder, batch_size=1024, progress=False)
+    assert backend.count("papers") == 2996 and report.added == 0 and report.already_loaded == 2996
+    errors = errors_of(backend, path)
+    assert [line for line, _ in errors] == [11, 1501, 2001, 2501], errors
+    reasons = [reason for _, reason in errors]
+    assert "control character" in reasons[0] and "id is 3000 characters" in reasons[1]
+    assert "MiB" in reasons[2] and "nested" in reasons[3]
+    stored = backend.query("SELECT max(length(raw)) FROM load_errors")[0][0]
+    assert stored <= 4096  # a rejected row is kept as a bounded excerpt, not 10 MB
+
+
+def test_the_embedder_sees_a_bounded_text(embedder) -> None:
+    """Past the bound (the paper truncates at 8,192 tokens) the rest of a text changes nothing."""
+    from saedb.embedders import MAX_EMBED_CHARS
+
+    head = "dark matter halos in cosmological simulations " * (MAX_EMBED_CHARS // 46 + 1)
+    vectors = embedder.embed([head, head + "exoplanet transits " * 50_000])
+    np.testing.assert_allclose(vectors[0], vectors[1], atol=1e-6)

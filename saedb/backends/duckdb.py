@@ -89,15 +89,17 @@ class DuckDBBackend(Backend):
     schema_files = ("schema.sql", "views.sql")
 
     def __init__(self, path: str, con: duckdb.DuckDBPyConnection | None = None, read_only: bool = False,
-                 schema: str | None = None) -> None:
+                 schema: str | None = None, exact_index: ExactIndex | None = None) -> None:
         self.path = path
         self.schema = schema  # a workspace schema (saedb attach) searched before main
         self._depth = 0
         self.shared: SharedDatabase | None = None
+        self.exact_index = exact_index or ExactIndex()  # a sibling shares its parent's
         if con is not None:  # a sibling over an open database: no migration, no UDFs
             self.con = self._in_schema(con)
             return
         self.shared = SharedDatabase.acquire(path, read_only)
+        self.exact_index = self.shared.exact_index
         self.con = self._in_schema(self.shared.root.cursor())
         try:
             self.migrate(read_only=read_only)
@@ -151,7 +153,7 @@ class DuckDBBackend(Backend):
         the shared root, so it stays valid whichever backend closes first. ``functions``: with
         saedb's SQL functions (for request threads; not from inside a UDF)."""
         root = self.shared.root if self.shared is not None else self.con
-        sibling = DuckDBBackend(self.path, con=root.cursor(), schema=self.schema)
+        sibling = DuckDBBackend(self.path, con=root.cursor(), schema=self.schema, exact_index=self.exact_index)
         if functions and self.shared is not None:
             shadow_functions(sibling.con, self.shared.functions)
         return sibling
@@ -302,12 +304,12 @@ class DuckDBBackend(Backend):
         return list(zip(ids.tolist(), distances.tolist()))
 
     def search_index(self) -> ExactIndex:
-        """The in-process copy of the embeddings, brought up to date with the table (the first
-        call loads it: about 9 s and 1.5 GB at 1M 384-d documents)."""
-        index = self.shared.exact_index if self.shared is not None else ExactIndex()
+        """The in-process copy of the embeddings, one per database and process (siblings, such
+        as the web app's request connections, share it), brought up to date with the table (the
+        first call loads it: about 9 s and 1.5 GB at 1M 384-d documents)."""
         stamp = self.con.execute(STAMP_SQL).fetchall()[0]
-        index.refresh(tuple(int(v) for v in stamp), self.embedding_range)  # type: ignore[arg-type]
-        return index
+        self.exact_index.refresh(tuple(int(v) for v in stamp), self.embedding_range)  # type: ignore[arg-type]
+        return self.exact_index
 
     def embedding_range(self, first: int, stop: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         bounds, params = ("doc_id >= ?", [first]) if stop is None else ("doc_id >= ? AND doc_id < ?", [first, stop])

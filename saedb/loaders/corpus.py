@@ -39,11 +39,22 @@ class Paper:
         return f"{self.title}\n\n{self.abstract}"
 
 
+MAX_ROW_CHARS = 1 << 20  # a row (a JSONL line; title + abstract elsewhere) over 1 MiB is rejected, not parsed
+MAX_ID_CHARS = 256  # Postgres' btree index refuses keys over ~2.7 KB; arXiv ids are ~20 characters
+RAW_EXCERPT_CHARS = 2000  # how much of a rejected row load_errors keeps
+
+
 @dataclass(frozen=True)
 class RowError:
     line: int
     reason: str
     raw: str
+
+
+def excerpt(raw: str) -> str:
+    """A rejected row as load_errors keeps it: bounded, and storable (no NUL, which Postgres text refuses)."""
+    cut = raw[:RAW_EXCERPT_CHARS] + (f"... ({len(raw)} characters)" if len(raw) > RAW_EXCERPT_CHARS else "")
+    return cut.replace("\x00", "\\u0000")
 
 
 def _required_text(record: dict[str, Any], field: str) -> str:
@@ -88,6 +99,10 @@ def _published(record: dict[str, Any]) -> tuple[date | None, int | None]:
     return published, year
 
 
+def too_long(chars: int) -> str:
+    return f"row is {chars / (1 << 20):.1f} MiB; rows over {MAX_ROW_CHARS >> 20} MiB are refused"
+
+
 def parse_paper(record: Any, line: int = 0) -> Paper:
     """Validate one decoded record; raises InvalidInputError with the reason."""
     if not isinstance(record, dict):
@@ -98,6 +113,8 @@ def parse_paper(record: Any, line: int = 0) -> Paper:
     arxiv_id = "" if raw_id is None else str(raw_id).strip()
     if not arxiv_id:
         raise InvalidInputError("id is missing or empty")
+    if len(arxiv_id) > MAX_ID_CHARS:
+        raise InvalidInputError(f"id is {len(arxiv_id)} characters; ids longer than {MAX_ID_CHARS} are refused")
     published, year = _published(record)
     paper = Paper(
         arxiv_id=arxiv_id,
@@ -109,6 +126,8 @@ def parse_paper(record: Any, line: int = 0) -> Paper:
         year=year,
         line=line,
     )
+    if len(paper.title) + len(paper.abstract) > MAX_ROW_CHARS:
+        raise InvalidInputError(too_long(len(paper.title) + len(paper.abstract)))
     for name in ("arxiv_id", "title", "abstract", "categories", "subjects"):
         value = getattr(paper, name)
         if any("\x00" in v for v in (value if isinstance(value, list) else [value])):
@@ -157,6 +176,9 @@ def _raw_records(path: Path) -> Iterator[tuple[int, Any, str]]:
             for line_no, line in enumerate(handle, start=1):
                 if not line.strip():
                     continue
+                if len(line) > MAX_ROW_CHARS:
+                    yield line_no, InvalidInputError(too_long(len(line))), line
+                    continue
                 bad = _bad_bytes(line)
                 if bad:
                     yield line_no, bad, _printable(line)
@@ -165,7 +187,10 @@ def _raw_records(path: Path) -> Iterator[tuple[int, Any, str]]:
                     yield line_no, json.loads(line), line
                 except json.JSONDecodeError as exc:
                     yield line_no, InvalidInputError(f"malformed JSON: {exc.msg} at column {exc.colno}"), line
+                except RecursionError:
+                    yield line_no, InvalidInputError("JSON nested too deeply"), line
     elif name.endswith(".csv"):
+        csv.field_size_limit(MAX_ROW_CHARS)  # the module's default 128 KiB rejected long abstracts
         with _open_text(path) as handle:
             reader = csv.DictReader(handle)
             while True:
@@ -174,6 +199,9 @@ def _raw_records(path: Path) -> Iterator[tuple[int, Any, str]]:
                     row = next(reader)
                 except StopIteration:
                     return
+                except csv.Error as exc:  # e.g. a field over the limit: that record only
+                    yield start, InvalidInputError(f"malformed CSV record: {exc}"), ""
+                    continue
                 raw = _printable(json.dumps(row, ensure_ascii=False))
                 extra = row.pop(None, None)
                 bad = next(filter(None, (_bad_bytes(v) for v in row.values() if isinstance(v, str))), None)
@@ -222,11 +250,11 @@ def read_papers(path: str | Path) -> Iterator[Paper | RowError]:
     try:
         for line_no, record, raw in _raw_records(path):
             if isinstance(record, Exception):
-                yield RowError(line_no, str(record), raw)
+                yield RowError(line_no, str(record), excerpt(raw))
                 continue
             try:
                 yield parse_paper(record, line_no)
             except InvalidInputError as exc:
-                yield RowError(line_no, str(exc), raw)
+                yield RowError(line_no, str(exc), excerpt(raw))
     except (EOFError, OSError, zlib.error, UnicodeDecodeError, csv.Error, pa.ArrowException) as exc:
         yield RowError(line_no + 1, f"file is truncated or unreadable after line {line_no}: {exc}", "")
