@@ -183,6 +183,10 @@ def encode(
                 report = encode_new_documents(backend, model_id, batch_size, progress=bar.update)
     except USER_ERRORS as exc:
         _fail(exc)
+    if report.skipped:
+        from saedb.attach import describe_skipped
+
+        typer.echo(describe_skipped(report.skipped), err=True)
     typer.echo(f"encoded {report.encoded} documents" + (
         f"; {report.without_features} have no active feature (checked again next time)" if report.without_features else ""))
 

@@ -9,7 +9,7 @@ and checked again on the next run.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -32,6 +32,7 @@ ORDER BY e.doc_id
 class EncodeReport:
     encoded: int  # documents that got codes
     without_features: int  # documents on which no feature fires
+    skipped: list[tuple[str | None, str]] = field(default_factory=list)  # an attached table's rows that break its rules
 
 
 def pending_documents(backend: Backend, model_id: int) -> int:
@@ -41,7 +42,7 @@ def pending_documents(backend: Backend, model_id: int) -> int:
 def encode_new_documents(backend: Backend, model_id: int, batch_size: int = 4096,
                          progress: Callable[[int], None] = lambda n: None) -> EncodeReport:
     """Write the codes of every pending document for ``model_id``; ``progress(n)`` after each batch."""
-    backend.sync_documents()
+    skipped = backend.sync_documents()
     sae = backend.load_sae(model_id)
     pending = np.array([r[0] for r in backend.query(f"SELECT e.doc_id {PENDING} ORDER BY e.doc_id", (model_id,))], dtype=np.int64)
     encoded = without = 0
@@ -59,4 +60,4 @@ def encode_new_documents(backend: Backend, model_id: int, batch_size: int = 4096
                 backend.execute("UPDATE sae_models SET n_documents = coalesce(n_documents, 0) + ? WHERE model_id = ?", (active, model_id))
             encoded, without = encoded + active, without + len(doc_ids) - active
             progress(len(doc_ids))
-    return EncodeReport(encoded, without)
+    return EncodeReport(encoded, without, skipped)

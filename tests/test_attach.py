@@ -91,3 +91,33 @@ def test_train_encode_search_and_views_over_my_table(db_url: str, minilm_rows, t
     assert attached.exit_code == 0 and "attached my_docs: 360 rows" in attached.output, attached.output
     refused = CliRunner().invoke(app, ["attach", "my_docs", "--key", "venue", "--vector", "emb", "--schema", "third", "--db", url])
     assert refused.exit_code == 2 and "must be unique" in refused.output
+
+
+def test_rules_are_checked_at_every_encode_and_the_rest_is_encoded(db_url: str, minilm_rows, tmp_path: Path) -> None:
+    """Rows that break attach's rules after attaching (a NULL vector, a key inserted twice, a
+    NULL key) made every encode crash, or gave one document both rows' codes. Each encode and
+    training now names the offending keys, leaves them out and encodes the rest."""
+    keys, vectors = minilm_rows
+    url = db_url if db_url.startswith("postgres") else str(tmp_path / "mine.duckdb")
+    with raw_connection(url) as (execute, dialect):
+        if dialect == "postgres":
+            execute("CREATE EXTENSION IF NOT EXISTS vector")
+        execute(f"CREATE TABLE my_docs (doc_key text, emb {'vector(384)' if dialect == 'postgres' else 'FLOAT[384]'}, venue text, year int)")
+        insert_rows(execute, dialect, keys[:200], vectors[:200], 0)
+    with attach_table(url, "ws", Attachment("my_docs", "doc_key", "emb"), embedder="minilm") as backend:
+        model_id, _ = train_from_db(backend, TrainConfig(k=4, n_latents=64, steps=30, batch_size=64, lr=1e-3), "mine")
+        with raw_connection(url) as (execute, dialect):
+            insert_rows(execute, dialect, [keys[5]], vectors[250:251], 0)  # key 5 a second time, another vector
+            execute(f"INSERT INTO my_docs VALUES ('{keys[201]}', NULL, 'x', 2020), (NULL, NULL, 'y', 2020)")
+            insert_rows(execute, dialect, keys[210:220], vectors[210:220], 0)  # ten good new rows
+        report = encode_new_documents(backend, model_id)
+        assert report.encoded + report.without_features == 10
+        assert set(report.skipped) == {(keys[5], "the key appears 2 times"), (keys[201], "no vector"), (None, "1 row has no key")}
+        per_doc = backend.query("SELECT max(n) FROM (SELECT count(*) AS n FROM sae_codes WHERE model_id = ? GROUP BY doc_id) t",
+                                (model_id,))[0][0]
+        assert per_doc <= 4  # no document has two rows' codes
+        coded = backend.query("SELECT count(DISTINCT doc_id) FROM sae_codes WHERE model_id = ?", (model_id,))[0][0]
+        assert backend.model_row(model_id)["n_documents"] == coded
+        assert backend.query("SELECT count(*) FROM embeddings")[0][0] == 209  # 200 + 10 - the duplicated key
+        result = CliRunner().invoke(app, ["encode", "mine", "--db", f"{url}{'&' if '?' in url else '?'}schema=ws"])
+        assert result.exit_code == 0 and f"{keys[5]!r} (the key appears 2 times)" in result.output, result.output

@@ -182,12 +182,22 @@ class Backend(ABC):
             self.execute("INSERT INTO saedb_meta VALUES ('embedder', ?), ('embedding_dim', ?)", (name, str(dim)))
             self.run_script(read_sql(self.dialect, "embeddings.sql", dim=dim))
 
-    def sync_documents(self) -> None:
-        """In the workspace of an attached table (saedb attach): number the table's new keys,
-        so that its new rows are documents. Elsewhere: nothing to do."""
-        statement = self.meta("attached_sync")
-        if statement:
-            self.execute(statement)
+    def sync_documents(self) -> list[tuple[str | None, str]]:
+        """In the workspace of an attached table (saedb attach): check the table's rules, leave
+        out the keys that break them (returned as (key, reason); the views skip them) and number
+        the new keys, so that its new rows are documents. Elsewhere: nothing to do."""
+        statement, check = self.meta("attached_sync"), self.meta("attached_check")
+        skipped: list[tuple[str | None, str]] = []
+        with self.transaction():
+            if check:
+                skipped = [(key, reason) for key, reason in self.query(check)]
+                self.execute("DELETE FROM skipped_keys")
+                for key, reason in skipped:
+                    if key is not None:
+                        self.execute("INSERT INTO skipped_keys VALUES (?, ?)", (key, reason))
+            if statement:
+                self.execute(statement)
+        return skipped
 
     def require_embedder(self) -> tuple[str, int]:
         bound = self.embedder()

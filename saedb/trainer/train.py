@@ -251,13 +251,20 @@ def database_source(open_reader: Callable[[], AbstractContextManager["Backend"]]
     return source
 
 
+def report_skipped(skipped: list[tuple[str | None, str]], log: Callable[[str], None] | None) -> None:
+    if skipped and log:
+        from saedb.attach import describe_skipped
+
+        log(describe_skipped(skipped))
+
+
 def train_from_db(
     backend: "Backend", cfg: TrainConfig, name: str, log: Callable[[str], None] | None = None
 ) -> tuple[int, TrainResult]:
     """Train on the database's embeddings and publish weights + codes as a new model version."""
     from saedb.models import publish_model
 
-    backend.sync_documents()
+    report_skipped(backend.sync_documents(), log)
     result = train_stream(database_source(lambda: nullcontext(backend)), cfg, log)
     return publish_model(backend, result.model.to_numpy(), name, result.published_metrics(cfg)), result
 
@@ -296,7 +303,7 @@ def train_from_url(url: str, cfg: TrainConfig, name: str, log: Callable[[str], N
 
     if split_schema(url)[1] is not None:  # an attached table: number its new rows first
         with connect(url) as writer:
-            writer.sync_documents()
+            report_skipped(writer.sync_documents(), log)
     source = database_source(lambda: connect_when_free(url, wait_s, poll_s, log, read_only=True, statement_timeout_s=0))
     result = train_stream(source, cfg, log)
     sae, metrics = result.model.to_numpy(), result.published_metrics(cfg)
