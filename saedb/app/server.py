@@ -10,7 +10,10 @@ from __future__ import annotations
 import json
 import logging
 import queue
+import socket
+import sys
 import threading
+import time
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -188,40 +191,122 @@ class App:
         return status, "application/json", json.dumps(body).encode()
 
 
+class ArrivalDeadlines:
+    """Shuts a connection whose request has not fully arrived ``timeout_s`` after the server
+    began waiting for it. A socket timeout only bounds the gap between two reads, so a client
+    sending one header line every few seconds would hold its connection for ever."""
+
+    def __init__(self, timeout_s: float) -> None:
+        self.timeout_s = timeout_s
+        self.pending: dict[socket.socket, float] = {}
+        self.lock = threading.Lock()
+        self.stopped = threading.Event()
+        threading.Thread(target=self._reap, daemon=True, name="saedb-arrival-deadlines").start()
+
+    def expect(self, connection: socket.socket) -> None:
+        with self.lock:
+            self.pending[connection] = time.monotonic() + self.timeout_s
+
+    def arrived(self, connection: socket.socket) -> bool:
+        """Stop the clock; False if it had already run out (the connection is being shut)."""
+        with self.lock:
+            return self.pending.pop(connection, None) is not None
+
+    def _reap(self) -> None:
+        while not self.stopped.wait(min(0.25, self.timeout_s / 4)):
+            now = time.monotonic()
+            with self.lock:
+                late = [c for c, deadline in self.pending.items() if deadline <= now]
+                for connection in late:
+                    del self.pending[connection]
+            for connection in late:
+                try:
+                    connection.shutdown(socket.SHUT_RDWR)  # the handler's read returns at once and it closes
+                except OSError:
+                    pass
+
+
 class SaedbHTTPServer(ThreadingHTTPServer):
     """A thread per connection, with a deep listen backlog (the default 5 dropped bursts of
-    parallel requests) and a cap on open connections: past it a connection is closed at once."""
+    parallel requests), a cap on open connections (past it a connection is closed at once) and
+    a deadline on each request's arrival."""
 
     daemon_threads = True
     request_queue_size = 1024
 
-    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], max_connections: int) -> None:
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], max_connections: int,
+                 arrival_timeout_s: float) -> None:
         super().__init__(address, handler)
-        self.slots = threading.BoundedSemaphore(max_connections)
+        self.max_connections, self.open_connections = max_connections, 0
+        self.connections_changed = threading.Condition()
+        self.deadlines = ArrivalDeadlines(arrival_timeout_s)
+
+    def wait_for_connections(self, condition: Callable[[int], bool], timeout_s: float) -> bool:
+        """Wait until ``condition(number of open connections)`` holds (tests, shutdown)."""
+        with self.connections_changed:
+            return self.connections_changed.wait_for(lambda: condition(self.open_connections), timeout_s)
+
+    def _count(self, change: int) -> None:
+        with self.connections_changed:
+            self.open_connections += change
+            self.connections_changed.notify_all()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that went away mid-response is normal: one line, no traceback."""
+        error = sys.exc_info()[1]
+        if isinstance(error, (ConnectionError, socket.timeout)):
+            log.info("client %s disconnected: %s", client_address[0] if client_address else "?", error)
+            return
+        log.exception("request from %s failed", client_address)
+
+    def server_close(self) -> None:
+        self.deadlines.stopped.set()
+        super().server_close()
 
     def process_request(self, request: Any, client_address: Any) -> None:
-        if not self.slots.acquire(blocking=False):
+        with self.connections_changed:
+            full = self.open_connections >= self.max_connections
+            if not full:
+                self.open_connections += 1
+                self.connections_changed.notify_all()
+        if full:
             self.shutdown_request(request)
             return
         try:
             super().process_request(request, client_address)
         except BaseException:
-            self.slots.release()
+            self._count(-1)
             raise
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         try:
             super().process_request_thread(request, client_address)
         finally:
-            self.slots.release()
+            self._count(-1)
 
 
 def make_server(app: App, host: str = "127.0.0.1", port: int = 8080, idle_timeout_s: float = 30.0,
                 max_connections: int = 512) -> ThreadingHTTPServer:
-    """The HTTP server; a connection that sends no complete request within ``idle_timeout_s`` is closed."""
+    """The HTTP server; a connection whose next request has not fully arrived ``idle_timeout_s``
+    after the server began waiting for it is closed."""
 
     class Handler(BaseHTTPRequestHandler):
         timeout = idle_timeout_s
+        server: SaedbHTTPServer
+
+        def handle_one_request(self) -> None:
+            self.server.deadlines.expect(self.connection)
+            try:
+                super().handle_one_request()
+            finally:
+                self.server.deadlines.arrived(self.connection)
+
+        def parse_request(self) -> bool:
+            parsed = super().parse_request()  # request line and headers have arrived (GET has no body)
+            if not self.server.deadlines.arrived(self.connection):  # cut off mid-request: not a request
+                self.close_connection = True
+                return False
+            return parsed
 
         def do_GET(self) -> None:  # noqa: N802
             url = urlparse(self.path)
@@ -230,10 +315,12 @@ def make_server(app: App, host: str = "127.0.0.1", port: int = 8080, idle_timeou
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(body)))
             self.send_header("Cache-Control", "no-store")
+            if status == 503:  # overloaded, a slow query or the database away: a fair answer, try again
+                self.send_header("Retry-After", "1")
             self.end_headers()
             self.wfile.write(body)
 
         def log_message(self, fmt: str, *args: object) -> None:
             log.debug(fmt, *args)
 
-    return SaedbHTTPServer((host, port), Handler, max_connections)
+    return SaedbHTTPServer((host, port), Handler, max_connections, idle_timeout_s)
