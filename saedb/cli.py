@@ -9,7 +9,7 @@ import typer
 
 from saedb.backends import DATABASE_ERRORS, DEFAULT_DB, connect, mask_dsn, user_message
 from saedb.cli_config import config_options
-from saedb.errors import InvalidInputError, SaedbError
+from saedb.errors import ConfigurationError, InvalidInputError, SaedbError
 from saedb.models import resolve_model
 from saedb.trainer.config import TrainConfig
 
@@ -446,6 +446,28 @@ def models(db: str = DbOption) -> None:
                 typer.echo("\t".join("" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v) for v in row))
     except USER_ERRORS as exc:
         _fail(exc)
+
+
+@app.command()
+def reader(
+    login: str = typer.Argument(..., help="The dashboard's login name."),
+    timeout: str = typer.Option("10s", help="Its statement timeout (a Postgres interval: 10s, 2min)."),
+    db: str = DbOption,
+    password: str = typer.Option("", envvar="SAEDB_READER_PASSWORD", prompt=True, hide_input=True, confirmation_prompt=True,
+                                 help="Its password (prompted; or SAEDB_READER_PASSWORD). Hashed here, never sent as text."),
+) -> None:
+    """Make a read-only Postgres login for a dashboard (SELECT/EXECUTE only, read-only transactions, a statement timeout)."""
+    from saedb.readers import create_reader
+
+    try:
+        if not db.startswith(("postgresql://", "postgres://")):
+            raise ConfigurationError("reader logins are Postgres roles; a DuckDB file is opened read-only instead")
+        with connect(db) as backend:
+            create_reader(backend, login, password or None, timeout)  # type: ignore[arg-type]
+    except USER_ERRORS as exc:
+        _fail(exc)
+    typer.echo(f"made reader {login} (statement timeout {timeout}); schedule SELECT saedb_cancel_overdue_readers() "
+               "(pg_cron is used where installed) to enforce the timeout against a login that lifts it")
 
 
 @app.command()

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import duckdb
@@ -17,7 +18,8 @@ from typer.testing import CliRunner
 
 from saedb.backends import Backend, connect
 from saedb.cli import app
-from saedb.errors import ConfigurationError
+from saedb.sqlfiles import read_sql
+from saedb.errors import ConfigurationError, InvalidInputError
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -91,7 +93,7 @@ def test_dashboard_logins_made_by_the_reader_procedure_are_read_only_time_limite
         admin.run_script(read_sql("postgres", "reader_role.sql"))
         admin.run_script("DO $$ BEGIN IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'bi_login') THEN "
                          "EXECUTE 'DROP OWNED BY bi_login'; DROP ROLE bi_login; END IF; END $$")
-        admin.execute("CALL saedb_create_reader('bi_login', NULL, '1s')")
+        admin.execute("CALL saedb_create_reader('bi_login', '1s')")
     login = pg_dsn.replace("postgresql://postgres:@", "postgresql://bi_login:@")
     with psycopg.connect(login, autocommit=True) as plain:  # a BI tool's own connection: no saedb settings
         assert plain.execute("SHOW default_transaction_read_only").fetchone() == ("on",)
@@ -145,3 +147,65 @@ def test_duckdb_reads_all_embeddings_within_a_memory_limit(tmp_path: Path) -> No
     ids, matrix = np.concatenate(ids), np.concatenate(parts)
     assert len(ids) == rows and (np.diff(ids) > 0).all()
     np.testing.assert_array_equal(matrix, vectors)
+
+
+def test_reader_passwords_never_reach_the_server_log_and_readers_cannot_lift_their_limits(pg_dsn: str) -> None:
+    """A failed CALL saedb_create_reader('x', 'password') was logged with the password in plain
+    text (Postgres logs a failing statement); readers could SET statement_timeout = 0 and write
+    large objects. Now the password is hashed on the client (SCRAM) before it is sent, a reader
+    whose query outlives its login's limit is cancelled by saedb_cancel_overdue_readers(), and
+    large objects are not writable by readers."""
+    import threading
+
+    from saedb.readers import create_reader
+
+    secret = "correct horse battery staple"
+    with connect(pg_dsn) as admin:
+        admin.run_script(read_sql("postgres", "reader_role.sql"))
+        log = Path(admin.query("SELECT current_setting('data_directory')")[0][0]) / "log"
+        create_reader(admin, "bi_secret", secret, "1s")
+        with pytest.raises(InvalidInputError, match="already exists"):
+            create_reader(admin, "bi_secret", secret, "1s")  # fails inside the server: the statement is logged
+        verifier = admin.query("SELECT rolpassword FROM pg_authid WHERE rolname = 'bi_secret'")[0][0]
+        assert verifier.startswith("SCRAM-SHA-256$")
+    assert secret not in log.read_text(errors="replace")
+    login = psycopg.conninfo.make_conninfo(pg_dsn.replace("postgresql://postgres:@", "postgresql://bi_secret@"), password=secret)
+    with psycopg.connect(login, autocommit=True) as reader:
+        reader.execute("SET statement_timeout = 0")
+        reader.execute("SET default_transaction_read_only = off")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            reader.execute("SELECT lo_from_bytea(0, 'x')")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            reader.execute("SELECT lo_create(0)")
+        pid = reader.info.backend_pid
+        outcome: list[BaseException] = []
+
+        def sleep() -> None:
+            try:
+                reader.execute("SELECT pg_sleep(60)")
+            except BaseException as exc:  # noqa: BLE001 - checked below
+                outcome.append(exc)
+
+        sleeper = threading.Thread(target=sleep)
+        sleeper.start()
+        with connect(pg_dsn) as admin:
+            cancelled: list[int] = []
+            deadline = time.monotonic() + 50
+            while not cancelled and time.monotonic() < deadline:  # the watchdog cancels it once it is past 1 s
+                cancelled = admin.query("SELECT saedb_cancel_overdue_readers()")[0][0] or []
+                time.sleep(0.1)  # polling a condition (the query's age), not ordering anything
+            assert cancelled == [pid]
+        sleeper.join(30)
+        assert len(outcome) == 1 and isinstance(outcome[0], psycopg.errors.QueryCanceled)
+
+
+def test_saedb_reader_makes_a_login_from_the_command_line(pg_dsn: str) -> None:
+    result = CliRunner().invoke(app, ["reader", "bi_cli", "--timeout", "30s", "--db", pg_dsn], env={"SAEDB_READER_PASSWORD": "pw-cli-1"})
+    assert result.exit_code == 0 and "made reader bi_cli" in result.output, result.output
+    login = psycopg.conninfo.make_conninfo(pg_dsn.replace("postgresql://postgres:@", "postgresql://bi_cli@"), password="pw-cli-1")
+    with psycopg.connect(login) as conn:
+        assert conn.execute("SHOW statement_timeout").fetchone() == ("30s",)
+    again = CliRunner().invoke(app, ["reader", "bi_cli", "--db", pg_dsn], env={"SAEDB_READER_PASSWORD": "pw-cli-1"})
+    assert again.exit_code == 2 and "already exists" in again.output
+    duck = CliRunner().invoke(app, ["reader", "bi", "--db", "x.duckdb"], env={"SAEDB_READER_PASSWORD": "p"})
+    assert duck.exit_code == 2 and "Postgres roles" in duck.output

@@ -17,6 +17,14 @@ def test_mask_dsn_hides_passwords_only() -> None:
     assert mask_dsn("postgresql://saedb:s3cret@db:5432/x") == "postgresql://saedb:***@db:5432/x"
     assert mask_dsn("postgresql://u@/x?host=/tmp&password=s3cret&sslmode=off") == "postgresql://u@/x?host=/tmp&password=***&sslmode=off"
     assert mask_dsn("saedb.duckdb") == "saedb.duckdb"
+    # an empty user name, and '@' or '/' left unencoded in the password, leaked it
+    assert mask_dsn("postgresql://:s3cret@db/x") == "postgresql://:***@db/x"
+    assert mask_dsn("postgresql://saedb:p@ss/w0rd@db:5432/x") == "postgresql://saedb:***@db:5432/x"
+    assert mask_dsn("postgres://saedb:a/b?c@db/x?sslmode=off") == "postgres://saedb:***@db/x?sslmode=off"
+    assert mask_dsn("host=db user=saedb password=s3cret dbname=x") == "host=db user=saedb password=*** dbname=x"
+    assert mask_dsn("host=db password='s3 cret' dbname=x") == "host=db password=*** dbname=x"
+    for url in ("postgresql://:s3cret@db/x", "postgresql://saedb:p@ss/w0rd@db:5432/x", "postgresql://u@/x?password=s3cret"):
+        assert "s3cret" not in mask_dsn(url) and "w0rd" not in mask_dsn(url)
 
 
 def test_serve_prints_the_dsn_without_its_password(pg_dsn: str, astro_slice: Path, embedder) -> None:

@@ -61,9 +61,16 @@ def connect(url: str = DEFAULT_DB, read_only: bool = False, statement_timeout_s:
 
 
 def mask_dsn(url: str) -> str:
-    """A database URL fit to print: a Postgres password (user:password@ or password=) becomes ***."""
-    url = re.sub(r"^(postgres(?:ql)?://[^:/@?]+):[^@/?]*@", r"\1:***@", url)
-    return re.sub(r"([?&]password=)[^&]*", r"\1***", url)
+    """A database URL or libpq keyword string fit to print: every password becomes ***. In a URL
+    the credentials run to the last '@' (a password may hold unencoded '@', '/' or '?'); the
+    user name may be empty. When in doubt more is hidden, never less."""
+    scheme = re.match(r"^postgres(?:ql)?://", url)
+    if scheme and "@" in url:
+        credentials, _, rest = url[scheme.end():].rpartition("@")
+        user, colon, _ = credentials.partition(":")
+        url = f"{scheme.group()}{user}{':***' if colon else ''}@{rest}"
+    url = re.sub(r"([?&]password=)[^&]*", r"\1***", url)
+    return re.sub(r"(^|\s)(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S*)", r"\1\2***", url)
 
 
 _UDF_WRAPPER = "Python exception occurred while executing the UDF: "
