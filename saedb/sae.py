@@ -115,7 +115,7 @@ class SAE:
         """x + sum_i strength_i * w_dec[feature_i] for one feature or a family of features."""
         feats = np.atleast_1d(np.asarray(features, dtype=np.int64))
         strg = np.atleast_1d(np.asarray(strengths, dtype=np.float32))
-        if strg.shape == (1,) and feats.shape[0] > 1:
+        if np.ndim(strengths) == 0:  # one number for every feature; a list must match the features
             strg = np.repeat(strg, feats.shape[0])
         if feats.shape != strg.shape:
             raise InvalidInputError(f"{feats.shape[0]} features but {strg.shape[0]} strengths")
@@ -126,7 +126,11 @@ class SAE:
         direction = strg[0] * self.w_dec[feats[0]]
         for f, s in zip(feats[1:], strg[1:]):
             direction = direction + s * self.w_dec[f]
-        return x + direction
+        with np.errstate(over="ignore"):
+            steered = x + direction
+        if not np.isfinite(steered).all():
+            raise InvalidInputError("steering overflows float32: the steered vector has infinite values")
+        return steered
 
     def family_strengths(self, features: Sequence[int], strength: float) -> np.ndarray:
         """Per-feature strengths that move x by ``strength`` along the unit direction of the

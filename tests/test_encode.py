@@ -102,3 +102,5 @@ def test_postgres_procedure_and_insert_trigger(pg_dsn: str, tmp_path: Path, embe
         assert len(arrived) == 20
         assert_reference_codes(backend, model_id, arrived)
         assert pending_documents(backend, model_id) == 0
+        coded = backend.query("SELECT count(DISTINCT doc_id) FROM sae_codes WHERE model_id = ?", (model_id,))[0][0]
+        assert backend.model_row(model_id)["n_documents"] == coded  # the trigger left it at the training count

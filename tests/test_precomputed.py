@@ -104,6 +104,21 @@ def test_rows_without_a_usable_vector_are_row_errors_and_the_rest_loads(
     assert "2 vectors of the embeddings file have no paper" in report.summary()
 
 
+def test_vectors_of_huge_or_tiny_scale_keep_their_direction(backend: Backend, astro_slice: Path, wordllama_vectors, tmp_path: Path) -> None:
+    """A vector of 1e30-scale values was stored as all zeros (its float32 norm overflowed to inf)."""
+    ids, vectors = wordllama_vectors
+    scaled = vectors.copy()
+    scaled[5] = np.sign(vectors[5]) * 1e30
+    scaled[6] = vectors[6] * 1e-30
+    load_corpus(backend, astro_slice, "wordllama-256", embeddings=write_vectors(tmp_path / "v.parquet", ids, scaled),
+                batch_size=128, progress=False)
+    for row in (5, 6):
+        doc_id = backend.query("SELECT doc_id FROM papers WHERE arxiv_id = ?", (ids[row],))[0][0]
+        stored = backend.fetch_vectors("SELECT embedding FROM embeddings WHERE doc_id = ?", (doc_id,))[0]
+        want = scaled[row].astype(np.float64) / np.linalg.norm(scaled[row].astype(np.float64))
+        np.testing.assert_allclose(stored, want, rtol=1e-5, atol=1e-7)
+
+
 @pytest.mark.parametrize("problem", ["duplicate", "ragged", "wrong_dim", "no_id_column", "wrong_embedder", "null_vector"])
 def test_bad_embedding_files_fail_before_anything_is_written(
     problem: str, backend: Backend, astro_slice: Path, wordllama_vectors, tmp_path: Path

@@ -109,3 +109,31 @@ def test_finite_embeddings_whose_activations_overflow_are_errors_on_both_backend
         sae.encode(np.full(d, 1e38, np.float32))
     fine = loaded.query("SELECT f.activation FROM unnest(sae_encode(?, ?)) AS f", (loaded.vector_param(np.full(d, 1e30, np.float32)), model_id))
     np.testing.assert_allclose([a for (a,) in fine], sae.encode(np.full(d, 1e30, np.float32)).values[0], rtol=1e-5)
+
+
+def test_steering_that_overflows_or_mismatches_is_an_error_on_both_backends(model: tuple[Backend, int]) -> None:
+    """DuckDB's steer / steer_many returned ±inf past float32's range and applied one strength to
+    two features; Postgres and the numpy core refuse both."""
+    backend, model_id = model
+    sae = backend.load_sae(model_id)
+    huge = np.where(sae.w_dec[0] >= 0, 3.4e38, -3.4e38).astype(np.float32)  # steering along feature 0 leaves float32's range
+    with pytest.raises(DB_ERRORS, match="overflow"):
+        backend.query("SELECT steer(?, 0, 1e38, ?)", (backend.vector_param(huge), model_id))
+    many = "steer_many(?, [0, 1], [0.5], ?)" if backend.dialect == "duckdb" else "steer_many(?, ARRAY[0, 1], ARRAY[0.5], ?)"
+    with pytest.raises(DB_ERRORS, match="2 features but 1 strengths"):
+        backend.query(f"SELECT {many}", (backend.vector_param(np.zeros(256, np.float32) + 0.1), model_id))
+    with pytest.raises(InvalidInputError, match="overflow"):
+        sae.steer(huge, 0, 1e38)
+    with pytest.raises(InvalidInputError, match="2 features but 1 strengths"):
+        sae.steer(np.zeros(256, np.float32), [0, 1], [0.5])
+
+
+def test_decode_takes_any_numeric_literal(model: tuple[Backend, int]) -> None:
+    """DuckDB's sae_decode refused a 0.5e0 literal (a DOUBLE) with an internal Binder Error."""
+    backend, model_id = model
+    sae = backend.load_sae(model_id)
+    codes = ("[{'feature_id': 3, 'activation': 0.5e0}]" if backend.dialect == "duckdb"
+             else "ARRAY[ROW(3, 0.5e0)::sae_feature]")
+    got = np.asarray(backend.query(f"SELECT CAST(sae_decode({codes}, ?) AS {'FLOAT[]' if backend.dialect == 'duckdb' else 'real[]'})",
+                                   (model_id,))[0][0], np.float32)
+    np.testing.assert_allclose(got, sae.b_pre + 0.5 * sae.w_dec[3], rtol=1e-5, atol=1e-6)

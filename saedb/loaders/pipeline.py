@@ -75,7 +75,10 @@ def _embed(embedder: Embedder, papers: list[Paper]) -> np.ndarray:
 
 
 def _unit(rows: np.ndarray) -> np.ndarray:
-    return (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float32)
+    """Rows scaled to unit length, in float64: a float32 norm of 1e30-scale values overflows to
+    inf (the row became all zeros), one of 1e-30-scale values underflows to 0."""
+    wide = rows.astype(np.float64)
+    return (wide / np.linalg.norm(wide, axis=1, keepdims=True)).astype(np.float32)
 
 
 def check_sample(embedder: Embedder, papers: list[Paper], vectors: np.ndarray, source: str) -> None:

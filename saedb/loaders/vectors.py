@@ -129,7 +129,8 @@ def read_embeddings(path: str | Path, id_column: str = "id", vector_column: str 
     matrix = _as_matrix(table.column(_vector_column(table, vector_column, source)), source)
     del table  # the matrix is a copy: do not hold the file's columns twice
     finite = np.isfinite(matrix).all(axis=1)
-    squared_norms = np.einsum("ij,ij->i", matrix, matrix)  # no temporary the size of the matrix
+    # float64: no temporary the size of the matrix, and no float32 overflow (1e30-scale rows) or underflow
+    squared_norms = np.einsum("ij,ij->i", matrix, matrix, dtype=np.float64)
     unusable = {ids[r]: "has NaN or infinite values" for r in np.flatnonzero(~finite)}
     unusable.update({ids[r]: "is all zeros" for r in np.flatnonzero(finite & (squared_norms == 0))})
     return PrecomputedEmbeddings(source=source, index={i: r for r, i in enumerate(ids)}, matrix=matrix, unusable=unusable)

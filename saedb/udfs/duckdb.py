@@ -37,6 +37,7 @@ from saedb.sae import SAE, SparseCodes, as_matrix
 FEATURE = duckdb.struct_type({"feature_id": st.INTEGER, "activation": st.FLOAT})
 VECTOR_IN = duckdb.list_type(st.DOUBLE)  # accepts FLOAT[d] columns and DOUBLE / DECIMAL literals
 CODES = duckdb.list_type(FEATURE)
+CODES_IN = duckdb.list_type(duckdb.struct_type({"feature_id": st.INTEGER, "activation": st.DOUBLE}))  # takes 0.5e0 literals too
 FEATURE_BY_LABEL_SQL = """
 SELECT feature_id FROM feature_best_labels
 WHERE model_id = ? AND strpos(lower(label), lower(?)) > 0
@@ -176,12 +177,12 @@ def register_udfs(con: duckdb.DuckDBPyConnection, registered: dict[str, int], re
         lists = _dense(codes, "sae_decode", "codes")
         flat = lists.flatten()
         feature_ids = flat.field("feature_id").to_numpy(zero_copy_only=False)
-        activations = flat.field("activation").to_numpy(zero_copy_only=False)
+        activations = flat.field("activation").to_numpy(zero_copy_only=False).astype(np.float32)
         offsets = lists.offsets.to_numpy()
         if flat.field("feature_id").null_count or flat.field("activation").null_count:
             raise InvalidInputError("sae_decode: codes contain a NULL feature_id or activation")
         if not np.isfinite(activations).all():
-            raise InvalidInputError("sae_decode: activation is NaN or infinite")
+            raise InvalidInputError("sae_decode: activation is NaN or infinite")  # or past float32's range
 
         def decode(sae: SAE, rows: np.ndarray) -> np.ndarray:
             out = np.tile(sae.b_pre, (len(rows), 1))
@@ -191,7 +192,7 @@ def register_udfs(con: duckdb.DuckDBPyConnection, registered: dict[str, int], re
                     sae.check_features(ids)
                 except InvalidInputError as exc:
                     raise InvalidInputError(f"sae_decode: {exc}") from None
-                out[out_row] += activations[offsets[row] : offsets[row + 1]].astype(np.float32) @ sae.w_dec[ids]
+                out[out_row] += activations[offsets[row] : offsets[row + 1]] @ sae.w_dec[ids]
             return out
 
         return vectors_out(_scatter(len(lists), cache.per_model("sae_decode", model, decode)))
@@ -237,7 +238,7 @@ def register_udfs(con: duckdb.DuckDBPyConnection, registered: dict[str, int], re
 
     functions = {
         "sae_encode": (sae_encode, [VECTOR_IN, st.INTEGER], CODES),
-        "sae_decode": (sae_decode, [CODES, st.INTEGER], vector_out),
+        "sae_decode": (sae_decode, [CODES_IN, st.INTEGER], vector_out),
         "steer": (steer, [VECTOR_IN, st.INTEGER, st.DOUBLE, st.INTEGER], vector_out),
         "steer_many": (steer, [VECTOR_IN, duckdb.list_type(st.INTEGER), duckdb.list_type(st.DOUBLE), st.INTEGER], vector_out),
         "steer_label": (steer_label, [VECTOR_IN, st.VARCHAR, st.DOUBLE, st.INTEGER], vector_out),

@@ -209,13 +209,19 @@ END $$;
 -- (one statement-level trigger: a bulk COPY costs one query, and nothing when the list is empty).
 CREATE OR REPLACE FUNCTION saedb_encode_inserted() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    INSERT INTO sae_codes (model_id, doc_id, feature_id, activation)
-    SELECT a.model_id, i.doc_id, f.feature_id, f.activation
-    FROM sae_auto_encode a
-    JOIN sae_models m ON m.model_id = a.model_id AND m.status = 'ready'
-    CROSS JOIN inserted i
-    CROSS JOIN LATERAL unnest(sae_encode(i.embedding, a.model_id)) f
-    ON CONFLICT DO NOTHING;
+    WITH written AS (
+        INSERT INTO sae_codes (model_id, doc_id, feature_id, activation)
+        SELECT a.model_id, i.doc_id, f.feature_id, f.activation
+        FROM sae_auto_encode a
+        JOIN sae_models m ON m.model_id = a.model_id AND m.status = 'ready'
+        CROSS JOIN inserted i
+        CROSS JOIN LATERAL unnest(sae_encode(i.embedding, a.model_id)) f
+        ON CONFLICT DO NOTHING
+        RETURNING model_id, doc_id
+    ), per_model AS (
+        SELECT model_id, count(DISTINCT doc_id) AS n FROM written GROUP BY model_id
+    )
+    UPDATE sae_models s SET n_documents = coalesce(s.n_documents, 0) + p.n FROM per_model p WHERE s.model_id = p.model_id;
     RETURN NULL;
 END $$;
 
