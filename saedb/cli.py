@@ -108,7 +108,7 @@ def grid(
 
 @app.command("export")
 def export_model(
-    model: int = typer.Argument(..., help="model_id to export."),
+    model: str = typer.Argument(..., help="Model id or name (latest version)."),
     out: Path = typer.Argument(..., help="Output folder."),
     fmt: str = typer.Option("sparsify", "--format", help="sparsify or saelens."),
     db: str = DbOption,
@@ -118,7 +118,7 @@ def export_model(
 
     try:
         with connect(db, read_only=True) as backend:
-            typer.echo(f"wrote {export_sae(backend.load_sae(model), out, fmt)}")  # type: ignore[arg-type]
+            typer.echo(f"wrote {export_sae(backend.load_sae(resolve_model(backend, model)), out, fmt)}")  # type: ignore[arg-type]
     except USER_ERRORS as exc:
         _fail(exc)
 

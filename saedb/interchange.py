@@ -27,9 +27,18 @@ WEIGHT_FILES: dict[str, str] = {"sparsify": "sae.safetensors", "saelens": "sae_w
 
 
 def export_sae(sae: SAE, directory: str | Path, fmt: Format) -> Path:
-    """Write ``sae`` to ``directory`` in the given format; returns the directory."""
+    """Write ``sae`` to ``directory`` in the given format; returns the directory. A folder that
+    cannot be written is an InvalidInputError naming it."""
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        _write(sae, directory, fmt)
+    except OSError as exc:
+        raise InvalidInputError(f"cannot write {directory}: {exc.strerror or exc}") from None
+    return directory
+
+
+def _write(sae: SAE, directory: Path, fmt: Format) -> None:
     if fmt == "sparsify":
         cfg = {
             "expansion_factor": sae.n_latents // sae.d,
@@ -56,7 +65,6 @@ def export_sae(sae: SAE, directory: str | Path, fmt: Format) -> Path:
         raise InvalidInputError(f"unknown format {fmt!r}: use sparsify or saelens")
     (directory / "cfg.json").write_text(json.dumps(cfg, indent=2))
     save_file({k: np.ascontiguousarray(v, dtype=np.float32) for k, v in tensors.items()}, str(directory / WEIGHT_FILES[fmt]))
-    return directory
 
 
 def detect_format(directory: Path) -> Format:

@@ -75,6 +75,13 @@ def test_cli_export_then_import_publishes_an_identical_model(loaded: Backend, ra
     assert exported.exit_code == 0, exported.output
     imported = runner.invoke(app, ["import", str(tmp_path / "out"), "--name", "copy", "--db", db_url])
     assert imported.exit_code == 0, imported.output
+    by_name = runner.invoke(app, ["export", "original", str(tmp_path / "by-name"), "--db", db_url])  # README: names work too
+    assert by_name.exit_code == 0 and (tmp_path / "by-name" / "sae.safetensors").is_file(), by_name.output
+    (tmp_path / "a-file").write_text("")
+    bad_path = runner.invoke(app, ["export", str(model_id), str(tmp_path / "a-file" / "out"), "--db", db_url])
+    assert bad_path.exit_code == 2 and "cannot write" in bad_path.output and "Traceback" not in bad_path.output, bad_path.output
+    unknown = runner.invoke(app, ["export", "no-such-model", str(tmp_path / "x"), "--db", db_url])
+    assert unknown.exit_code == 2 and "no published model named 'no-such-model'" in unknown.output
     from saedb.backends import connect
 
     with connect(db_url) as backend:

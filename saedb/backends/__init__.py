@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import re
 
 import duckdb
@@ -77,10 +79,14 @@ _UDF_WRAPPER = "Python exception occurred while executing the UDF: "
 
 
 def user_message(exc: Exception) -> str:
-    """A database error as the user should read it: first line, DuckDB's UDF wrapper removed."""
+    """A database error as the user should read it: first line, DuckDB's UDF wrapper removed, a
+    full disk named as such (DuckDB has no error class for it, only the OS's text)."""
     message = str(exc).split("\n")[0]
     if _UDF_WRAPPER in message:
         message = message.split(_UDF_WRAPPER, 1)[1].split(": ", 1)[-1]
+    if (isinstance(exc, OSError) and exc.errno == errno.ENOSPC) or os.strerror(errno.ENOSPC) in message:
+        message = (f"the disk is full ({message}). Nothing of the step that failed was written and everything committed "
+                   "before it is kept: free some space and run the same command again")
     return message
 
 

@@ -240,22 +240,35 @@ class DuckDBBackend(Backend):
                 "embedding": fixed_size_vectors(batch.embeddings),
             }
         )
-        with self.transaction():
-            self.con.register("stage_docs", staged)
-            try:
-                added = self.con.execute(
-                    "INSERT INTO papers (arxiv_id, title, abstract, categories, subjects, published, year, corpus) "
-                    "SELECT arxiv_id, title, abstract, categories, subjects, published, year, ? FROM stage_docs "
-                    "ON CONFLICT (arxiv_id) DO NOTHING RETURNING doc_id",
-                    [batch.corpus],
-                ).fetchall()
-                self.con.execute(
-                    "INSERT INTO embeddings SELECT p.doc_id, s.embedding FROM stage_docs s "
-                    "JOIN papers p ON p.arxiv_id = s.arxiv_id ON CONFLICT (doc_id) DO NOTHING"
-                )
-            finally:
-                self.con.unregister("stage_docs")
+        with self.transaction(), self.staged(stage_docs=staged):
+            added = self.con.execute(
+                "INSERT INTO papers (arxiv_id, title, abstract, categories, subjects, published, year, corpus) "
+                "SELECT arxiv_id, title, abstract, categories, subjects, published, year, ? FROM stage_docs "
+                "ON CONFLICT (arxiv_id) DO NOTHING RETURNING doc_id",
+                [batch.corpus],
+            ).fetchall()
+            self.con.execute(
+                "INSERT INTO embeddings SELECT p.doc_id, s.embedding FROM stage_docs s "
+                "JOIN papers p ON p.arxiv_id = s.arxiv_id ON CONFLICT (doc_id) DO NOTHING"
+            )
         return len(added)
+
+    @contextmanager
+    def staged(self, **tables: pa.Table) -> Iterator[None]:
+        """Arrow tables visible to SQL under their names for the block. If a statement failed
+        (a full disk, say), the transaction is aborted and unregistering would raise "Current
+        transaction is aborted" over the real error: then the names are left to the next
+        registration, which replaces them."""
+        for name, table in tables.items():
+            self.con.register(name, table)
+        try:
+            yield
+        finally:
+            for name in tables:
+                try:
+                    self.con.unregister(name)
+                except duckdb.TransactionException:
+                    break
 
     def copy_weights(self, model_id: int, sae: SAE) -> None:
         features = pa.array(np.arange(sae.n_latents, dtype=np.int32))
@@ -264,14 +277,9 @@ class DuckDBBackend(Backend):
             {"model_id": model, "feature_id": features, "w_enc": fixed_size_vectors(sae.w_enc), "b_lat": pa.array(sae.b_lat)}
         )
         dec = pa.table({"model_id": model, "feature_id": features, "w_dec": fixed_size_vectors(sae.w_dec)})
-        self.con.register("stage_enc", enc)
-        self.con.register("stage_dec", dec)
-        try:
+        with self.staged(stage_enc=enc, stage_dec=dec):
             self.con.execute("INSERT INTO sae_encoder SELECT * FROM stage_enc")
             self.con.execute("INSERT INTO sae_decoder SELECT * FROM stage_dec")
-        finally:
-            self.con.unregister("stage_enc")
-            self.con.unregister("stage_dec")
 
     def copy_codes(self, model_id: int, doc_ids: np.ndarray, codes: SparseCodes) -> None:
         active = codes.active_mask()
@@ -283,11 +291,8 @@ class DuckDBBackend(Backend):
                 "activation": pa.array(codes.values[active]),
             }
         )
-        self.con.register("stage_codes", rows)
-        try:
+        with self.staged(stage_codes=rows):
             self.con.execute("INSERT INTO sae_codes SELECT * FROM stage_codes")
-        finally:
-            self.con.unregister("stage_codes")
 
     def iter_embeddings(self, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Range scans of ``batch_size`` doc ids (batches are smaller where ids have gaps): an
