@@ -296,6 +296,8 @@ def search(
         with connect(db, read_only=True) as backend:
             steering = chosen_steering(feature, label, family, strength,
                                        (lambda: resolve_model(backend, model)) if model is not None else None)
+            if model is not None and not steering:
+                resolve_model(backend, model)  # a model named is checked, steered by or not
             if not query.strip():
                 raise InvalidInputError("the search text is empty")
             vector = get_embedder(backend.require_embedder()[0]).embed([query])[0]

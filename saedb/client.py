@@ -40,6 +40,8 @@ class Database:
         from saedb.embedders import get_embedder
 
         steering = chosen_steering(feature, label, family, strength, (lambda: self.model_id(model)) if model is not None else None)
+        if model is not None and not steering:
+            self.model_id(model)  # a model named is checked, steered by or not
         vector = get_embedder(self.backend.require_embedder()[0]).embed([text])[0]
         hits = search(self.backend, vector, limit, steering, corpus)
         return pa.table({

@@ -12,11 +12,11 @@ CODES_BATCH = 8192
 
 
 def resolve_model(backend: Backend, model: int | str) -> int:
-    """A model id (an int or a string of digits), or the latest published version of a model
-    name; UnknownModelError when no published model has that name."""
+    """A published model's id (an int or a string of digits), or the latest published version of a
+    model name; UnknownModelError when no published model has that id or name."""
     if isinstance(model, int) or model.isdigit():
-        return int(model)
-    found = backend.query("SELECT sae_model_id(?)", (model,))[0][0]
+        return int(backend.model_row(int(model))["model_id"])  # UnknownModelError for an id never published
+    found = backend.query("SELECT max(model_id) FROM sae_models WHERE name = ? AND status = 'ready'", (model,))[0][0]
     if found is None:
         raise UnknownModelError(f"no published model named {model!r}")
     return int(found)

@@ -125,6 +125,11 @@ def test_postgres_sessions_search_with_the_documented_hnsw_settings(pg_dsn: str)
         with connect(pg_dsn, read_only=read_only) as backend:
             assert backend.query("SELECT current_setting('hnsw.ef_search'), current_setting('hnsw.iterative_scan')") == [
                 ("200", "relaxed_order")]
+    # a plain session (psql, a BI login) gets them too: pgvector's default ef_search 40 had recall 0.91
+    with psycopg.connect(pg_dsn, autocommit=True) as plain:
+        plain.execute("LOAD 'vector'")
+        assert plain.execute("SELECT current_setting('hnsw.ef_search'), current_setting('hnsw.iterative_scan')").fetchone() == (
+            "200", "relaxed_order")
 
 
 def test_duckdb_reads_all_embeddings_within_a_memory_limit(tmp_path: Path) -> None:

@@ -45,3 +45,6 @@ def test_plain_search_needs_no_model(tmp_path: Path, astro_slice: Path) -> None:
         assert refused.exit_code == 2 and "steer by one of feature, label or family, with a model" in refused.output
     unknown = runner.invoke(app, ["search", "disks", "--db", db, "--feature", "3", "--model", "nope"])
     assert unknown.exit_code == 2 and "no published model named 'nope'" in unknown.output
+    for model, message in (("astro-dmeo", "no published model named 'astro-dmeo'"), ("7", "unknown model 7")):
+        unsteered = runner.invoke(app, ["search", "disks", "--db", db, "--model", model])  # was ignored: exit 0
+        assert unsteered.exit_code == 2 and message in unsteered.output, unsteered.output

@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from typer.testing import CliRunner
@@ -17,35 +16,51 @@ from saedb.cli import app
 
 runner = CliRunner()
 ROOT_DIR = Path(__file__).resolve().parent.parent
-HOLD_READ_ONLY = "import duckdb, sys, time; c = duckdb.connect(sys.argv[1], read_only=True); print('open', flush=True); time.sleep(float(sys.argv[2]))"
+# Another process holding the file, read-only (as `saedb serve` does) or writable (as `saedb
+# load` does), until the test tells it to let go: the test releases it only once the trainer
+# has said it is waiting, so the outcome never depends on which process is faster.
+HOLD = ("import duckdb, sys; c = duckdb.connect(sys.argv[1], read_only=sys.argv[2] == 'read-only'); "
+        "print('open', flush=True); sys.stdin.readline(); c.close()")
 
 
-def hold(path: str, seconds: float) -> subprocess.Popen:
-    """Another process (as `saedb serve` does) holding the file read-only for a while."""
-    child = subprocess.Popen([sys.executable, "-c", HOLD_READ_ONLY, path, str(seconds)], stdout=subprocess.PIPE, text=True)
+def hold(path: str, mode: str) -> subprocess.Popen:
+    child = subprocess.Popen([sys.executable, "-c", HOLD, path, mode], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert child.stdout.readline().strip() == "open"
     return child
+
+
+def train_until_it_waits(db: str, holder: subprocess.Popen, *options: str) -> str:
+    """Run `saedb train` in its own process; release ``holder`` when the trainer reports that it
+    waits for the file; return the trainer's whole output (which must show the wait)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT_DIR), "PYTHONUNBUFFERED": "1"}
+    trainer = subprocess.Popen([sys.executable, "-m", "saedb.cli", "train", "--db", db, "--k", "4", "--n", "32", "--steps", "20",
+                                "--batch-size", "64", *options], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    lines = []
+    try:
+        for line in trainer.stdout:
+            lines.append(line)
+            if "waiting" in line:
+                holder.stdin.write("release\n")
+                holder.stdin.flush()
+                assert holder.wait(timeout=120) == 0
+        assert trainer.wait(timeout=300) == 0, "".join(lines)
+    finally:
+        trainer.kill()
+    return "".join(lines)
 
 
 def test_train_waits_for_readers_only_at_write_back_and_read_commands_share_the_file(tmp_path: Path, astro_slice: Path) -> None:
     db = str(tmp_path / "shared.duckdb")
     assert runner.invoke(app, ["load", str(astro_slice), "--db", db]).exit_code == 0
-    reader = hold(db, 6)
+    reader = hold(db, "read-only")
     try:
         assert runner.invoke(app, ["models", "--db", db]).exit_code == 0  # read-only beside a read-only process
         assert runner.invoke(app, ["sql", "SELECT count(*) FROM papers", "--db", db]).output.strip() == "400"
-        started = time.monotonic()
-        env = {**os.environ, "PYTHONPATH": str(ROOT_DIR)}
-        trained = subprocess.run([sys.executable, "-m", "saedb.cli", "train", "--db", db, "--k", "4", "--n", "32", "--steps", "20",
-                                  "--batch-size", "64"], capture_output=True, text=True, env=env, timeout=120)
-        assert trained.returncode == 0, trained.stdout + trained.stderr
-        assert "waiting" in trained.stdout and "published model 1" in trained.stdout
-        assert reader.poll() is not None and time.monotonic() - started >= 1  # it waited for the reader to go
+        output = train_until_it_waits(db, reader)
+        # it trained beside the reader and waited only to write back
+        assert output.index("step 20/20") < output.index("waiting") < output.index("published model 1"), output
     finally:
         reader.kill()
-
-
-HOLD_WRITABLE = "import duckdb, sys, time; c = duckdb.connect(sys.argv[1]); print('open', flush=True); time.sleep(float(sys.argv[2]))"
 
 
 def test_streamed_training_waits_for_a_writer_to_read_its_chunks(tmp_path: Path, astro_slice: Path) -> None:
@@ -53,14 +68,9 @@ def test_streamed_training_waits_for_a_writer_to_read_its_chunks(tmp_path: Path,
     a training run streaming chunks waits for it instead of failing part-way."""
     db = str(tmp_path / "busy.duckdb")
     assert runner.invoke(app, ["load", str(astro_slice), "--db", db]).exit_code == 0
-    writer = subprocess.Popen([sys.executable, "-c", HOLD_WRITABLE, db, "4"], stdout=subprocess.PIPE, text=True)
+    writer = hold(db, "writable")
     try:
-        assert writer.stdout.readline().strip() == "open"
-        env = {**os.environ, "PYTHONPATH": str(ROOT_DIR)}
-        trained = subprocess.run([sys.executable, "-m", "saedb.cli", "train", "--db", db, "--k", "4", "--n", "32", "--steps", "20",
-                                  "--batch-size", "64", "--chunk-rows", "100"], capture_output=True, text=True, env=env, timeout=120)
-        assert trained.returncode == 0, trained.stdout + trained.stderr
-        assert "waiting" in trained.stdout and "published model 1" in trained.stdout
-        assert writer.poll() is not None
+        output = train_until_it_waits(db, writer, "--chunk-rows", "100")
+        assert "waiting" in output and "published model 1" in output, output
     finally:
         writer.kill()

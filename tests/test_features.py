@@ -121,6 +121,36 @@ def test_clean_filter_follows_the_paper(trained: tuple[Backend, int]) -> None:
     assert clean == [2, 8]
 
 
+def test_an_interrupted_labelling_run_leaves_usable_clean_flags(trained: tuple[Backend, int]) -> None:
+    """The flags were computed only at the end: an interrupted run left clean NULL on every
+    label, and families then found none. Now every stored label has its flag, as the filter says."""
+    backend, model_id = trained
+    offline = OfflineLabeller(corpus_stats(backend))
+
+    class Interrupted:
+        name = offline.name
+        calls = 0
+
+        def label(self, examples):
+            Interrupted.calls += 1
+            if Interrupted.calls > 40:
+                raise KeyboardInterrupt  # Ctrl-C (or a kill) part-way
+            return offline.label(examples)
+
+        def predict(self, label, texts):
+            return offline.predict(label, texts)
+
+    with pytest.raises(KeyboardInterrupt):
+        run_autointerp(backend, model_id, Interrupted(), concurrency=1)
+    stored = backend.query("SELECT feature_id, clean FROM feature_labels WHERE model_id = ? AND labeller = ? ORDER BY feature_id",
+                           (model_id, offline.name))
+    assert len(stored) >= 30 and all(clean is not None for _, clean in stored)
+    flags = dict(stored)
+    mark_clean(backend, model_id, offline.name)  # recomputed from scratch: the same flags
+    assert dict(backend.query("SELECT feature_id, clean FROM feature_labels WHERE model_id = ? AND labeller = ?",
+                              (model_id, offline.name))) == flags
+
+
 def test_own_labels_beat_shuffled_labels_on_held_out_abstracts(trained: tuple[Backend, int]) -> None:
     backend, model_id = trained
     labeller = OfflineLabeller(corpus_stats(backend))

@@ -101,7 +101,8 @@ def test_model_lookup_by_name_picks_latest_version(loaded: Backend, random_sae: 
     publish_model(loaded, random_sae, "other")
     assert loaded.query("SELECT sae_model_id('astro')")[0][0] == second != first
     assert loaded.query("SELECT version FROM sae_models WHERE model_id = ?", (second,))[0][0] == 2
-    assert loaded.query("SELECT sae_model_id('missing')")[0][0] is None
+    with pytest.raises(DB_ERRORS, match="no published model named 'missing'"):  # was NULL: then every function returned NULL
+        loaded.query("SELECT sae_model_id('missing')")
 
 
 @pytest.mark.parametrize(
@@ -118,6 +119,8 @@ def test_model_lookup_by_name_picks_latest_version(loaded: Backend, random_sae: 
         ("SELECT steer({v3}, 1, 1.0, {m})", "3 dimensions"),
         ("SELECT steer_many({v}, {ints}, {floats3}, {m})", "2 features but 3 strengths"),
         ("SELECT sae_decode(sae_encode({v}, {m}), 999)", "unknown model 999"),
+        ("SELECT steer({v}, 1, 0.5, NULL)", "model is NULL"),
+        ("SELECT steer({v}, 1, 0.5, sae_model_id('typo'))", "no published model named 'typo'"),
     ],
 )
 def test_bad_input_is_a_clear_sql_error(loaded: Backend, random_sae: SAE, sql: str, message: str) -> None:

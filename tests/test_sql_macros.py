@@ -114,8 +114,19 @@ def test_plain_client_errors_are_clear(saedb_file: tuple[str, int, int]) -> None
         "model": "SELECT sae_encode(embedding, 777) FROM embeddings LIMIT 1",
         "family": f"SELECT steer_family(embedding, 99999, 1.0, {model}) FROM embeddings LIMIT 1",
         "lengths": f"SELECT steer_many(embedding, [1, 2], [1.0], {model}) FROM embeddings LIMIT 1",
+        # a typo in a model name returned NULL, and then every function returned NULL silently
+        "typo": "SELECT sae_model_id('plian')",
+        "typo_steer": "SELECT steer(embedding, 1, 0.5, sae_model_id('plian')) FROM embeddings LIMIT 1",
+        "null_model": "SELECT sae_encode(embedding, NULL) FROM embeddings LIMIT 1",
+        "null_steer": "SELECT steer(embedding, 1, 0.5, NULL) FROM embeddings LIMIT 1",
+        "null_decode": "SELECT sae_decode(sae_encode(embedding, 1), NULL) FROM embeddings LIMIT 1",
+        "null_many": "SELECT steer_many(embedding, [1], [0.5], NULL) FROM embeddings LIMIT 1",
+        "null_family": "SELECT steer_family(embedding, 1, 0.5, NULL) FROM embeddings LIMIT 1",
     })
     assert f"model {model} has no feature 99999" in got["feature"]["error"]
     assert "unknown model 777" in got["model"]["error"]
     assert "has no family 99999" in got["family"]["error"]
     assert "different lengths" in got["lengths"]["error"]
+    assert "no published model named 'plian'" in got["typo"]["error"] and "no published model named" in got["typo_steer"]["error"]
+    for name in ("null_model", "null_steer", "null_decode", "null_many", "null_family"):
+        assert isinstance(got[name], dict) and "model is NULL" in got[name]["error"], (name, got[name])

@@ -65,7 +65,8 @@ def to_psycopg(sql: str, params: Sequence[Any]) -> tuple[str, list[Any] | None]:
 # at 200 (MiniLM 0.99 / 0.99), for 1-2 ms more per query (p50 2.7-6.7 ms, p99 under 13 ms).
 # 200 keeps a margin above 0.95 on the default embedder; recall falls as the corpus grows, so
 # raise it (SET hnsw.ef_search) for millions of documents. Iterative scans keep filtered
-# searches (WHERE year >= ...) from returning fewer than LIMIT rows.
+# searches (WHERE year >= ...) from returning fewer than LIMIT rows. schema.sql sets the same
+# for every session of the database (ALTER DATABASE), where saedb's role owns it.
 SEARCH_SETTINGS = ("SET hnsw.ef_search = 200", "SET hnsw.iterative_scan = relaxed_order")
 
 

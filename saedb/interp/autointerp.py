@@ -3,9 +3,9 @@
 For each feature: the interpreter names it from its examples; the predictor scores 3
 held-out activating and 3 held-out non-activating abstracts from the label alone. Pearson
 (NULL when the predictions are constant: the paper's NaN, left out of means) and F1 of those
-scores, and the feature's density, go to ``feature_labels``; then ``clean`` is recomputed
-for the model's labels. Features already labelled by the same labeller are skipped, so a
-run resumes.
+scores, and the feature's density, go to ``feature_labels``, a few features at a time, each
+time with ``clean`` recomputed for the model's labels in the same transaction. Features
+already labelled by the same labeller are skipped, so a run resumes.
 """
 
 from __future__ import annotations
@@ -88,29 +88,31 @@ def run_autointerp(
     workers = max(1, concurrency)
     with ThreadPoolExecutor(max_workers=workers) as pool:
         # Executor.map consumes its whole input first: feed it a few features at a time so that
-        # results (and the progress bar) arrive from the start.
-        labelled = (
-            result
-            for chunk in chunked(examples_for(backend, model_id, todo, info["n_documents"]), 2 * workers)
-            for result in pool.map(lambda e: interpret(labeller, e), chunk)
-        )
-        for result in labelled:
-            if progress is not None:
-                progress.update()
-            if isinstance(result, InvalidInputError):
-                failures.append(str(result))
+        # results (and the progress bar) arrive from the start. Each chunk's labels are stored
+        # with the clean flags recomputed in one transaction: after an interruption at any point
+        # the stored labels have consistent flags (families and the evaluation can use them).
+        for chunk in chunked(examples_for(backend, model_id, todo, info["n_documents"]), 2 * workers):
+            labelled = []
+            for result in pool.map(lambda e: interpret(labeller, e), chunk):
+                if progress is not None:
+                    progress.update()
+                if isinstance(result, InvalidInputError):
+                    failures.append(str(result))
+                    if log:
+                        log(f"not labelled: {result}")
+                    continue
+                labelled.append(result)
                 if log:
-                    log(f"not labelled: {result}")
-                continue
-            backend.execute(
-                "INSERT INTO feature_labels (model_id, feature_id, labeller, label, pearson, f1, density) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (model_id, result.feature_id, labeller.name, result.label, result.pearson, result.f1, result.density),
-            )
-            results.append(result)
-            if log:
-                log(f"feature {result.feature_id:>5}  r={result.pearson if result.pearson is not None else float('nan'):+.2f}  "
-                    f"F1={result.f1:.2f}  {result.label}")
-    mark_clean(backend, model_id, labeller.name)
+                    log(f"feature {result.feature_id:>5}  r={result.pearson if result.pearson is not None else float('nan'):+.2f}  "
+                        f"F1={result.f1:.2f}  {result.label}")
+            with backend.transaction():
+                for result in labelled:
+                    backend.execute(
+                        "INSERT INTO feature_labels (model_id, feature_id, labeller, label, pearson, f1, density) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        (model_id, result.feature_id, labeller.name, result.label, result.pearson, result.f1, result.density),
+                    )
+                mark_clean(backend, model_id, labeller.name)
+            results.extend(labelled)
     if failures and log:
         log(f"{len(failures)} features could not be labelled (run again to retry them)")
     return results
@@ -128,13 +130,10 @@ def mark_clean(backend: Backend, model_id: int, labeller: str) -> int:
         if passes_filter(sanitise_label(label), r, f1, density):
             key = sanitise_label(label).lower()
             best[key] = max(best.get(key, (float("-inf"), -1)), (f1 + r, -feature))
-    clean = {-feature for _, feature in best.values()}
-    with backend.transaction():
-        backend.execute("UPDATE feature_labels SET clean = FALSE WHERE model_id = ? AND labeller = ?", (model_id, labeller))
-        for feature in sorted(clean):
-            backend.execute(
-                "UPDATE feature_labels SET clean = TRUE WHERE model_id = ? AND labeller = ? AND feature_id = ?", (model_id, labeller, feature)
-            )
+    clean = sorted(-feature for _, feature in best.values())
+    members = ", ".join(map(str, clean)) or "NULL"  # integers of our own, not user input
+    backend.execute(f"UPDATE feature_labels SET clean = (feature_id IN ({members})) WHERE model_id = ? AND labeller = ?",
+                    (model_id, labeller))
     return len(clean)
 
 

@@ -17,7 +17,7 @@ CREATE OR REPLACE MACRO sae_encode(embedding, model) AS coalesce((
     SELECT list_filter(list(struct_pack(feature_id := CAST(feature_id AS INTEGER), activation := CAST(a AS FLOAT))
                             ORDER BY a DESC, feature_id)[1:max(k)], lambda s: s.activation > 0)
     FROM pre
-), error('sae_encode: unknown model ' || model || ' (no published model with that id), or an embedding that is not {dim}-d'));
+), error(CASE WHEN model IS NULL THEN 'sae_encode: model is NULL' ELSE 'sae_encode: unknown model ' || model || ' (no published model with that id), or an embedding that is not {dim}-d' END));
 
 -- b_pre + sum of activation * W_dec[feature] over the codes.
 CREATE OR REPLACE MACRO sae_decode(codes, model) AS coalesce((
@@ -31,7 +31,7 @@ CREATE OR REPLACE MACRO sae_decode(codes, model) AS coalesce((
     SELECT CAST(list(m.b_pre[r.i] + coalesce(d.v, 0) ORDER BY r.i) AS FLOAT[{dim}])
     FROM sae_models m CROSS JOIN range(1, {dim} + 1) r(i) LEFT JOIN direction d ON d.i = r.i
     WHERE m.model_id = model AND m.status = 'ready' AND (SELECT count(*) FROM parts) = len(codes)
-), error('sae_decode: unknown model ' || model || ' or a feature it does not have'));
+), error(CASE WHEN model IS NULL THEN 'sae_decode: model is NULL' ELSE 'sae_decode: unknown model ' || model || ' or a feature it does not have' END));
 
 -- x + sum of strength_i * W_dec[feature_i].
 CREATE OR REPLACE MACRO steer_many(embedding, features, strengths, model) AS coalesce((
@@ -47,7 +47,7 @@ CREATE OR REPLACE MACRO steer_many(embedding, features, strengths, model) AS coa
     SELECT CAST(list(q.x[d.i] + d.v ORDER BY d.i) AS FLOAT[{dim}])
     FROM direction d, q
     WHERE len(features) = len(strengths) AND (SELECT count(*) FROM parts) = len(features)
-), error('steer_many: unknown model ' || model || ', a feature it does not have, or features and strengths of different lengths'));
+), error(CASE WHEN model IS NULL THEN 'steer_many: model is NULL' ELSE 'steer_many: unknown model ' || model || ', a feature it does not have, or features and strengths of different lengths' END));
 
 -- x + strength * W_dec[feature].
 CREATE OR REPLACE MACRO steer(embedding, feature, strength, model) AS coalesce((
@@ -55,7 +55,7 @@ CREATE OR REPLACE MACRO steer(embedding, feature, strength, model) AS coalesce((
     SELECT CAST(list_transform(range(1, {dim} + 1), lambda i: q.x[i] + strength * d.w_dec[i]) AS FLOAT[{dim}])
     FROM q, sae_decoder d JOIN sae_models m ON m.model_id = d.model_id AND m.status = 'ready'
     WHERE d.model_id = model AND d.feature_id = feature
-), error('steer: model ' || model || ' has no feature ' || feature || ' (or is not published)'));
+), error(CASE WHEN model IS NULL THEN 'steer: model is NULL' ELSE 'steer: model ' || model || ' has no feature ' || coalesce(CAST(feature AS VARCHAR), 'NULL') || ' (or is not published)' END));
 
 -- x + strength * unit(sum of the family's decoder rows).
 CREATE OR REPLACE MACRO steer_family(embedding, family, strength, model) AS coalesce((
@@ -71,4 +71,4 @@ CREATE OR REPLACE MACRO steer_family(embedding, family, strength, model) AS coal
     )
     SELECT CAST(list(q.x[i] + strength * v / sqrt((SELECT sum(v * v) FROM direction)) ORDER BY i) AS FLOAT[{dim}])
     FROM direction, q
-), error('steer_family: model ' || model || ' has no family ' || family));
+), error(CASE WHEN model IS NULL THEN 'steer_family: model is NULL' ELSE 'steer_family: model ' || model || ' has no family ' || coalesce(CAST(family AS VARCHAR), 'NULL') END));

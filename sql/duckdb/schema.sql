@@ -142,10 +142,11 @@ CREATE TABLE IF NOT EXISTS family_members (
     PRIMARY KEY (model_id, family_id, feature_id)
 );
 
--- Latest published version of a model name: sae_encode(e, sae_model_id('astro')).
-CREATE OR REPLACE MACRO sae_model_id(model_name) AS (
+-- Latest published version of a model name: sae_encode(e, sae_model_id('astro')). An unknown
+-- name is an error (a NULL would make every function of the query return NULL silently).
+CREATE OR REPLACE MACRO sae_model_id(model_name) AS coalesce((
     SELECT max(model_id) FROM sae_models WHERE name = model_name AND status = 'ready'
-);
+), error('sae_model_id: no published model named ''' || coalesce(model_name, 'NULL') || ''''));
 
 -- One row per training run of a scaling grid (saedb grid): the data behind L ∝ n^α.
 CREATE TABLE IF NOT EXISTS scaling_runs (

@@ -49,10 +49,18 @@ BEGIN
 END $$;
 
 -- Latest published version of a model name.
+-- An unknown name is an error (a NULL would make every function of the query return NULL).
 CREATE OR REPLACE FUNCTION sae_model_id(model_name text)
-RETURNS integer LANGUAGE sql STABLE PARALLEL SAFE AS $$
-    SELECT max(model_id) FROM sae_models WHERE name = model_name AND status = 'ready'
-$$;
+RETURNS integer LANGUAGE plpgsql STABLE PARALLEL SAFE AS $$
+DECLARE
+    found integer := (SELECT max(model_id) FROM sae_models WHERE name = model_name AND status = 'ready');
+BEGIN
+    IF found IS NULL THEN
+        RAISE EXCEPTION 'sae_model_id: no published model named %', quote_literal(coalesce(model_name, 'NULL'))
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    RETURN found;
+END $$;
 
 -- ReLU(TopK(W_enc (x - b_pre) + b_lat)) as (feature_id, activation) pairs,
 -- sorted by activation descending (ties by feature id); inactive latents omitted.

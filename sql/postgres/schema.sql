@@ -3,6 +3,16 @@
 
 CREATE EXTENSION IF NOT EXISTS vector;
 
+-- Every session of the database searches HNSW with saedb's settings (saedb.backends.postgres
+-- SEARCH_SETTINGS says why), also plain ones: psql, BI logins, notebooks with their own driver.
+-- Needs the database's owner; where saedb runs as another role, its own sessions still SET them.
+DO $$ BEGIN
+    EXECUTE format('ALTER DATABASE %I SET hnsw.ef_search = 200', current_database());
+    EXECUTE format('ALTER DATABASE %I SET hnsw.iterative_scan = relaxed_order', current_database());
+EXCEPTION WHEN insufficient_privilege THEN
+    RAISE NOTICE 'saedb: not the database owner, so plain sessions keep pgvector''s HNSW defaults';
+END $$;
+
 CREATE TABLE IF NOT EXISTS saedb_meta (
     key   text PRIMARY KEY,
     value text NOT NULL
