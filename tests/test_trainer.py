@@ -4,6 +4,7 @@ to the numpy core, training on real embeddings, and atomic write-back under kill
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -249,3 +250,13 @@ def test_a_non_finite_value_in_a_later_chunk_is_an_error() -> None:
     x[2900, 3] = np.nan
     with pytest.raises(InvalidInputError, match="NaN or infinite"):
         train_stream(ArraySource(x, block_rows=250), TrainConfig(k=4, n_latents=32, steps=100, batch_size=64, chunk_rows=500))
+
+
+def test_training_says_how_long_it_has_left() -> None:
+    """`saedb train` at the paper's budget ran for many minutes with no estimate."""
+    x = np.random.default_rng(0).normal(size=(600, 16)).astype(np.float32)
+    lines: list[str] = []
+    train_stream(ArraySource(x), TrainConfig(k=4, n_latents=32, steps=1001, batch_size=32), lines.append)
+    assert re.fullmatch(r"step 50/1001: about \d+ s left", lines[0]), lines
+    assert all(re.search(r"about \d+ (s|min) left$", line) for line in lines if line.startswith(("step 500/", "step 1000/")))
+    assert "left" not in lines[-1] and lines[-1].startswith("step 1001/1001")

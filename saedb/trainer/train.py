@@ -32,7 +32,8 @@ from saedb.trainer.topk_sae import TopKSAE, normalised_mse
 if TYPE_CHECKING:  # the training loop itself needs torch only (it runs on GPU machines without the database drivers)
     from saedb.backends import Backend
 
-LOG_EVERY = 500  # steps between progress lines
+LOG_EVERY = 500  # steps between progress lines (each with the time left)
+FIRST_ESTIMATE_AT = 50  # the step of the first estimate of the time left
 HISTORY_EVERY = 100  # steps averaged into one history point
 HOLDOUT_MONITOR_ROWS = 16_384  # held-out rows (from the first chunk) scored every LOG_EVERY steps
 
@@ -164,6 +165,12 @@ def train_sae(x_np: np.ndarray, cfg: TrainConfig, log: Callable[[str], None] | N
     return train_stream(ArraySource(np.ascontiguousarray(x_np, dtype=np.float32)), cfg, log)
 
 
+def eta(elapsed_s: float, step: int, steps: int) -> str:
+    """'about 12 min left' from the pace so far."""
+    left = elapsed_s / step * (steps - step)
+    return f"about {left / 60:.0f} min left" if left >= 90 else f"about {left:.0f} s left"
+
+
 def train_stream(source: EmbeddingSource, cfg: TrainConfig, log: Callable[[str], None] | None = None) -> TrainResult:
     """Train a top-k SAE on the rows of ``source``, holding at most one chunk of
     ``cfg.chunk_rows`` rows (plus one batch) in memory; see ``saedb.trainer.stream``."""
@@ -181,13 +188,16 @@ def train_stream(source: EmbeddingSource, cfg: TrainConfig, log: Callable[[str],
         if step % HISTORY_EVERY == 0 or step == cfg.steps:
             history.append(window / (step - HISTORY_EVERY * (len(history))))
             window = 0.0
+        if log and step == FIRST_ESTIMATE_AT < cfg.steps:  # how long, before the first progress line
+            log(f"step {step}/{cfg.steps}: {eta(time.perf_counter() - started, step, cfg.steps)}")
         if step % LOG_EVERY == 0 or step == cfg.steps:
             if monitor is not None:
                 holdout_history.append((step, evaluate(trainer.model, monitor)["normalised_mse"]))
             if log:
                 log(f"step {step}/{cfg.steps}: normalised MSE {history[-1]:.4f}"
                     + (f" (held out {holdout_history[-1][1]:.4f})" if holdout_history else "")
-                    + f", dead {float(trainer.dead().float().mean()):.1%}")
+                    + f", dead {float(trainer.dead().float().mean()):.1%}"
+                    + (f", {eta(time.perf_counter() - started, step, cfg.steps)}" if step < cfg.steps else ""))
     seconds = time.perf_counter() - started
     seen, unseen = final_pass(trainer.model, rows, device)
     metrics: dict[str, float | str] = dict(seen.metrics())
