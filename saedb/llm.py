@@ -5,10 +5,14 @@ from __future__ import annotations
 import os
 import re
 
-from saedb.errors import InvalidInputError
+from saedb.errors import ConfigurationError, InvalidInputError
 
 FINAL = re.compile(r"FINAL\s*:\s*(.+)", re.IGNORECASE)
 PREDICTION = re.compile(r"PREDICTION\s*:\s*\**\s*([-+]?\d*\.?\d+)", re.IGNORECASE)
+
+
+class LLMUnavailableError(ConfigurationError):
+    """The chat endpoint cannot be reached, refuses the request or does not serve the model."""
 
 
 class ChatModel:
@@ -21,15 +25,32 @@ class ChatModel:
         self.client = OpenAI(
             base_url=base_url or os.environ.get("OPENAI_BASE_URL"),
             api_key=api_key or os.environ.get("OPENAI_API_KEY") or "unused",
-            max_retries=4,
+            max_retries=2,  # with backoff; a server that is not there fails in seconds, not half a minute
             timeout=timeout_s,
         )
 
     def ask(self, system: str, user: str, max_tokens: int = 1024) -> str:
-        response = self.client.chat.completions.create(
-            model=self.model, temperature=0, max_tokens=max_tokens,
-            messages=[{"role": "system", "content": system}, {"role": "user", "content": user}],
-        )
+        """The model's reply; an endpoint that cannot be reached or refuses (after the client's
+        retries) is an LLMUnavailableError naming the URL and what to do."""
+        import openai
+
+        url = str(self.client.base_url).rstrip("/")
+        try:
+            response = self.client.chat.completions.create(
+                model=self.model, temperature=0, max_tokens=max_tokens,
+                messages=[{"role": "system", "content": system}, {"role": "user", "content": user}],
+            )
+        except openai.APIConnectionError as exc:  # also timeouts
+            raise LLMUnavailableError(f"cannot reach the chat endpoint at {url} ({exc}): start an OpenAI-compatible server "
+                                      "there, or point OPENAI_BASE_URL at one") from None
+        except (openai.AuthenticationError, openai.PermissionDeniedError) as exc:
+            raise LLMUnavailableError(f"the chat endpoint at {url} refused the request ({exc.status_code}): set OPENAI_API_KEY "
+                                      "to a key it accepts") from None
+        except openai.NotFoundError:
+            raise LLMUnavailableError(f"the chat endpoint at {url} has no model {self.model!r} (404): name a model it serves") from None
+        except openai.APIStatusError as exc:
+            raise LLMUnavailableError(f"the chat endpoint at {url} answered {exc.status_code} after retries: "
+                                      f"{str(exc.message)[:200]}") from None
         return response.choices[0].message.content or ""
 
 

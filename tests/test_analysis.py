@@ -220,3 +220,37 @@ def test_examples_take_a_bounded_number_of_queries_and_are_right(trained: tuple[
     alone = next(examples_for(backend, model_id, [examples[7].feature_id], 400))
     assert alone == examples[7]
     assert len({tuple(ex.negatives) for ex in examples}) > len(examples) // 2  # not one shared list
+
+
+class RefusingChatAPI(ScriptedChatHandler):
+    def do_POST(self) -> None:  # noqa: N802
+        body = b'{"error": {"message": "Incorrect API key provided", "type": "invalid_request_error"}}'
+        self.send_response(401)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+def test_an_unreachable_or_refusing_endpoint_is_one_clear_line(trained: tuple[Backend, int], db_url: str,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """`saedb interp --llm` with no server at OPENAI_BASE_URL ended in an APIConnectionError traceback."""
+    import socket
+
+    from typer.testing import CliRunner
+
+    from saedb.cli import app
+
+    backend, model_id = trained
+    if backend.dialect == "duckdb":
+        backend.close()
+    with socket.socket() as probe:  # a loopback port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{probe.getsockname()[1]}/v1"
+    with serving(RefusingChatAPI) as refusing:
+        for url, says in ((closed, f"cannot reach the chat endpoint at {closed}"), (refusing, f"the chat endpoint at {refusing} refused")):
+            monkeypatch.setenv("OPENAI_BASE_URL", url)
+            result = CliRunner().invoke(app, ["interp", str(model_id), "--llm", "gpt-4o-mini", "--limit", "3", "--db", db_url])
+            assert result.exit_code == 2 and result.exception is None or isinstance(result.exception, SystemExit), result.exception
+            lines = result.output.strip().splitlines()
+            assert says in lines[-1] and "OPENAI" in lines[-1] and "Traceback" not in result.output, result.output
