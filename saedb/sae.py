@@ -8,6 +8,7 @@ latent's decoder direction is ``w_dec[i]``.
     encode(x) = ReLU(TopK(w_enc @ (x - b_pre) + b_lat))
     decode(z) = z @ w_dec + b_pre
     steer(x, i, s) = x + s * w_dec[i]
+    steer_toward(x, i, t) = the unit vector a fraction t of the angle from x to w_dec[i]
 """
 
 from __future__ import annotations
@@ -37,6 +38,35 @@ class SparseCodes:
 
     def active_mask(self) -> np.ndarray:
         return self.values > 0
+
+
+def toward(x: np.ndarray, direction: np.ndarray, fraction: float) -> np.ndarray:
+    """Rows of x moved ``fraction`` of the angle toward ``direction`` (spherical interpolation of
+    the unit vectors; a negative fraction moves toward -direction), as unit rows.
+
+    The steering scale that means the same for every query and feature: 0 is the query, 0.5 is
+    equally close to the query and the feature (the point that ranks documents having both
+    first), 1 is the feature's direction alone. Additive steering (``steer``) moves a query by a
+    fixed length, which is a small turn for a feature nearly aligned with the query and a
+    complete one for an unrelated feature."""
+    if not np.isfinite(fraction) or not -1 <= fraction <= 1:
+        raise InvalidInputError(f"steering fraction must be between -1 and 1, got {fraction}")
+    rows = np.asarray(x, dtype=np.float64)
+    norms = np.linalg.norm(rows, axis=1, keepdims=True)
+    if not np.all(norms > 0):
+        raise InvalidInputError("cannot steer a zero vector toward a direction")
+    unit = rows / norms
+    target = np.sign(fraction) * np.asarray(direction, dtype=np.float64) / np.linalg.norm(direction)
+    t = abs(fraction)
+    cosine = np.clip(unit @ target, -1.0, 1.0)[:, None]
+    angle = np.arccos(cosine)
+    sine = np.sin(angle)
+    if t and np.any((sine < 1e-7) & (cosine < 0)):
+        raise InvalidInputError("the query points exactly away from the steering direction: no way toward it is shortest")
+    aligned = sine < 1e-7  # already pointing along the direction: it stays
+    safe = np.where(aligned, 1.0, sine)
+    moved = (np.sin((1 - t) * angle) * unit + np.sin(t * angle) * target) / safe
+    return np.where(aligned, unit, moved).astype(np.float32)
 
 
 def as_matrix(x: np.ndarray | Sequence[float], d: int, what: str = "embedding") -> np.ndarray:
@@ -131,6 +161,34 @@ class SAE:
         if not np.isfinite(steered).all():
             raise InvalidInputError("steering overflows float32: the steered vector has infinite values")
         return steered
+
+    def steer_toward(
+        self,
+        x: np.ndarray | Sequence[float],
+        features: int | Sequence[int],
+        fractions: float | Sequence[float],
+    ) -> np.ndarray:
+        """For each feature in turn, move (unit) x the fraction of the angle toward the
+        feature's decoder direction (negative: toward its opposite); see ``toward``."""
+        feats = np.atleast_1d(np.asarray(features, dtype=np.int64))
+        steps = np.atleast_1d(np.asarray(fractions, dtype=np.float64))
+        if feats.shape != steps.shape:
+            raise InvalidInputError(f"{feats.shape[0]} features but {steps.shape[0]} fractions")
+        self.check_features(feats)
+        steered = as_matrix(x, self.d)
+        for feature, fraction in zip(feats, steps):
+            steered = toward(steered, self.w_dec[feature], float(fraction))
+        return steered
+
+    def family_direction(self, features: Sequence[int]) -> np.ndarray:
+        """The unit direction of a family: its members' summed decoder rows."""
+        feats = np.asarray(features, dtype=np.int64)
+        self.check_features(feats)
+        total = self.w_dec[feats].sum(axis=0, dtype=np.float64) if feats.size else np.zeros(self.d)
+        norm = float(np.linalg.norm(total))
+        if norm == 0:
+            raise InvalidInputError("a family needs at least one feature with a non-zero direction")
+        return (total / norm).astype(np.float32)
 
     def family_strengths(self, features: Sequence[int], strength: float) -> np.ndarray:
         """Per-feature strengths that move x by ``strength`` along the unit direction of the

@@ -21,7 +21,16 @@ from saedb.dialects import prepare
 from saedb.errors import InvalidInputError
 
 SteerBy = Literal["feature", "label", "family"]
-STEER_FUNCTIONS: dict[str, str] = {"feature": "steer", "label": "steer_label", "family": "steer_family"}
+Scale = Literal["toward", "add"]
+STEER_BY: tuple[SteerBy, ...] = ("feature", "label", "family")
+# One call per group of consecutive feature steerings of a model; labels and families nest one call each.
+MANY_FUNCTIONS: dict[Scale, str] = {"add": "steer_many", "toward": "steer_toward_many"}
+NESTED_CALLS: dict[tuple[Scale, str], str] = {
+    ("add", "label"): "steer_label({target}, ${what}, ${strength}, ${model})",
+    ("add", "family"): "steer_family({target}, ${what}, ${strength}, ${model})",
+    ("toward", "label"): "steer_toward({target}, sae_feature_by_label(${what}, ${model}), ${strength}, ${model})",
+    ("toward", "family"): "steer_toward_family({target}, ${what}, ${strength}, ${model})",
+}
 
 SEARCH_SQL = """
 SELECT p.doc_id, p.arxiv_id, p.title, p.year, e.embedding <=> {target} AS distance
@@ -33,10 +42,25 @@ LIMIT $2
 
 @dataclass(frozen=True)
 class Steering:
+    """One steering of a query. ``scale`` says what ``strength`` means:
+    - "toward" (the default of search, the app and the CLI): the fraction of the angle from the
+      query to the feature's (or family's) direction, -1..1: 0.5 is equally close to both,
+      the same for every query and feature (``steer_toward`` in SQL);
+    - "add": the query plus strength times the decoder direction, the paper's intervention and
+      evaluation grid (``steer`` in SQL), whose effect depends on how far the feature is from
+      the query."""
+
     by: SteerBy
     target: int | str  # feature id, label text or family id
     strength: float
     model_id: int
+    scale: Scale = "toward"
+
+    def __post_init__(self) -> None:
+        if self.scale not in MANY_FUNCTIONS:
+            raise InvalidInputError(f"steering scale must be toward or add, not {self.scale!r}")
+        if self.scale == "toward" and not -1 <= self.strength <= 1:
+            raise InvalidInputError(f"a steering fraction must be between -1 and 1, got {self.strength}")
 
 
 @dataclass(frozen=True)
@@ -83,22 +107,22 @@ def search(
         raise InvalidInputError("limit must be at least 1")
     steps = [steering] if isinstance(steering, Steering) else list(steering)
     for step in steps:
-        if step.by not in STEER_FUNCTIONS:
-            raise InvalidInputError(f"steer by one of {', '.join(STEER_FUNCTIONS)}, not {step.by!r}")
+        if step.by not in STEER_BY:
+            raise InvalidInputError(f"steer by one of {', '.join(STEER_BY)}, not {step.by!r}")
     if sum(step.by != "feature" for step in steps) > MAX_NESTED_STEERING:
         raise InvalidInputError(f"steer by at most {MAX_NESTED_STEERING} labels and families at once")
     params: list[Any] = [np.asarray(query, dtype=np.float32), limit]
     target = "$1::vector"
-    for group in groupby(steps, key=lambda s: (s.by, s.model_id) if s.by == "feature" else id(s)):
+    for group in groupby(steps, key=lambda s: (s.by, s.model_id, s.scale) if s.by == "feature" else id(s)):
         run = list(group[1])
         if run[0].by == "feature":
             params += [[int(s.target) for s in run], [float(s.strength) for s in run], run[0].model_id]
             n = len(params)
-            target = f"steer_many({target}, ${n - 2}::integer[], ${n - 1}::double precision[], ${n})"
+            target = f"{MANY_FUNCTIONS[run[0].scale]}({target}, ${n - 2}::integer[], ${n - 1}::double precision[], ${n})"
         else:
             params += [run[0].target, float(run[0].strength), run[0].model_id]
             n = len(params)
-            target = f"{STEER_FUNCTIONS[run[0].by]}({target}, ${n - 2}, ${n - 1}, ${n})"
+            target = NESTED_CALLS[(run[0].scale, run[0].by)].format(target=target, what=n - 2, strength=n - 1, model=n)
     if not backend.in_process_search:
         where = ""
         if corpus is not None:

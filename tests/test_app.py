@@ -105,6 +105,7 @@ def test_api_pages_and_steering(served: tuple[str, int], db_url: str) -> None:
         ("search", [("q", "x"), ("model", "77")], 404, "unknown model 77"),
         ("search", [("q", "x"), ("model", "1"), ("f", "5")], 400, "ID:STRENGTH"),
         ("search", [("q", "x"), ("model", "1"), ("f", "5:nan")], 400, "strength must be a number"),
+        ("search", [("q", "x"), ("model", "1"), ("f", "5:1.5")], 400, "between -1 and 1"),
         ("search", [("q", "x"), ("model", "1"), ("f", "5000:1")], 400, "feature 5000 does not exist"),
         ("search", [("q", "x"), ("model", "1"), ("fam", "9999:0.5")], 400, "has no family 9999"),
         ("search", [("q", "x"), ("model", "1"), ("limit", "1000")], 400, "limit must be between 1 and 100"),

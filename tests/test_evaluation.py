@@ -117,7 +117,7 @@ def test_addition_ranks_as_the_sql_search_with_steer_many(evaluated: tuple[Backe
         backend.execute("SET enable_indexscan = off")
     for case, (a_up, a_down) in zip(cases[:4], [(0.5, -0.5), (1.0, 0.0), (2.5, -1.0), (0.1, -5.0)]):
         (up,), (down,) = case.up.features, case.down.features
-        steering = [Steering("feature", up, a_up, model_id), Steering("feature", down, a_down, model_id)]
+        steering = [Steering("feature", up, a_up, model_id, "add"), Steering("feature", down, a_down, model_id, "add")]
         in_sql = [hit.doc_id for hit in search(backend, case.vector, limit=10, steering=steering)]
         assert index.top(add(sae, case, a_up, a_down)[None, :], 10) == [in_sql]
 

@@ -34,10 +34,14 @@ def check_against_sql(backend: Backend, model_id: int, embedder) -> None:
         expected = sql_search(backend, query, 10)
         assert [h.doc_id for h in hits] == [d for d, _ in expected]
         np.testing.assert_allclose([h.distance for h in hits], [d for _, d in expected], atol=1e-6)
-        steered = search(backend, query, 10, [Steering("feature", 3, 1.5, model_id), Steering("feature", 7, -0.5, model_id)])
+        steered = search(backend, query, 10, [Steering("feature", 3, 1.5, model_id, "add"), Steering("feature", 7, -0.5, model_id, "add")])
         expected = sql_search(backend, query, 10, "steer_many($1::vector, $3::integer[], $4::double precision[], $5)",
                               ([3, 7], [1.5, -0.5], model_id))
         assert [h.doc_id for h in steered] == [d for d, _ in expected]
+        toward = search(backend, query, 10, [Steering("feature", 3, 0.4, model_id), Steering("feature", 7, -0.2, model_id)])
+        expected = sql_search(backend, query, 10, "steer_toward_many($1::vector, $3::integer[], $4::double precision[], $5)",
+                              ([3, 7], [0.4, -0.2], model_id))
+        assert [h.doc_id for h in toward] == [d for d, _ in expected]
 
 
 def test_rows_added_or_removed_after_a_search_are_seen(tmp_path: Path, embedder) -> None:

@@ -155,3 +155,27 @@ def test_sql_injection_through_parameters_is_inert(loaded: Backend, random_sae: 
     assert loaded.query("SELECT name FROM sae_models WHERE model_id = ?", (model_id,))[0][0] == hostile
     assert loaded.query("SELECT sae_model_id(?)", (hostile,))[0][0] == model_id
     assert loaded.count("papers") == 400
+
+
+def test_steer_toward_equals_numpy_and_means_the_same_for_every_feature(loaded: Backend, random_sae: SAE) -> None:
+    """steer_toward(x, f, t): the unit vector a fraction t of the angle from x to the feature's
+    direction, on both backends as in numpy: at 0.5 equally close to the query and the feature."""
+    model_id = publish_model(loaded, random_sae, "toward")
+    _, x = embeddings_of(loaded)
+    x = x[:5]
+    many = "steer_toward_many({v}, [3, 40], [0.3, -0.6], {m})" if loaded.dialect == "duckdb" else \
+        "steer_toward_many({v}, ARRAY[3, 40], ARRAY[0.3, -0.6], {m})"
+    for row in x:
+        v, m = "?", str(model_id)
+        for fraction in (0.0, 0.25, 0.5, 1.0, -0.5):
+            got = vector_sql(loaded, f"steer_toward({v}, 3, {fraction}, {m})", (loaded.vector_param(row),))
+            np.testing.assert_allclose(got, random_sae.steer_toward(row, 3, fraction)[0], atol=2e-6)
+        middle = random_sae.steer_toward(row, 7, 0.5)[0]
+        direction = random_sae.w_dec[7] / np.linalg.norm(random_sae.w_dec[7])
+        assert abs(middle @ (row / np.linalg.norm(row)) - middle @ direction) < 1e-5
+        got = vector_sql(loaded, many.format(v=v, m=m), (loaded.vector_param(row),))
+        np.testing.assert_allclose(got, random_sae.steer_toward(row, [3, 40], [0.3, -0.6])[0], atol=2e-6)
+    for bad, message in (("steer_toward(?, 3, 1.5, {m})", "between -1 and 1"), ("steer_toward(?, 3, 0.5, NULL)", "model is NULL"),
+                         ("steer_toward(?, 9999, 0.5, {m})", "9999")):
+        with pytest.raises(DB_ERRORS, match=message):
+            vector_sql(loaded, bad.format(m=model_id), (loaded.vector_param(x[0]),))

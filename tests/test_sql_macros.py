@@ -17,6 +17,7 @@ from saedb.backends import connect
 from saedb.families import build_families
 from saedb.interp import OfflineLabeller, corpus_stats, run_autointerp
 from saedb.loaders import load_corpus
+from saedb.sae import toward
 from saedb.search import Steering, search
 from saedb.trainer import TrainConfig
 from saedb.trainer.train import train_from_db
@@ -64,6 +65,9 @@ def test_a_plain_duckdb_client_gets_the_reference_results(saedb_file: tuple[str,
         "steer": f"SELECT steer(embedding, 5, -0.7, {model}) {rows}",
         "steer_many": f"SELECT steer_many(embedding, [5, 9, 5], [0.5, -1.25, 0.25], {model}) {rows}",
         "steer_family": f"SELECT steer_family(embedding, {family}, 0.8, {model}) {rows}",
+        "steer_toward": f"SELECT steer_toward(embedding, 5, 0.35, {model}) {rows}",
+        "steer_toward_away": f"SELECT steer_toward(embedding, 9, -0.5, {model}) {rows}",
+        "steer_toward_family": f"SELECT steer_toward_family(embedding, {family}, 0.6, {model}) {rows}",
     })
     assert got.pop("saedb_loaded") is False
     with connect(path, read_only=True) as backend:
@@ -80,6 +84,9 @@ def test_a_plain_duckdb_client_gets_the_reference_results(saedb_file: tuple[str,
         "steer": sae.steer(x, 5, -0.7),
         "steer_many": sae.steer(x, [5, 9, 5], [0.5, -1.25, 0.25]),
         "steer_family": sae.steer(x, members, sae.family_strengths(members, 0.8)),
+        "steer_toward": sae.steer_toward(x, [5], [0.35]),
+        "steer_toward_away": sae.steer_toward(x, [9], [-0.5]),
+        "steer_toward_family": toward(x, sae.family_direction(members), 0.6),
     }
     for name, expected in reference.items():
         np.testing.assert_allclose(np.array([r[0] for r in got[name]], dtype=np.float32), expected, atol=2e-6, err_msg=name)
@@ -93,7 +100,7 @@ def test_a_steered_search_from_a_plain_client_matches_saedb(saedb_file: tuple[st
            f"ORDER BY array_cosine_distance(e.embedding, steer_many({literal}, [5, 9], [1.5, -0.5], {model})) LIMIT 10")
     got = plain_duckdb(path, {"search": sql})
     with connect(path, read_only=True) as backend:
-        expected = search(backend, query, 10, [Steering("feature", 5, 1.5, model), Steering("feature", 9, -0.5, model)])
+        expected = search(backend, query, 10, [Steering("feature", 5, 1.5, model, "add"), Steering("feature", 9, -0.5, model, "add")])
     assert [r[0] for r in got["search"]] == [hit.doc_id for hit in expected]
 
 

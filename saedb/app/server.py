@@ -120,8 +120,8 @@ def _pairs(params: dict[str, list[str]], name: str) -> list[tuple[int, float]]:
             raise api.ApiError(400, f"{name} must look like ID:STRENGTH, got {raw[:40]!r}") from None
         if not 0 <= pair[0] < 2**31:
             raise api.ApiError(400, f"{name} ids must be between 0 and {2**31 - 1}, got {ident[:20]}")
-        if not np.isfinite(pair[1]) or abs(pair[1]) > 10:
-            raise api.ApiError(400, f"steering strength must be a number between -10 and 10, got {strength!r}")
+        if not np.isfinite(pair[1]) or abs(pair[1]) > 1:  # the fraction of the way toward the direction (Steering)
+            raise api.ApiError(400, f"steering strength must be a number between -1 and 1, got {strength!r}")
         pairs.append(pair)
     return pairs
 

@@ -12,6 +12,10 @@ other DuckDB clients (sql/duckdb/macros.sql). Signatures and errors match the Po
     steer_many(embedding DOUBLE[], features INTEGER[], strengths DOUBLE[], model INTEGER) -> FLOAT[dim]
     steer_label(embedding DOUBLE[], label VARCHAR, strength DOUBLE, model INTEGER) -> FLOAT[dim]
     steer_family(embedding DOUBLE[], family INTEGER, strength DOUBLE, model INTEGER) -> FLOAT[dim]
+    steer_toward(embedding DOUBLE[], feature INTEGER, fraction DOUBLE, model INTEGER) -> FLOAT[dim]
+    steer_toward_many(embedding DOUBLE[], features INTEGER[], fractions DOUBLE[], model INTEGER) -> FLOAT[dim]
+    steer_toward_family(embedding DOUBLE[], family INTEGER, fraction DOUBLE, model INTEGER) -> FLOAT[dim]
+    sae_feature_by_label(label VARCHAR, model INTEGER) -> INTEGER
     embed(text VARCHAR) -> FLOAT[dim]          (only once the database has an embedder)
 
 Vectors come back as FLOAT[dim], the type of the embeddings column, so they compare
@@ -31,7 +35,7 @@ from duckdb import sqltypes as st
 from saedb.arrow_vectors import fixed_size_vectors, vectors_to_matrix
 from saedb.backends.base import Backend
 from saedb.errors import InvalidInputError, UnknownModelError
-from saedb.sae import SAE, SparseCodes, as_matrix
+from saedb.sae import SAE, SparseCodes, as_matrix, toward
 
 
 FEATURE = duckdb.struct_type({"feature_id": st.INTEGER, "activation": st.FLOAT})
@@ -101,11 +105,11 @@ class ModelCache:
         """Same rule as Postgres' sae_feature_by_label: exact (case-insensitive), else the
         best-scoring label containing the text."""
         if not label.strip():
-            raise InvalidInputError("steer_label: label is empty")
+            raise InvalidInputError("label is empty")
         with self.lock:
             rows = self.reader.query(FEATURE_BY_LABEL_SQL, (model_id, label.strip(), label.strip()))
         if not rows:
-            raise InvalidInputError(f"steer_label: no feature of model {model_id} is labelled like {label!r}")
+            raise InvalidInputError(f"no feature of model {model_id} is labelled like {label!r}")
         return int(rows[0][0])
 
     def family_members(self, model_id: int, family_id: int) -> list[int]:
@@ -114,7 +118,7 @@ class ModelCache:
                 "SELECT feature_id FROM family_members WHERE model_id = ? AND family_id = ? ORDER BY feature_id", (model_id, family_id)
             )
         if not rows:
-            raise InvalidInputError(f"steer_family: model {model_id} has no family {family_id}")
+            raise InvalidInputError(f"model {model_id} has no family {family_id}")
         return [r[0] for r in rows]
 
     def per_model(self, fn: str, models: pa.ChunkedArray, compute: Callable[[SAE, np.ndarray], np.ndarray | SparseCodes]):
@@ -130,6 +134,11 @@ class ModelCache:
 
 
 UDF_PREFIX = "saedb_udf_"
+
+
+def added(sae: SAE, x: np.ndarray, features: list[int], strengths: list[float] | np.ndarray) -> np.ndarray:
+    """Additive steering of one row: x + sum of strength * decoder row."""
+    return sae.steer(x, features, strengths)[0]
 
 
 def register_udfs(con: duckdb.DuckDBPyConnection, registered: dict[str, int], reader: Backend,
@@ -197,9 +206,11 @@ def register_udfs(con: duckdb.DuckDBPyConnection, registered: dict[str, int], re
 
         return vectors_out(_scatter(len(lists), cache.per_model("sae_decode", model, decode)))
 
-    def steering(fn: str, resolve: Callable[[SAE, int, object, object], tuple[list[int], list[float] | np.ndarray]]):
-        """A steering UDF (embedding, what, strength, model) -> embedding + direction, where
-        ``resolve(sae, model_id, what, strength)`` gives a row's features and strengths."""
+    def steering(fn: str, resolve: Callable[[SAE, int, object, object], tuple[list[int], list[float] | np.ndarray]],
+                 apply: Callable[[SAE, np.ndarray, list[int], list[float] | np.ndarray], np.ndarray] = added):
+        """A steering UDF (embedding, what, strength, model) -> the steered embedding, where
+        ``resolve(sae, model_id, what, strength)`` gives a row's features and strengths and
+        ``apply(sae, x, features, strengths)`` steers one row."""
 
         def udf(embedding, what, strength, model) -> pa.Array:
             emb = _dense(embedding, fn)
@@ -213,7 +224,7 @@ def register_udfs(con: duckdb.DuckDBPyConnection, registered: dict[str, int], re
                 for out_row, row in enumerate(rows):
                     try:
                         features, weights = resolve(sae, int(model_ids[row]), whats[row], strengths[row])
-                        out[out_row] = sae.steer(x[out_row], features, weights)[0]
+                        out[out_row] = apply(sae, x[out_row], features, weights)
                     except InvalidInputError as exc:
                         raise InvalidInputError(f"{fn}: {str(exc).removeprefix(fn + ': ')}") from None
                 return out
@@ -232,9 +243,23 @@ def register_udfs(con: duckdb.DuckDBPyConnection, registered: dict[str, int], re
         members = cache.family_members(model_id, int(family))  # type: ignore[arg-type]
         return members, sae.family_strengths(members, float(strength))  # type: ignore[arg-type]
 
+    def by_label(fn: str) -> Callable[[pa.ChunkedArray, pa.ChunkedArray], pa.Array]:
+        def sae_feature_by_label(labels: pa.ChunkedArray, model: pa.ChunkedArray) -> pa.Array:
+            texts, model_ids = _dense(labels, fn, "label").to_pylist(), _ints(model, fn, "model")
+            try:
+                return pa.array([cache.feature_by_label(int(m), str(t)) for t, m in zip(texts, model_ids)], pa.int32())
+            except InvalidInputError as exc:
+                raise InvalidInputError(f"{fn}: {exc}") from None
+        return sae_feature_by_label
+
     steer = steering("steer", lambda sae, m, f, s: (listed(f, "features"), listed(s, "strengths")))
     steer_label = steering("steer_label", lambda sae, m, label, s: ([cache.feature_by_label(m, str(label))], [float(s)]))
     steer_family = steering("steer_family", by_family)
+    steer_toward = steering("steer_toward", lambda sae, m, f, s: (listed(f, "features"), listed(s, "fractions")),
+                            lambda sae, x, features, fractions: sae.steer_toward(x, features, fractions)[0])
+    steer_toward_family = steering(
+        "steer_toward_family", lambda sae, m, family, t: (cache.family_members(m, int(family)), [float(t)]),  # type: ignore[arg-type]
+        lambda sae, x, members, fraction: toward(x[None], sae.family_direction(members), float(fraction[0]))[0])
 
     functions = {
         "sae_encode": (sae_encode, [VECTOR_IN, st.INTEGER], CODES),
@@ -243,6 +268,11 @@ def register_udfs(con: duckdb.DuckDBPyConnection, registered: dict[str, int], re
         "steer_many": (steer, [VECTOR_IN, duckdb.list_type(st.INTEGER), duckdb.list_type(st.DOUBLE), st.INTEGER], vector_out),
         "steer_label": (steer_label, [VECTOR_IN, st.VARCHAR, st.DOUBLE, st.INTEGER], vector_out),
         "steer_family": (steer_family, [VECTOR_IN, st.INTEGER, st.DOUBLE, st.INTEGER], vector_out),
+        "steer_toward": (steer_toward, [VECTOR_IN, st.INTEGER, st.DOUBLE, st.INTEGER], vector_out),
+        "steer_toward_many": (steer_toward, [VECTOR_IN, duckdb.list_type(st.INTEGER), duckdb.list_type(st.DOUBLE), st.INTEGER],
+                              vector_out),
+        "steer_toward_family": (steer_toward_family, [VECTOR_IN, st.INTEGER, st.DOUBLE, st.INTEGER], vector_out),
+        "sae_feature_by_label": (by_label("steer_label"), [st.VARCHAR, st.INTEGER], st.INTEGER),
     }
     if bound:
         functions["embed"] = (_embed_function(bound[0]), [st.VARCHAR], vector_out)

@@ -72,3 +72,46 @@ CREATE OR REPLACE MACRO steer_family(embedding, family, strength, model) AS coal
     SELECT CAST(list(q.x[i] + strength * v / sqrt((SELECT sum(v * v) FROM direction)) ORDER BY i) AS FLOAT[{dim}])
     FROM direction, q
 ), error(CASE WHEN model IS NULL THEN 'steer_family: model is NULL' ELSE 'steer_family: model ' || model || ' has no family ' || coalesce(CAST(family AS VARCHAR), 'NULL') END));
+
+-- The unit vector a fraction of the angle from x toward the direction w (negative: toward -w),
+-- as DOUBLE lists; saedb.sae.toward is the reference. NULL for a fraction outside [-1, 1].
+CREATE OR REPLACE MACRO sae_toward(x, w, fraction) AS (
+    WITH g AS (
+        SELECT abs(fraction) AS t, sign(fraction) AS s, sqrt(list_dot_product(x, x)) AS nx, sqrt(list_dot_product(w, w)) AS nd,
+               acos(greatest(-1.0, least(1.0, sign(fraction) * list_dot_product(x, w)
+                                            / (sqrt(list_dot_product(x, x)) * sqrt(list_dot_product(w, w)))))) AS angle
+        WHERE abs(fraction) <= 1
+    )
+    SELECT CAST(list_transform(range(1, {dim} + 1), lambda i: CASE WHEN sin(g.angle) < 1e-7 THEN x[i] / g.nx
+               ELSE (sin((1 - g.t) * g.angle) * x[i] / g.nx + sin(g.t * g.angle) * g.s * w[i] / g.nd) / sin(g.angle) END)
+           AS FLOAT[{dim}])
+    FROM g
+);
+
+-- The fraction of the angle toward a feature's decoder direction. steer_toward_many (several
+-- features in turn) exists only inside saedb.
+CREATE OR REPLACE MACRO steer_toward(embedding, feature, fraction, model) AS coalesce((
+    SELECT sae_toward(CAST(embedding AS DOUBLE[]), CAST(d.w_dec AS DOUBLE[]), CAST(fraction AS DOUBLE))
+    FROM sae_decoder d JOIN sae_models m ON m.model_id = d.model_id AND m.status = 'ready'
+    WHERE d.model_id = model AND d.feature_id = feature AND len(embedding) = {dim}
+), error(CASE WHEN model IS NULL THEN 'steer_toward: model is NULL'
+              WHEN NOT abs(fraction) <= 1 THEN 'steer_toward: steering fraction must be between -1 and 1'
+              ELSE 'steer_toward: model ' || model || ' has no feature ' || coalesce(CAST(feature AS VARCHAR), 'NULL')
+                   || ' (or is not published)' END));
+
+-- The fraction of the angle toward a family's direction (its members' summed decoder rows).
+CREATE OR REPLACE MACRO steer_toward_family(embedding, family, fraction, model) AS coalesce((
+    WITH summed AS (
+        SELECT i, sum(d.w_dec[i]) AS v
+        FROM family_members f
+        JOIN sae_decoder d ON d.model_id = f.model_id AND d.feature_id = f.feature_id
+        JOIN sae_models m ON m.model_id = f.model_id AND m.status = 'ready',
+        range(1, {dim} + 1) r(i)
+        WHERE f.model_id = model AND f.family_id = family
+        GROUP BY i
+    )
+    SELECT sae_toward(CAST(embedding AS DOUBLE[]), list(CAST(v AS DOUBLE) ORDER BY i), CAST(fraction AS DOUBLE))
+    FROM summed HAVING count(*) = {dim} AND len(embedding) = {dim}
+), error(CASE WHEN model IS NULL THEN 'steer_toward_family: model is NULL'
+              WHEN NOT abs(fraction) <= 1 THEN 'steer_toward_family: steering fraction must be between -1 and 1'
+              ELSE 'steer_toward_family: model ' || model || ' has no family ' || coalesce(CAST(family AS VARCHAR), 'NULL') END));

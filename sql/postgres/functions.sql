@@ -150,6 +150,92 @@ RETURNS vector LANGUAGE sql STABLE PARALLEL SAFE AS $$
     SELECT steer_many(embedding, ARRAY[feature], ARRAY[strength], model)
 $$;
 
+-- The unit vector a fraction of the angle from embedding toward direction (a negative fraction:
+-- toward -direction). saedb.sae.toward is the reference; computed in double precision.
+CREATE OR REPLACE FUNCTION sae_toward(fn text, embedding vector, direction vector, fraction double precision)
+RETURNS vector LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$
+DECLARE
+    t double precision := abs(fraction);
+    sgn double precision := sign(fraction);
+    nx double precision;
+    nd double precision;
+    c double precision;
+    angle double precision;
+    s double precision;
+BEGIN
+    IF fraction IS NULL OR fraction = 'NaN' OR fraction < -1 OR fraction > 1 THEN
+        RAISE EXCEPTION '%: steering fraction must be between -1 and 1, got %', fn, coalesce(fraction::text, 'NULL')
+            USING ERRCODE = 'data_exception';
+    END IF;
+    SELECT sqrt(sum(a::float8 * a)), sqrt(sum(b::float8 * b)), sum(a::float8 * b) INTO nx, nd, c
+      FROM unnest(embedding::real[], direction::real[]) u(a, b);
+    IF nx = 0 THEN
+        RAISE EXCEPTION '%: cannot steer a zero vector toward a direction', fn USING ERRCODE = 'data_exception';
+    END IF;
+    c := greatest(-1, least(1, sgn * c / (nx * nd)));
+    angle := acos(c);
+    s := sin(angle);
+    IF s < 1e-7 THEN
+        IF c < 0 AND t > 0 THEN
+            RAISE EXCEPTION '%: the query points exactly away from the steering direction: no way toward it is shortest', fn
+                USING ERRCODE = 'data_exception';
+        END IF;
+        RETURN (SELECT array_agg((a / nx)::real ORDER BY i) FROM unnest(embedding::real[]) WITH ORDINALITY u(a, i))::vector;
+    END IF;
+    RETURN (SELECT array_agg(((sin((1 - t) * angle) * a / nx + sin(t * angle) * sgn * b / nd) / s)::real ORDER BY i)
+              FROM unnest(embedding::real[], direction::real[]) WITH ORDINALITY u(a, b, i))::vector;
+END $$;
+
+-- For each feature in turn, the fraction of the angle toward its decoder direction: the steering
+-- scale that means the same for every query and feature (0.5: equally close to the query and it).
+CREATE OR REPLACE FUNCTION steer_toward_many(embedding vector, features integer[], fractions double precision[], model integer)
+RETURNS vector LANGUAGE plpgsql STABLE PARALLEL SAFE AS $$
+DECLARE
+    m sae_models := sae_ready_model('steer_toward', model);
+    steered vector := embedding;
+BEGIN
+    PERFORM sae_check_embedding('steer_toward', embedding, m);
+    IF features IS NULL OR fractions IS NULL OR cardinality(features) = 0 THEN
+        RAISE EXCEPTION 'steer_toward: features and fractions must be non-empty' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF array_ndims(features) > 1 OR array_ndims(fractions) > 1 THEN
+        RAISE EXCEPTION 'steer_toward: features and fractions must be one-dimensional arrays' USING ERRCODE = 'data_exception';
+    END IF;
+    IF cardinality(features) <> cardinality(fractions) THEN
+        RAISE EXCEPTION 'steer_toward: % features but % fractions', cardinality(features), cardinality(fractions)
+            USING ERRCODE = 'data_exception';
+    END IF;
+    PERFORM sae_check_features('steer_toward', features, m);
+    FOR i IN 1 .. cardinality(features) LOOP
+        steered := sae_toward('steer_toward', steered,
+                              (SELECT w_dec FROM sae_decoder WHERE model_id = model AND feature_id = features[i]), fractions[i]);
+    END LOOP;
+    RETURN steered;
+END $$;
+
+CREATE OR REPLACE FUNCTION steer_toward(embedding vector, feature integer, fraction double precision, model integer)
+RETURNS vector LANGUAGE sql STABLE PARALLEL SAFE AS $$
+    SELECT steer_toward_many(embedding, ARRAY[feature], ARRAY[fraction], model)
+$$;
+
+-- The fraction of the angle toward a family's direction: its members' summed decoder rows.
+CREATE OR REPLACE FUNCTION steer_toward_family(embedding vector, family integer, fraction double precision, model integer)
+RETURNS vector LANGUAGE plpgsql STABLE PARALLEL SAFE AS $$
+DECLARE
+    m sae_models := sae_ready_model('steer_toward_family', model);
+    direction vector;
+BEGIN
+    PERFORM sae_check_embedding('steer_toward_family', embedding, m);
+    SELECT sum(d.w_dec) INTO direction FROM family_members f
+      JOIN sae_decoder d ON d.model_id = f.model_id AND d.feature_id = f.feature_id
+     WHERE f.model_id = model AND f.family_id = family;
+    IF direction IS NULL THEN
+        RAISE EXCEPTION 'steer_toward_family: model % has no family %', model, coalesce(family::text, 'NULL')
+            USING ERRCODE = 'no_data_found';
+    END IF;
+    RETURN sae_toward('steer_toward_family', embedding, direction, fraction);
+END $$;
+
 -- The feature whose best label is the text (case-insensitive), else the best-scoring
 -- feature whose label contains it.
 CREATE OR REPLACE FUNCTION sae_feature_by_label(label_text text, model integer)

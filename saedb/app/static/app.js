@@ -95,6 +95,7 @@ async function searchPage() {
       <form id="add" class="search"><input id="add-id" placeholder="a label or concept, a feature id, or fam:ID"><button>Find</button></form>
       <div id="suggestions"></div>
       <h2>Steering</h2>
+      <p class="muted">Each slider turns the query toward a feature: 0.5 is halfway between the query and it, 1 the feature alone, negative away from it.</p>
       <div id="sliders"><p class="muted">Search to see the query's features.</p></div></aside>
     <section class="card"><div id="results"></div></section></div>`;
   const run = debounce(runSearch, 250);
@@ -145,7 +146,7 @@ function slider(kind, id, label, value, activation) {
   const fires = activation === undefined ? "" : `<span class="dist">fires ${fmt(activation, 2)}</span>`;
   return `<div class="slider"><div class="name"><span>${kind === "family" ? `family ${id}` : featureLink(id, label)} ${fires}</span>
     <span class="value">${fmt(value, 2)}</span></div>
-    <input type="range" min="-1.5" max="1.5" step="0.05" value="${value}" data-kind="${kind}" data-id="${id}" aria-label="strength of ${kind} ${id}"></div>`;
+    <input type="range" min="-1" max="1" step="0.05" value="${value}" data-kind="${kind}" data-id="${id}" aria-label="strength of ${kind} ${id}"></div>`;
 }
 
 const SLIDER_LIMIT = 8;
