@@ -11,7 +11,7 @@ from saedb.loaders import load_corpus
 from saedb.search import SEARCH_SQL, Steering, run_portable, search
 from saedb.trainer import TrainConfig
 from saedb.trainer.train import train_from_db
-from tests.conftest import ASTRO, ML, write_slice
+from tests.conftest import ASTRO, DATA, ML, write_slice
 
 
 def sql_search(backend: Backend, query: np.ndarray, limit: int, target: str = "$1::vector", extra: tuple = ()) -> list[tuple[int, float]]:
@@ -108,3 +108,39 @@ def test_the_in_process_index_loads_in_bounded_ranges_and_appends_only_new_rows(
     assert sum(reads) == 30_000 and len(index.doc_ids) == len(doc_ids)
     query = vectors[123_456]
     assert index.nearest(query, 1)[0][0] == doc_ids[123_456]
+
+
+def test_steering_toward_a_feature_moves_the_results_gradually(tmp_path: Path) -> None:
+    """Over 30 queries (papers) each steered toward a feature it lacks: the share of results
+    carrying the feature rises at every slider step, and halfway the query's own neighbourhood
+    is still there (with papers having both). Additive strengths flipped a whole top list at a
+    strength that differed by query and feature."""
+    corpus = write_slice(ASTRO, tmp_path / "astro3000.jsonl.gz", 3000)
+    path = str(tmp_path / "gradual.duckdb")
+    with connect(path) as backend:
+        load_corpus(backend, corpus, "minilm", embeddings=DATA / "hh_astro_minilm.parquet", progress=False)
+        model_id, _ = train_from_db(backend, TrainConfig(k=16, n_latents=512, steps=400, batch_size=256, lr=1e-3), "gradual")
+        doc_ids, vectors = (np.concatenate(part) for part in zip(*backend.iter_embeddings(10_000)))
+        codes = backend.query("SELECT doc_id, feature_id FROM sae_codes WHERE model_id = ?", (model_id,))
+        carriers: dict[int, set[int]] = {}
+        for doc_id, feature in codes:
+            carriers.setdefault(feature, set()).add(doc_id)
+        rng = np.random.default_rng(0)
+        common = [f for f, docs in carriers.items() if 0.01 <= len(docs) / len(doc_ids) <= 0.1]
+        steps = [0.0, 0.2, 0.35, 0.5, 0.65, 0.8]
+        carry, near, both = (np.zeros(len(steps)) for _ in range(3))
+        for row in rng.choice(len(doc_ids), 30, replace=False):
+            query = vectors[row]
+            own = {f for f, docs in carriers.items() if doc_ids[row] in docs}
+            feature = int(rng.choice([f for f in common if f not in own]))
+            neighbourhood = {hit.doc_id for hit in search(backend, query, 50)}
+            for i, fraction in enumerate(steps):
+                hits = [h.doc_id for h in search(backend, query, 10, Steering("feature", feature, fraction, model_id))]
+                carry[i] += np.mean([h in carriers[feature] for h in hits]) / 30
+                near[i] += np.mean([h in neighbourhood for h in hits]) / 30
+                both[i] += np.mean([h in carriers[feature] and h in neighbourhood for h in hits]) / 30
+    print("fraction", steps, "\ncarry", carry.round(2), "\nnear the query", near.round(2), "\nboth", both.round(2))
+    assert np.all(np.diff(carry) > 0), carry  # rises at each of the 5 steps
+    middle = steps.index(0.5)
+    assert near[middle] >= 0.3 and both[middle] > 0.03, (near, both)  # halfway, the query's topic is not lost
+    assert carry[-1] >= 0.5 and near[0] > 0.999
