@@ -1,6 +1,8 @@
 """The main job, end to end on the embedded default: load a sample of the real astro-ph
 corpus (spread over its years) into DuckDB, train a top-k SAE, write it back, label features and find families,
-run a steered search in SQL, and compare steering with query rewriting."""
+steer a search in SQL toward a concept a slider step at a time (with the share of results carrying
+the concept, near the query, and both), and compare steering with query rewriting. Every long
+step shows progress."""
 
 from __future__ import annotations
 
@@ -8,6 +10,8 @@ import gzip
 import tempfile
 from pathlib import Path
 from typing import Callable
+
+from tqdm import tqdm
 
 from saedb.backends import Backend
 from saedb.embedders import get_embedder
@@ -22,26 +26,35 @@ from saedb.trainer.train import train_from_db
 
 DEFAULT_CORPUS = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "hh_astro.jsonl.gz"
 
-SEARCH_SQL = """
-SELECT p.arxiv_id, p.title, array_cosine_distance(e.embedding, CAST(? AS FLOAT[{dim}])) AS distance
-FROM embeddings e JOIN papers p USING (doc_id)
-ORDER BY distance LIMIT 5
+NEAREST_SQL = """
+SELECT p.doc_id FROM embeddings e JOIN papers p USING (doc_id)
+ORDER BY array_cosine_distance(e.embedding, embed(?)), p.doc_id LIMIT ?
 """
 
-# The feature that fires most strongly on the concept text, then the query moved along it.
+# Steered semantic search in SQL: the query turned a fraction of the way toward a feature.
 STEERED_SQL = """
-WITH target AS (SELECT sae_encode(embed(?), ?)[1].feature_id AS feature),
-     query  AS (SELECT steer(embed(?), target.feature, ?, ?) AS steered FROM target)
-SELECT p.arxiv_id, p.title, array_cosine_distance(e.embedding, query.steered) AS distance
-FROM embeddings e JOIN papers p USING (doc_id), query
-ORDER BY distance LIMIT 5
+SELECT p.doc_id, p.arxiv_id, p.title, array_cosine_distance(e.embedding, steer_toward(embed(?), ?, ?, ?)) AS distance
+FROM embeddings e JOIN papers p USING (doc_id)
+ORDER BY distance, p.doc_id LIMIT ?
 """
 
-FEATURE_SHARE_SQL = """
-SELECT avg(CASE WHEN c.doc_id IS NULL THEN 0 ELSE 1 END)
-FROM (SELECT unnest(?::BIGINT[]) AS doc_id) r
-LEFT JOIN sae_codes c ON c.doc_id = r.doc_id AND c.model_id = ? AND c.feature_id = ?
+# The concept's strongest feature that the query lacks, and how many of the query's nearest
+# papers carry it (papers of both topics exist: the default pair has them, see the table).
+CONCEPT_FEATURES_SQL = """
+WITH near AS (SELECT unnest(?::BIGINT[]) AS doc_id),
+     concept AS (SELECT f.feature_id, f.activation FROM unnest(sae_encode(embed(?), ?)) AS f),
+     own AS (SELECT f.feature_id FROM unnest(sae_encode(embed(?), ?)) AS f)
+SELECT c.feature_id, count(n.doc_id) AS near_carriers
+FROM concept c
+LEFT JOIN sae_codes s ON s.model_id = ? AND s.feature_id = c.feature_id
+LEFT JOIN near n ON n.doc_id = s.doc_id
+WHERE c.feature_id NOT IN (SELECT feature_id FROM own)
+GROUP BY c.feature_id, c.activation
+ORDER BY c.activation DESC, c.feature_id LIMIT 1
 """
+
+NEIGHBOURHOOD = 50  # "near the query": among its 50 nearest papers
+SLIDER_STEPS = (0.0, 0.2, 0.35, 0.5, 0.65, 0.8)
 
 
 def spread_sample(corpus: Path, limit: int, directory: Path) -> Path:
@@ -63,8 +76,7 @@ def run_demo(
     corpus: Path = DEFAULT_CORPUS,
     limit: int = 5000,
     query: str = "dark matter halos in cosmological simulations",
-    concept: str = "exoplanet atmospheres and transit spectroscopy",
-    strength: float = 0.9,  # demo model: 0.6-0.8 leave the top 5 as it is, 1.0 replaces all of it
+    concept: str = "galaxy clusters",
     log: Callable[[str], None] = print,
 ) -> dict[str, object]:
     embedder = get_embedder()
@@ -76,47 +88,56 @@ def run_demo(
     log(report.summary())
     # A small budget for a ~1 minute demo; `saedb train` defaults to the paper's 13,300 steps at lr 1e-4.
     cfg = TrainConfig(k=32, n_latents=1024, batch_size=256, lr=1e-3, steps=800)
-    model_id, result = train_from_db(backend, cfg, "astro-demo")
+    log(f"training a top-k SAE (k={cfg.k}, n={cfg.n_latents}, {cfg.steps} steps) and writing its codes back")
+    model_id, result = train_from_db(backend, cfg, "astro-demo", log=log)
     m = result.metrics
     log(
         f"model {model_id}: normalised MSE {m['normalised_mse']:.3f}, L0 {m['l0']:.1f}, "
         f"dead {m['dead_fraction']:.1%}, {m['seconds']:.1f}s on {m['device']}"
     )
     labeller = OfflineLabeller(corpus_stats(backend))
-    labelled = run_autointerp(backend, model_id, labeller)
+    with tqdm(desc="labelling features offline", unit="feature") as bar:
+        labelled = run_autointerp(backend, model_id, labeller, progress=bar)
     log(label_summary(backend, model_id, labeller.name))
+    log("scoring every label against a shuffled label (the control)")
     for line in label_control(backend, model_id, labeller.name, labeller).lines():
         log(line)
+    log("finding feature families (co-occurrence in SQL, maximum spanning trees)")
     families = build_families(backend, model_id, predictor=labeller)
     log(f"labelled {len(labelled)} features offline, found {len(families)} feature families (SQL tables feature_labels, feature_families)")
-    feature = backend.query("SELECT sae_encode(embed(?), ?)[1].feature_id", (concept, model_id))[0][0]
-    label = backend.query("SELECT label FROM feature_summary WHERE model_id = ? AND feature_id = ?", (model_id, feature))[0][0]
-    log(f"\nconcept {concept!r} -> strongest feature {feature} ({label}); its top documents:")
-    for (title,) in backend.query(
-        "SELECT p.title FROM sae_codes c JOIN papers p USING (doc_id) "
-        "WHERE c.model_id = ? AND c.feature_id = ? ORDER BY c.activation DESC LIMIT 3",
-        (model_id, feature),
-    ):
-        log(f"   {title}")
-    dim = backend.require_embedder()[1]
-    query_vec = backend.query("SELECT embed(?)", (query,))[0][0]
-    plain = backend.query(SEARCH_SQL.format(dim=dim), (list(query_vec),))
-    steered = backend.query(STEERED_SQL, (concept, model_id, query, strength, model_id))
-    shares = {}
-    for label, rows in (("plain", plain), ("steered", steered)):
-        log(f"\n{label} search for {query!r}" + (f" + {strength} x feature {feature}" if label == "steered" else "") + ":")
-        for arxiv_id, title, distance in rows:
-            log(f"   {distance:.3f}  {arxiv_id}  {title}")
-        doc_ids = [r[0] for r in backend.query(
-            "SELECT doc_id FROM papers WHERE arxiv_id IN (SELECT unnest(?::VARCHAR[]))", ([r[0] for r in rows],)
-        )]
-        shares[label] = backend.query(FEATURE_SHARE_SQL, (doc_ids, model_id, feature))[0][0]
-    log(f"\nshare of top-5 results where feature {feature} is active: plain {shares['plain']:.0%} -> steered {shares['steered']:.0%}")
+    showcase = steering_showcase(backend, model_id, query, concept, log)
     judge = get_judge("categories", backend)
     run = run_evaluation(backend, model_id, embedder, judge, title_queries(backend, 30, seed=0), get_rewriter("naive-append"),
-                         "30 corpus titles", grid="small", category_precision=0.4)  # a small SAE predicts categories less sharply
+                         "30 corpus titles", grid="small", category_precision=0.4,  # a small SAE predicts categories less sharply
+                         progress=lambda cases: tqdm(cases, desc="steering evaluation", unit="query"))
     store_run(backend, run)
     log(f"\nsteering vs a naive rewrite on 30 title queries, judged by arXiv categories (5-way choice, chance 0.2; "
         f"table eval_results, run {run.run_id}):")
     log(format_comparison(run))
-    return {"model_id": model_id, "feature": feature, "plain": plain, "steered": steered, "shares": shares, "evaluation": run}
+    return {"model_id": model_id, **showcase, "evaluation": run}
+
+
+def steering_showcase(backend: Backend, model_id: int, query: str, concept: str, log: Callable[[str], None]) -> dict[str, object]:
+    """Steer the query toward the concept's feature a slider step at a time and print, at each,
+    the share of the top 10 that carries the feature, that is near the query, and that is both."""
+    near = [row[0] for row in backend.query(NEAREST_SQL, (query, NEIGHBOURHOOD))]
+    feature, near_carriers = backend.query(CONCEPT_FEATURES_SQL, (near, concept, model_id, query, model_id, model_id))[0]
+    label = backend.query("SELECT label FROM feature_summary WHERE model_id = ? AND feature_id = ?", (model_id, feature))[0][0]
+    carriers = {row[0] for row in backend.query("SELECT doc_id FROM sae_codes WHERE model_id = ? AND feature_id = ?", (model_id, feature))}
+    log(f"\nconcept {concept!r} -> feature {feature} ({label}), which {near_carriers} of the {NEIGHBOURHOOD} papers nearest "
+        f"{query!r} carry; steering the query toward it (steer_toward: the fraction of the way from the query to the feature):")
+    log("   fraction  carry the feature  near the query  both")
+    table, middle = [], []
+    for fraction in SLIDER_STEPS:
+        rows = backend.query(STEERED_SQL, (query, feature, fraction, model_id, 10))
+        hits = [row[0] for row in rows]
+        shares = (sum(h in carriers for h in hits) / 10, sum(h in near for h in hits) / 10,
+                  sum(h in carriers and h in near for h in hits) / 10)
+        table.append((fraction, *shares))
+        log(f"   {fraction:8.2f}  {shares[0]:17.0%}  {shares[1]:14.0%}  {shares[2]:4.0%}")
+        if fraction == 0.5:
+            middle = rows
+    log("top 5 halfway (fraction 0.5):")
+    for _, arxiv_id, title, distance in middle[:5]:
+        log(f"   {distance:.3f}  {arxiv_id}  {title}")
+    return {"feature": feature, "steering_table": table, "halfway": middle}
