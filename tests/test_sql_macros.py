@@ -137,3 +137,44 @@ def test_plain_client_errors_are_clear(saedb_file: tuple[str, int, int]) -> None
     assert "no published model named 'plian'" in got["typo"]["error"] and "no published model named" in got["typo_steer"]["error"]
     for name in ("null_model", "null_steer", "null_decode", "null_many", "null_family"):
         assert isinstance(got[name], dict) and "model is NULL" in got[name]["error"], (name, got[name])
+
+
+def test_the_duckdb_cli_from_pypi_opens_a_saedb_file_and_steers(saedb_file: tuple[str, int, int], embedder) -> None:
+    """duckdb-cli 1.5.6 (the newest CLI on PyPI) could not open a file written by duckdb 2.0
+    ("version number 69, but we can only read versions between 64 and 68")."""
+    import shutil
+
+    cli = shutil.which("duckdb", path=str(Path(sys.executable).parent)) or shutil.which("duckdb")
+    assert cli, "the dev extra installs duckdb-cli"
+    path, model, _ = saedb_file
+    query = embedder.embed(["gamma-ray bursts and their afterglows"])[0]
+    literal = "[" + ", ".join(f"{v:.9g}" for v in query) + f"]::FLOAT[{query.shape[0]}]"
+    sql = (f"SELECT p.doc_id FROM embeddings e JOIN papers p USING (doc_id) "
+           f"ORDER BY array_cosine_distance(e.embedding, steer_toward({literal}, 5, 0.5, {model})), p.doc_id LIMIT 10")
+    done = subprocess.run([cli, "-readonly", "-csv", "-noheader", path, "-c", sql], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    with connect(path, read_only=True) as backend:
+        expected = search(backend, query, 10, Steering("feature", 5, 0.5, model))
+    assert [int(line) for line in done.stdout.split()] == [hit.doc_id for hit in expected]
+
+
+def test_duckdb_engine_reflects_and_queries_a_saedb_file(saedb_file: tuple[str, int, int]) -> None:
+    """duckdb-engine (SQLAlchemy, what Superset-style tools browse with): tables, views, their
+    columns, and SQL with saedb's macros. Column reflection failed ("pg_catalog.pg_collation not
+    found") under SQLAlchemy 2.1, whose Postgres dialect duckdb-engine 0.17 inherits: the bi extra
+    pins SQLAlchemy < 2.1."""
+    import sqlalchemy
+
+    path, model, _ = saedb_file
+    engine = sqlalchemy.create_engine(f"duckdb:///{path}", connect_args={"read_only": True})
+    try:
+        inspector = sqlalchemy.inspect(engine)
+        assert {"papers", "embeddings", "sae_codes", "feature_summary"} <= set(inspector.get_table_names()) | set(
+            inspector.get_view_names())
+        assert [c["name"] for c in inspector.get_columns("papers")][:3] == ["doc_id", "arxiv_id", "title"]
+        assert "interpretability" in {c["name"] for c in inspector.get_columns("feature_summary")}
+        with engine.connect() as conn:
+            n = conn.execute(sqlalchemy.text(f"SELECT count(*) FROM embeddings, unnest(sae_encode(embedding, {model}))")).scalar()
+        assert n > 400
+    finally:
+        engine.dispose()

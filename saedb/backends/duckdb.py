@@ -21,6 +21,10 @@ from saedb.sqlfiles import read_sql
 
 
 BULK_CHECKPOINT_THRESHOLD = "1GB"
+# New files are written in DuckDB 1.5's storage format, which DuckDB 1.5 and 2.0 read: the
+# duckdb CLI that installs from PyPI (duckdb-cli 1.5.6) cannot open 2.0's format ("version
+# number 69, but we can only read versions between 64 and 68"). Existing files keep theirs.
+STORAGE_COMPATIBILITY = "v1.5.0"
 
 
 def shadow_functions(con: duckdb.DuckDBPyConnection, functions: dict[str, int]) -> None:
@@ -44,7 +48,7 @@ class SharedDatabase:
 
     def __init__(self, key: str, path: str, read_only: bool) -> None:
         try:
-            self.root = duckdb.connect(path, read_only=read_only)
+            self.root = duckdb.connect(path, read_only=read_only, config={"storage_compatibility_version": STORAGE_COMPATIBILITY})
         except duckdb.IOException as exc:
             if "lock" in str(exc).lower():  # DuckDB has no finer class for a file held by another process
                 raise DatabaseBusyError(f"{path} is open in another process: {exc}") from None
