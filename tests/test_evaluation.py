@@ -257,3 +257,26 @@ def test_cli_prints_the_table_and_writes_the_figure(evaluated_db: tuple[str, int
     table = [line for line in result.output.splitlines() if line.startswith(("add ", "clamp ", "random-direction ", "unmodified "))]
     assert len(table) >= 22 and table == [line for line in again.output.splitlines() if line.startswith(("add ", "clamp ", "random-direction ", "unmodified "))]
     assert {p.name for p in (tmp_path / "again").iterdir()} == {f"eval-eval-run{last}-categories.png", f"eval-eval-run{last}-categories.svg"}
+
+
+def test_papers_filed_only_under_an_archive_do_not_dilute_a_features_category(trained) -> None:
+    """Before 2009 astro-ph had no subcategories: in the first 20,000 papers of hh_astro 12,120
+    carry only 'astro-ph', which kept every feature's precision for a subcategory under 0.6 (the
+    README's `saedb eval` then stopped). Such papers say nothing about subcategories."""
+    from saedb.evaluation.topics import archives, category_topics
+
+    backend, model_id = trained
+    feature, = backend.query("SELECT feature_id FROM sae_codes WHERE model_id = ? GROUP BY feature_id ORDER BY count(*) DESC, "
+                             "feature_id LIMIT 1", (model_id,))[0]
+    firing = [r[0] for r in backend.query("SELECT doc_id FROM sae_codes WHERE model_id = ? AND feature_id = ? ORDER BY doc_id",
+                                          (model_id, feature))]
+    assert len(firing) >= 50
+    backend.execute("UPDATE papers SET categories = ['astro-ph.SR']" if backend.dialect == "duckdb" else
+                    "UPDATE papers SET categories = ARRAY['astro-ph.SR']")
+    for i, doc_id in enumerate(firing):  # 40% of the feature's papers in astro-ph.CO, the rest under the archive alone
+        category = "astro-ph.CO" if i % 5 < 2 else "astro-ph"
+        backend.execute("UPDATE papers SET categories = " + ("[?]" if backend.dialect == "duckdb" else "ARRAY[?]") + " WHERE doc_id = ?",
+                        (category, doc_id))
+    assert archives(backend) == ["astro-ph"]
+    found = {(t.features[0], t.category) for t in category_topics(backend, model_id)}
+    assert (feature, "astro-ph.CO") in found
