@@ -74,3 +74,44 @@ def test_streamed_training_waits_for_a_writer_to_read_its_chunks(tmp_path: Path,
         assert "waiting" in output and "published model 1" in output, output
     finally:
         writer.kill()
+
+
+def test_train_publishes_while_saedb_serve_is_up(tmp_path: Path, astro_slice: Path) -> None:
+    """`saedb train` waited 600 s for a running `saedb serve` and saved its model aside: the
+    server now lets go of the file while the trainer writes back and serves the new model after."""
+    import json
+    import re
+    import urllib.error
+    import urllib.request
+
+    db = str(tmp_path / "served.duckdb")
+    assert runner.invoke(app, ["load", str(astro_slice), "--db", db]).exit_code == 0
+    assert runner.invoke(app, ["train", "--db", db, "--k", "4", "--n", "32", "--steps", "20", "--batch-size", "64"]).exit_code == 0
+    env = {**os.environ, "PYTHONPATH": str(ROOT_DIR), "PYTHONUNBUFFERED": "1"}
+    server = subprocess.Popen([sys.executable, "-m", "saedb.cli", "serve", "--db", db, "--port", "0"], stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, env=env)
+    try:
+        banner = server.stdout.readline()
+        base = re.search(r"(http://127\.0\.0\.1:\d+)/", banner).group(1)
+
+        def models() -> list[int] | None:
+            try:
+                with urllib.request.urlopen(f"{base}/api/models", timeout=30) as response:
+                    return [m["model_id"] for m in json.loads(response.read())]
+            except urllib.error.HTTPError as err:
+                assert err.code == 503 and err.headers.get("Retry-After") == "1"  # while the trainer writes
+                return None
+
+        assert models() == [1]
+        trained = subprocess.run([sys.executable, "-m", "saedb.cli", "train", "--db", db, "--k", "4", "--n", "32", "--steps", "20",
+                                  "--batch-size", "64"], capture_output=True, text=True, env=env, timeout=300)
+        assert trained.returncode == 0 and "published model 2" in trained.stdout, trained.stdout + trained.stderr
+        answers = []
+        for _ in range(600):  # the server opens the file again: wait for that condition, not for a time
+            answers.append(models())
+            if answers[-1] and 2 in answers[-1]:
+                break
+        assert sorted(answers[-1] or []) == [1, 2], answers[-5:]
+    finally:
+        server.kill()
+        server.wait()

@@ -25,9 +25,10 @@ import psycopg
 
 from saedb.app import api
 from saedb.backends import DATABASE_ERRORS, Backend, connect, postgres_dsn, user_message
+from saedb.backends.handoff import duckdb_file, write_requested
 from saedb.backends.postgres import PostgresBackend, configure_reader
 from saedb.embedders import get_embedder
-from saedb.errors import SaedbError
+from saedb.errors import DatabaseBusyError, SaedbError
 
 STATIC = Path(__file__).resolve().parent / "static"
 STATIC_FILES = frozenset(p.name for p in STATIC.iterdir() if p.is_file())
@@ -41,18 +42,28 @@ class DatabaseUnavailable(Exception):
 
 class BackendPool:
     """Read-only backends shared by request threads. DuckDB: cursors of one read-only
-    instance. Postgres: a psycopg_pool that checks each connection before lending it and
-    replaces broken ones, so the app recovers from restarts, failovers and terminated sessions."""
+    instance, which lets go of the file while another process asks to write it
+    (``saedb.backends.handoff``: `saedb train` publishes while the app is up; requests meanwhile
+    get 503 with Retry-After) and opens it again after. Postgres: a psycopg_pool that checks each
+    connection before lending it and replaces broken ones, so the app recovers from restarts,
+    failovers and terminated sessions."""
+
+    WATCH_EVERY_S = 0.5  # how often a DuckDB pool looks for a writer's request
 
     def __init__(self, url: str, size: int, timeout_s: float) -> None:
-        self.url, self.timeout_s = url, timeout_s
+        self.url, self.size, self.timeout_s = url, size, timeout_s
         self.primary = connect(url, read_only=True, statement_timeout_s=timeout_s)
         self.idle: queue.Queue[Backend] = queue.Queue()
         self.pg_pool = None
         if self.primary.dialect == "duckdb":
-            self.primary.search_index()  # type: ignore[attr-defined]  # loaded now, not inside a request racing the statement timeout
-            for _ in range(size):
-                self.idle.put(self.primary.sibling(functions=True))
+            self._open_siblings()
+            self.lent = 0
+            self.state = threading.Condition()  # guards open, lent
+            self.open = True
+            self.closed = threading.Event()
+            self.file = duckdb_file(url)
+            if self.file is not None:
+                threading.Thread(target=self._watch_for_writers, daemon=True, name="saedb-handoff").start()
         else:
             from psycopg_pool import ConnectionPool
 
@@ -61,11 +72,55 @@ class BackendPool:
                 configure=lambda conn: configure_reader(conn, int(timeout_s * 1000)),
             )
 
+    def _open_siblings(self) -> None:
+        self.primary.search_index()  # type: ignore[attr-defined]  # loaded now, not inside a request racing the statement timeout
+        for _ in range(self.size):
+            self.idle.put(self.primary.sibling(functions=True))  # type: ignore[attr-defined]
+
+    def _close_duckdb(self) -> None:
+        while not self.idle.empty():
+            self.idle.get().close()
+        self.primary.close()
+
+    def _watch_for_writers(self) -> None:
+        """Let go of the file while a writer asks for it; open it again when none does."""
+        assert self.file is not None
+        while not self.closed.wait(self.WATCH_EVERY_S):
+            if not write_requested(self.file):
+                continue
+            with self.state:
+                self.open = False
+                if not self.state.wait_for(lambda: self.lent == 0, timeout=4 * self.timeout_s):
+                    self.open = True  # a request outlived its statement timeout: try again later
+                    continue
+                self._close_duckdb()
+            log.info("let go of %s for a writer", self.file)
+            while write_requested(self.file) and not self.closed.wait(self.WATCH_EVERY_S):
+                pass
+            while not self.closed.is_set():
+                try:
+                    self.primary = connect(self.url, read_only=True, statement_timeout_s=self.timeout_s)
+                    self._open_siblings()
+                    break
+                except DatabaseBusyError:  # the writer has not closed it yet
+                    self.closed.wait(self.WATCH_EVERY_S)
+                except (SaedbError, *DATABASE_ERRORS) as exc:  # keep trying: requests get 503 meanwhile
+                    log.warning("cannot open %s again: %s", self.file, user_message(exc))
+                    self.closed.wait(self.WATCH_EVERY_S)
+            with self.state:
+                self.open = True
+                self.state.notify_all()
+            log.info("serving %s again", self.file)
+
     @contextmanager
     def borrow(self) -> Iterator[Backend]:
         if self.pg_pool is not None:
             yield from self._borrow_postgres()
             return
+        with self.state:
+            if not self.state.wait_for(lambda: self.open, timeout=self.timeout_s):
+                raise DatabaseUnavailable("the database file is being written by another process (saedb train); try again")
+            self.lent += 1
         backend = self.idle.get()
         timer = threading.Timer(self.timeout_s, backend.con.interrupt)  # type: ignore[attr-defined]  # DuckDB has no statement_timeout
         timer.start()
@@ -74,6 +129,9 @@ class BackendPool:
         finally:
             timer.cancel()
             self.idle.put(backend)
+            with self.state:
+                self.lent -= 1
+                self.state.notify_all()
 
     def _borrow_postgres(self) -> Iterator[Backend]:
         from psycopg_pool import PoolTimeout
@@ -89,9 +147,13 @@ class BackendPool:
     def close(self) -> None:
         if self.pg_pool is not None:
             self.pg_pool.close()
-        while not self.idle.empty():
-            self.idle.get().close()
-        self.primary.close()
+            self.primary.close()
+            return
+        self.closed.set()
+        with self.state:
+            if self.open:
+                self._close_duckdb()
+                self.open = False
 
 
 def _int(params: dict[str, list[str]], name: str, default: int | None = None, low: int = 0, high: int = 10**9) -> int:

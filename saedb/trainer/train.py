@@ -304,21 +304,23 @@ def train_from_url(url: str, cfg: TrainConfig, name: str, log: Callable[[str], N
                    wait_s: float = 600, poll_s: float = 2) -> tuple[int, TrainResult]:
     """Train from a database URL holding it only while reading a chunk and while writing back:
     a DuckDB file stays usable by other processes (``saedb serve``, ``saedb load``) during
-    training, and each read or the write-back waits up to ``wait_s`` for them to let go. If
+    training, and each read or the write-back waits up to ``wait_s`` for them to let go (a
+    running ``saedb serve`` is asked to, see ``saedb.backends.handoff``). If
     the write-back cannot, the model is saved as a sparsify folder beside the database
     (``saedb import`` publishes it), never lost."""
-    from saedb.backends import connect, split_schema
+    from saedb.backends import split_schema
+    from saedb.backends.handoff import requesting_write
     from saedb.errors import DatabaseBusyError
     from saedb.models import publish_model
 
     if split_schema(url)[1] is not None:  # an attached table: number its new rows first
-        with connect(url) as writer:
+        with requesting_write(url), connect_when_free(url, wait_s, poll_s, log) as writer:
             report_skipped(writer.sync_documents(), log)
     source = database_source(lambda: connect_when_free(url, wait_s, poll_s, log, read_only=True, statement_timeout_s=0))
     result = train_stream(source, cfg, log)
     sae, metrics = result.model.to_numpy(), result.published_metrics(cfg)
     try:
-        with connect_when_free(url, wait_s, poll_s, log) as writer:
+        with requesting_write(url), connect_when_free(url, wait_s, poll_s, log) as writer:  # a serving process lets go
             return publish_model(writer, sae, name, metrics), result
     except DatabaseBusyError:
         from saedb.interchange import export_sae
