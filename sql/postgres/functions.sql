@@ -116,6 +116,24 @@ BEGIN
     RETURN CASE WHEN total IS NULL THEN m.b_pre ELSE m.b_pre + total END;
 END $$;
 
+-- Features and their numbers (strengths or fractions) for one steering call: non-empty, flat,
+-- as many numbers as features, every feature one of the model's.
+CREATE OR REPLACE FUNCTION sae_check_steering(fn text, features integer[], amounts double precision[], what text, m sae_models)
+RETURNS void LANGUAGE plpgsql STABLE PARALLEL SAFE AS $$
+BEGIN
+    IF features IS NULL OR amounts IS NULL OR cardinality(features) = 0 THEN
+        RAISE EXCEPTION '%: features and % must be non-empty', fn, what USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF array_ndims(features) > 1 OR array_ndims(amounts) > 1 THEN
+        RAISE EXCEPTION '%: features and % must be one-dimensional arrays', fn, what USING ERRCODE = 'data_exception';
+    END IF;
+    IF cardinality(features) <> cardinality(amounts) THEN
+        RAISE EXCEPTION '%: % features but % %', fn, cardinality(features), cardinality(amounts), what
+            USING ERRCODE = 'data_exception';
+    END IF;
+    PERFORM sae_check_features(fn, features, m);
+END $$;
+
 -- embedding + sum_i strengths_i * W_dec[features_i]: steer along a family of features.
 CREATE OR REPLACE FUNCTION steer_many(embedding vector, features integer[], strengths double precision[], model integer)
 RETURNS vector LANGUAGE plpgsql STABLE PARALLEL SAFE AS $$
@@ -124,20 +142,10 @@ DECLARE
     direction vector;
 BEGIN
     PERFORM sae_check_embedding('steer', embedding, m);
-    IF features IS NULL OR strengths IS NULL OR cardinality(features) = 0 THEN
-        RAISE EXCEPTION 'steer: features and strengths must be non-empty' USING ERRCODE = 'null_value_not_allowed';
-    END IF;
-    IF array_ndims(features) > 1 OR array_ndims(strengths) > 1 THEN
-        RAISE EXCEPTION 'steer: features and strengths must be one-dimensional arrays' USING ERRCODE = 'data_exception';
-    END IF;
-    IF cardinality(features) <> cardinality(strengths) THEN
-        RAISE EXCEPTION 'steer: % features but % strengths', cardinality(features), cardinality(strengths)
-            USING ERRCODE = 'data_exception';
-    END IF;
+    PERFORM sae_check_steering('steer', features, strengths, 'strengths', m);
     IF EXISTS (SELECT 1 FROM unnest(strengths) s WHERE s IS NULL OR s = 'NaN' OR s IN ('Infinity', '-Infinity')) THEN
         RAISE EXCEPTION 'steer: steering strength is NULL, NaN or infinite' USING ERRCODE = 'data_exception';
     END IF;
-    PERFORM sae_check_features('steer', features, m);
     SELECT sum(sae_scaled(d.w_dec, s.strength::real)) INTO direction
       FROM unnest(features, strengths) AS s(feature_id, strength)
       JOIN sae_decoder d ON d.model_id = model AND d.feature_id = s.feature_id;
@@ -195,17 +203,7 @@ DECLARE
     steered vector := embedding;
 BEGIN
     PERFORM sae_check_embedding('steer_toward', embedding, m);
-    IF features IS NULL OR fractions IS NULL OR cardinality(features) = 0 THEN
-        RAISE EXCEPTION 'steer_toward: features and fractions must be non-empty' USING ERRCODE = 'null_value_not_allowed';
-    END IF;
-    IF array_ndims(features) > 1 OR array_ndims(fractions) > 1 THEN
-        RAISE EXCEPTION 'steer_toward: features and fractions must be one-dimensional arrays' USING ERRCODE = 'data_exception';
-    END IF;
-    IF cardinality(features) <> cardinality(fractions) THEN
-        RAISE EXCEPTION 'steer_toward: % features but % fractions', cardinality(features), cardinality(fractions)
-            USING ERRCODE = 'data_exception';
-    END IF;
-    PERFORM sae_check_features('steer_toward', features, m);
+    PERFORM sae_check_steering('steer_toward', features, fractions, 'fractions', m);
     FOR i IN 1 .. cardinality(features) LOOP
         steered := sae_toward('steer_toward', steered,
                               (SELECT w_dec FROM sae_decoder WHERE model_id = model AND feature_id = features[i]), fractions[i]);
