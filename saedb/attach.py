@@ -124,9 +124,9 @@ def raw_connection(url: str) -> Iterator[tuple[Callable[[str], list[tuple]], str
 
         conn, dialect = psycopg.connect(url, autocommit=True), "postgres"
     else:
-        import duckdb
+        from saedb.backends.duckdb import open_file
 
-        conn, dialect = duckdb.connect(url.removeprefix("duckdb://")), "duckdb"
+        conn, dialect = open_file(url.removeprefix("duckdb://")), "duckdb"
 
     def execute(sql: str) -> list[tuple]:
         cursor = conn.execute(sql)

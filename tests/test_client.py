@@ -31,7 +31,7 @@ def test_sql_and_search_return_arrow_tables(trained, db_url: str) -> None:
         assert codes.column_names == ["feature_id", "activation"] and codes.num_rows == 8
         plain = db.search("gamma-ray bursts", limit=5)
         assert plain.column_names == ["doc_id", "arxiv_id", "title", "year", "distance"] and plain.num_rows == 5
-        steered = db.search("gamma-ray bursts", model="analysis", feature=int(codes.column("feature_id")[0].as_py()), strength=-2.0, limit=5)
+        steered = db.search("gamma-ray bursts", model="analysis", feature=int(codes.column("feature_id")[0].as_py()), strength=-0.8, limit=5)
         assert steered.column("doc_id").to_pylist() != plain.column("doc_id").to_pylist()
         corpus = db.sql("SELECT corpus FROM papers LIMIT 1").column("corpus")[0].as_py()
         assert db.search("gamma-ray bursts", limit=5, corpus=corpus).column("doc_id").to_pylist() == plain.column("doc_id").to_pylist()

@@ -27,6 +27,16 @@ BULK_CHECKPOINT_THRESHOLD = "1GB"
 STORAGE_COMPATIBILITY = "v1.5.0"
 
 
+def open_file(path: str, read_only: bool = False) -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection to ``path``; a new file is first created in STORAGE_COMPATIBILITY's
+    format, which it keeps. Later connections carry no special configuration, so other code in
+    the process can still open the file with a plain ``duckdb.connect`` (DuckDB refuses a second
+    connection to an open file with another configuration)."""
+    if not read_only and path != ":memory:" and not Path(path).exists():
+        duckdb.connect(path, config={"storage_compatibility_version": STORAGE_COMPATIBILITY}).close()
+    return duckdb.connect(path, read_only=read_only)
+
+
 def shadow_functions(con: duckdb.DuckDBPyConnection, functions: dict[str, int]) -> None:
     """Route saedb's function names to its UDFs (``saedb_udf_<name>``) on one connection, ahead
     of the pure-SQL macros of the same names in the file."""
@@ -48,7 +58,7 @@ class SharedDatabase:
 
     def __init__(self, key: str, path: str, read_only: bool) -> None:
         try:
-            self.root = duckdb.connect(path, read_only=read_only, config={"storage_compatibility_version": STORAGE_COMPATIBILITY})
+            self.root = open_file(path, read_only)
         except duckdb.IOException as exc:
             if "lock" in str(exc).lower():  # DuckDB has no finer class for a file held by another process
                 raise DatabaseBusyError(f"{path} is open in another process: {exc}") from None
