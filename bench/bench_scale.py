@@ -168,7 +168,7 @@ def search_stage(url: str, n_queries: int = 100, strength: float = 0.6) -> dict:
         found, seconds = {"plain": [], "steered": []}, {"plain": [], "steered": []}
         for kind in found:
             for q, f in zip(queries, features):
-                steering = [Steering("feature", f, strength, model_id)] if kind == "steered" else []
+                steering = [Steering("feature", f, strength, model_id, "add")] if kind == "steered" else []
                 started = time.perf_counter()
                 hits = search(backend, q, 10, steering)
                 seconds[kind].append(time.perf_counter() - started)

@@ -61,7 +61,7 @@ def measure(label: str, backend: Backend, model: int, queries: list, features: l
     """p50, p99 and recall@10 of plain and steered searches, against the exact results ``truths``."""
     for name, truth in zip(("plain", "steered"), truths):
         steer = name == "steered"
-        seconds, hits = timings(lambda i: search(backend, queries[i], 10, Steering("feature", features[i], strength, model) if steer else ()),
+        seconds, hits = timings(lambda i: search(backend, queries[i], 10, Steering("feature", features[i], strength, model, "add") if steer else ()),
                                 range(len(queries)))
         found = [[h.doc_id for h in hs] for hs in hits]
         report(f"{label} {name} p50", p(seconds, 0.5), "ms", base, "target <= 20 ms")
