@@ -86,7 +86,7 @@ joint AS (
     FROM sae_codes c JOIN doc_categories d ON d.doc_id = c.doc_id
     WHERE c.model_id = ? GROUP BY c.feature_id, d.category
 )
-SELECT j.feature_id, j.category, j.n * 1.0 / f.n AS precision, k.n AS category_docs
+SELECT j.feature_id, j.category, j.n * 1.0 / f.n AS precision, k.n AS category_docs, (SELECT count(*) FROM informative) AS informative_docs
 FROM joint j JOIN feature_docs f ON f.feature_id = j.feature_id JOIN category_docs k ON k.category = j.category
 WHERE f.n >= ? AND j.n * 1.0 / f.n >= ?
 ORDER BY j.category, precision DESC, j.feature_id
@@ -106,14 +106,11 @@ def category_topics(backend: Backend, model_id: int, min_precision: float = 0.6,
     and ≥ ``min_lift`` times the category's base rate, both among the papers with a category
     finer than an archive (in the first 20,000 papers of hh_astro, 12,120 are filed only under
     'astro-ph': counted, they kept every feature's precision for a subcategory under 0.6)."""
-    skipped = archives(backend)
-    informative = int(backend.query("SELECT count(*) FROM papers WHERE EXISTS (SELECT 1 FROM (SELECT unnest(categories) AS c) t "
-                                    "WHERE c NOT IN (SELECT unnest(CAST(? AS VARCHAR[]))))", (skipped,))[0][0])
-    rows = backend.query(CATEGORY_SQL, (skipped, model_id, model_id, min_feature_docs, min_precision))
+    rows = backend.query(CATEGORY_SQL, (archives(backend), model_id, model_id, min_feature_docs, min_precision))
     return [
         Topic(ARXIV_CATEGORY_NAMES.get(category, category), (int(feature),), float(precision), category)
-        for feature, category, precision, category_docs in rows
-        if precision >= min_lift * category_docs / max(informative, 1)
+        for feature, category, precision, category_docs, informative_docs in rows
+        if precision >= min_lift * category_docs / informative_docs
     ]
 
 
