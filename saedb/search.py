@@ -32,10 +32,13 @@ NESTED_CALLS: dict[tuple[Scale, str], str] = {
     ("toward", "family"): "steer_toward_family({target}, ${what}, ${strength}, ${model})",
 }
 
+# The steered vector is a scalar subquery: computed once, before the scan (on Citus on the
+# coordinator, whose result every shard's HNSW scan receives; a function call in the ORDER BY
+# itself would be pushed to the shards, where Citus refuses the reads of reference tables it makes).
 SEARCH_SQL = """
-SELECT p.doc_id, p.arxiv_id, p.title, p.year, e.embedding <=> {target} AS distance
+SELECT p.doc_id, p.arxiv_id, p.title, p.year, e.embedding <=> (SELECT {target}) AS distance
 FROM embeddings e JOIN papers p ON p.doc_id = e.doc_id {where}
-ORDER BY e.embedding <=> {target}
+ORDER BY e.embedding <=> (SELECT {target})
 LIMIT $2
 """
 

@@ -74,9 +74,9 @@ def test_one_portable_query_same_answer_on_both_backends(tmp_path, pg_dsn: str, 
                 backend.execute("SET hnsw.ef_search = 400")
                 backend.execute("SET enable_seqscan = off")  # 400 rows: a scan is cheaper, but the index must serve
                 plan = "\n".join(r[0] for r in backend.query(
-                    "EXPLAIN SELECT doc_id FROM embeddings ORDER BY embedding <=> steer(CAST(? AS vector), 3, 0.5, ?) LIMIT 5",
+                    "EXPLAIN SELECT doc_id FROM embeddings ORDER BY embedding <=> (SELECT steer(CAST(? AS vector), 3, 0.5, ?)) LIMIT 5",
                     (backend.vector_param(query), model_id)))
-                assert "Index Scan using embeddings_hnsw" in plan
+                assert "Index Scan using embeddings_hnsw" in plan  # search's form: the steered vector as a scalar subquery
             plain = search(backend, query, limit=5)
             steered = search(backend, query, limit=5, steering=Steering("feature", 3, 0.5, model_id))
             answers[backend.dialect] = ([h.arxiv_id for h in plain], [h.arxiv_id for h in steered],

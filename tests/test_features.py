@@ -39,7 +39,7 @@ def test_defaults_are_the_papers_and_train_and_grid_share_them() -> None:
 def test_budget_is_counted_in_optimiser_steps_with_a_new_shuffle_per_pass() -> None:
     x = np.arange(300, dtype=np.float32)[:, None].repeat(2, axis=1)  # row r holds the value r
     generator = torch.Generator().manual_seed(0)
-    rows = ChunkedRows(ArraySource(x), chunk_rows=10_000, fraction=0.0, seed=0, generator=generator)
+    rows = ChunkedRows(ArraySource(x), chunk_rows=10_000, fraction=0.0, seed=0)
     drawn = [b[:, 0].long() for b in islice(training_batches(rows, 64, generator), 37)]
     assert len(drawn) == 37 and all(len(b) == 64 for b in drawn)
     assert len(set(torch.cat(drawn[:4]).tolist())) == 256  # 4 full batches per pass of 300 rows

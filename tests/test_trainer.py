@@ -215,7 +215,7 @@ def test_streamed_training_reads_one_chunk_at_a_time_and_never_trains_on_held_ou
     source = CountingSource(lambda: nullcontext(astro_2000), block_rows=100)
     source.reads = []
     generator = torch.Generator().manual_seed(0)
-    rows = ChunkedRows(source, chunk_rows=400, fraction=0.05, seed=3, generator=generator)
+    rows = ChunkedRows(source, chunk_rows=400, fraction=0.05, seed=3)
     assert not rows.single
     trained = torch.cat(list(islice(training_batches(rows, 64, generator), 90)))  # three passes of ~1900 rows
     assert max(source.reads) <= 400 and len(source.reads) >= 10

@@ -45,7 +45,8 @@ def postgres_dsn(url: str) -> str:
 
 
 def connect(url: str = DEFAULT_DB, read_only: bool = False, statement_timeout_s: float = 10.0) -> Backend:
-    """Open a backend from a URL: ``postgresql://...`` for Postgres, otherwise a DuckDB
+    """Open a backend from a URL: ``postgresql://...`` for Postgres (with Citus where the
+    database has the citus extension), otherwise a DuckDB
     file path (``duckdb:///path`` or a plain path; ``:memory:`` for an in-memory DB). A
     ``?schema=NAME`` parameter opens the workspace of a table attached with ``saedb attach``.
 
@@ -53,9 +54,10 @@ def connect(url: str = DEFAULT_DB, read_only: bool = False, statement_timeout_s:
     (DuckDB opens the file read-only; Postgres sessions are read-only transactions with
     ``statement_timeout_s``; DuckDB has no statement timeout: callers interrupt instead)."""
     if url.startswith(("postgresql://", "postgres://")):
-        from saedb.backends.postgres import PostgresBackend
+        from saedb.backends.postgres import backend_class
 
-        return PostgresBackend(postgres_dsn(url), read_only=read_only, statement_timeout_ms=int(statement_timeout_s * 1000))
+        dsn = postgres_dsn(url)
+        return backend_class(dsn)(dsn, read_only=read_only, statement_timeout_ms=int(statement_timeout_s * 1000))
     from saedb.backends.duckdb import DuckDBBackend
 
     path, schema = split_schema(url.removeprefix("duckdb://"))

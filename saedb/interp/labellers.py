@@ -111,9 +111,14 @@ class OfflineLabeller:
                 documents[key] += 1
                 spellings[key].append(spelling)
         kept = {key: p for key, p in support.items() if p >= MIN_SUPPORT and documents[key] >= MIN_DOCUMENTS}
+        longer_with: dict[str, list[tuple[str, ...]]] = defaultdict(list)  # word -> kept phrases of 2+ words with it
+        for key in kept:
+            for word in set(key) if len(key) > 1 else ():
+                longer_with[word].append(key)
         ranked = []
         for key, p in kept.items():
-            if not any(len(longer) > len(key) and kept[longer] >= SUBSUMED * p and _contains(longer, key) for longer in kept):
+            if not any(len(longer) > len(key) and kept[longer] >= SUBSUMED * p and _contains(longer, key)
+                       for longer in longer_with[key[0]]):
                 lift = p / self.stats.share(key)
                 ranked.append(((p + in_titles[key]) / 2 * math.log(lift), lift, key, surface_form(spellings[key])))
         ranked.sort(key=lambda r: (-r[0], -len(r[2]), r[2]))

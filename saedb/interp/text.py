@@ -11,6 +11,7 @@ import math
 import re
 from collections import Counter
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Iterable, Sequence
 
 SUFFIXES = (("ations", "at"), ("ation", "at"), ("ates", "at"), ("ate", "at"), ("ities", ""), ("ity", ""), ("ings", ""),
@@ -18,6 +19,7 @@ SUFFIXES = (("ations", "at"), ("ation", "at"), ("ates", "at"), ("ate", "at"), ("
             ("ally", ""), ("ical", ""), ("ies", "y"), ("ed", ""), ("es", ""), ("al", ""), ("ly", ""), ("s", ""), ("e", ""))
 
 
+@lru_cache(maxsize=1 << 17)  # a corpus's vocabulary; labelling a model stems millions of words
 def normal_form(word: str) -> str:
     """A light stem: lower case, one common suffix removed while 4+ letters remain
     ('Networks' -> 'network', 'duality' -> 'dual', 'covering' -> 'cover')."""

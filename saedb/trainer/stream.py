@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from saedb.errors import InvalidInputError
+from saedb.trainer.parallel import Share
 
 if TYPE_CHECKING:
     from saedb.backends import Backend
@@ -99,8 +100,10 @@ class Chunk:
     held: np.ndarray  # float32 rows held out
 
 
-def read_chunk(source: EmbeddingSource, blocks: np.ndarray, fraction: float, seed: int) -> Chunk:
-    """The rows of ``blocks`` split into training and held-out rows, copied block by block into
+def read_chunk(source: EmbeddingSource, blocks: np.ndarray, fraction: float, seed: int,
+               keep: Callable[[np.ndarray], np.ndarray] | None = None) -> Chunk:
+    """The rows of ``blocks`` (those whose doc ids ``keep`` accepts, when given) split into
+    training and held-out rows, copied block by block into
     arrays sized for the most rows the blocks can hold (pages never written are never
     resident), so assembling a chunk holds one chunk plus one block; InvalidInputError if any
     value is NaN or infinite (a model trained on them would be silently wrong)."""
@@ -109,6 +112,9 @@ def read_chunk(source: EmbeddingSource, blocks: np.ndarray, fraction: float, see
     for doc_ids, matrix in source.read_blocks(blocks):
         if not len(doc_ids):
             continue
+        if keep is not None:
+            kept = keep(doc_ids)
+            doc_ids, matrix = doc_ids[kept], matrix[kept]
         if not np.isfinite(matrix).all():
             raise InvalidInputError("training embeddings contain NaN or infinite values")
         if training is None:
@@ -125,11 +131,13 @@ def read_chunk(source: EmbeddingSource, blocks: np.ndarray, fraction: float, see
 
 
 class ChunkedRows:
-    """The chunk schedule of one source: random block order per pass, ``per_chunk`` blocks per chunk."""
+    """The chunk schedule of one source: random block order per pass, ``per_chunk`` blocks per
+    chunk, of which one rank reads its ``share`` (all of it on one process)."""
 
-    def __init__(self, source: EmbeddingSource, chunk_rows: int, fraction: float, seed: int,
-                 generator: torch.Generator) -> None:
-        self.source, self.fraction, self.seed, self.generator = source, fraction, seed, generator
+    def __init__(self, source: EmbeddingSource, chunk_rows: int, fraction: float, seed: int, share: Share = Share()) -> None:
+        self.source, self.fraction, self.seed, self.share = source, fraction, seed, share
+        # The block order has a generator of its own: every rank draws the same order.
+        self.generator = torch.Generator().manual_seed(seed)
         self.block_ids = source.blocks()
         self.per_chunk = max(1, chunk_rows // source.block_rows)
         self.single = len(self.block_ids) <= self.per_chunk
@@ -139,12 +147,16 @@ class ChunkedRows:
         """One pass: chunks in a random block order (or doc id order when not shuffled)."""
         if self.single:
             if self._kept is None:
-                self._kept = read_chunk(self.source, self.block_ids, self.fraction, self.seed)
+                self._kept = self._read(self.block_ids)
             yield self._kept
             return
         order = self.block_ids[torch.randperm(len(self.block_ids), generator=self.generator).numpy()] if shuffled else self.block_ids
         for start in range(0, len(order), self.per_chunk):
-            yield read_chunk(self.source, order[start : start + self.per_chunk], self.fraction, self.seed)
+            yield self._read(order[start : start + self.per_chunk])
+
+    def _read(self, blocks: np.ndarray) -> Chunk:
+        mine, by_rows = self.share.blocks(blocks)
+        return read_chunk(self.source, mine, self.fraction, self.seed, self.share.rows if by_rows else None)
 
 
 def training_batches(rows: ChunkedRows, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:

@@ -23,8 +23,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from saedb.errors import InvalidInputError, TrainingDivergedError
+from saedb.errors import InvalidInputError, TrainingDivergedError, TrainingFailedError
 from saedb.trainer.config import TrainConfig
+from saedb.trainer.parallel import DataParallel, Share
 from saedb.trainer.stream import ArraySource, ChunkedRows, DatabaseSource, EmbeddingSource, training_batches
 from saedb.trainer.topk_sae import TopKSAE, normalised_mse
 
@@ -83,6 +84,15 @@ class ReconstructionStats:
             self.sum_sq += float(batch64.pow(2).sum())
             self.rows += batch.shape[0]
 
+    def combine(self, parallel: DataParallel, d_in: int) -> "ReconstructionStats":
+        """The sums over every rank's rows (each rank calls it; all get the totals)."""
+        scalars = torch.tensor([self.rows, self.sq_err, self.active, self.sum_sq], dtype=torch.float64)
+        sums = self.sum if self.sum is not None else torch.zeros(d_in, dtype=torch.float64)
+        packed = parallel.sum_(torch.cat([scalars, sums, self.fired]))
+        self.rows, (self.sq_err, self.active, self.sum_sq) = int(packed[0]), map(float, packed[1:4])
+        self.sum, self.fired = packed[4 : 4 + d_in], packed[4 + d_in :]
+        return self
+
     def metrics(self) -> dict[str, float]:
         assert self.sum is not None, "no rows were evaluated"
         total_var = self.sum_sq - float(self.sum.pow(2).sum()) / self.rows
@@ -122,8 +132,10 @@ def clip_grad_norm(parameters: Iterable[torch.nn.Parameter], max_norm: float) ->
 class Trainer:
     """Optimiser state and dead-latent bookkeeping around one TopKSAE."""
 
-    def __init__(self, model: TopKSAE, cfg: TrainConfig) -> None:
-        self.model, self.cfg = model, cfg
+    def __init__(self, model: TopKSAE, cfg: TrainConfig, parallel: DataParallel | None = None) -> None:
+        self.model, self.cfg, self.parallel = model, cfg, parallel
+        if parallel is not None:
+            parallel.broadcast_parameters(model.parameters())  # every rank starts from rank 0's weights
         self.optimiser = torch.optim.Adam(model.parameters(), lr=cfg.lr, fused=True)
         self.dead_after = cfg.dead_steps
         self.steps_since_fired = torch.zeros(cfg.n_latents, dtype=torch.long, device=model.w_dec.device)
@@ -143,19 +155,27 @@ class Trainer:
             total = loss + cfg.aux_coef * normalised_mse((batch - x_hat).detach(), residual_hat)
         self.optimiser.zero_grad(set_to_none=True)
         total.backward()
+        if self.parallel is not None:
+            self.parallel.average_gradients(model.parameters())
         model.project_decoder_grad()
         clip_grad_norm(model.parameters(), cfg.grad_clip)
         self.optimiser.step()
         model.normalise_decoder()
         self.steps_since_fired += 1
-        self.steps_since_fired[indices[values > 0]] = 0
-        return loss.item()
+        if self.parallel is None:
+            self.steps_since_fired[indices[values > 0]] = 0
+            return loss.item()
+        fired = torch.zeros_like(self.steps_since_fired, dtype=torch.bool)
+        fired[indices[values > 0]] = True
+        fired, mean_loss = self.parallel.fired_and_loss(fired, loss)
+        self.steps_since_fired[fired] = 0
+        return mean_loss
 
 
-def new_trainer(x: torch.Tensor, cfg: TrainConfig, generator: torch.Generator) -> Trainer:
+def new_trainer(x: torch.Tensor, cfg: TrainConfig, generator: torch.Generator, parallel: DataParallel | None = None) -> Trainer:
     """A model initialised as in the paper (median pre-bias from a sample of x) with its trainer."""
     model = TopKSAE(x.shape[1], cfg.n_latents, cfg.k, coordinate_median(x, cfg.median_sample, generator)).to(x.device)
-    return Trainer(model, cfg)
+    return Trainer(model, cfg, parallel)
 
 
 def train_sae(x_np: np.ndarray, cfg: TrainConfig, log: Callable[[str], None] | None = None) -> TrainResult:
@@ -171,19 +191,24 @@ def eta(elapsed_s: float, step: int, steps: int) -> str:
     return f"about {left / 60:.0f} min left" if left >= 90 else f"about {left:.0f} s left"
 
 
-def train_stream(source: EmbeddingSource, cfg: TrainConfig, log: Callable[[str], None] | None = None) -> TrainResult:
+def train_stream(source: EmbeddingSource, cfg: TrainConfig, log: Callable[[str], None] | None = None,
+                 parallel: DataParallel | None = None) -> TrainResult:
     """Train a top-k SAE on the rows of ``source``, holding at most one chunk of
-    ``cfg.chunk_rows`` rows (plus one batch) in memory; see ``saedb.trainer.stream``."""
+    ``cfg.chunk_rows`` rows (plus one batch) in memory; see ``saedb.trainer.stream``. With
+    ``parallel``, this process is one rank of a data-parallel run (``saedb.trainer.parallel``)."""
     device = pick_device(cfg.device)
     torch.manual_seed(cfg.seed)
     generator = torch.Generator().manual_seed(cfg.seed)
-    rows = ChunkedRows(source, cfg.chunk_rows, cfg.holdout_fraction, cfg.seed, generator)
-    trainer, monitor = start_from_first_chunk(rows, cfg, generator, device)
+    world = parallel.world if parallel is not None else 1
+    if cfg.batch_size % world:
+        raise InvalidInputError(f"the batch size ({cfg.batch_size}) must be a multiple of the number of processes ({world})")
+    rows = ChunkedRows(source, cfg.chunk_rows, cfg.holdout_fraction, cfg.seed, parallel.share if parallel else Share())
+    trainer, monitor = start_from_first_chunk(rows, cfg, generator, device, parallel)
     history: list[float] = []
     holdout_history: list[tuple[int, float]] = []
     window = 0.0
     started = time.perf_counter()
-    for step, batch in zip(range(1, cfg.steps + 1), training_batches(rows, cfg.batch_size, generator)):
+    for step, batch in zip(range(1, cfg.steps + 1), training_batches(rows, cfg.batch_size // world, generator)):
         window += trainer.step(batch.to(device))
         if step % HISTORY_EVERY == 0 or step == cfg.steps:
             history.append(window / (step - HISTORY_EVERY * (len(history))))
@@ -200,6 +225,9 @@ def train_stream(source: EmbeddingSource, cfg: TrainConfig, log: Callable[[str],
                     + (f", {eta(time.perf_counter() - started, step, cfg.steps)}" if step < cfg.steps else ""))
     seconds = time.perf_counter() - started
     seen, unseen = final_pass(trainer.model, rows, device)
+    if parallel is not None:
+        d_in = int(trainer.model.w_dec.shape[1])
+        seen, unseen = seen.combine(parallel, d_in), unseen.combine(parallel, d_in)
     metrics: dict[str, float | str] = dict(seen.metrics())
     if unseen.rows >= 2:
         metrics["holdout_normalised_mse"] = unseen.metrics()["normalised_mse"]
@@ -211,15 +239,15 @@ def train_stream(source: EmbeddingSource, cfg: TrainConfig, log: Callable[[str],
     return TrainResult(model=trainer.model, metrics=metrics, history=history, holdout_history=holdout_history)
 
 
-def start_from_first_chunk(rows: ChunkedRows, cfg: TrainConfig, generator: torch.Generator,
-                           device: torch.device) -> tuple[Trainer, torch.Tensor | None]:
+def start_from_first_chunk(rows: ChunkedRows, cfg: TrainConfig, generator: torch.Generator, device: torch.device,
+                           parallel: DataParallel | None = None) -> tuple[Trainer, torch.Tensor | None]:
     """The trainer (pre-bias from the first chunk's training rows) and the held-out rows of
     that chunk scored during training (at most HOLDOUT_MONITOR_ROWS); the chunk is not kept."""
     first = next(rows.chunks())
     if first.training.shape[0] < 2:
         raise InvalidInputError(f"need at least 2 embeddings to train, got {first.training.shape[0]} in the first chunk")
     monitor = torch.from_numpy(first.held[:HOLDOUT_MONITOR_ROWS].copy()).to(device) if first.held.shape[0] >= 2 else None
-    return new_trainer(torch.from_numpy(first.training).to(device), cfg, generator), monitor
+    return new_trainer(torch.from_numpy(first.training).to(device), cfg, generator, parallel), monitor
 
 
 def final_pass(model: TopKSAE, rows: ChunkedRows, device: torch.device) -> tuple[ReconstructionStats, ReconstructionStats]:
@@ -301,23 +329,29 @@ def connect_when_free(url: str, wait_s: float, poll_s: float, log: Callable[[str
 
 
 def train_from_url(url: str, cfg: TrainConfig, name: str, log: Callable[[str], None] | None = None,
-                   wait_s: float = 600, poll_s: float = 2) -> tuple[int, TrainResult]:
+                   wait_s: float = 600, poll_s: float = 2, parallel: DataParallel | None = None) -> tuple[int | None, TrainResult]:
     """Train from a database URL holding it only while reading a chunk and while writing back:
     a DuckDB file stays usable by other processes (``saedb serve``, ``saedb load``) during
     training, and each read or the write-back waits up to ``wait_s`` for them to let go (a
     running ``saedb serve`` is asked to, see ``saedb.backends.handoff``). If
     the write-back cannot, the model is saved as a sparsify folder beside the database
-    (``saedb import`` publishes it), never lost."""
+    (``saedb import`` publishes it), never lost. As one rank of a data-parallel run, only rank 0
+    numbers an attached table's rows and publishes (the others return None as the model id)."""
     from saedb.backends import split_schema
     from saedb.backends.handoff import requesting_write
     from saedb.errors import DatabaseBusyError
     from saedb.models import publish_model
 
-    if split_schema(url)[1] is not None:  # an attached table: number its new rows first
+    lead = parallel is None or parallel.rank == 0
+    if split_schema(url)[1] is not None and lead:  # an attached table: number its new rows first
         with requesting_write(url), connect_when_free(url, wait_s, poll_s, log) as writer:
             report_skipped(writer.sync_documents(), log)
+    if parallel is not None:
+        parallel.barrier()
     source = database_source(lambda: connect_when_free(url, wait_s, poll_s, log, read_only=True, statement_timeout_s=0))
-    result = train_stream(source, cfg, log)
+    result = train_stream(source, cfg, log, parallel)
+    if not lead:
+        return None, result
     sae, metrics = result.model.to_numpy(), result.published_metrics(cfg)
     try:
         with requesting_write(url), connect_when_free(url, wait_s, poll_s, log) as writer:  # a serving process lets go
@@ -329,3 +363,48 @@ def train_from_url(url: str, cfg: TrainConfig, name: str, log: Callable[[str], N
         raise DatabaseBusyError(
             f"{url} stayed open in another process for {wait_s:.0f}s; the trained model is saved in {saved}: "
             f"publish it with `saedb import {saved} --name {name}`") from None
+
+
+def train_in_processes(url: str, cfg: TrainConfig, name: str, nproc: int,
+                       log: Callable[[str], None] | None = None) -> tuple[int, dict[str, Any]]:
+    """``train_from_url`` as ``nproc`` data-parallel ranks in spawned processes (gloo on CPU,
+    NCCL on GPU, over 127.0.0.1); (model id, metrics) of the version rank 0 published. A rank
+    that fails ends the run (torch's ProcessRaisedException names it) and nothing is published."""
+    import torch.multiprocessing as mp
+
+    from saedb.ports import free_port
+
+    results = mp.get_context("spawn").SimpleQueue()
+    address = f"tcp://127.0.0.1:{free_port()}"
+    try:
+        mp.start_processes(_rank_main, args=(nproc, address, url, cfg, name, log is not None, results), nprocs=nproc,
+                           start_method="spawn")
+    except (mp.ProcessRaisedException, mp.ProcessExitedException) as exc:
+        # Every failed rank reported before it exited. A rank that lost a peer fails too, and
+        # may be the one torch noticed first: name the rank whose own error ended the run.
+        failures = []
+        while not results.empty():
+            outcome = results.get()
+            if outcome[0] == "failed":
+                failures.append(outcome[1:])
+        rank, error = next(((r, e) for r, e, lost_peer in failures if not lost_peer), (exc.error_index, str(exc).strip()))
+        raise TrainingFailedError(f"rank {rank} of {nproc} failed, nothing was published: {error}") from None
+    return results.get()[1:]
+
+
+def _rank_main(rank: int, world: int, address: str, url: str, cfg: TrainConfig, name: str, verbose: bool,
+               results: Any) -> None:
+    from saedb.trainer.parallel import init_process_group
+
+    parallel = init_process_group(rank, world, pick_device(cfg.device), address)
+    try:
+        torch.set_num_threads(max(1, torch.get_num_threads() // world))  # the ranks share the machine's cores
+        model_id, result = train_from_url(url, cfg, name, log=(lambda line: print(line, flush=True)) if verbose and rank == 0 else None,
+                                          parallel=parallel)
+        if rank == 0:
+            results.put(("published", model_id, result.metrics))
+    except Exception as exc:
+        results.put(("failed", rank, str(exc), isinstance(exc, torch.distributed.DistError)))  # before this rank exits
+        raise
+    finally:
+        torch.distributed.destroy_process_group()

@@ -284,6 +284,10 @@ LANGUAGE plpgsql AS $$
 BEGIN
     PERFORM sae_ready_model('saedb_encode_new', model);
     LOCK TABLE sae_models IN SHARE ROW EXCLUSIVE MODE;  -- the publishers' lock: one writer of codes at a time
+    IF EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus') THEN
+        -- Citus refuses to update sae_models (a reference table) after a parallel write to the shards.
+        SET LOCAL citus.multi_shard_modify_mode = 'sequential';
+    END IF;
     WITH pending AS (
         SELECT e.doc_id, e.embedding FROM embeddings e
         WHERE NOT EXISTS (SELECT 1 FROM sae_codes c WHERE c.model_id = model AND c.doc_id = e.doc_id)
@@ -317,11 +321,13 @@ BEGIN
     RETURN NULL;
 END $$;
 
--- Called here and by embeddings.sql once the embeddings table exists (not on an attached table's view).
+-- Called here and by embeddings.sql once the embeddings table exists (not on an attached table's
+-- view, nor on Citus: citus.sql says why).
 CREATE OR REPLACE PROCEDURE saedb_create_encode_trigger()
 LANGUAGE plpgsql AS $$
 BEGIN
-    IF (SELECT relkind FROM pg_class WHERE oid = to_regclass('embeddings')) = 'r' THEN
+    IF (SELECT relkind FROM pg_class WHERE oid = to_regclass('embeddings')) = 'r'
+       AND NOT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus') THEN
         CREATE OR REPLACE TRIGGER embeddings_auto_encode AFTER INSERT ON embeddings
             REFERENCING NEW TABLE AS inserted FOR EACH STATEMENT EXECUTE FUNCTION saedb_encode_inserted();
     END IF;

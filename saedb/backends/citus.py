@@ -1,0 +1,56 @@
+"""PostgreSQL + Citus: the Postgres backend with the distribution of ``citus.sql`` added
+(chosen by ``connect`` when the database has the citus extension).
+
+What differs from one server, and nothing else:
+- the schema: ``citus.sql`` runs after ``schema.sql`` (documents, embeddings and codes
+  distributed by doc_id, everything else reference tables), and again once the embeddings
+  table exists;
+- writes of codes go over one connection per worker (``citus.multi_shard_modify_mode``);
+- loading: an arXiv id is unique across the cluster through ``paper_keys`` (Citus enforces
+  unique constraints within a shard only), so new papers are the rows that table accepts.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from saedb.backends.base import DocumentBatch
+from saedb.backends.postgres import STAGE_COLUMNS, PostgresBackend
+
+
+class CitusBackend(PostgresBackend):
+    schema_files = ("schema.sql", "citus.sql", "functions.sql", "views.sql")
+
+    def __init__(self, dsn: str, **options: Any) -> None:
+        super().__init__(dsn, **options)
+        # A transaction that writes codes to every shard and then updates sae_models (a reference
+        # table) must use one connection per worker: Citus refuses it after a parallel write.
+        self.conn.execute("SET citus.multi_shard_modify_mode TO 'sequential'")
+
+    def bind_embedder(self, name: str, dim: int) -> None:
+        super().bind_embedder(name, dim)
+        self.execute("CALL saedb_distribute_tables()")
+
+    def insert_documents(self, batch: DocumentBatch) -> int:
+        with self.transaction(), self.conn.cursor() as cur:
+            # Ids in the order of the batch, from papers' own identity sequence; an arXiv id
+            # that is already there (or that a concurrent load took first) leaves a gap.
+            ids = [row[0] for row in cur.execute(
+                "SELECT nextval(pg_get_serial_sequence('papers', 'doc_id')) FROM generate_series(1, %s)", (len(batch),))]
+            columns = {"doc_id": "int8", **STAGE_COLUMNS}
+            cur.execute(f"CREATE TEMP TABLE IF NOT EXISTS stage_keyed ({', '.join(f'{n} {k}' for n, k in columns.items())}) "
+                        "ON COMMIT DELETE ROWS")
+            self.copy_rows("stage_keyed", columns, ((doc_id, pos, *row) for doc_id, pos, row in zip(ids, range(len(batch)), zip(
+                batch.arxiv_ids, batch.titles, batch.abstracts, batch.categories, batch.subjects, batch.published, batch.years))))
+            added = {row[0] for row in cur.execute(
+                "INSERT INTO paper_keys (arxiv_id, doc_id) SELECT arxiv_id, doc_id FROM stage_keyed "
+                "ON CONFLICT (arxiv_id) DO NOTHING RETURNING doc_id")}
+            cur.execute("DELETE FROM stage_keyed WHERE NOT (doc_id = ANY(%s))", (sorted(added),))
+            cur.execute(
+                "INSERT INTO papers (doc_id, arxiv_id, title, abstract, categories, subjects, published, year, corpus) "
+                "SELECT doc_id, arxiv_id, title, abstract, categories, subjects, published, year, %s FROM stage_keyed",
+                (batch.corpus,),
+            )
+            kept = [(doc_id, pos) for doc_id, pos in zip(ids, range(len(batch))) if doc_id in added]
+            self.copy_rows("embeddings", {"doc_id": "int8", "embedding": "vector"}, ((d, batch.embeddings[p]) for d, p in kept))
+        return len(kept)
