@@ -109,6 +109,12 @@ def test_the_schema_distributes_documents_by_doc_id_and_copies_models_to_every_n
     workers = rows(cluster, "SELECT DISTINCT nodeport FROM pg_dist_shard_placement p JOIN pg_dist_shard s USING (shardid) "
                             "WHERE s.logicalrelid = 'embeddings'::regclass")
     assert len(workers) == 2  # shards on both workers
+    on_workers = rows(cluster, "SELECT result FROM run_command_on_workers('SHOW hnsw.ef_search') "
+                               "UNION ALL SELECT result FROM run_command_on_workers('SHOW hnsw.iterative_scan')")
+    assert sorted(on_workers) == [("200",), ("200",), ("relaxed_order",), ("relaxed_order",)]  # the shards' sessions
+    functions = rows(cluster, "SELECT result FROM run_command_on_workers("
+                              "'SELECT count(*) FROM pg_proc WHERE proname IN (''sae_encode'', ''steer_toward'', ''steer'')')")
+    assert functions == [("3",), ("3",)]
     with psycopg.connect(cluster, autocommit=True) as conn:  # asking for trigger-based encoding is an error here
         with pytest.raises(psycopg.errors.CheckViolation, match="sae_auto_encode_not_on_citus"):
             conn.execute("INSERT INTO sae_auto_encode VALUES (1)")
