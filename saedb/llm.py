@@ -1,83 +1,312 @@
-"""The one place that talks to an OpenAI-compatible chat endpoint (any ``base_url``)."""
+"""The one place that talks to an OpenAI-compatible endpoint (any ``base_url``).
+
+Rules:
+- a reply is parsed by the caller's parser; a reply that is empty, has no answer line, echoes
+  one of the prompt's ``<placeholders>`` or (for labels) repeats the prompt's own instruction
+  text is malformed (``MalformedReplyError``) and is asked again with a reminder (a new prompt:
+  at temperature 0 the same prompt gets the same reply), at most ``attempts`` times;
+- every reply is counted; once ``VERDICT_AFTER`` replies are in and more than half of them
+  were malformed, the run stops (``ProtocolError``: "this model does not follow the protocol");
+- replies are cached by model + protocol + prompt (``ResponseCache``), so a rerun or a resumed
+  run asks nothing it has asked before; requests, cache hits, tokens and seconds are counted;
+- ``protocol``: "chat" (the paper's, /v1/chat/completions) or "completion" (/v1/completions
+  with few-shot examples, for base models without a chat template).
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import re
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Callable, Literal, Sequence, TypeVar
 
 from saedb.errors import ConfigurationError, InvalidInputError
 
+if TYPE_CHECKING:
+    from saedb.backends import Backend
+
 FINAL = re.compile(r"FINAL\s*:\s*(.+)", re.IGNORECASE)
 PREDICTION = re.compile(r"PREDICTION\s*:\s*\**\s*([-+]?\d*\.?\d+)", re.IGNORECASE)
+PLACEHOLDER = re.compile(r"<[^<>\n]{2,120}>")
+VERDICT_AFTER = 10  # replies before a run can be judged to ignore the protocol
+REMINDER = "\n\nYour previous reply did not end with the required final line. End your reply with that line, filled in."
+
+Protocol = Literal["chat", "completion"]
+T = TypeVar("T")
 
 
 class LLMUnavailableError(ConfigurationError):
-    """The chat endpoint cannot be reached, refuses the request or does not serve the model."""
+    """The endpoint cannot be reached, refuses the request or does not serve the model."""
+
+
+class MalformedReplyError(InvalidInputError):
+    """A reply that does not follow the protocol: no answer line, a placeholder, an echo."""
+
+
+class ProtocolError(ConfigurationError):
+    """Most replies of a run were malformed: the model does not follow the protocol."""
+
+
+@dataclass
+class ReplyCounts:
+    replies: int = 0
+    malformed: int = 0
+    requests: int = 0
+    cached: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    seconds: float = 0.0
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def summary(self) -> str:
+        return (f"{self.replies} LLM replies, {self.malformed} malformed; {self.requests} requests "
+                f"({self.cached} answered from the cache), {self.prompt_tokens} prompt + {self.completion_tokens} "
+                f"completion tokens, {self.seconds:.0f} s")
+
+
+class ResponseCache:
+    """Replies by key, loaded from the database's ``llm_responses`` and written back by
+    ``flush`` (from the thread that owns the connection)."""
+
+    def __init__(self, backend: "Backend", model: str) -> None:
+        self.backend = backend
+        self.known = dict(backend.query("SELECT prompt_sha, reply FROM llm_responses WHERE model = ?", (model,)))
+        self.model = model
+        self.pending: list[tuple[str, str, int]] = []
+        self.lock = threading.Lock()
+
+    def get(self, key: str) -> str | None:
+        with self.lock:
+            return self.known.get(key)
+
+    def put(self, key: str, reply: str, tokens: int) -> None:
+        with self.lock:
+            if key not in self.known:
+                self.known[key] = reply
+                self.pending.append((key, reply, tokens))
+
+    def flush(self) -> None:
+        with self.lock:
+            pending, self.pending = self.pending, []
+        for key, reply, tokens in pending:
+            self.backend.execute("INSERT INTO llm_responses (model, prompt_sha, reply, completion_tokens) VALUES (?, ?, ?, ?) "
+                                 "ON CONFLICT DO NOTHING", (self.model, key, reply, tokens))
+
+
+def openai_client(base_url: str | None = None, api_key: str | None = None, timeout_s: float | None = None,
+                  max_retries: int = 3):
+    """The OpenAI client of every saedb call (chat, completions, embeddings): ``base_url`` or
+    OPENAI_BASE_URL, ``api_key`` or OPENAI_API_KEY; server errors and timeouts are retried with
+    exponential backoff, and a server that is not there fails in seconds."""
+    from openai import OpenAI
+
+    options = {} if timeout_s is None else {"timeout": timeout_s}
+    return OpenAI(base_url=base_url or os.environ.get("OPENAI_BASE_URL"),
+                  api_key=api_key or os.environ.get("OPENAI_API_KEY") or "unused", max_retries=max_retries, **options)
 
 
 class ChatModel:
-    """A chat model at temperature 0 behind ``base_url`` (default: OPENAI_BASE_URL)."""
+    """A model at temperature 0 behind ``base_url`` (default: OPENAI_BASE_URL)."""
 
-    def __init__(self, model: str, base_url: str | None = None, api_key: str | None = None, timeout_s: float = 120) -> None:
-        from openai import OpenAI
+    def __init__(self, model: str, base_url: str | None = None, api_key: str | None = None, timeout_s: float = 120,
+                 max_tokens: int = 512, protocol: Protocol = "chat", cache: ResponseCache | None = None) -> None:
+        if protocol not in ("chat", "completion"):
+            raise InvalidInputError(f"protocol must be chat or completion, not {protocol!r}")
+        self.model, self.max_tokens, self.protocol, self.cache = model, max_tokens, protocol, cache
+        self.counts = ReplyCounts()
+        self.client = openai_client(base_url, api_key, timeout_s)
 
-        self.model = model
-        self.client = OpenAI(
-            base_url=base_url or os.environ.get("OPENAI_BASE_URL"),
-            api_key=api_key or os.environ.get("OPENAI_API_KEY") or "unused",
-            max_retries=2,  # with backoff; a server that is not there fails in seconds, not half a minute
-            timeout=timeout_s,
-        )
+    @property
+    def url(self) -> str:
+        return str(self.client.base_url).rstrip("/")
 
-    def ask(self, system: str, user: str, max_tokens: int = 1024) -> str:
-        """The model's reply; an endpoint that cannot be reached or refuses (after the client's
-        retries) is an LLMUnavailableError naming the URL and what to do."""
+    def ask(self, system: str, user: str, examples: Sequence[tuple[str, str]] = ()) -> str:
+        """The model's reply (from the cache when asked before); an endpoint that cannot be
+        reached or refuses (after the client's retries) is an LLMUnavailableError naming the
+        URL and what to do. ``examples`` (user, reply) are the completion protocol's few shots."""
+        key = hashlib.sha256(json.dumps([self.protocol, self.max_tokens, system, user, list(examples)]).encode()).hexdigest()
+        if self.cache is not None and (cached := self.cache.get(key)) is not None:
+            with self.counts.lock:
+                self.counts.cached += 1
+            return cached
+        started = time.perf_counter()
+        reply, usage = self._request(system, user, examples)
+        with self.counts.lock:
+            self.counts.requests += 1
+            self.counts.seconds += time.perf_counter() - started
+            if usage is not None:
+                self.counts.prompt_tokens += usage.prompt_tokens or 0
+                self.counts.completion_tokens += usage.completion_tokens or 0
+        if self.cache is not None:
+            self.cache.put(key, reply, (usage.completion_tokens or 0) if usage is not None else 0)
+        return reply
+
+    def ask_parsed(self, system: str, user: str, parse: Callable[[str], T], attempts: int = 3,
+                   examples: Sequence[tuple[str, str]] = ()) -> T:
+        """``parse`` of the first well-formed reply; MalformedReplyError after ``attempts``."""
+        for attempt in range(attempts):
+            reply = self.ask(system, user + REMINDER * (attempt > 0), examples)
+            try:
+                if not reply.strip():
+                    raise MalformedReplyError("the reply is empty")
+                echoed = {p for p in PLACEHOLDER.findall(reply[-300:]) if p in system + user}
+                if echoed:
+                    raise MalformedReplyError(f"the reply repeats the prompt's placeholder {sorted(echoed)[0]}")
+                value = parse(reply)
+                self._count(malformed=False)
+                return value
+            except MalformedReplyError:
+                self._count(malformed=True)
+                if attempt == attempts - 1:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _count(self, malformed: bool) -> None:
+        with self.counts.lock:
+            self.counts.replies += 1
+            self.counts.malformed += malformed
+            replies, bad = self.counts.replies, self.counts.malformed
+        if replies >= VERDICT_AFTER and 2 * bad > replies:
+            raise ProtocolError(f"this model does not follow the protocol: {bad} of {replies} replies malformed "
+                                f"({self.model} at {self.url}, protocol {self.protocol}); nothing malformed was stored. "
+                                "Use a model that follows instructions, or --protocol completion for a base model")
+
+    def _request(self, system: str, user: str, examples: Sequence[tuple[str, str]]):  # -> (text, usage)
         import openai
 
-        url = str(self.client.base_url).rstrip("/")
+        url = self.url
         try:
-            response = self.client.chat.completions.create(
-                model=self.model, temperature=0, max_tokens=max_tokens,
-                messages=[{"role": "system", "content": system}, {"role": "user", "content": user}],
-            )
+            if self.protocol == "chat":
+                response = self.client.chat.completions.create(
+                    model=self.model, temperature=0, max_tokens=self.max_tokens,
+                    messages=[{"role": "system", "content": system}, {"role": "user", "content": user}],
+                )
+                return response.choices[0].message.content or "", response.usage
+            prompt, key = completion_prompt(system, user, examples)
+            response = self.client.completions.create(model=self.model, temperature=0, max_tokens=self.max_tokens,
+                                                      prompt=prompt, stop=["\n", STOP])
+            return key + (response.choices[0].text or ""), response.usage
         except openai.APIConnectionError as exc:  # also timeouts
-            raise LLMUnavailableError(f"cannot reach the chat endpoint at {url} ({exc}): start an OpenAI-compatible server "
-                                      "there, or point OPENAI_BASE_URL at one") from None
+            raise LLMUnavailableError(f"cannot reach the endpoint at {url} ({exc}): start an OpenAI-compatible server "
+                                      "there (saedb llm), or point OPENAI_BASE_URL at one") from None
         except (openai.AuthenticationError, openai.PermissionDeniedError) as exc:
-            raise LLMUnavailableError(f"the chat endpoint at {url} refused the request ({exc.status_code}): set OPENAI_API_KEY "
+            raise LLMUnavailableError(f"the endpoint at {url} refused the request ({exc.status_code}): set OPENAI_API_KEY "
                                       "to a key it accepts") from None
         except openai.NotFoundError:
-            raise LLMUnavailableError(f"the chat endpoint at {url} has no model {self.model!r} (404): name a model it serves") from None
+            raise LLMUnavailableError(f"the endpoint at {url} has no model {self.model!r} (404): name a model it serves") from None
         except openai.APIStatusError as exc:
-            raise LLMUnavailableError(f"the chat endpoint at {url} answered {exc.status_code} after retries: "
+            raise LLMUnavailableError(f"the endpoint at {url} answered {exc.status_code} after retries: "
                                       f"{str(exc.message)[:200]}") from None
-        return response.choices[0].message.content or ""
 
 
-def final_answer(reply: str, max_words: int = 8) -> str:
-    """The text after the last 'FINAL:', without '*' or quotes, at most ``max_words`` words."""
+STOP = "\n###"
+
+
+def completion_prompt(system: str, user: str, examples: Sequence[tuple[str, str]]) -> tuple[str, str]:
+    """A few-shot text prompt for a base model, and the answer's key: the instructions, solved
+    examples whose answers are one line ('FINAL: ...'), then the task with its answer begun by
+    that key, so the model only has to write the value (a base model asked to reason first ran
+    past its tokens without an answer line). The reply is the key plus the model's one line."""
+    key = examples[-1][1].split(":", 1)[0] + ":" if examples else ""
+    shots = "".join(f"\n###\nTask:\n{question}\nAnswer:\n{answer}\n" for question, answer in examples)
+    return f"{system}\n{shots}\n###\nTask:\n{user}\nAnswer:\n{key}", key
+
+
+def final_answer(reply: str, max_words: int = 8, instructions: str | None = None) -> str:
+    """The text after the last 'FINAL:', without '*' or quotes, at most ``max_words`` words; a
+    reply that only repeats the ``instructions`` (two or more of their words in a row) is malformed."""
     found = FINAL.findall(reply)
     if not found:
-        raise InvalidInputError(f"the reply has no 'FINAL:' line: {reply[-200:]!r}")
+        raise MalformedReplyError(f"the reply has no 'FINAL:' line: {reply[-200:]!r}")
     words = found[-1].replace("*", "").strip().strip("\"'`").rstrip(".").split()
     if not words:
-        raise InvalidInputError("the reply's FINAL line is empty")
-    return " ".join(words[:max_words])
+        raise MalformedReplyError("the reply's FINAL line is empty")
+    answer = " ".join(words[:max_words])
+    said, told = _words(answer), _words(instructions or "")
+    if instructions is not None and len(said) >= 2 and f" {' '.join(said)} " in f" {' '.join(told)} ":
+        raise MalformedReplyError(f"the reply repeats the prompt's instructions: {answer!r}")
+    return answer
+
+
+def label_answer(reply: str, instructions: str) -> str:
+    """``final_answer`` as a label of 1-8 words: it must have a word of letters ('1.000', copied
+    from an 'Activation:1.000' line, is none) and no sentence break (a copied sentence is none)."""
+    label = final_answer(reply, 8, instructions)
+    if not re.search(r"[A-Za-z]{2,}", label) or re.search(r"[.!?]\s", label):
+        raise MalformedReplyError(f"the reply's FINAL line is not a label: {label!r}")
+    return label
+
+
+def _words(text: str) -> list[str]:
+    return re.findall(r"[a-z0-9']+", text.lower())
 
 
 def prediction(reply: str) -> float:
     """The number after the last 'PREDICTION:', clipped to [-1, 1]."""
     found = PREDICTION.findall(reply)
     if not found:
-        raise InvalidInputError(f"the reply has no 'PREDICTION: <number>' line: {reply[-200:]!r}")
+        raise MalformedReplyError(f"the reply has no 'PREDICTION: <number>' line: {reply[-200:]!r}")
     return max(-1.0, min(1.0, float(found[-1])))
 
 
-def retried(call, attempts: int = 3):
-    """Call again on a malformed reply (HTTP errors are retried by the client itself)."""
-    for attempt in range(attempts):
-        try:
-            return call()
-        except InvalidInputError:
-            if attempt == attempts - 1:
-                raise
+@dataclass(frozen=True)
+class EndpointSettings:
+    protocol: Protocol
+    concurrency: int
+    max_tokens: int
+    timeout_s: float
+
+
+def server_props(base_url: str | None) -> dict | None:
+    """What an llama.cpp server says of itself (``/props``: slots, chat template); None elsewhere."""
+    root = (base_url or os.environ.get("OPENAI_BASE_URL") or "").rstrip("/").removesuffix("/v1")
+    if not root.startswith("http"):
+        return None
+    try:
+        with urllib.request.urlopen(f"{root}/props", timeout=3) as response:
+            props = json.loads(response.read())
+    except (urllib.error.URLError, OSError, ValueError):
+        return None
+    return props if isinstance(props, dict) and "total_slots" in props else None
+
+
+def endpoint_settings(base_url: str | None = None, protocol: str = "auto", concurrency: int | None = None,
+                      max_tokens: int | None = None, timeout_s: float | None = None) -> EndpointSettings:
+    """Options left unset get defaults fitted to the endpoint: a local llama.cpp server (it
+    reports its slots) gets one request per slot, 256 tokens and 600 s per request (a small
+    model on a CPU writes 15-60 tokens/s; the paper's 1,024 took 110 s a call), and the
+    completion protocol when it has no chat template or serves a base model; other endpoints (hosted APIs) 8 requests at once,
+    1,024 tokens, 120 s and the chat protocol."""
+    from saedb.localllm import MODELS
+
+    props = server_props(base_url)
+    if protocol == "auto":  # a server without a chat template, or serving a base model saedb knows (saedb llm)
+        base = props is not None and (not props.get("chat_template") or getattr(MODELS.get(props.get("model_alias")), "base", False))
+        protocol = "completion" if base else "chat"
+    if protocol not in ("chat", "completion"):
+        raise InvalidInputError(f"protocol must be auto, chat or completion, not {protocol!r}")
+    local = props is not None
+    return EndpointSettings(
+        protocol,  # type: ignore[arg-type]
+        concurrency or (max(1, int(props["total_slots"])) if local else 8),
+        max_tokens or (256 if local else 1024),
+        timeout_s or (600.0 if local else 120.0),
+    )
+
+
+def record_run(backend: "Backend", task: str, chat: ChatModel) -> None:
+    """Store the run's counts in ``llm_runs`` and its new replies in ``llm_responses``."""
+    if chat.cache is not None:
+        chat.cache.flush()
+    c = chat.counts
+    backend.execute(
+        "INSERT INTO llm_runs (task, model, protocol, replies, malformed, requests, cached, prompt_tokens, completion_tokens, "
+        "seconds) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (task, chat.model, chat.protocol, c.replies, c.malformed, c.requests, c.cached, c.prompt_tokens, c.completion_tokens,
+         c.seconds))

@@ -10,16 +10,35 @@ from typing import Iterator
 
 
 class ScriptedChatHandler(BaseHTTPRequestHandler):
-    """Subclasses implement ``reply(system, user) -> str``."""
+    """Subclasses implement ``reply(system, user) -> str`` (chat) and, for /v1/completions,
+    ``complete(prompt) -> str``; ``props`` (if set) is served at /props as llama.cpp's server does."""
+
+    props: dict | None = None
 
     def reply(self, system: str, user: str) -> str:
         raise NotImplementedError
 
+    def complete(self, prompt: str) -> str:
+        raise NotImplementedError
+
+    def do_GET(self) -> None:  # noqa: N802
+        if self.path == "/props" and self.props is not None:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(json.dumps(self.props).encode())
+        else:
+            self.send_error(404)
+
     def do_POST(self) -> None:  # noqa: N802
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        content = self.reply(body["messages"][0]["content"], body["messages"][1]["content"])
-        answer = {"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
-                  "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": content}}]}
+        if "prompt" in body:
+            answer = {"id": "x", "object": "text_completion", "created": 0, "model": body["model"],
+                      "choices": [{"index": 0, "finish_reason": "stop", "text": self.complete(body["prompt"])}]}
+        else:
+            content = self.reply(body["messages"][0]["content"], body["messages"][1]["content"])
+            answer = {"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
+                      "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": content}}]}
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.end_headers()

@@ -15,6 +15,7 @@ import scipy.sparse as sp
 from saedb.backends import Backend
 from saedb.families import build_families, compute_cooccurrence
 from saedb.interp import LLMLabeller, OfflineLabeller, corpus_stats, run_autointerp
+from saedb.llm import ChatModel
 from saedb.interp.scoring import f1_score, pearson
 from tests.conftest import embeddings_of
 from tests.scripted_chat import ScriptedChatHandler, serving
@@ -119,7 +120,7 @@ def chat_url() -> Iterator[str]:
 
 def test_llm_autointerp_through_openai_client(trained: tuple[Backend, int], chat_url: str) -> None:
     backend, model_id = trained
-    labeller = LLMLabeller("test-model", base_url=chat_url, api_key="test")
+    labeller = LLMLabeller(ChatModel("test-model", base_url=chat_url, api_key="test"))
     results = run_autointerp(backend, model_id, labeller, limit=6, concurrency=4)
     assert len(results) == 6 and {r.label for r in results} == {"Stellar physics"}
     assert FakeChatAPI.calls.count("label") == 6 and FakeChatAPI.calls.count("predict") == 6 * 6 + 1  # 3 + 3 each, one retry
@@ -248,7 +249,7 @@ def test_an_unreachable_or_refusing_endpoint_is_one_clear_line(trained: tuple[Ba
         probe.bind(("127.0.0.1", 0))
         closed = f"http://127.0.0.1:{probe.getsockname()[1]}/v1"
     with serving(RefusingChatAPI) as refusing:
-        for url, says in ((closed, f"cannot reach the chat endpoint at {closed}"), (refusing, f"the chat endpoint at {refusing} refused")):
+        for url, says in ((closed, f"cannot reach the endpoint at {closed}"), (refusing, f"the endpoint at {refusing} refused")):
             monkeypatch.setenv("OPENAI_BASE_URL", url)
             result = CliRunner().invoke(app, ["interp", str(model_id), "--llm", "gpt-4o-mini", "--limit", "3", "--db", db_url])
             assert result.exit_code == 2 and result.exception is None or isinstance(result.exception, SystemExit), result.exception

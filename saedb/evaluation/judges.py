@@ -15,7 +15,7 @@ from __future__ import annotations
 import random
 import re
 from dataclasses import dataclass
-from typing import Protocol, Sequence
+from typing import Callable, Protocol, Sequence
 
 import numpy as np
 
@@ -24,7 +24,7 @@ from saedb.embedders import Embedder, get_embedder
 from saedb.errors import InvalidInputError
 from saedb.evaluation.topics import Topic, TopicKind
 from saedb.interp.examples import document_text
-from saedb.llm import FINAL, ChatModel, retried
+from saedb.llm import FINAL, ChatModel, MalformedReplyError
 
 Choice = tuple[int | None, int | None]  # option indices (0-based) named as up and down; None: no answer
 
@@ -116,7 +116,7 @@ def parse_choice(reply: str, n_options: int) -> Choice:
     found = FINAL.findall(reply)
     numbers = [int(n) for n in re.findall(r"\d+", found[-1])] if found else []
     if len(numbers) < 2 or not all(1 <= n <= n_options for n in numbers[:2]):
-        raise InvalidInputError(f"the judge's reply has no 'FINAL: <up#>, <down#>' line: {reply[-200:]!r}")
+        raise MalformedReplyError(f"the judge's reply has no 'FINAL: <up#>, <down#>' line: {reply[-200:]!r}")
     return numbers[0] - 1, numbers[1] - 1
 
 
@@ -130,18 +130,18 @@ class LLMJudge:
     def choose(self, options: Sequence[Topic], before: Sequence[Doc], after: Sequence[Doc], rng: random.Random) -> Choice:
         prompt = judge_prompt(options, before, after)
         try:
-            return retried(lambda: parse_choice(self.chat.ask(JUDGE_SYSTEM, prompt), len(options)))
-        except InvalidInputError:
+            return self.chat.ask_parsed(JUDGE_SYSTEM, prompt, lambda reply: parse_choice(reply, len(options)))
+        except MalformedReplyError:
             return None, None  # counted as wrong, and as unanswered
 
 
-def get_judge(spec: str, backend: Backend) -> Judge:
-    """``categories``, ``embedder:NAME`` or ``llm:MODEL`` (OPENAI_BASE_URL)."""
+def get_judge(spec: str, backend: Backend, chat: Callable[[str], ChatModel] = ChatModel) -> Judge:
+    """``categories``, ``embedder:NAME`` or ``llm:MODEL`` (OPENAI_BASE_URL; ``chat`` makes its client)."""
     kind, _, name = spec.partition(":")
     if spec == "categories":
         return CategoriesJudge()
     if kind == "embedder" and name:
         return EmbedderJudge(get_embedder(name), backend.require_embedder()[0])
     if kind == "llm" and name:
-        return LLMJudge(ChatModel(name))
+        return LLMJudge(chat(name))
     raise InvalidInputError(f"unknown judge {spec!r}: use categories, embedder:NAME or llm:MODEL")

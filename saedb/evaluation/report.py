@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from saedb.evaluation.runner import EvalRun, ResultRow
+from saedb.evaluation.runner import REWRITE_MIN_COSINE, EvalRun, ResultRow
 
 
 def _strength(value: float | None) -> str:
@@ -14,6 +14,13 @@ def format_table(run: EvalRun) -> str:
     for r in sorted(run.rows, key=lambda r: (r.method, r.a_up or 0, -(r.a_down or 0))):
         lines.append(f"{r.method:<28} {_strength(r.a_up):>5} {_strength(r.a_down):>6} {r.n_cases:>4} {r.cosine:>9.3f} "
                      f"{r.up_accuracy:>7.2f} {r.down_accuracy:>8.2f}" + (f"  ({r.unanswered} unanswered)" if r.unanswered else ""))
+    cases = max((r.n_cases for r in run.rows if r.method == "unmodified"), default=0)
+    for r in run.rows:
+        if r.method.startswith("rewrite") and r.n_cases < cases:
+            lines.append(f"warning: {cases - r.n_cases} of {cases} rewrites refused (no well-formed reply, or not a rewrite of "
+                         f"the query: cosine to it below {REWRITE_MIN_COSINE}); rewriting is scored on the other {r.n_cases}")
+    if cases and not any(r.method.startswith("rewrite") for r in run.rows):
+        lines.append(f"warning: all {cases} rewrites refused: rewriting is not scored in this run")
     return "\n".join(lines)
 
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Callable, Protocol
 
 from saedb.errors import InvalidInputError
 from saedb.evaluation.topics import Topic
-from saedb.llm import ChatModel, final_answer, retried
+from saedb.llm import ChatModel, final_answer
 
 
 class Rewriter(Protocol):
@@ -46,14 +46,14 @@ class LLMRewriter:
 
     def rewrite(self, query: str, up: Topic, down: Topic) -> str:
         prompt = rewrite_prompt(query, up, down)
-        return retried(lambda: final_answer(self.chat.ask(REWRITE_SYSTEM, prompt), max_words=80))
+        return self.chat.ask_parsed(REWRITE_SYSTEM, prompt, lambda reply: final_answer(reply, max_words=80))
 
 
-def get_rewriter(spec: str) -> Rewriter:
-    """``naive-append`` or ``llm:MODEL`` (OPENAI_BASE_URL)."""
+def get_rewriter(spec: str, chat: Callable[[str], ChatModel] = ChatModel) -> Rewriter:
+    """``naive-append`` or ``llm:MODEL`` (OPENAI_BASE_URL; ``chat`` makes its client)."""
     kind, _, name = spec.partition(":")
     if spec == NaiveAppendRewriter.name:
         return NaiveAppendRewriter()
     if kind == "llm" and name:
-        return LLMRewriter(ChatModel(name))
+        return LLMRewriter(chat(name))
     raise InvalidInputError(f"unknown rewriter {spec!r}: use naive-append or llm:MODEL")

@@ -11,8 +11,9 @@ already labelled by the same labeller are skipped, so a run resumes.
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -86,7 +87,8 @@ def run_autointerp(
     results: list[LabelResult] = []
     failures: list[str] = []
     workers = max(1, concurrency)
-    with ThreadPoolExecutor(max_workers=workers) as pool:
+    save_responses = getattr(labeller, "flush_responses", lambda: None)  # an LLM labeller's new replies
+    with ThreadPoolExecutor(max_workers=workers) as pool, _cancelled_on_error(pool):
         # Executor.map consumes its whole input first: feed it a few features at a time so that
         # results (and the progress bar) arrive from the start. Each chunk's labels are stored
         # with the clean flags recomputed in one transaction: after an interruption at any point
@@ -112,10 +114,22 @@ def run_autointerp(
                         (model_id, result.feature_id, labeller.name, result.label, result.pearson, result.f1, result.density),
                     )
                 mark_clean(backend, model_id, labeller.name)
+                save_responses()
             results.extend(labelled)
     if failures and log:
         log(f"{len(failures)} features could not be labelled (run again to retry them)")
     return results
+
+
+@contextmanager
+def _cancelled_on_error(pool: ThreadPoolExecutor) -> Iterator[None]:
+    """A run that stops (an endpoint gone, a model that ignores the protocol) does not wait for
+    the features still queued."""
+    try:
+        yield
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
 
 
 def mark_clean(backend: Backend, model_id: int, labeller: str) -> int:

@@ -19,7 +19,7 @@ from typing import Protocol
 from saedb.errors import InvalidInputError
 from saedb.interp.examples import FeatureExamples
 from saedb.interp.text import CorpusStats, content_runs, normal_form, phrases, surface_form, words
-from saedb.llm import ChatModel, final_answer, prediction, retried
+from saedb.llm import ChatModel, MalformedReplyError, label_answer, prediction
 
 MIN_SUPPORT = 0.08  # a label phrase carries at least this share of the feature's activation mass
 MIN_DOCUMENTS = 3  # ... in at least this many abstracts
@@ -171,30 +171,61 @@ feature and child features, each with a label. Name the family.
 SEPARATOR = "\n\n------------------------\n"
 
 
+# Few-shot examples of the completion protocol (base models): one solved task each, in the shape
+# of the real ones, on a topic of no corpus here, answered by the final line alone. Deviation
+# from the paper, for base models only: no step-by-step reasoning before the answer (a 270M base
+# model asked to reason ran past 48-256 tokens without ever writing the answer line).
+INTERPRETER_SHOT = (
+    "MAX_ACTIVATING:\nActivation:4.210\nSourdough fermentation. Wild yeasts and lactic acid bacteria leaven rye doughs..."
+    "\n------------------------\nActivation:3.870\nStarter cultures for bread. We compare sourdough starters...\n\n"
+    "ZERO_ACTIVATING:\nTide pools. Rock pool invertebrates under heat stress...",
+    "FINAL: sourdough fermentation",
+)
+PREDICTOR_SHOTS = (
+    ('Description: "sourdough fermentation"\nAbstract:\nStarter cultures for bread. We compare sourdough starters...',
+     "PREDICTION: 0.9"),
+    ('Description: "sourdough fermentation"\nAbstract:\nTide pools. Rock pool invertebrates under heat stress...',
+     "PREDICTION: -0.8"),
+)
+FAMILY_SHOT = ("Parent: bread\nChildren:\n- sourdough fermentation\n- rye doughs\n- bread crust", "FINAL: bread making")
+COMPLETION_PREDICTOR = """You are a {domain} expert. A neuron of a sparse autoencoder fires on abstracts that match its \
+description. For the abstract, answer with one line: PREDICTION: a number from -1 (does not fire) to 1 (fires)."""
+
+
 class LLMLabeller:
-    """The paper's interpreter and predictor through an OpenAI-compatible chat endpoint.
+    """The paper's interpreter and predictor through an OpenAI-compatible endpoint (the chat
+    protocol; base models: the completion protocol with one solved example per task).
 
-    A predictor reply without a number is asked again up to 3 times, then scored 0.0 (the
-    paper's rule: "no opinion", which neither side of F1's threshold counts as firing)."""
+    A reply that does not follow the protocol is never a label (``saedb.llm``); a predictor
+    with no well-formed reply after 3 tries scores 0.0 (the paper's rule: "no opinion", which
+    neither side of F1's threshold counts as firing), and is counted as malformed."""
 
-    def __init__(self, model: str, base_url: str | None = None, api_key: str | None = None,
-                 domain: str = "scientific", family: bool = False) -> None:
-        self.name = f"llm:{model}"
-        self.chat = ChatModel(model, base_url, api_key)
+    def __init__(self, chat: ChatModel, domain: str = "scientific", family: bool = False) -> None:
+        self.name = f"llm:{chat.model}" + (":completion" if chat.protocol == "completion" else "")
+        self.chat = chat
         self.domain = domain
         self.family = family
+
+    def shots(self, *examples: tuple[str, str]) -> tuple[tuple[str, str], ...]:
+        return examples if self.chat.protocol == "completion" else ()
 
     def label(self, examples: FeatureExamples) -> str:
         shown = SEPARATOR.join(f"Activation:{a:.3f}\n{t[:2000]}" for a, t in zip(examples.activations, examples.positives))
         zero = SEPARATOR.join(t[:2000] for t in examples.negatives)
         user = f"MAX_ACTIVATING:\n{shown}\n\nZERO_ACTIVATING:\n{zero}"
-        return retried(lambda: final_answer(self.chat.ask(INTERPRETER_PROMPT.format(domain=self.domain), user)))
+        system = INTERPRETER_PROMPT.format(domain=self.domain)
+        return self.chat.ask_parsed(system, user, lambda reply: label_answer(reply, system),
+                                    examples=self.shots(INTERPRETER_SHOT))
 
     def predict_one(self, label: str, text: str) -> float:
-        system = PREDICTOR_PROMPT.format(domain=self.domain, label=label, family=FAMILY_NOTE if self.family else "")
+        if self.chat.protocol == "completion":
+            system, user = COMPLETION_PREDICTOR.format(domain=self.domain), f'Description: "{label}"\nAbstract:\n{text[:3000]}'
+        else:
+            system = PREDICTOR_PROMPT.format(domain=self.domain, label=label, family=FAMILY_NOTE if self.family else "")
+            user = f"Abstract:\n{text[:3000]}"
         try:
-            return retried(lambda: prediction(self.chat.ask(system, f"Abstract:\n{text[:3000]}")))
-        except InvalidInputError:
+            return self.chat.ask_parsed(system, user, prediction, examples=self.shots(*PREDICTOR_SHOTS))
+        except MalformedReplyError:
             return 0.0
 
     def predict(self, label: str, texts: list[str]) -> list[float]:
@@ -202,4 +233,11 @@ class LLMLabeller:
 
     def name_family(self, parent: str, children: list[str]) -> str:
         user = f"Parent: {parent}\nChildren:\n" + "\n".join(f"- {c}" for c in children)
-        return retried(lambda: final_answer(self.chat.ask(FAMILY_NAMER_PROMPT.format(domain=self.domain), user)))
+        system = FAMILY_NAMER_PROMPT.format(domain=self.domain)
+        return self.chat.ask_parsed(system, user, lambda reply: label_answer(reply, system),
+                                    examples=self.shots(FAMILY_SHOT))
+
+    def flush_responses(self) -> None:
+        """Write the replies cached since the last call (from the thread that owns the connection)."""
+        if self.chat.cache is not None:
+            self.chat.cache.flush()

@@ -194,3 +194,29 @@ CREATE TABLE IF NOT EXISTS eval_results (
     down_accuracy DOUBLE NOT NULL,
     unanswered    INTEGER NOT NULL
 );
+
+-- Replies of LLM endpoints by model and prompt hash (saedb.llm.ResponseCache): a rerun or a
+-- resumed run asks nothing it has asked before.
+CREATE TABLE IF NOT EXISTS llm_responses (
+    model             VARCHAR NOT NULL,
+    prompt_sha        VARCHAR NOT NULL,
+    reply             VARCHAR NOT NULL,
+    completion_tokens INTEGER NOT NULL,
+    created_at        TIMESTAMP NOT NULL DEFAULT current_timestamp,
+    PRIMARY KEY (model, prompt_sha)
+);
+
+-- What each run of an LLM step cost and how well the model kept to the protocol.
+CREATE TABLE IF NOT EXISTS llm_runs (
+    task              VARCHAR NOT NULL,
+    model             VARCHAR NOT NULL,
+    protocol          VARCHAR NOT NULL,
+    replies           INTEGER NOT NULL,
+    malformed         INTEGER NOT NULL,
+    requests          INTEGER NOT NULL,
+    cached            INTEGER NOT NULL,
+    prompt_tokens     BIGINT NOT NULL,
+    completion_tokens BIGINT NOT NULL,
+    seconds           DOUBLE NOT NULL,
+    created_at        TIMESTAMP NOT NULL DEFAULT current_timestamp
+);

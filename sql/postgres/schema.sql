@@ -207,3 +207,29 @@ CREATE TABLE IF NOT EXISTS eval_results (
 -- Models whose codes are written for new embeddings rows by a trigger (functions.sql), e.g.
 -- INSERT INTO sae_auto_encode VALUES (3). `saedb encode` and CALL saedb_encode_new(3) do it in batches.
 CREATE TABLE IF NOT EXISTS sae_auto_encode (model_id integer PRIMARY KEY);
+
+-- Replies of LLM endpoints by model and prompt hash (saedb.llm.ResponseCache): a rerun or a
+-- resumed run asks nothing it has asked before.
+CREATE TABLE IF NOT EXISTS llm_responses (
+    model             text NOT NULL,
+    prompt_sha        text NOT NULL,
+    reply             text NOT NULL,
+    completion_tokens integer NOT NULL,
+    created_at        timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (model, prompt_sha)
+);
+
+-- What each run of an LLM step cost and how well the model kept to the protocol.
+CREATE TABLE IF NOT EXISTS llm_runs (
+    task              text NOT NULL,
+    model             text NOT NULL,
+    protocol          text NOT NULL,
+    replies           integer NOT NULL,
+    malformed         integer NOT NULL,
+    requests          integer NOT NULL,
+    cached            integer NOT NULL,
+    prompt_tokens     bigint NOT NULL,
+    completion_tokens bigint NOT NULL,
+    seconds           double precision NOT NULL,
+    created_at        timestamptz NOT NULL DEFAULT now()
+);

@@ -1,0 +1,191 @@
+"""The LLM path's rules against scripted OpenAI-compatible servers on loopback: a reply that
+echoes the prompt is never stored, malformed replies are counted and stop a run that is mostly
+malformed, a rerun asks nothing twice, a rewrite that is not a query is refused, base models
+get the completion protocol, defaults follow the endpoint. (tests/test_llm_server.py runs the
+same against a real llama.cpp server where one is installed.)"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from saedb.backends import Backend
+from saedb.embedders import WordLlamaEmbedder
+from saedb.evaluation.cases import Case, Query
+from saedb.evaluation.report import format_table
+from saedb.evaluation.rewriters import LLMRewriter
+from saedb.evaluation.runner import EvalRun, ResultRow, checked_rewrite
+from saedb.evaluation.topics import Topic
+from saedb.interp import LLMLabeller, label_control, run_autointerp
+from saedb.llm import ChatModel, MalformedReplyError, ProtocolError, ResponseCache, endpoint_settings
+from tests.scripted_chat import ScriptedChatHandler, serving
+
+
+class Echoing(ScriptedChatHandler):
+    """A base model's replies to saedb's prompts, as issue 21 saw them: the placeholders echoed."""
+
+    def reply(self, system: str, user: str) -> str:
+        if "PREDICTION:" in system:
+            return "PREDICTION: <number between -1 and 1>"
+        return "FINAL: <a label of 1 to 8 words>"
+
+
+class Instructed(ScriptedChatHandler):
+    """Echoes the instruction text itself, without the brackets."""
+
+    def reply(self, system: str, user: str) -> str:
+        return "FINAL: a label of 1 to 8 words" if "MAX_ACTIVATING" in system else "PREDICTION: 0.5"
+
+
+class Following(ScriptedChatHandler):
+    """Follows the protocol; counts its requests."""
+
+    requests = 0
+    lock = threading.Lock()
+
+    def reply(self, system: str, user: str) -> str:
+        with Following.lock:
+            Following.requests += 1
+        if "MAX_ACTIVATING" in system:
+            return f"The abstracts share one topic.\nFINAL: topic {len(user) % 7}"
+        return "Reasoning.\nPREDICTION: " + ("0.8" if "star" in user.lower() else "-0.6")
+
+
+def test_echoed_placeholders_are_never_stored_and_stop_the_run(trained: tuple[Backend, int]) -> None:
+    backend, model_id = trained
+    for handler in (Echoing, Instructed):
+        with serving(handler) as url:
+            chat = ChatModel("base", base_url=url, api_key="x")
+            with pytest.raises(ProtocolError, match=r"this model does not follow the protocol: \d+ of \d+ replies malformed"):
+                run_autointerp(backend, model_id, LLMLabeller(chat), limit=20, concurrency=2)
+        assert backend.query("SELECT count(*) FROM feature_labels")[0][0] == 0, handler.__name__
+        assert chat.counts.malformed * 2 > chat.counts.replies >= 10
+
+
+def test_a_rerun_asks_nothing_it_asked_before_and_the_control_reuses_the_cache(trained: tuple[Backend, int]) -> None:
+    backend, model_id = trained
+    Following.requests = 0
+    with serving(Following) as url:
+        first = ChatModel("m", base_url=url, api_key="x", cache=ResponseCache(backend, "m"))
+        labelled = run_autointerp(backend, model_id, LLMLabeller(first), limit=4, concurrency=2)
+        label_control(backend, model_id, "llm:m", LLMLabeller(first))
+        first.cache.flush()
+        asked = Following.requests
+        assert asked == first.counts.requests > 0 and first.counts.malformed == 0
+        backend.execute("DELETE FROM feature_labels")
+        again = ChatModel("m", base_url=url, api_key="x", cache=ResponseCache(backend, "m"))
+        relabelled = run_autointerp(backend, model_id, LLMLabeller(again), limit=4, concurrency=2)
+        label_control(backend, model_id, "llm:m", LLMLabeller(again))
+    assert Following.requests == asked and again.counts.requests == 0 and again.counts.cached == first.counts.replies
+    assert [(r.feature_id, r.label, r.pearson) for r in relabelled] == [(r.feature_id, r.label, r.pearson) for r in labelled]
+
+
+class Rewriting(ScriptedChatHandler):
+    answer = ""
+
+    def reply(self, system: str, user: str) -> str:
+        return Rewriting.answer
+
+
+def test_a_rewrite_that_is_not_a_query_is_refused_with_a_warning_in_the_table() -> None:
+    embedder = WordLlamaEmbedder()
+    text = "dark matter halos in cosmological simulations"
+    up, down = Topic("galaxy clusters", (1,)), Topic("dark matter", (2,))
+    case = Case(Query(text), embedder.embed([text])[0], up, down, (up, down))
+    with serving(Rewriting) as url:
+        rewriter = LLMRewriter(ChatModel("m", base_url=url, api_key="x"))
+        Rewriting.answer = "FINAL: dark matter halos in cosmological simulations and galaxy clusters"
+        assert checked_rewrite(embedder, rewriter, case) is not None
+        for garbage in ("FINAL: <the rewritten query> mendatang", "FINAL: quarterly revenue of retail banks", "no answer"):
+            Rewriting.answer = garbage
+            assert checked_rewrite(embedder, rewriter, case) is None, garbage
+    rows = [ResultRow("unmodified", 0.0, 0.0, 10, 1.0, 0.2, 0.2, 0), ResultRow("rewrite:llm:m", None, None, 7, 0.8, 0.4, 0.1, 0)]
+    table = format_table(EvalRun(1, "categories", "llm:m", "q", 10, 0, "small", rows))
+    assert "warning: 3 of 10 rewrites refused" in table
+
+
+class BaseModel(ScriptedChatHandler):
+    """An llama.cpp server with a base model: no chat template, one slot, text completions only."""
+
+    props = {"total_slots": 1, "chat_template": ""}
+    prompts: list[str] = []
+
+    def complete(self, prompt: str) -> str:
+        BaseModel.prompts.append(prompt)
+        task = prompt.rsplit("Task:\n", 1)[1]
+        if "MAX_ACTIVATING" in task:
+            return " stellar physics"  # the prompt ends with the answer's key: the model writes the value
+        return " 0.7" if "star" in task.lower() else " -0.5"
+
+
+def test_a_base_model_gets_the_completion_protocol_with_examples(trained: tuple[Backend, int]) -> None:
+    backend, model_id = trained
+    BaseModel.prompts = []
+    with serving(BaseModel) as url:
+        settings = endpoint_settings(url)
+        assert (settings.protocol, settings.concurrency, settings.max_tokens) == ("completion", 1, 256)
+        chat = ChatModel("gemma", base_url=url, api_key="x", protocol=settings.protocol, max_tokens=settings.max_tokens)
+        labelled = run_autointerp(backend, model_id, LLMLabeller(chat), limit=2, concurrency=settings.concurrency)
+    assert {r.label for r in labelled} == {"stellar physics"} and chat.counts.malformed == 0
+    assert backend.query("SELECT DISTINCT labeller FROM feature_labels") == [("llm:gemma:completion",)]
+    interpreter = next(p for p in BaseModel.prompts if "MAX_ACTIVATING" in p.rsplit("Task:\n", 1)[1])
+    assert "FINAL: sourdough fermentation" in interpreter  # the solved example, before the task
+    assert interpreter.endswith("Answer:\nFINAL:")
+
+
+def test_other_endpoints_keep_the_chat_protocol_and_hosted_defaults() -> None:
+    with serving(Following) as url:  # no /props: not an llama.cpp server
+        assert endpoint_settings(url) == endpoint_settings(url, "auto", None, None, None)
+        settings = endpoint_settings(url)
+        assert (settings.protocol, settings.concurrency, settings.max_tokens, settings.timeout_s) == ("chat", 8, 1024, 120.0)
+        assert endpoint_settings(url, "completion", 2, 64, 5.0).concurrency == 2
+    with pytest.raises(Exception, match="protocol must be"):
+        endpoint_settings(None, "telepathy")
+
+
+def test_parsers_refuse_echoes_but_keep_real_answers() -> None:
+    from saedb.llm import final_answer, prediction
+
+    instructions = "End your reply with one line: FINAL: <a label of 1 to 8 words>"
+    assert final_answer("Reasoning\nFINAL: **Graph neural networks**", instructions=instructions) == "Graph neural networks"
+    for reply in ("FINAL: a label of 1 to 8 words", "FINAL:   ", "no final line"):
+        with pytest.raises(MalformedReplyError):
+            final_answer(reply, instructions=instructions)
+    from saedb.llm import label_answer
+
+    assert label_answer("FINAL: graph neural networks, GNNs", instructions) == "graph neural networks, GNNs"
+    for reply in ("FINAL: 1.000", "FINAL: A-based Classification Model. This paper proposes a multi-agent"):
+        with pytest.raises(MalformedReplyError, match="not a label"):
+            label_answer(reply, instructions)  # what the 270M base model wrote (bench/bench_llm.py)
+    assert prediction("PREDICTION: 1.7") == 1.0
+    with pytest.raises(MalformedReplyError):
+        prediction("PREDICTION: <number between -1 and 1>")
+    assert np.isclose(prediction("PREDICTION: **-0.25**"), -0.25)
+
+
+def test_interp_from_the_command_line_prints_and_records_what_the_run_cost(trained: tuple[Backend, int], db_url: str,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from saedb.backends import connect
+    from saedb.cli import app
+
+    backend, model_id = trained
+    if backend.dialect == "duckdb":
+        backend.close()
+    interp = ["interp", str(model_id), "--llm", "m", "--limit", "3", "--db", db_url, "--no-control"]
+    with serving(Following) as url:
+        monkeypatch.setenv("OPENAI_BASE_URL", url)
+        result = CliRunner().invoke(app, interp)
+        with connect(db_url) as writer:
+            writer.execute("DELETE FROM feature_labels")
+        again = CliRunner().invoke(app, interp)  # the same 3 features again: all from the cache
+    assert result.exit_code == 0 and again.exit_code == 0, result.output + again.output
+    assert "0 malformed" in result.output and "(0 answered from the cache)" in result.output
+    with connect(db_url, read_only=True) as reader:
+        runs = reader.query("SELECT task, model, protocol, replies, requests, cached FROM llm_runs ORDER BY created_at")
+        stored = reader.query("SELECT count(*) FROM llm_responses WHERE model = 'm'")[0][0]
+    assert len(runs) == 2 and runs[0][:3] == ("interp", "m", "chat") and runs[0][3] == runs[0][4] == stored > 0
+    assert runs[1][3:] == (runs[0][3], 0, runs[0][3])  # as many replies, no request, all cached
