@@ -35,7 +35,7 @@ from saedb.trainer.train import train_from_url
 from tests.conftest import ML, write_slice
 
 FIRST, ALL = 1200, 1500  # papers loaded before training, and after the second load
-CONFIG = TrainConfig(k=8, n_latents=256, steps=300, batch_size=128, lr=1e-3)
+CONFIG = TrainConfig(k=8, n_latents=128, steps=200, batch_size=128, lr=1e-3)
 
 
 @pytest.fixture(scope="module")

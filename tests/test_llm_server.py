@@ -55,9 +55,9 @@ def test_saedb_llm_serves_a_base_model_with_the_completion_protocol(server: Loca
 def test_the_chat_protocol_on_a_base_model_stores_no_echo(server: LocalLLM, small: tuple[Backend, int]) -> None:
     """Issue 21: the base model echoed the prompt's placeholders and saedb stored them as labels."""
     backend, model_id = small
-    chat = ChatModel(server.model, base_url=server.base_url, max_tokens=48, protocol="chat")
+    chat = ChatModel(server.model, base_url=server.base_url, max_tokens=24, protocol="chat")
     try:
-        run_autointerp(backend, model_id, LLMLabeller(chat), limit=4, concurrency=1)
+        run_autointerp(backend, model_id, LLMLabeller(chat), limit=2, concurrency=1)
     except ProtocolError as stopped:
         assert "replies malformed" in str(stopped)
     assert chat.counts.replies > 0
