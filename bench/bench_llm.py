@@ -16,7 +16,7 @@ import argparse
 import random
 import time
 
-from bench_parallel import ml_minilm
+from common import ml_minilm
 
 from saedb.backends import connect
 from saedb.interp import LLMLabeller, OfflineLabeller, corpus_stats, label_control, run_autointerp

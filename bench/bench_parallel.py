@@ -14,22 +14,10 @@ from __future__ import annotations
 import argparse
 import time
 
-from common import CACHE, ROOT, report
+from common import ml_minilm, report
 
-from saedb.backends import connect
-from saedb.loaders import load_corpus
 from saedb.trainer import TrainConfig
 from saedb.trainer.train import train_from_url, train_in_processes
-
-DATA = ROOT.parent / "shared" / "data"
-
-
-def ml_minilm() -> str:
-    CACHE.mkdir(parents=True, exist_ok=True)
-    path = str(CACHE / "ml_minilm.duckdb")
-    with connect(path) as backend:
-        load_corpus(backend, DATA / "hh_ml.jsonl.gz", "minilm", embeddings=DATA / "hh_ml_minilm.parquet", progress=False)
-    return path
 
 
 def main() -> None:

@@ -34,6 +34,19 @@ def astro_duckdb() -> str:
     return path
 
 
+def ml_minilm() -> str:
+    """hh_ml with its MiniLM vectors from ../shared/data (38,116 papers), cached between runs."""
+    from saedb.backends import connect
+    from saedb.loaders import load_corpus
+
+    data = ROOT.parent / "shared" / "data"
+    CACHE.mkdir(parents=True, exist_ok=True)
+    path = str(CACHE / "ml_minilm.duckdb")
+    with connect(path) as backend:
+        load_corpus(backend, data / "hh_ml.jsonl.gz", "minilm", embeddings=data / "hh_ml_minilm.parquet", progress=False)
+    return path
+
+
 def report(name: str, value: float, unit: str, baseline: float | None = None, target: str = "") -> None:
     ratio = f"  ratio {value / baseline:.2f}" if baseline else ""
     print(f"{name:<58} {value:>12.2f} {unit:<10}{ratio}  {target}")

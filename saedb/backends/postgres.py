@@ -24,7 +24,7 @@ _SQL_TOKENS = re.compile(
     re.S,
 )
 STAGE_COLUMNS = {
-    "pos": "int4", "arxiv_id": "text", "title": "text", "abstract": "text",
+    "doc_id": "int8", "pos": "int4", "arxiv_id": "text", "title": "text", "abstract": "text",
     "categories": "text[]", "subjects": "text[]", "published": "date", "year": "int4",
 }
 
@@ -169,17 +169,18 @@ class PostgresBackend(Backend):
             for row in rows:
                 copy.write_row(row)
 
+    def stage_documents(self, batch: DocumentBatch, doc_ids: Sequence[int] | None = None) -> None:
+        """The batch in the session's temporary table ``stage_docs`` (``pos``: its order in the
+        batch; ``doc_id``: the given ids, else NULL), emptied when the transaction commits."""
+        columns = ", ".join(f"{name} {kind}" for name, kind in STAGE_COLUMNS.items())
+        self.execute(f"CREATE TEMP TABLE IF NOT EXISTS stage_docs ({columns}) ON COMMIT DELETE ROWS")
+        ids = doc_ids if doc_ids is not None else itertools.repeat(None)
+        rows = zip(batch.arxiv_ids, batch.titles, batch.abstracts, batch.categories, batch.subjects, batch.published, batch.years)
+        self.copy_rows("stage_docs", STAGE_COLUMNS, ((doc_id, pos, *row) for pos, (doc_id, row) in enumerate(zip(ids, rows))))
+
     def insert_documents(self, batch: DocumentBatch) -> int:
         with self.transaction(), self.conn.cursor() as cur:
-            columns = ", ".join(f"{name} {kind}" for name, kind in STAGE_COLUMNS.items())
-            cur.execute(f"CREATE TEMP TABLE IF NOT EXISTS stage_docs ({columns}) ON COMMIT DELETE ROWS")
-            self.copy_rows(
-                "stage_docs",
-                STAGE_COLUMNS,
-                ((pos, *row) for pos, row in enumerate(zip(
-                    batch.arxiv_ids, batch.titles, batch.abstracts, batch.categories, batch.subjects, batch.published, batch.years
-                ))),
-            )
+            self.stage_documents(batch)
             added = cur.execute(
                 "WITH added AS (INSERT INTO papers (arxiv_id, title, abstract, categories, subjects, published, year, corpus) "
                 "SELECT arxiv_id, title, abstract, categories, subjects, published, year, %s FROM stage_docs ORDER BY pos "

@@ -16,7 +16,6 @@ import math
 from collections import Counter, defaultdict
 from typing import Protocol
 
-from saedb.errors import InvalidInputError
 from saedb.interp.examples import FeatureExamples
 from saedb.interp.text import CorpusStats, content_runs, normal_form, phrases, surface_form, words
 from saedb.llm import ChatModel, MalformedReplyError, label_answer, prediction

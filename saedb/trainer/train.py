@@ -369,7 +369,7 @@ def train_in_processes(url: str, cfg: TrainConfig, name: str, nproc: int,
                        log: Callable[[str], None] | None = None) -> tuple[int, dict[str, Any]]:
     """``train_from_url`` as ``nproc`` data-parallel ranks in spawned processes (gloo on CPU,
     NCCL on GPU, over 127.0.0.1); (model id, metrics) of the version rank 0 published. A rank
-    that fails ends the run (torch's ProcessRaisedException names it) and nothing is published."""
+    that fails ends the run with TrainingFailedError naming it, and nothing is published."""
     import torch.multiprocessing as mp
 
     from saedb.ports import free_port
