@@ -6,7 +6,8 @@ the table's keys (saedb's codes are keyed by a compact integer), and two views i
 saedb's ``papers`` and ``embeddings``, read straight from the user's table. Every saedb
 command then works on ``URL?schema=NAME``: train, encode (new rows of the user's table are
 numbered first), search, label, families, the BI views; codes join back to the user's rows
-through ``doc_keys``. Nothing in the user's table or schema is changed.
+through ``doc_keys``, and the analytics (saedb diff, predictors, slopes) take predicates and
+columns over the table's own columns. Nothing in the user's table or schema is changed.
 """
 
 from __future__ import annotations
@@ -78,6 +79,8 @@ def workspace_sql(a: Attachment, schema: str, dialect: str, dim: int) -> list[st
         f"{column(a.title, 'k.doc_key')} AS title, {column(a.text, chr(39) * 2)} AS abstract, "
         f"{no_text} AS categories, {no_text} AS subjects, CAST(NULL AS DATE) AS published, "
         f"{f'CAST(t.{a.year} AS INTEGER)' if a.year else 'CAST(NULL AS INTEGER)'} AS year, '{a.table}' AS corpus {joined}",
+        # the analytics' sets and columns are over the user's own columns (analytics.sql)
+        f"CREATE OR REPLACE VIEW {schema}.document_metadata AS SELECT k.doc_id AS saedb_doc_id, t.* {joined}",
     ]
 
 

@@ -360,6 +360,87 @@ def search(
         _fail(exc)
 
 
+def _label(row: dict) -> str:
+    return row["label"] or "(no label)"
+
+
+def _echo_table(header: str, lines: list[str]) -> None:
+    typer.echo(header)
+    for line in lines:
+        typer.echo(line)
+
+
+@app.command()
+def diff(
+    model: str = typer.Argument(..., help="Model id or name."),
+    a: str = typer.Option(..., "--a", help="Set A: an SQL predicate over document_metadata, e.g. \"year < 2015\"."),
+    b: Optional[str] = typer.Option(None, "--b", help="Set B (disjoint from A); default: every other encoded document."),
+    top: int = typer.Option(10, min=1, help="Features shown each way."),
+    db: str = DbOption,
+) -> None:
+    """The features over- and under-represented in set A against set B (Fisher's exact test,
+    Benjamini-Hochberg q-values over all features tested); db.diff() returns every row."""
+    from saedb.analytics import enrichment
+
+    try:
+        with connect(db, read_only=True) as backend:
+            rows = enrichment(backend, resolve_model(backend, model), a, b).to_pylist()
+    except USER_ERRORS as exc:
+        _fail(exc)
+    first = rows[0]
+    typer.echo(f"A: {first['a_total']} documents ({a}); B: {first['b_total']} documents ({b or 'the rest'}); "
+               f"{len(rows)} features tested, {sum(r['q_value'] < 0.05 for r in rows)} with q < 0.05")
+    header = "feature  share A  share B  log odds [95% CI]      p         q         label"
+    line = lambda r: (f"{r['feature_id']:>7}  {r['a_share']:7.3f}  {r['b_share']:7.3f}  {r['log_odds']:+6.2f} "  # noqa: E731
+                      f"[{r['log_odds_low']:+.2f}, {r['log_odds_high']:+.2f}]  {r['p_value']:.2e}  {r['q_value']:.2e}  {_label(r)}")
+    for title, sign in (("over-represented in A", 1), ("under-represented in A", -1)):
+        chosen = [r for r in rows if sign * r["log_odds"] > 0][:top]
+        _echo_table(f"\n{title}:\n{header}", [line(r) for r in chosen])
+
+
+@app.command()
+def predictors(
+    model: str = typer.Argument(..., help="Model id or name."),
+    column: str = typer.Option(..., help="A categorical SQL expression over document_metadata, e.g. corpus or unnest(categories)."),
+    top: int = typer.Option(3, min=1, help="Features shown per value."),
+    db: str = DbOption,
+) -> None:
+    """For each value of a categorical column, the features that best predict it (by f1)."""
+    from saedb.analytics import predictors as feature_predictors
+
+    try:
+        with connect(db, read_only=True) as backend:
+            rows = feature_predictors(backend, resolve_model(backend, model), column).to_pylist()
+    except USER_ERRORS as exc:
+        _fail(exc)
+    _echo_table("value\tdocs\tfeature\tprecision\trecall\tf1\tlift\tlabel",
+                [f"{r['value']}\t{r['value_docs']}\t{r['feature_id']}\t{r['precision']:.3f}\t{r['recall']:.3f}\t"
+                 f"{r['f1']:.3f}\t{r['lift']:.2f}\t{_label(r)}" for r in rows if r["rank"] <= top])
+
+
+@app.command()
+def slopes(
+    model: str = typer.Argument(..., help="Model id or name."),
+    column: str = typer.Option("year", help="A numeric SQL expression over document_metadata."),
+    top: int = typer.Option(10, min=1, help="Features shown each way."),
+    db: str = DbOption,
+) -> None:
+    """The features whose share of documents rises or falls most significantly along a numeric
+    column: least-squares slope per unit with its 95% interval, p- and q-value."""
+    from saedb.analytics import slopes as feature_slopes
+
+    try:
+        with connect(db, read_only=True) as backend:
+            rows = feature_slopes(backend, resolve_model(backend, model), column).to_pylist()
+    except USER_ERRORS as exc:
+        _fail(exc)
+    header = "feature  share   slope/unit [95% CI]            p         q         label"
+    line = lambda r: (f"{r['feature_id']:>7}  {r['share']:.3f}  {r['slope']:+.5f} [{r['slope_low']:+.5f}, "  # noqa: E731
+                      f"{r['slope_high']:+.5f}]  {r['p_value']:.2e}  {r['q_value']:.2e}  {_label(r)}")
+    for title, sign in (("rising", 1), ("falling", -1)):
+        _echo_table(f"{title} with {column}:\n{header}", [line(r) for r in rows if sign * r["slope"] > 0][:top])
+
+
 def plot_name(backend, run) -> str:
     """eval-<model name>-run<id>-<judge>: unique per database and model."""
     name = backend.model_row(run.model_id)["name"]

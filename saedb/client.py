@@ -4,6 +4,7 @@
     db = saedb.connect("ml.duckdb")            # or a postgresql:// URL
     db.sql("SELECT * FROM feature_summary WHERE model_id = ?", [1]).to_pandas()
     polars.from_arrow(db.search("graph neural networks", model="ml32", label="molecules", strength=0.8))
+    db.diff("ml32", "year < 2015", "year >= 2020").to_pandas()   # features that set the sets apart
 """
 
 from __future__ import annotations
@@ -53,6 +54,28 @@ class Database:
     def features(self, model: int | str) -> pa.Table:
         """The feature_summary view of a model: label, interpretability, density, family."""
         return self.sql("SELECT * FROM feature_summary WHERE model_id = ? ORDER BY feature_id", (self.model_id(model),))
+
+    def diff(self, model: int | str, a: str, b: str | None = None) -> pa.Table:
+        """Features over- and under-represented in the documents matching predicate ``a`` against
+        those matching ``b`` (None: all the others): shares, log odds ratio with its 95% interval,
+        Fisher's exact p-value and the Benjamini-Hochberg q-value."""
+        from saedb.analytics import enrichment
+
+        return enrichment(self.backend, self.model_id(model), a, b)
+
+    def predictors(self, model: int | str, column: str) -> pa.Table:
+        """Per value of a categorical column (an SQL expression), the features that predict it:
+        precision, recall, f1 and lift, ranked by f1."""
+        from saedb.analytics import predictors
+
+        return predictors(self.backend, self.model_id(model), column)
+
+    def slopes(self, model: int | str, column: str) -> pa.Table:
+        """Per feature, the trend of its firing along a numeric column (year): slope per unit with
+        its 95% interval, p- and q-value."""
+        from saedb.analytics import slopes
+
+        return slopes(self.backend, self.model_id(model), column)
 
     def close(self) -> None:
         self.backend.close()

@@ -19,7 +19,7 @@ from saedb.backends.postgres import PostgresBackend
 
 
 class CitusBackend(PostgresBackend):
-    schema_files = ("schema.sql", "citus.sql", "functions.sql", "views.sql")
+    schema_files = ("schema.sql", "citus.sql", "functions.sql", "views.sql", "analytics.sql")
 
     def __init__(self, dsn: str, **options: Any) -> None:
         super().__init__(dsn, **options)

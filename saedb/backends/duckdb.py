@@ -100,7 +100,7 @@ class SharedDatabase:
 class DuckDBBackend(Backend):
     dialect = "duckdb"
     in_process_search = True
-    schema_files = ("schema.sql", "views.sql")
+    schema_files = ("schema.sql", "views.sql", "analytics.sql")
 
     def __init__(self, path: str, con: duckdb.DuckDBPyConnection | None = None, read_only: bool = False,
                  schema: str | None = None, exact_index: ExactIndex | None = None) -> None:

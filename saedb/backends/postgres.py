@@ -97,7 +97,7 @@ def backend_class(dsn: str) -> type["PostgresBackend"]:
 
 class PostgresBackend(Backend):
     dialect = "postgres"
-    schema_files = ("schema.sql", "functions.sql", "views.sql")
+    schema_files = ("schema.sql", "functions.sql", "views.sql", "analytics.sql")
 
     def __init__(self, dsn: str, read_only: bool = False, statement_timeout_ms: int = 10_000,
                  conn: psycopg.Connection | None = None) -> None:

@@ -220,3 +220,7 @@ CREATE TABLE IF NOT EXISTS llm_runs (
     seconds           DOUBLE NOT NULL,
     created_at        TIMESTAMP NOT NULL DEFAULT current_timestamp
 );
+
+-- The documents' metadata for the analytics' set predicates and columns (analytics.sql): papers'
+-- columns here; in an attached workspace (created first, so kept) the user's table's.
+CREATE VIEW IF NOT EXISTS document_metadata AS SELECT p.doc_id AS saedb_doc_id, p.* FROM papers p;

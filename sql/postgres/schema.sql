@@ -233,3 +233,11 @@ CREATE TABLE IF NOT EXISTS llm_runs (
     seconds           double precision NOT NULL,
     created_at        timestamptz NOT NULL DEFAULT now()
 );
+
+-- The documents' metadata for the analytics' set predicates and columns (analytics.sql): papers'
+-- columns here; in an attached workspace (created first, so kept) the user's table's.
+DO $$ BEGIN
+    IF to_regclass(current_schema() || '.document_metadata') IS NULL THEN
+        CREATE VIEW document_metadata AS SELECT p.doc_id AS saedb_doc_id, p.* FROM papers p;
+    END IF;
+END $$;
