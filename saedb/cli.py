@@ -441,6 +441,34 @@ def slopes(
         _echo_table(f"{title} with {column}:\n{header}", [line(r) for r in rows if sign * r["slope"] > 0][:top])
 
 
+@app.command()
+def match(
+    model_a: str = typer.Argument(..., help="Model id or name (a name: its latest version)."),
+    model_b: str = typer.Argument(..., help="The other model."),
+    db: str = DbOption,
+) -> None:
+    """Match the features of two models by decoder cosine, both ways (the feature_lineage and
+    model_matches views): mean max-cosine, mutual matches, splits, orphans, carried labels."""
+    from saedb.lineage import match_models
+
+    try:
+        with connect(db) as backend:
+            a, b = resolve_model(backend, model_a), resolve_model(backend, model_b)
+            summary = match_models(backend, a, b)
+            splits = backend.query(
+                "SELECT model_id, feature_id, matched_by, label FROM feature_lineage WHERE other_model_id IN (?, ?) "
+                "AND model_id IN (?, ?) AND matched_by >= 2 ORDER BY matched_by DESC, model_id, feature_id LIMIT 5", (a, b, a, b))
+    except USER_ERRORS as exc:
+        _fail(exc)
+    for row in summary:
+        typer.echo(f"model {row['model_id']} -> {row['other_model_id']}: {row['n_features']} features, mean max cosine "
+                   f"{row['mean_max_cosine']:.3f} (median {row['median_max_cosine']:.3f}), {row['mutual']} mutual, "
+                   f"{row['split_features']} split (largest into {row['largest_split']}), {row['orphans']} orphans (cosine < 0.5), "
+                   f"{row['carried_labels']} labels carried")
+    for model_id, feature_id, matched_by, label in splits:
+        typer.echo(f"  model {model_id} feature {feature_id} ({label or 'no label'}) is the best match of {matched_by} features")
+
+
 def plot_name(backend, run) -> str:
     """eval-<model name>-run<id>-<judge>: unique per database and model."""
     name = backend.model_row(run.model_id)["name"]

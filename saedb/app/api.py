@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import difflib
 import math
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
 import numpy as np
 
 from saedb.backends import Backend
-from saedb.errors import UnknownModelError
+from saedb.errors import InvalidInputError, UnknownModelError
 from saedb.search import Steering, run_portable
 from saedb.search import search as search_documents
 
@@ -52,6 +52,60 @@ def models(backend: Backend) -> list[dict[str, Any]]:
         backend,
         "SELECT model_id, name, version, n_latents, k, n_documents FROM sae_models WHERE status = 'ready' ORDER BY model_id DESC",
     )
+
+
+def categories(backend: Backend) -> list[dict[str, Any]]:
+    """The documents' categories with their sizes, for the compare page's filters."""
+    return records(backend, "SELECT category, count(*) AS papers FROM (SELECT unnest(categories) AS category FROM papers) c "
+                            "GROUP BY category ORDER BY count(*) DESC, category")
+
+
+@dataclass(frozen=True)
+class DocumentFilter:
+    """One side of the compare page: a category and a year range, each optional."""
+
+    category: str | None = None
+    year_from: int | None = None
+    year_to: int | None = None
+
+    def predicate(self) -> str | None:
+        """The SQL predicate (values as escaped literals: the analytics take SQL text), None if empty."""
+        parts = []
+        if self.category:
+            parts.append("'" + self.category.replace("'", "''") + "' = ANY(categories)")
+        if self.year_from is not None:
+            parts.append(f"year >= {int(self.year_from)}")
+        if self.year_to is not None:
+            parts.append(f"year <= {int(self.year_to)}")
+        return " AND ".join(parts) or None
+
+    def describe(self) -> str:
+        years = (f"{self.year_from or '…'}–{self.year_to or '…'}" if self.year_from is not None or self.year_to is not None else "")
+        return " · ".join(part for part in (self.category or "", years) if part) or "all documents"
+
+
+def compare(backend: Backend, model_id: int, a: DocumentFilter, b: DocumentFilter, top: int = 15) -> dict[str, Any]:
+    """The compare page: the features most over- and under-represented in A against B (B empty:
+    every other document), from feature_enrichment."""
+    from saedb.analytics import enrichment
+
+    check_model(backend, model_id)
+    if a.predicate() is None:
+        raise ApiError(400, "set A needs a category or a year")
+    b_predicate = b.predicate()
+    if b_predicate is not None and b_predicate == a.predicate():
+        raise ApiError(400, "sets A and B are the same filter")
+    try:
+        rows = [{k: _plain(v) for k, v in row.items()} for row in enrichment(backend, model_id, a.predicate(), b_predicate).to_pylist()]
+    except InvalidInputError as exc:
+        raise ApiError(400, str(exc).replace("Invalid Input Error: ", "")) from None
+    return {
+        "a": a.describe(), "b": b.describe() if b_predicate else "the other documents",
+        "a_total": rows[0]["a_total"], "b_total": rows[0]["b_total"], "tested": len(rows),
+        "significant": sum(1 for r in rows if r["q_value"] < 0.05),
+        "over": [r for r in rows if r["log_odds"] > 0][:top],
+        "under": [r for r in rows if r["log_odds"] < 0][:top],
+    }
 
 
 def corpora(backend: Backend) -> list[dict[str, Any]]:
@@ -185,6 +239,13 @@ def feature(backend: Backend, model_id: int, feature_id: int, corpus: str | None
         (model_id, feature_id),
     )
     page["related"] = related_features(backend, model_id, feature_id)
+    page["other_models"] = records(
+        backend,
+        "SELECT x.other_model_id, m.name AS other_model, m.version AS other_version, x.other_feature_id, x.other_label, x.cosine, "
+        "x.mutual, x.matched_by FROM feature_lineage x JOIN sae_models m ON m.model_id = x.other_model_id AND m.status = 'ready' "
+        "WHERE x.model_id = ? AND x.feature_id = ? ORDER BY x.other_model_id",
+        (model_id, feature_id),
+    )
     return page
 
 

@@ -188,6 +188,18 @@ def _pairs(params: dict[str, list[str]], name: str) -> list[tuple[int, float]]:
     return pairs
 
 
+def _filter(params: dict[str, list[str]], side: str) -> api.DocumentFilter:
+    """One side of the compare page: {side}_category, {side}_from, {side}_to (years)."""
+    category = (params.get(f"{side}_category", [""])[0] or "").strip()
+    if len(category) > 200:
+        raise api.ApiError(400, f"{side}_category is longer than 200 characters")
+    return api.DocumentFilter(category or None, _year(params, f"{side}_from"), _year(params, f"{side}_to"))
+
+
+def _year(params: dict[str, list[str]], name: str) -> int | None:
+    return None if not params.get(name, [""])[0] else _int(params, name, low=0, high=9999)
+
+
 class App:
     def __init__(self, url: str, pool_size: int = 8, timeout_s: float = 10.0) -> None:
         self.pool = BackendPool(url, pool_size, timeout_s)
@@ -206,6 +218,8 @@ class App:
                 b, self.embed, self._text(params), _int(params, "model"), _pairs(params, "f"), _pairs(params, "fam"),
                 _int(params, "limit", 10, 1, 100), params.get("corpus", [None])[0] or None),
             "/api/corpora": lambda b: api.corpora(b),
+            "/api/categories": lambda b: api.categories(b),
+            "/api/compare": lambda b: api.compare(b, _int(params, "model"), _filter(params, "a"), _filter(params, "b")),
             "/api/labels": lambda b: api.find_features(b, self.embed, self._text(params), _int(params, "model"),
                                                        _int(params, "limit", 10, 1, 100)),
             "/api/feature": lambda b: api.feature(b, _int(params, "model"), _int(params, "id"), params.get("corpus", [None])[0] or None),

@@ -111,6 +111,11 @@ class Backend(ABC):
         """Bulk-write the active codes of a batch of documents in long form."""
 
     @abstractmethod
+    def insert_rows(self, table: str, rows: pa.Table) -> None:
+        """Bulk-insert an Arrow table (int32, int64 and float64 columns) into the columns of
+        ``table`` that it names."""
+
+    @abstractmethod
     def iter_embeddings(self, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Stream (doc_ids, float32 matrix) batches ordered by doc_id; holds one batch in RAM."""
 

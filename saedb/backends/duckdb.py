@@ -284,6 +284,10 @@ class DuckDBBackend(Backend):
                 except duckdb.TransactionException:
                     break
 
+    def insert_rows(self, table: str, rows: pa.Table) -> None:
+        with self.staged(stage_rows=rows):
+            self.con.execute(f"INSERT INTO {table} ({', '.join(rows.column_names)}) SELECT * FROM stage_rows")
+
     def copy_weights(self, model_id: int, sae: SAE) -> None:
         features = pa.array(np.arange(sae.n_latents, dtype=np.int32))
         model = pa.array(np.full(sae.n_latents, model_id, dtype=np.int32))

@@ -169,6 +169,11 @@ class PostgresBackend(Backend):
             for row in rows:
                 copy.write_row(row)
 
+    def insert_rows(self, table: str, rows: pa.Table) -> None:
+        kinds = {pa.int32(): "int4", pa.int64(): "int8", pa.float64(): "float8"}
+        columns = {field.name: kinds[field.type] for field in rows.schema}
+        self.copy_rows(table, columns, zip(*(column.to_pylist() for column in rows.columns)))
+
     def stage_documents(self, batch: DocumentBatch, doc_ids: Sequence[int] | None = None) -> None:
         """The batch in the session's temporary table ``stage_docs`` (``pos``: its order in the
         batch; ``doc_id``: the given ids, else NULL), emptied when the transaction commits."""

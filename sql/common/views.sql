@@ -108,3 +108,53 @@ SELECT r.model_id, r.run_id, r.judge, r.rewriter, r.queries, r.n_queries, r.crea
 FROM eval_runs r
 JOIN eval_results x ON x.run_id = r.run_id
 WHERE r.run_id = (SELECT max(l.run_id) FROM eval_runs l WHERE l.model_id = r.model_id AND l.judge = r.judge);
+
+-- Feature lineage (saedb match): each feature with its best match in another model, both labels,
+-- whether the match is mutual (each the other's best), how many features of the other model have
+-- it as their best match at cosine >= 0.5 (2 or more: it split into them; 0: nothing there
+-- descends from it) and whether it is an orphan (no feature of the other model within cosine 0.5). carried_label: the
+-- other model's label for a feature that has none, where the match is mutual at cosine >= 0.8.
+CREATE OR REPLACE VIEW feature_lineage AS
+SELECT m.model_id, m.feature_id, l.label, m.other_model_id, m.other_feature_id, o.label AS other_label, m.cosine,
+       coalesce(back.other_feature_id = m.feature_id, FALSE) AS mutual,
+       coalesce(children.n, 0) AS matched_by,
+       m.cosine < 0.5 AS orphan,
+       CASE WHEN l.label IS NULL AND back.other_feature_id = m.feature_id AND m.cosine >= 0.8 THEN o.label END AS carried_label
+FROM feature_matches m
+LEFT JOIN feature_matches back
+       ON back.model_id = m.other_model_id AND back.other_model_id = m.model_id AND back.feature_id = m.other_feature_id
+LEFT JOIN (SELECT model_id, other_model_id, other_feature_id, count(*) AS n FROM feature_matches WHERE cosine >= 0.5
+           GROUP BY model_id, other_model_id, other_feature_id) children
+       ON children.model_id = m.other_model_id AND children.other_model_id = m.model_id AND children.other_feature_id = m.feature_id
+LEFT JOIN feature_best_labels l ON l.model_id = m.model_id AND l.feature_id = m.feature_id
+LEFT JOIN feature_best_labels o ON o.model_id = m.other_model_id AND o.feature_id = m.other_feature_id;
+
+-- One row per matched pair of models and direction: the paper's max-cosine summary (mean and
+-- median over the model's features of the best cosine in the other), mutual matches, features
+-- split into several of the other model's, orphans and labels carried.
+CREATE OR REPLACE VIEW model_matches AS
+SELECT model_id, other_model_id, count(*) AS n_features,
+       avg(cosine) AS mean_max_cosine,
+       percentile_cont(0.5) WITHIN GROUP (ORDER BY cosine) AS median_max_cosine,
+       sum(CASE WHEN mutual THEN 1 ELSE 0 END) AS mutual,
+       sum(CASE WHEN matched_by >= 2 THEN 1 ELSE 0 END) AS split_features,
+       max(matched_by) AS largest_split,
+       sum(CASE WHEN orphan THEN 1 ELSE 0 END) AS orphans,
+       count(carried_label) AS carried_labels
+FROM feature_lineage
+GROUP BY model_id, other_model_id;
+
+-- The paper's scaling laws over a grid's runs (saedb grid): L = coefficient * n^alpha per k, and
+-- L = coefficient * k^beta per n, least squares in log-log space, with r^2.
+CREATE OR REPLACE VIEW scaling_fits AS
+SELECT grid, 'n' AS along, k, CAST(NULL AS INTEGER) AS n_latents, count(*) AS runs,
+       regr_slope(ln(normalised_mse), ln(n_latents)) AS exponent,
+       exp(regr_intercept(ln(normalised_mse), ln(n_latents))) AS coefficient,
+       regr_r2(ln(normalised_mse), ln(n_latents)) AS r2
+FROM scaling_runs GROUP BY grid, k HAVING count(*) >= 2
+UNION ALL
+SELECT grid, 'k' AS along, CAST(NULL AS INTEGER) AS k, n_latents, count(*) AS runs,
+       regr_slope(ln(normalised_mse), ln(k)) AS exponent,
+       exp(regr_intercept(ln(normalised_mse), ln(k))) AS coefficient,
+       regr_r2(ln(normalised_mse), ln(k)) AS r2
+FROM scaling_runs GROUP BY grid, n_latents HAVING count(*) >= 2;

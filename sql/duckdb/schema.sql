@@ -221,6 +221,17 @@ CREATE TABLE IF NOT EXISTS llm_runs (
     created_at        TIMESTAMP NOT NULL DEFAULT current_timestamp
 );
 
+-- Feature lineage (saedb match A B): each feature's best match in another model by decoder
+-- cosine, stored both ways (a row per feature of A toward B and per feature of B toward A).
+CREATE TABLE IF NOT EXISTS feature_matches (
+    model_id         INTEGER NOT NULL,
+    feature_id       INTEGER NOT NULL,
+    other_model_id   INTEGER NOT NULL,
+    other_feature_id INTEGER NOT NULL,
+    cosine           DOUBLE NOT NULL,
+    PRIMARY KEY (model_id, other_model_id, feature_id)
+);
+
 -- The documents' metadata for the analytics' set predicates and columns (analytics.sql): papers'
 -- columns here; in an attached workspace (created first, so kept) the user's table's.
 CREATE VIEW IF NOT EXISTS document_metadata AS SELECT p.doc_id AS saedb_doc_id, p.* FROM papers p;

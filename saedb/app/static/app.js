@@ -209,8 +209,64 @@ async function featurePage(id) {
     <div class="row related">${["top", "bottom"].map((side) => `<div class="card"><h2>${side === "top" ? "Most" : "Least"} aligned features (decoder cosine)</h2>
       <table class="related-${side}">${f.related[side].map((r) => `<tr><td>${featureLink(r.feature_id, r.label)}</td><td>${fmt(r.cosine, 2)}</td>
       <td><a href="#/search" class="steer-with" data-id="${r.feature_id}">steer with it</a></td></tr>`).join("")}</table></div>`).join("")}</div>
+    <div class="card other-models"><h2>This feature in other models</h2>${f.other_models.length ? `<table><tr><th>model</th><th>best match</th><th>cosine</th><th></th></tr>${f.other_models.map((o) =>
+      `<tr><td>${esc(o.other_model)} v${o.other_version} (#${o.other_model_id})</td>
+       <td><a href="#/feature/${o.other_feature_id}" class="other-model" data-model="${o.other_model_id}">#${o.other_feature_id}</a> ${esc(o.other_label || "(unlabelled)")}</td>
+       <td>${fmt(o.cosine, 2)}</td><td class="muted">${o.mutual ? "mutual" : "one-way"}${o.matched_by >= 2 ? `; split into ${o.matched_by} there` : ""}</td></tr>`).join("")}</table>`
+      : '<p class="muted">Run <code>saedb match MODEL_A MODEL_B</code> to trace features across model versions.</p>'}</div>
     ${f.families.map((fam) => `<div class="card"><h2>Family ${fam.family_id}: ${esc(fam.label)} (${fam.size} features)</h2>${tree(fam.members, f.feature_id)}</div>`).join("")}`;
   view.querySelectorAll("a.steer-with").forEach((a) => (a.onclick = () => state.steering.set(Number(a.dataset.id), 0.8)));
+  view.querySelectorAll("a.other-model").forEach((a) => (a.onclick = (event) => {  // the same id in another model: no hashchange
+    event.preventDefault();
+    modelSelect.value = a.dataset.model;
+    if (location.hash === a.getAttribute("href")) render(); else location.hash = a.getAttribute("href");
+  }));
+}
+
+// Log odds ratios with their 95% intervals, one row per feature, zero marked.
+function oddsChart(rows, { width = 640, row = 18 } = {}) {
+  if (!rows.length) return '<p class="muted">none</p>';
+  const span = Math.max(1, ...rows.map((r) => Math.abs(r.log_odds_low)), ...rows.map((r) => Math.abs(r.log_odds_high)));
+  const x = (v) => (width + 200) / 2 + (v / span) * ((width - 200) / 2 - 10);  // 200 px of labels on the left
+  const height = rows.length * row + 10;
+  return `<svg class="odds" viewBox="0 0 ${width} ${height}" width="${width}" height="${height}">
+    <line x1="${x(0)}" x2="${x(0)}" y1="0" y2="${height}" class="axis"/>${rows.map((r, i) => {
+      const y = 8 + i * row;
+      return `<text x="2" y="${y + 4}">#${r.feature_id} ${esc((r.label || "").slice(0, 24))}</text><line x1="${x(r.log_odds_low)}" x2="${x(r.log_odds_high)}" y1="${y}" y2="${y}" class="ci"/>
+        <circle class="dot" cx="${x(r.log_odds)}" cy="${y}" r="4"><title>#${r.feature_id}: log odds ${fmt(r.log_odds, 2)}</title></circle>`;
+    }).join("")}</svg>`;
+}
+
+async function comparePage() {
+  const cats = await get("categories");
+  const side = (s) => `<fieldset id="set-${s}"><legend>set ${s.toUpperCase()}${s === "b" ? " (empty: every other document)" : ""}</legend>
+    <label>category <input name="category" list="category-list" placeholder="any"></label>
+    <label>years <input name="from" type="number" placeholder="from"> – <input name="to" type="number" placeholder="to"></label></fieldset>`;
+  view.innerHTML = `<h1>Compare two sets of documents</h1>
+    <datalist id="category-list">${cats.map((c) => `<option value="${esc(c.category)}">${c.papers} papers</option>`).join("")}</datalist>
+    <form id="compare" class="row">${side("a")}${side("b")}<button id="run-compare" type="submit">Compare</button></form>
+    <div id="comparison"></div>`;
+  document.getElementById("compare").onsubmit = async (event) => {
+    event.preventDefault();
+    const params = [["model", model()]];
+    for (const s of ["a", "b"]) {
+      const box = document.getElementById(`set-${s}`);
+      for (const name of ["category", "from", "to"]) {
+        const value = box.querySelector(`[name=${name}]`).value.trim();
+        if (value) params.push([`${s}_${name}`, value]);
+      }
+    }
+    try {
+      const c = await get("compare", params);
+      const table = (rows, cls) => `<table class="${cls}"><tr><th>feature</th><th>share A</th><th>share B</th><th>log odds [95% CI]</th><th>q</th></tr>${rows.map((r) =>
+        `<tr><td>${featureLink(r.feature_id, r.label)}</td><td>${fmt(100 * r.a_share, 1)}%</td><td>${fmt(100 * r.b_share, 1)}%</td>
+         <td>${fmt(r.log_odds, 2)} [${fmt(r.log_odds_low, 2)}, ${fmt(r.log_odds_high, 2)}]</td><td>${Number(r.q_value).toExponential(1)}</td></tr>`).join("")}</table>`;
+      document.getElementById("comparison").innerHTML = `<p class="summary">A: ${esc(c.a)} (${c.a_total} documents) against B: ${esc(c.b)} (${c.b_total});
+        ${c.significant} of ${c.tested} features differ at q &lt; 0.05 (Fisher's exact test, Benjamini–Hochberg).</p>
+        <div class="row">${[["over", "Over-represented in A"], ["under", "Under-represented in A"]].map(([key, title]) =>
+          `<div class="card"><h2>${title}</h2>${oddsChart(c[key])}${table(c[key], key)}</div>`).join("")}</div>`;
+    } catch (err) { showError(err.message); }
+  };
 }
 
 async function familiesPage() {
@@ -255,6 +311,7 @@ async function render() {
     else if (page === "families") await familiesPage();
     else if (page === "family") await familyPage(id);
     else if (page === "dashboard") await dashboardPage();
+    else if (page === "compare") await comparePage();
     else await searchPage();
   } catch (err) {
     view.innerHTML = `<h1>Something went wrong</h1><p>${esc(err.message)}</p>`;

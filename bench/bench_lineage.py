@@ -1,0 +1,83 @@
+"""The paper's §7 cross-model figures and its scaling laws on hh_ml's MiniLM vectors.
+
+1. SAE16 (k=16, n=3072), SAE32 (32, 6144) and SAE64 (64, 9216), the paper's named models,
+   trained here (each its own seed: the same seed gives two widths the same first rows at
+   initialisation, and their features would match by construction), matched pairwise by
+   `saedb match`; the mean max decoder cosine of each direction beside the paper's.
+2. A (k, n) grid (saedb grid) and the scaling_fits view: L ∝ n^α per k and L ∝ k^β per n,
+   beside the paper's α (its cs.LG curves, paper-notes §2.8).
+
+    python bench/bench_lineage.py [--steps 2000] [--grid-steps 1000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.common import ml_minilm  # noqa: E402
+from saedb.backends import connect  # noqa: E402
+from saedb.lineage import match_models  # noqa: E402
+from saedb.trainer import TrainConfig  # noqa: E402
+from saedb.trainer.scaling import run_grid  # noqa: E402
+from saedb.trainer.train import train_from_db  # noqa: E402
+
+NAMED = {16: 3072, 32: 6144, 64: 9216}
+PAPER_MAX_COSINE = {(16, 32): 0.878, (32, 64): 0.595, (16, 64): 0.795}  # multiple_cosine_sim_histograms.pdf
+PAPER_ALPHA_CS_LG = {16: -0.134, 32: -0.142, 64: -0.174}  # n in 3072..12288, d = 1536
+
+
+def named_models(backend, steps: int) -> dict[int, int]:
+    """The paper's three named SAEs, trained once per step budget (model names carry it)."""
+    models = {}
+    for k, n in NAMED.items():
+        name = f"paper-sae{k}-{steps}"
+        found = backend.query("SELECT max(model_id) FROM sae_models WHERE name = ? AND status = 'ready'", (name,))[0][0]
+        if found is None:
+            start = time.perf_counter()
+            found, result = train_from_db(backend, TrainConfig(k=k, n_latents=n, steps=steps, seed=k), name)
+            print(f"trained {name}: NMSE {result.metrics['normalised_mse']:.3f} (held out {result.metrics['holdout_normalised_mse']:.3f}), "
+                  f"dead {result.metrics['dead_fraction']:.1%}, {time.perf_counter() - start:.0f} s", flush=True)
+        models[k] = int(found)
+    return models
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--steps", type=int, default=2000, help="Steps per named SAE (2000 x 1024 = 54 passes over hh_ml).")
+    parser.add_argument("--grid-steps", type=int, default=1000)
+    parser.add_argument("--grid-k", default="16,32,64")
+    parser.add_argument("--grid-n", default="1536,3072,6144")
+    args = parser.parse_args()
+    with connect(ml_minilm()) as backend:
+        models = named_models(backend, args.steps)
+        print(f"\nmean max decoder cosine, hh_ml MiniLM (d=384), {args.steps} steps; paper: cs.LG/astro, d=1536")
+        print(f"{'pair':<14}{'small -> large':>16}{'large -> small':>16}{'paper':>8}{'seconds':>9}")
+        for small, large in PAPER_MAX_COSINE:
+            start = time.perf_counter()
+            forward, backward = match_models(backend, models[small], models[large])
+            print(f"SAE{small}-SAE{large:<6}{forward['mean_max_cosine']:>16.3f}{backward['mean_max_cosine']:>16.3f}"
+                  f"{PAPER_MAX_COSINE[(small, large)]:>8.3f}{time.perf_counter() - start:>9.1f}")
+            print(f"{'':<14}splits: {forward['split_features']} SAE{small} features are the best match of 2+ SAE{large} features "
+                  f"(largest {forward['largest_split']}); orphans {forward['orphans']} / {backward['orphans']}")
+
+        grid = f"minilm-{args.grid_steps}"
+        ks, ns = [int(v) for v in args.grid_k.split(",")], [int(v) for v in args.grid_n.split(",")]
+        have = {(k, n) for k, n in backend.query("SELECT k, n_latents FROM scaling_runs WHERE grid = ?", (grid,))}
+        missing = [(k, n) for k in ks for n in ns if (k, n) not in have]
+        for k, n in missing:
+            run_grid(backend, [k], [n], TrainConfig(steps=args.grid_steps, seed=0), grid=grid, log=print)
+        print(f"\nscaling fits over grid {grid} (view scaling_fits): L = c * n^alpha per k, L = c * k^beta per n")
+        for along, k, n, runs, exponent, coefficient, r2 in backend.query(
+                "SELECT along, k, n_latents, runs, exponent, coefficient, r2 FROM scaling_fits WHERE grid = ? ORDER BY along DESC, k, n_latents",
+                (grid,)):
+            paper = f"  paper alpha (cs.LG) {PAPER_ALPHA_CS_LG[k]:+.3f}" if along == "n" and k in PAPER_ALPHA_CS_LG else ""
+            label = f"k={k}" if along == "n" else f"n={n}"
+            print(f"L({along}) at {label:<7} exponent {exponent:+.3f}  coefficient {coefficient:.3f}  r2 {r2:.3f}  ({runs} runs){paper}")
+
+
+if __name__ == "__main__":
+    main()
