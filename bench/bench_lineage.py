@@ -5,7 +5,7 @@
    initialisation, and their features would match by construction), matched pairwise by
    `saedb match`; the mean max decoder cosine of each direction beside the paper's.
 2. A (k, n) grid (saedb grid) and the scaling_fits view: L ∝ n^α per k and L ∝ k^β per n,
-   beside the paper's α (its cs.LG curves, paper-notes §2.8).
+   beside the paper's α (its cs.LG curves, paper-notes §2.8); the figure in docs/scaling/.
 
     python bench/bench_lineage.py [--steps 2000] [--grid-steps 1000]
 """
@@ -18,11 +18,11 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.common import ml_minilm  # noqa: E402
+from bench.common import ROOT, ml_minilm  # noqa: E402
 from saedb.backends import connect  # noqa: E402
 from saedb.lineage import match_models  # noqa: E402
 from saedb.trainer import TrainConfig  # noqa: E402
-from saedb.trainer.scaling import run_grid  # noqa: E402
+from saedb.trainer.scaling import fit_power_laws, load_runs, plot_scaling, run_grid  # noqa: E402
 from saedb.trainer.train import train_from_db  # noqa: E402
 
 NAMED = {16: 3072, 32: 6144, 64: 9216}
@@ -77,6 +77,9 @@ def main() -> None:
             paper = f"  paper alpha (cs.LG) {PAPER_ALPHA_CS_LG[k]:+.3f}" if along == "n" and k in PAPER_ALPHA_CS_LG else ""
             label = f"k={k}" if along == "n" else f"n={n}"
             print(f"L({along}) at {label:<7} exponent {exponent:+.3f}  coefficient {coefficient:.3f}  r2 {r2:.3f}  ({runs} runs){paper}")
+        runs = load_runs(backend, grid)
+        for path in plot_scaling(runs, fit_power_laws(runs), ROOT / "docs" / "scaling"):
+            print(f"wrote {path.relative_to(ROOT)}")
 
 
 if __name__ == "__main__":

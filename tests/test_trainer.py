@@ -194,6 +194,16 @@ def test_scaling_grid_stores_runs_fits_and_plots(astro_2000: Backend, tmp_path: 
     fits = fit_power_laws(runs)
     assert [f.k for f in fits] == [8, 16] and all(f.alpha < 0 for f in fits)
     assert runs[1]["train_flops"] == 2 * runs[0]["train_flops"] - 70 * 256 * 6 * 256 * 8
+    # the scaling_fits view: the same L(n) fits in SQL, and L(k) per n
+    in_sql = {(along, k, n): (exponent, coefficient) for along, k, n, exponent, coefficient in astro_2000.query(
+        "SELECT along, k, n_latents, exponent, coefficient FROM scaling_fits WHERE grid = 'test'")}
+    assert sorted(key for key in in_sql if key[0] == "n") == [("n", f.k, None) for f in fits]
+    for f in fits:
+        assert in_sql[("n", f.k, None)] == pytest.approx((f.alpha, f.coefficient), rel=1e-9)
+    for n in (64, 128, 256):
+        points = np.array([(r["k"], r["normalised_mse"]) for r in runs if r["n_latents"] == n], dtype=float)
+        beta, log_c = np.polyfit(np.log(points[:, 0]), np.log(points[:, 1]), 1)
+        assert in_sql[("k", None, n)] == pytest.approx((beta, np.exp(log_c)), rel=1e-9)
     png, svg = plot_scaling(runs, fits, tmp_path / "plots")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and svg.read_text().lstrip().startswith("<?xml")
 

@@ -1,5 +1,6 @@
-"""Scaling grid: train SAEs over (k, n), store the metrics in SQL, fit L ∝ n^α per k and
-plot normalised MSE against width and against training compute (the paper's Figure 2).
+"""Scaling grid: train SAEs over (k, n), store the metrics in SQL, fit L ∝ n^α per k (and
+L ∝ k^β per n: both also the scaling_fits view) and plot normalised MSE against width, k and
+training compute (the paper's Figure 2).
 
 Grid runs record metrics only; they do not publish model versions or codes.
 """
@@ -92,7 +93,8 @@ def fit_power_laws(runs: list[dict[str, float]]) -> list[PowerLaw]:
 
 
 def plot_scaling(runs: list[dict[str, float]], fits: list[PowerLaw], out_dir: str | Path) -> list[Path]:
-    """Normalised MSE vs n and vs training FLOPs, log-log, one line per k (PNG and SVG)."""
+    """Normalised MSE vs n (one line per k), vs k (one per n) and vs training FLOPs, log-log
+    (PNG and SVG)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -100,7 +102,7 @@ def plot_scaling(runs: list[dict[str, float]], fits: list[PowerLaw], out_dir: st
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    fig, (by_width, by_compute) = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, (by_width, by_k, by_compute) = plt.subplots(1, 3, figsize=(15, 4.2))
     for fit in fits:
         rows = sorted((r for r in runs if r["k"] == fit.k), key=lambda r: r["n_latents"])
         n = np.array([r["n_latents"] for r in rows])
@@ -108,11 +110,19 @@ def plot_scaling(runs: list[dict[str, float]], fits: list[PowerLaw], out_dir: st
         (line,) = by_width.plot(n, loss, "o", label=f"k={fit.k}  α={fit.alpha:.2f}")
         by_width.plot(n, fit(n), "--", color=line.get_color())
         by_compute.plot([r["train_flops"] for r in rows], loss, "o-", color=line.get_color(), label=f"k={fit.k}")
-    for axis, xlabel in ((by_width, "latents n"), (by_compute, "training compute (FLOPs)")):
+    for n in sorted({int(r["n_latents"]) for r in runs}):
+        rows = sorted((r for r in runs if r["n_latents"] == n), key=lambda r: r["k"])
+        if len(rows) >= 2:
+            k, loss = np.array([(r["k"], r["normalised_mse"]) for r in rows], dtype=float).T
+            beta, log_c = np.polyfit(np.log(k), np.log(loss), 1)
+            (line,) = by_k.plot(k, loss, "o", label=f"n={n}  β={beta:.2f}")
+            by_k.plot(k, np.exp(log_c) * k ** beta, "--", color=line.get_color())
+    for axis, xlabel in ((by_width, "latents n"), (by_k, "active latents k"), (by_compute, "training compute (FLOPs)")):
         axis.set(xscale="log", yscale="log", xlabel=xlabel, ylabel="normalised MSE")
         axis.grid(True, which="both", alpha=0.3)
         axis.legend(fontsize=8)
     by_width.set_title("L ∝ n^α")
+    by_k.set_title("L ∝ k^β")
     by_compute.set_title("loss vs compute")
     fig.tight_layout()
     paths = [out_dir / "scaling.png", out_dir / "scaling.svg"]
