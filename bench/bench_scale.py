@@ -11,7 +11,8 @@ Stages: load (90%), train (streamed from the database, chunks of ``--chunk-rows`
 write-back (publish weights + codes of every document), load-new (10%), encode (codes of
 the new documents only), label (offline labeller, the families' input), co-occurrence
 (SQL), families (the paper's spanning-tree algorithm over the stored co-occurrence),
-search (100 queries, plain and steered, against numpy exact search over the same matrix in
+analytics (feature_enrichment twice, feature_predictors, feature_slopes; saedb match
+depends on the models' widths, not the corpus: bench_lineage.py), search (100 queries, plain and steered, against numpy exact search over the same matrix in
 the same process: p50 ratio and recall).
 
 The training budget is a fixed number of optimiser steps (as in the paper), so training
@@ -40,7 +41,9 @@ DATA = ROOT.parent / "shared" / "data"
 SOURCES = ("hh_astro", "hh_ml")
 EMBEDDER = "minilm-synthetic"  # not an embedder saedb runs: queries are given as vectors
 NOISE = 0.02
-STAGES = ("load", "train", "write-back", "load-new", "encode", "label", "co-occurrence", "families", "search")
+STAGES = ("load", "train", "write-back", "load-new", "encode", "label", "co-occurrence", "families", "analytics", "search")
+EP = "'astro-ph.EP' = ANY(categories)"
+CO = "'astro-ph.CO' = ANY(categories) AND NOT 'astro-ph.EP' = ANY(categories)"
 
 
 # --- the synthetic corpus ------------------------------------------------------------------
@@ -145,7 +148,26 @@ def run_stage(stage: str, folder: Path, args: argparse.Namespace) -> dict:
             from saedb.families import build_families
 
             return {"families": len(build_families(backend, model_id, with_cooccurrence=False))}
+        if stage == "analytics":
+            return analytics_stage(backend, model_id)
     return search_stage(url)
+
+
+def analytics_stage(backend, model_id: int) -> dict:
+    """Each comparative analysis once, timed: Fisher enrichment of two categories and of one
+    category against the rest, predictors of the primary category, every feature's year slope."""
+    from saedb import analytics
+
+    timings = {}
+    for name, run in (("enrichment_ep_co_s", lambda: analytics.enrichment(backend, model_id, EP, CO)),
+                      ("enrichment_ep_rest_s", lambda: analytics.enrichment(backend, model_id, EP)),
+                      ("predictors_s", lambda: analytics.predictors(backend, model_id, "categories[1]")),
+                      ("slopes_s", lambda: analytics.slopes(backend, model_id, "year"))):
+        start = time.perf_counter()
+        rows = run().num_rows
+        timings[name] = round(time.perf_counter() - start, 2)
+        timings[name[:-2] + "_rows"] = rows
+    return timings
 
 
 def search_stage(url: str, n_queries: int = 100, strength: float = 0.6) -> dict:

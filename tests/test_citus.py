@@ -29,6 +29,7 @@ from saedb.families import build_families
 from saedb.interp import OfflineLabeller, corpus_stats, run_autointerp
 from saedb.loaders import load_corpus
 from saedb.models import publish_model
+from saedb.sae import SAE
 from saedb.search import Steering, search
 from saedb.trainer import TrainConfig
 from saedb.trainer.train import train_from_url
@@ -153,6 +154,27 @@ def test_bi_views_answer_as_on_one_server(cluster: str, single: str, pipeline: d
         query = f"SELECT * FROM {view} WHERE model_id = ? ORDER BY {key}"
         strip = lambda table: [row[1:] for row in table]  # noqa: E731 - the model id differs
         assert strip(rows(cluster, query, (pipeline["model"],))) == strip(rows(single, query, (2,))), view
+
+
+def test_comparative_analytics_and_lineage_answer_as_on_one_server(cluster: str, single: str, pipeline: dict) -> None:
+    from saedb import analytics
+    from saedb.lineage import match_models
+
+    with connect(cluster) as c, connect(single) as s:
+        for call, argument in ((analytics.enrichment, "'cs.LG' = ANY(categories)"), (analytics.predictors, "categories[1]"),
+                               (analytics.slopes, "year")):
+            on_cluster = [{k: v for k, v in r.items() if k != "model_id"} for r in call(c, pipeline["model"], argument).to_pylist()]
+            on_single = [{k: v for k, v in r.items() if k != "model_id"} for r in call(s, 2, argument).to_pylist()]
+            assert len(on_cluster) == len(on_single) > 0
+            key = lambda r: (r.get("value") or "", r["feature_id"])  # noqa: E731
+            for a, b in zip(sorted(on_cluster, key=key), sorted(on_single, key=key)):
+                numbers = [column for column, value in a.items() if isinstance(value, float)]
+                assert [a[c] for c in numbers] == pytest.approx([b[c] for c in numbers], rel=1e-9, abs=1e-12), call.__name__
+                assert {c: v for c, v in a.items() if c not in numbers} == {c: v for c, v in b.items() if c not in numbers}
+        other = publish_model(c, SAE.random(d=pipeline["sae"].d, n=64, k=8, seed=2), "random")
+        forward, backward = match_models(c, pipeline["model"], other)
+        assert (forward["n_features"], backward["n_features"]) == (CONFIG.n_latents, 64)
+    assert rows(cluster, "SELECT count(*) FROM feature_lineage") == [(CONFIG.n_latents + 64,)]
 
 
 def exact_top(backend: Backend, vector: np.ndarray, limit: int = 10) -> list[int]:
