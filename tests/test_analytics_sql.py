@@ -245,3 +245,12 @@ def test_an_attached_table_is_compared_by_its_own_columns(db_url: str, tmp_path:
         assert len(analytics.slopes(backend, model_id, "pages").to_pylist()) > 0
         with pytest.raises(InvalidInputError, match="categories"):  # papers' columns are not the user's
             analytics.enrichment(backend, model_id, EP)
+
+
+def test_duckdb_erfc_is_accurate_across_the_range(databases) -> None:
+    from scipy.special import erfc
+
+    backend, _ = databases["duckdb"]
+    xs = [i / 20 for i in range(0, 400)]  # 0 .. 20: erfc from 1 down to 5e-176
+    got = [row[0] for row in backend.query("SELECT saedb_erfc(x) FROM unnest(?) AS t(x) ORDER BY x", (xs,))]
+    assert got == pytest.approx([erfc(x) for x in xs], rel=1e-12, abs=0)

@@ -41,9 +41,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def readme_sql() -> list[str]:
-    """The statements of the README's SQL and BI-view examples, in order."""
+    """The statements of the README's SQL, BI-view and comparative-analytics examples, in order."""
     text = (ROOT / "README.md").read_text()
-    blocks = re.findall(r"```sql\n(.*?)```", text, flags=re.DOTALL)[:2]
+    blocks = re.findall(r"```sql\n(.*?)```", text, flags=re.DOTALL)[:3]
     return [s.strip() for block in blocks for s in block.split(";\n") if s.strip()]
 
 
