@@ -178,3 +178,30 @@ def test_duckdb_engine_reflects_and_queries_a_saedb_file(saedb_file: tuple[str, 
         assert n > 400
     finally:
         engine.dispose()
+
+
+def test_a_plain_client_and_the_duckdb_cli_run_the_analytics(saedb_file: tuple[str, int, int]) -> None:
+    """feature_enrichment, feature_predictors and feature_slopes are persisted table macros:
+    the duckdb package alone and the PyPI CLI get saedb's rows."""
+    import shutil
+
+    from saedb import analytics
+
+    path, model, _ = saedb_file
+    calls = {"enrichment": f"SELECT feature_id, p_value, q_value FROM feature_enrichment({model}, 'year < 2007', NULL) ORDER BY feature_id",
+             "predictors": f"SELECT value, feature_id, lift FROM feature_predictors({model}, 'corpus') ORDER BY value, feature_id",
+             "slopes": f"SELECT feature_id, slope FROM feature_slopes({model}, 'year') ORDER BY feature_id"}
+    plain = plain_duckdb(path, calls)
+    assert not plain["saedb_loaded"]
+    with connect(path, read_only=True) as backend:
+        expected = {
+            "enrichment": sorted((r["feature_id"], r["p_value"], r["q_value"]) for r in analytics.enrichment(backend, model, "year < 2007").to_pylist()),
+            "predictors": sorted((r["value"], r["feature_id"], r["lift"]) for r in analytics.predictors(backend, model, "corpus").to_pylist()),
+            "slopes": sorted((r["feature_id"], r["slope"]) for r in analytics.slopes(backend, model, "year").to_pylist()),
+        }
+    for name, rows in expected.items():
+        assert [tuple(row) for row in plain[name]] == rows and rows, name
+    cli = shutil.which("duckdb", path=str(Path(sys.executable).parent)) or shutil.which("duckdb")
+    done = subprocess.run([cli, "-readonly", "-csv", "-noheader", path, "-c", calls["slopes"]], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert [int(line.split(",")[0]) for line in done.stdout.split()] == [row[0] for row in expected["slopes"]]
