@@ -4,7 +4,7 @@
     db = saedb.connect("ml.duckdb")            # or a postgresql:// URL
     db.sql("SELECT * FROM feature_summary WHERE model_id = ?", [1]).to_pandas()
     polars.from_arrow(db.search("graph neural networks", model="ml32", label="molecules", strength=0.8))
-    db.diff("ml32", "year < 2015", "year >= 2020").to_pandas()   # features that set the sets apart
+    db.diff("ml32", "year < 2012", "year >= 2016").to_pandas()   # features that set the sets apart
 """
 
 from __future__ import annotations
