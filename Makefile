@@ -45,7 +45,11 @@ bench: $(VENV)/.installed
 
 # Fast search and scale, in one run: search on both backends at 87k, the web app under 200
 # parallel searches, the pipeline at 100k and 1M documents.
-bench-search: $(VENV)/.installed
+$(VENV)/.bench: $(VENV)/.installed
+	$(PY) -m pip install -q -e '.[bench]'
+	touch $@
+
+bench-search: $(VENV)/.bench
 	$(PY) bench/bench_search.py hh_astro
 	$(PY) bench/bench_serve.py
 	$(PY) bench/bench_scale.py

@@ -7,7 +7,8 @@ the same embedder), single client:
 1. numpy exact top-10 over the same matrix (baseline);
 2. DuckDB ``saedb.search`` (in-process exact ranking) plain and steered: p50, p99, recall;
 3. Postgres HNSW at several ``hnsw.ef_search`` values: p50, p99, recall, plain and steered;
-4. Postgres with a filter (year >= 2015) and iterative index scans, recall against exact.
+4. Postgres with a filter (year >= 2015) and iterative index scans, recall against exact;
+5. the peers (the `bench` extra): faiss IndexFlatIP, usearch exact, faiss and usearch HNSW.
 """
 
 from __future__ import annotations
@@ -69,6 +70,49 @@ def measure(label: str, backend: Backend, model: int, queries: list, features: l
         report(f"{label} {name} recall@10 vs exact", recall(found, truth), "", None, f"target >= {target_recall:.2f}")
 
 
+def peers(unit: np.ndarray, queries: list[np.ndarray], truth: list[list[int]], doc_ids: np.ndarray, base: float) -> None:
+    """The libraries users would pick instead, on the same unit vectors and queries, one query at a
+    time: faiss IndexFlatIP (exact), usearch exact, faiss HNSW and usearch HNSW at several search
+    widths (build seconds, p50, p99, recall@10 against numpy exact, memory). Ratios: p50 over
+    faiss IndexFlatIP's p50 and over numpy's."""
+    import faiss
+    from usearch.index import Index, MetricKind, search as usearch_exact
+
+    unit = np.ascontiguousarray(unit, dtype=np.float32)
+    unit_queries = [np.ascontiguousarray(q / np.linalg.norm(q), dtype=np.float32) for q in queries]
+    position = {int(d): i for i, d in enumerate(doc_ids)}
+    truth_rows = [[position[d] for d in t] for t in truth]
+
+    def run(label: str, search_one, flat: float | None) -> float:
+        seconds, found = timings(search_one, unit_queries)
+        median = p(seconds, 0.5)
+        ratio = f"  {median / flat:.2f}x faiss flat" if flat else ""
+        print(f"{label:<44} p50 {median:7.2f} ms  p99 {p(seconds, 0.99):7.2f} ms  recall@10 {recall(found, truth_rows):.3f}  "
+              f"{median / base:.2f}x numpy{ratio}", flush=True)
+        return median
+
+    flat = faiss.IndexFlatIP(unit.shape[1])
+    flat.add(unit)
+    flat_p50 = run("faiss IndexFlatIP (exact)", lambda q: flat.search(q[None], 10)[1][0].tolist(), None)
+    run("usearch exact", lambda q: usearch_exact(unit, q, 10, MetricKind.IP, exact=True).keys.tolist(), flat_p50)
+    start = time.perf_counter()
+    hnsw = faiss.IndexHNSWFlat(unit.shape[1], 32, faiss.METRIC_INNER_PRODUCT)
+    hnsw.hnsw.efConstruction = 128
+    hnsw.add(unit)
+    print(f"faiss HNSW (M=32, efConstruction 128) built in {time.perf_counter() - start:.1f} s", flush=True)
+    for ef in (40, 100, 200):
+        hnsw.hnsw.efSearch = ef
+        run(f"faiss HNSW efSearch={ef}", lambda q: hnsw.search(q[None], 10)[1][0].tolist(), flat_p50)
+    start = time.perf_counter()
+    index = Index(ndim=unit.shape[1], metric=MetricKind.IP, dtype="f32", connectivity=16, expansion_add=128)
+    index.add(np.arange(len(unit)), unit, threads=2)
+    print(f"usearch HNSW (connectivity 16, expansion_add 128) built in {time.perf_counter() - start:.1f} s, "
+          f"{index.memory_usage / 2**20:.0f} MB", flush=True)
+    for ef in (40, 100, 200):
+        index.expansion_search = ef
+        run(f"usearch HNSW expansion_search={ef}", lambda q: index.search(q, 10).keys.tolist(), flat_p50)
+
+
 def build(url: str, corpus: str, sae: SAE, embedder: str) -> tuple[Backend, int]:
     """The corpus with the reference MiniLM vectors from ../shared, or embedded here by ``embedder``."""
     backend = connect(url)
@@ -101,6 +145,7 @@ def main(corpus: str = "hh_astro", embedder: str = "minilm", n_queries: int = 10
         report(f"numpy exact top-10 over {len(doc_ids)} docs, p50 (baseline)", base, "ms")
         measure("DuckDB search", duck, model, queries, features, strength, (exact_plain, exact_steered), base, 1.0)
         duck.close()
+        peers(unit, queries, exact_plain, doc_ids, base)
         pg, pg_model = build(fresh_database(server, "search_bench"), corpus, sae, embedder)
         for ef in (40, 100, 200):
             pg.execute(f"SET hnsw.ef_search = {ef}")
