@@ -118,21 +118,6 @@ def test_bad_input_gets_a_clear_message(served: tuple[str, int], path: str, para
     assert got_status == status and message in body["error"]
 
 
-def test_bad_compare_filters_get_clear_messages(served: tuple[str, int]) -> None:
-    base, _ = served
-    for params, status, message in [
-        ([("model", "1")], 400, "set A needs a category or a year"),
-        ([("model", "77"), ("a_to", "2006")], 404, "unknown model 77"),
-        ([("model", "1"), ("a_from", "199x")], 400, "a_from must be an integer"),
-        ([("model", "1"), ("a_from", "1990"), ("a_to", "1991")], 400, "holds no document encoded by model 1"),
-        ([("model", "1"), ("a_to", "2006"), ("b_to", "2006")], 400, "sets A and B are the same filter"),
-        ([("model", "1"), ("a_to", "2006"), ("b_from", "2000")], 400, "documents are in both sets"),
-        ([("model", "1"), ("a_category", "x' OR 1=1 --")], 400, "holds no document"),  # a literal, not SQL
-    ]:
-        got_status, body = get(base, "compare", params)
-        assert (got_status, message in body["error"]) == (status, True), (params, body)
-
-
 def test_injection_is_just_text_and_the_app_cannot_write(served: tuple[str, int], db_url: str) -> None:
     base, model_id = served
     status, body = get(base, "search", [("q", "'); DROP TABLE papers; --"), ("model", str(model_id))])
@@ -561,59 +546,3 @@ def test_a_client_that_disconnects_is_one_log_line_not_a_traceback(capsys: pytes
         server.server_close()
     assert issubclass(server.RequestHandlerClass, BaseHTTPRequestHandler)
 
-
-def test_browser_compare_page_and_the_feature_in_other_models(db_url: str, astro_slice: Path, embedder, browser) -> None:
-    """Two filters give the over- and under-represented features with the figures of
-    feature_enrichment; the feature page lists the feature's best match in a matched model and
-    its link opens that feature of that model."""
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import Select
-
-    from saedb.analytics import enrichment
-    from saedb.lineage import match_models
-
-    with connect(db_url) as backend:
-        load_corpus(backend, astro_slice, embedder, progress=False)
-        small, _ = train_from_db(backend, TrainConfig(k=8, n_latents=128, steps=180, batch_size=64, lr=1e-3), "small")
-        wide, _ = train_from_db(backend, TrainConfig(k=8, n_latents=256, steps=180, batch_size=64, lr=1e-3, seed=1), "wide")
-        match_models(backend, small, wide)
-        expected = enrichment(backend, small, "year <= 2006").to_pylist()
-        feature, best, cosine = backend.query("SELECT feature_id, other_feature_id, cosine FROM feature_matches "
-                                              "WHERE model_id = ? ORDER BY cosine DESC, feature_id LIMIT 1", (small,))[0]
-    app = App(db_url, pool_size=4, timeout_s=10)
-    server = make_server(app, "127.0.0.1", 0, idle_timeout_s=2)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    base, kind = f"http://127.0.0.1:{server.server_port}", "postgres" if db_url.startswith("postgres") else "duckdb"
-    try:
-        browser.get(base + "/#/dashboard")
-        wait_for(browser, "#model option", lambda els: len(els) == 2)
-        Select(browser.find_element(By.ID, "model")).select_by_value(str(small))
-        wait_for(browser, "h1", lambda els: els and els[0].text.startswith("Model small"))
-        browser.find_element(By.CSS_SELECTOR, "nav a[data-page=compare]").click()
-        wait_for(browser, "#set-a [name=to]")[0].send_keys("2006")
-        browser.find_element(By.ID, "run-compare").click()
-        summary = wait_for(browser, "p.summary")[0].text
-        assert f"({expected[0]['a_total']} documents) against B: the other documents ({expected[0]['b_total']})" in summary
-        assert f"{sum(r['q_value'] < 0.05 for r in expected)} of {len(expected)} features differ" in summary
-        over = [r for r in expected if r["log_odds"] > 0][:15]
-        rows = wait_for(browser, "table.over tr", lambda els: len(els) == len(over) + 1)[1:]
-        assert [row.text.split()[0] for row in rows] == [f"#{r['feature_id']}" for r in over]
-        assert f"{over[0]['log_odds']:.2f} [{over[0]['log_odds_low']:.2f}, {over[0]['log_odds_high']:.2f}]" in rows[0].text
-        assert len(browser.find_elements(By.CSS_SELECTOR, "svg.odds circle.dot")) == len(over) + len([r for r in expected if r["log_odds"] < 0][:15])
-        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-        browser.save_screenshot(str(SCREENSHOTS / f"compare-{kind}.png"))
-        browser.find_element(By.CSS_SELECTOR, "#set-a [name=to]").clear()
-        browser.find_element(By.ID, "run-compare").click()
-        assert "set A needs a category or a year" in wait_for(browser, "#error", lambda els: els and els[0].text)[0].text
-
-        browser.get(f"{base}/#/feature/{feature}")
-        link = wait_for(browser, ".other-models a.other-model")[0]
-        assert link.text == f"#{best}" and f"{cosine:.2f}" in browser.find_element(By.CSS_SELECTOR, ".other-models").text
-        link.click()
-        wait_for(browser, ".other-models", lambda els: len(els) == 1 and f"small v1 (#{small})" in els[0].text)  # the wide model's page
-        assert browser.find_element(By.TAG_NAME, "h1").text.startswith(f"Feature #{best}")
-        assert Select(browser.find_element(By.ID, "model")).first_selected_option.get_attribute("value") == str(wide)
-    finally:
-        server.shutdown()
-        server.server_close()
-        app.pool.close()
