@@ -41,6 +41,8 @@ bench: $(VENV)/.installed
 	$(PY) bench/bench_parallel.py
 	$(PY) bench/bench_analysis.py
 	$(PY) bench/bench_macros.py
+	$(PY) bench/bench_lineage.py
+	$(PY) bench/bench_compare.py
 	$(MAKE) bench-search
 
 # Fast search and scale, in one run: search on both backends at 87k, the web app under 200

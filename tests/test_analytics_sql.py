@@ -254,3 +254,17 @@ def test_duckdb_erfc_is_accurate_across_the_range(databases) -> None:
     xs = [i / 20 for i in range(0, 400)]  # 0 .. 20: erfc from 1 down to 5e-176
     got = [row[0] for row in backend.query("SELECT saedb_erfc(x) FROM unnest(?) AS t(x) ORDER BY x", (xs,))]
     assert got == pytest.approx([erfc(x) for x in xs], rel=1e-12, abs=0)
+
+
+def test_a_set_defined_by_a_feature_itself_is_no_overflow(db) -> None:
+    """The densest feature fires on every document of A and on none of B: its table is so far in
+    the tail (p = 1 / C(N, |A|) < 1e-308) that likelihoods relative to it overflow a double."""
+    backend, model_id = db
+    feature, n_docs = backend.query("SELECT feature_id, count(*) FROM sae_codes WHERE model_id = ? GROUP BY feature_id "
+                                    "ORDER BY count(*) DESC, feature_id LIMIT 1", (model_id,))[0]
+    predicate = f"saedb_doc_id IN (SELECT doc_id FROM sae_codes WHERE model_id = {model_id} AND feature_id = {feature})"
+    rows = {r["feature_id"]: r for r in analytics.enrichment(backend, model_id, predicate).to_pylist()}
+    assert (rows[feature]["a_docs"], rows[feature]["b_docs"], rows[feature]["a_total"]) == (n_docs, 0, n_docs) and n_docs > 250
+    for r in rows.values():
+        table = [[r["a_docs"], r["a_total"] - r["a_docs"]], [r["b_docs"], r["b_total"] - r["b_docs"]]]
+        assert r["p_value"] == pytest.approx(fisher_exact(table).pvalue, abs=1e-9, rel=1e-6)

@@ -33,7 +33,9 @@ CREATE OR REPLACE MACRO saedb_document_set(model, predicate) AS TABLE
 -- sparse: a feature firing in 3 of 400 documents is outside any normal approximation. Tables that
 -- far from the expected count that exp(-2t^2/m) < 1e-13 (Hoeffding) are left out of the sums
 -- unless they lie as near the observed count or its mirror image: p is exact to 1e-12 absolute
--- plus lgamma's rounding (relative 1e-13 at 10^4 documents, 1e-9 at 10^6).
+-- plus lgamma's rounding (relative 1e-13 at 10^4 documents, 1e-9 at 10^6). Likelihoods are taken
+-- relative to the likeliest table and as 0 below e^-740 (Postgres's exp raises on underflow and
+-- overflow), so a p below 1e-308 is 0.
 CREATE OR REPLACE MACRO feature_enrichment(model, set_a, set_b) AS TABLE
 WITH model_row AS (
     SELECT coalesce(max(model_id), error('feature_enrichment: unknown model ' || coalesce(CAST(model AS VARCHAR), 'NULL')
@@ -75,13 +77,17 @@ b AS (
           UNION
           SELECT feature_id, k, n, n_a, unnest(range(CAST(greatest(lo, floor(2 * mean - a_docs - width)) AS BIGINT),
                                                      CAST(least(hi, ceil(2 * mean - a_docs + width)) AS BIGINT) + 1)) AS x FROM tables)
-), fisher AS (
+), weighted AS (
+    SELECT r.feature_id, r.x, r.log_weight,
+           CASE WHEN r.log_weight - r.top >= -740 THEN exp(r.log_weight - r.top) ELSE 0 END AS weight
+    FROM (SELECT q.*, max(q.log_weight) OVER (PARTITION BY q.feature_id) AS top FROM terms q) r
+    ), fisher AS (
     SELECT t.feature_id,
-           least(1.0, sum(CASE WHEN w.log_weight <= o.log_weight + 1e-7 THEN exp(w.log_weight - o.log_weight) END)
-                      / sum(exp(w.log_weight - o.log_weight))) AS p_value
+           least(1.0, sum(CASE WHEN w.log_weight <= o.log_weight + 1e-7 THEN w.weight END)
+                      / sum(w.weight)) AS p_value
     FROM tables t
-    JOIN terms o ON o.feature_id = t.feature_id AND o.x = t.a_docs
-    JOIN terms w ON w.feature_id = t.feature_id
+    JOIN weighted o ON o.feature_id = t.feature_id AND o.x = t.a_docs
+    JOIN weighted w ON w.feature_id = t.feature_id
     GROUP BY t.feature_id
 ), tested AS (
     SELECT t.*, f.p_value,

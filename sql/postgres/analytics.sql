@@ -67,13 +67,17 @@ BEGIN
               UNION
               SELECT t.feature_id, t.k, t.n, t.n_a, generate_series(greatest(t.lo, floor(2 * t.mean - t.a_docs - t.width))::bigint,
                                                                   least(t.hi, ceil(2 * t.mean - t.a_docs + t.width))::bigint) FROM tables t) w
-    ), fisher AS (
+    ), weighted AS (
+        SELECT r.feature_id, r.x, r.log_weight,
+               CASE WHEN r.log_weight - r.top >= -740 THEN exp(r.log_weight - r.top) ELSE 0 END AS weight
+        FROM (SELECT q.*, max(q.log_weight) OVER (PARTITION BY q.feature_id) AS top FROM terms q) r
+        ), fisher AS (
         SELECT t.feature_id,
-               least(1.0, sum(CASE WHEN w.log_weight <= o.log_weight + 1e-7 THEN exp(w.log_weight - o.log_weight) END)
-                          / sum(exp(w.log_weight - o.log_weight))) AS p_value
+               least(1.0, sum(CASE WHEN w.log_weight <= o.log_weight + 1e-7 THEN w.weight END)
+                          / sum(w.weight)) AS p_value
         FROM tables t
-        JOIN terms o ON o.feature_id = t.feature_id AND o.x = t.a_docs
-        JOIN terms w ON w.feature_id = t.feature_id
+        JOIN weighted o ON o.feature_id = t.feature_id AND o.x = t.a_docs
+        JOIN weighted w ON w.feature_id = t.feature_id
         GROUP BY t.feature_id
     ), tested AS (
         SELECT t.*, f.p_value,
