@@ -199,8 +199,12 @@ def test_a_plain_client_and_the_duckdb_cli_run_the_analytics(saedb_file: tuple[s
             "predictors": sorted((r["value"], r["feature_id"], r["lift"]) for r in analytics.predictors(backend, model, "corpus").to_pylist()),
             "slopes": sorted((r["feature_id"], r["slope"]) for r in analytics.slopes(backend, model, "year").to_pylist()),
         }
-    for name, rows in expected.items():
-        assert [tuple(row) for row in plain[name]] == rows and rows, name
+    for name, rows in expected.items():  # DuckDB's parallel sums may differ in the last bit between runs
+        got = [tuple(row) for row in plain[name]]
+        keys = lambda table: [tuple(v for v in row if not isinstance(v, float)) for row in table]  # noqa: E731
+        numbers = lambda table: [v for row in table for v in row if isinstance(v, float)]  # noqa: E731
+        assert keys(got) == keys(rows) and rows, name
+        assert numbers(got) == pytest.approx(numbers(rows), rel=1e-12, abs=1e-15), name
     cli = shutil.which("duckdb", path=str(Path(sys.executable).parent)) or shutil.which("duckdb")
     done = subprocess.run([cli, "-readonly", "-csv", "-noheader", path, "-c", calls["slopes"]], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr

@@ -65,36 +65,38 @@ b AS (
            CAST(s.n_a AS DOUBLE) * (c.a_docs + c.b_docs) / (s.n_a + s.n_b) AS mean,
            ceil(sqrt(15.0 * least(s.n_a, c.a_docs + c.b_docs, s.n_b))) + 2 AS width
     FROM counts c, sizes s
+), shapes AS (  -- one Fisher test per distinct table: features with the same counts get the same bits
+    SELECT DISTINCT a_docs, b_docs, n_a, n, k, lo, hi, mean, width FROM tables
 ), terms AS (
-    SELECT feature_id, x,
+    SELECT a_docs, b_docs, x,
            lgamma(k + 1) - lgamma(x + 1) - lgamma(k - x + 1)
            + lgamma(n - k + 1) - lgamma(n_a - x + 1) - lgamma(n - k - n_a + x + 1) AS log_weight
-    FROM (SELECT feature_id, k, n, n_a, unnest(range(CAST(greatest(lo, floor(mean - width)) AS BIGINT),
-                                                     CAST(least(hi, ceil(mean + width)) AS BIGINT) + 1)) AS x FROM tables
+    FROM (SELECT a_docs, b_docs, k, n, n_a, unnest(range(CAST(greatest(lo, floor(mean - width)) AS BIGINT),
+                                                         CAST(least(hi, ceil(mean + width)) AS BIGINT) + 1)) AS x FROM shapes
           UNION
-          SELECT feature_id, k, n, n_a, unnest(range(CAST(greatest(lo, a_docs - width) AS BIGINT),
-                                                     CAST(least(hi, a_docs + width) AS BIGINT) + 1)) AS x FROM tables
+          SELECT a_docs, b_docs, k, n, n_a, unnest(range(CAST(greatest(lo, a_docs - width) AS BIGINT),
+                                                         CAST(least(hi, a_docs + width) AS BIGINT) + 1)) AS x FROM shapes
           UNION
-          SELECT feature_id, k, n, n_a, unnest(range(CAST(greatest(lo, floor(2 * mean - a_docs - width)) AS BIGINT),
-                                                     CAST(least(hi, ceil(2 * mean - a_docs + width)) AS BIGINT) + 1)) AS x FROM tables)
+          SELECT a_docs, b_docs, k, n, n_a, unnest(range(CAST(greatest(lo, floor(2 * mean - a_docs - width)) AS BIGINT),
+                                                         CAST(least(hi, ceil(2 * mean - a_docs + width)) AS BIGINT) + 1)) AS x FROM shapes)
 ), weighted AS (
-    SELECT r.feature_id, r.x, r.log_weight,
+    SELECT r.a_docs, r.b_docs, r.x, r.log_weight,
            CASE WHEN r.log_weight - r.top >= -740 THEN exp(r.log_weight - r.top) ELSE 0 END AS weight
-    FROM (SELECT q.*, max(q.log_weight) OVER (PARTITION BY q.feature_id) AS top FROM terms q) r
-    ), fisher AS (
-    SELECT t.feature_id,
+    FROM (SELECT q.*, max(q.log_weight) OVER (PARTITION BY q.a_docs, q.b_docs) AS top FROM terms q) r
+), fisher AS (
+    SELECT t.a_docs, t.b_docs,
            least(1.0, sum(CASE WHEN w.log_weight <= o.log_weight + 1e-7 THEN w.weight END)
                       / sum(w.weight)) AS p_value
-    FROM tables t
-    JOIN weighted o ON o.feature_id = t.feature_id AND o.x = t.a_docs
-    JOIN weighted w ON w.feature_id = t.feature_id
-    GROUP BY t.feature_id
+    FROM shapes t
+    JOIN weighted o ON o.a_docs = t.a_docs AND o.b_docs = t.b_docs AND o.x = t.a_docs
+    JOIN weighted w ON w.a_docs = t.a_docs AND w.b_docs = t.b_docs
+    GROUP BY t.a_docs, t.b_docs
 ), tested AS (
     SELECT t.*, f.p_value,
            ln((t.a_docs + 0.5) * (t.n_b - t.b_docs + 0.5) / ((t.b_docs + 0.5) * (t.n_a - t.a_docs + 0.5))) AS log_odds,
            sqrt(1 / (t.a_docs + 0.5) + 1 / (t.n_a - t.a_docs + 0.5) + 1 / (t.b_docs + 0.5) + 1 / (t.n_b - t.b_docs + 0.5)) AS log_odds_se,
            row_number() OVER (ORDER BY f.p_value, t.feature_id) AS p_rank, count(*) OVER () AS n_tested
-    FROM tables t JOIN fisher f USING (feature_id)
+    FROM tables t JOIN fisher f ON f.a_docs = t.a_docs AND f.b_docs = t.b_docs
 )
 SELECT CAST(model AS INTEGER) AS model_id, CAST(x.feature_id AS INTEGER) AS feature_id, l.label,
        x.a_docs, x.n_a AS a_total, x.b_docs, x.n_b AS b_total,

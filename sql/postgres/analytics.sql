@@ -55,36 +55,38 @@ BEGIN
                cardinality(a)::double precision * (c.a_docs + c.b_docs) / (cardinality(a) + cardinality(b)) AS mean,
                ceil(sqrt(15.0 * least(cardinality(a), c.a_docs + c.b_docs, cardinality(b)))) + 2 AS width
         FROM counts c
+    ), shapes AS (  -- one Fisher test per distinct table: features with the same counts get the same bits
+        SELECT DISTINCT t.a_docs, t.b_docs, t.n_a, t.n, t.k, t.lo, t.hi, t.mean, t.width FROM tables t
     ), terms AS (
-        SELECT w.feature_id, w.x,
+        SELECT w.a_docs, w.b_docs, w.x,
                lgamma(w.k + 1) - lgamma(w.x + 1) - lgamma(w.k - w.x + 1)
                + lgamma(w.n - w.k + 1) - lgamma(w.n_a - w.x + 1) - lgamma(w.n - w.k - w.n_a + w.x + 1) AS log_weight
-        FROM (SELECT t.feature_id, t.k, t.n, t.n_a, generate_series(greatest(t.lo, floor(t.mean - t.width))::bigint,
-                                                                  least(t.hi, ceil(t.mean + t.width))::bigint) AS x FROM tables t
+        FROM (SELECT t.a_docs, t.b_docs, t.k, t.n, t.n_a, generate_series(greatest(t.lo, floor(t.mean - t.width))::bigint,
+                                                                          least(t.hi, ceil(t.mean + t.width))::bigint) AS x FROM shapes t
               UNION
-              SELECT t.feature_id, t.k, t.n, t.n_a, generate_series(greatest(t.lo, t.a_docs - t.width)::bigint,
-                                                                  least(t.hi, t.a_docs + t.width)::bigint) FROM tables t
+              SELECT t.a_docs, t.b_docs, t.k, t.n, t.n_a, generate_series(greatest(t.lo, t.a_docs - t.width)::bigint,
+                                                                          least(t.hi, t.a_docs + t.width)::bigint) FROM shapes t
               UNION
-              SELECT t.feature_id, t.k, t.n, t.n_a, generate_series(greatest(t.lo, floor(2 * t.mean - t.a_docs - t.width))::bigint,
-                                                                  least(t.hi, ceil(2 * t.mean - t.a_docs + t.width))::bigint) FROM tables t) w
+              SELECT t.a_docs, t.b_docs, t.k, t.n, t.n_a, generate_series(greatest(t.lo, floor(2 * t.mean - t.a_docs - t.width))::bigint,
+                                                                          least(t.hi, ceil(2 * t.mean - t.a_docs + t.width))::bigint) FROM shapes t) w
     ), weighted AS (
-        SELECT r.feature_id, r.x, r.log_weight,
+        SELECT r.a_docs, r.b_docs, r.x, r.log_weight,
                CASE WHEN r.log_weight - r.top >= -740 THEN exp(r.log_weight - r.top) ELSE 0 END AS weight
-        FROM (SELECT q.*, max(q.log_weight) OVER (PARTITION BY q.feature_id) AS top FROM terms q) r
-        ), fisher AS (
-        SELECT t.feature_id,
+        FROM (SELECT q.*, max(q.log_weight) OVER (PARTITION BY q.a_docs, q.b_docs) AS top FROM terms q) r
+    ), fisher AS (
+        SELECT t.a_docs, t.b_docs,
                least(1.0, sum(CASE WHEN w.log_weight <= o.log_weight + 1e-7 THEN w.weight END)
                           / sum(w.weight)) AS p_value
-        FROM tables t
-        JOIN weighted o ON o.feature_id = t.feature_id AND o.x = t.a_docs
-        JOIN weighted w ON w.feature_id = t.feature_id
-        GROUP BY t.feature_id
+        FROM shapes t
+        JOIN weighted o ON o.a_docs = t.a_docs AND o.b_docs = t.b_docs AND o.x = t.a_docs
+        JOIN weighted w ON w.a_docs = t.a_docs AND w.b_docs = t.b_docs
+        GROUP BY t.a_docs, t.b_docs
     ), tested AS (
         SELECT t.*, f.p_value,
                ln((t.a_docs + 0.5) * (t.n_b - t.b_docs + 0.5) / ((t.b_docs + 0.5) * (t.n_a - t.a_docs + 0.5))) AS log_odds,
                sqrt(1 / (t.a_docs + 0.5) + 1 / (t.n_a - t.a_docs + 0.5) + 1 / (t.b_docs + 0.5) + 1 / (t.n_b - t.b_docs + 0.5)) AS log_odds_se,
                row_number() OVER (ORDER BY f.p_value, t.feature_id) AS p_rank, count(*) OVER () AS n_tested
-        FROM tables t JOIN fisher f USING (feature_id)
+        FROM tables t JOIN fisher f ON f.a_docs = t.a_docs AND f.b_docs = t.b_docs
     )
     SELECT model, x.feature_id, l.label, x.a_docs, x.n_a, x.b_docs, x.n_b,
            x.a_docs::double precision / x.n_a, x.b_docs::double precision / x.n_b,
