@@ -15,6 +15,7 @@ from typing import Protocol
 import numpy as np
 
 from saedb.errors import ConfigurationError, InvalidInputError
+from saedb.sae import unit_rows
 
 DEFAULT_EMBEDDER = "wordllama-256"
 # What an embedder sees of a text: its first 32,768 characters, about the 8,192 cl100k tokens
@@ -39,9 +40,7 @@ class Embedder(Protocol):
 
 
 def _unit_rows(matrix: np.ndarray) -> np.ndarray:
-    matrix = np.asarray(matrix, dtype=np.float32)
-    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
-    return matrix / np.where(norms == 0, 1, norms)
+    return unit_rows(np.asarray(matrix, dtype=np.float32))
 
 
 class WordLlamaEmbedder:

@@ -14,13 +14,9 @@ import pyarrow as pa
 
 from saedb.backends import Backend
 from saedb.errors import InvalidInputError
+from saedb.sae import unit_rows
 
 CHUNK_ROWS = 2048  # source rows per matrix product: 2048 x 12288 float32 = 100 MB
-
-
-def unit_rows(matrix: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
-    return matrix / np.where(norms > 0, norms, 1)
 
 
 def best_matches(source: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -40,6 +40,12 @@ class SparseCodes:
         return self.values > 0
 
 
+def unit_rows(matrix: np.ndarray) -> np.ndarray:
+    """Each row divided by its length, in the matrix's own dtype; a zero row stays zero."""
+    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
+    return matrix / np.where(norms > 0, norms, 1)
+
+
 def toward(x: np.ndarray, direction: np.ndarray, fraction: float) -> np.ndarray:
     """Rows of x moved ``fraction`` of the angle toward ``direction`` (spherical interpolation of
     the unit vectors; a negative fraction moves toward -direction), as unit rows.
