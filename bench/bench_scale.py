@@ -35,7 +35,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import ROOT  # noqa: E402
+from bench.common import ROOT, peak_rss_mb  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
 SOURCES = ("hh_astro", "hh_ml")
@@ -216,15 +216,6 @@ def search_stage(url: str, n_queries: int = 100, strength: float = 0.6) -> dict:
 
 
 # --- the driver ---------------------------------------------------------------------------
-
-def peak_rss_mb() -> float:
-    """This process's peak resident memory (VmHWM: reset by exec, unlike ru_maxrss, which a
-    child inherits from the parent it was forked from)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmHWM in /proc/self/status")
-
 
 def measure(stage: str, folder: Path, args: argparse.Namespace) -> dict:
     """Run one stage in a fresh interpreter: its wall time and peak memory, both measured in the child."""

@@ -1,32 +1,50 @@
-"""Steered search speed and recall on both backends, against numpy exact search measured in
-the same run (issue: fast search). The whole astro-ph corpus with its MiniLM vectors
-(../shared/data; or embedded here by another embedder: ``bench_search.py hh_astro
-wordllama-256``), a random SAE published over it, 100 random titles as queries (embedded by
-the same embedder), single client:
+"""Search speed and recall, saedb beside the libraries users would pick instead, at 87k and at
+1M documents, every figure measured in this run: p50 / p99 of single queries, recall@10
+against exact search, build time and memory, and each p50 as a ratio to numpy's exact
+top-10 and to faiss ``IndexFlatIP`` over the same unit vectors.
 
-1. numpy exact top-10 over the same matrix (baseline);
-2. DuckDB ``saedb.search`` (in-process exact ranking) plain and steered: p50, p99, recall;
-3. Postgres HNSW at several ``hnsw.ef_search`` values: p50, p99, recall, plain and steered;
-4. Postgres with a filter (year >= 2015) and iterative index scans, recall against exact;
-5. the peers (the `bench` extra): faiss IndexFlatIP, usearch exact, faiss and usearch HNSW.
+- 87k: the whole astro-ph corpus with its MiniLM vectors (../shared/data; or embedded here:
+  ``--embedder wordllama-256``), 100 random titles as queries (embedded before the timed loops);
+- 1M: bench_scale's synthetic corpus (real papers of both corpora repeated, their MiniLM
+  vectors plus noise, sigma 0.02), 100 queries that are documents' vectors plus noise (0.05).
+
+At each scale, a random SAE published over the corpus steers half the queries ("add" 0.6 of a
+random feature), and:
+1. numpy exact top-10 over the unit matrix (the baseline and the truth);
+2. saedb on DuckDB through ``saedb.search``: the HNSW graph (built here, timed; start-up of a
+   new process measured) and ``exact=True``, plain and steered; filters (corpus, years);
+3. the peers on the same vectors: faiss IndexFlatIP, usearch exact, faiss HNSW (M=32,
+   efConstruction 128) at several efSearch, and usearch HNSW (saedb's own graph, searched
+   directly: what saedb adds around it is the difference);
+4. Postgres + pgvector through ``saedb.search``: load, HNSW build with saedb's settings,
+   ef_search 40 / 100 / 200, plain and steered, a year filter with iterative scans, and the
+   same index over ``halfvec`` (half the memory) with its recall.
+
+    python bench/bench_search.py [--scales 87k 1m] [--embedder minilm] [--no-postgres]
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import random
+import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.bench_foundation import fresh_database  # noqa: E402
-from bench.common import ROOT, report  # noqa: E402
+from bench.common import ROOT  # noqa: E402
 from saedb.backends import Backend, connect  # noqa: E402
-from saedb.embedders import get_embedder  # noqa: E402
+from saedb.backends.approximate_index import CONNECTIVITY, EXPANSION_ADD, EXPANSION_SEARCH  # noqa: E402
+from saedb.backends.exact_index import STAMP_SQL  # noqa: E402
 from saedb.loaders import load_corpus  # noqa: E402
 from saedb.localpg import local_postgres  # noqa: E402
 from saedb.models import publish_model  # noqa: E402
@@ -34,22 +52,56 @@ from saedb.sae import SAE  # noqa: E402
 from saedb.search import Steering, search  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
-FILTERED_SQL = """
-SELECT p.doc_id FROM embeddings e JOIN papers p ON p.doc_id = e.doc_id
-WHERE p.year >= 2015 ORDER BY e.embedding <=> %s::vector LIMIT 10
+STRENGTH = 0.6
+VECTOR_SQL = "SELECT e.doc_id FROM embeddings e ORDER BY e.embedding <=> %s::vector LIMIT 10"
+HALFVEC_SQL = """
+SELECT e.doc_id FROM embeddings e ORDER BY e.embedding::halfvec({dim}) <=> %s::vector::halfvec({dim}) LIMIT 10
+"""
+YEAR_SQL = """
+SELECT e.doc_id FROM embeddings e JOIN papers p ON p.doc_id = e.doc_id
+WHERE p.year >= %s ORDER BY e.embedding <=> %s::vector LIMIT 10
 """
 
 
-def timings(fn, queries) -> tuple[list[float], list]:
+@dataclass
+class Workload:
+    """One scale's documents (unit rows, metadata) and queries, with the exact answers."""
+
+    name: str
+    doc_ids: np.ndarray
+    unit: np.ndarray
+    corpus: np.ndarray  # per row
+    year: np.ndarray  # per row, -1 where unknown
+    queries: list[np.ndarray]
+    features: list[int]
+    sae: SAE
+    truth: dict[str, list[list[int]]] = field(default_factory=dict)  # plain / steered
+    numpy_p50: float = 0.0
+    flat_p50: float = 0.0
+
+    def targets(self, kind: str) -> list[np.ndarray]:
+        if kind == "plain":
+            return self.queries
+        return [self.sae.steer(q, f, STRENGTH)[0] for q, f in zip(self.queries, self.features)]
+
+    def exact(self, query: np.ndarray, allowed: np.ndarray | None = None) -> list[int]:
+        sims = self.unit @ (query / np.linalg.norm(query))
+        if allowed is not None:
+            sims = np.where(allowed, sims, -np.inf)
+        best = np.argpartition(-sims, 10)[:10]
+        return self.doc_ids[best[np.argsort(-sims[best])]].tolist()
+
+
+def timings(fn: Callable, items: list) -> tuple[list[float], list]:
     out, seconds = [], []
-    for q in queries:
+    for item in items:
         start = time.perf_counter()
-        out.append(fn(q))
+        out.append(fn(item))
         seconds.append(time.perf_counter() - start)
     return seconds, out
 
 
-def p(values: list[float], q: float) -> float:
+def ms(values: list[float], q: float) -> float:
     return float(np.quantile(values, q)) * 1000
 
 
@@ -57,113 +109,258 @@ def recall(found: list[list[int]], exact: list[list[int]]) -> float:
     return float(np.mean([len(set(f) & set(e)) / len(e) for f, e in zip(found, exact)]))
 
 
-def measure(label: str, backend: Backend, model: int, queries: list, features: list[int], strength: float,
-            truths: tuple[list, list], base: float, target_recall: float) -> None:
-    """p50, p99 and recall@10 of plain and steered searches, against the exact results ``truths``."""
-    for name, truth in zip(("plain", "steered"), truths):
-        steer = name == "steered"
-        seconds, hits = timings(lambda i: search(backend, queries[i], 10, Steering("feature", features[i], strength, model, "add") if steer else ()),
-                                range(len(queries)))
-        found = [[h.doc_id for h in hs] for hs in hits]
-        report(f"{label} {name} p50", p(seconds, 0.5), "ms", base, "target <= 20 ms")
-        report(f"{label} {name} p99", p(seconds, 0.99), "ms", base, "target <= 50 ms")
-        report(f"{label} {name} recall@10 vs exact", recall(found, truth), "", None, f"target >= {target_recall:.2f}")
+def line(work: Workload, label: str, seconds: list[float], found: list[list[int]] | None, truth: list[list[int]] | None,
+         extra: str = "") -> None:
+    p50 = ms(seconds, 0.5)
+    rec = f"recall@10 {recall(found, truth):.3f}" if found is not None and truth is not None else " " * 15
+    flat = f"{p50 / work.flat_p50:6.2f}x faiss flat" if work.flat_p50 else ""
+    print(f"[{work.name}] {label:<52} p50 {p50:8.2f} ms  p99 {ms(seconds, 0.99):8.2f} ms  {rec}  "
+          f"{p50 / work.numpy_p50:6.3f}x numpy  {flat}  {extra}", flush=True)
 
 
-def peers(unit: np.ndarray, queries: list[np.ndarray], truth: list[list[int]], doc_ids: np.ndarray, base: float) -> None:
-    """The libraries users would pick instead, on the same unit vectors and queries, one query at a
-    time: faiss IndexFlatIP (exact), usearch exact, faiss HNSW and usearch HNSW at several search
-    widths (build seconds, p50, p99, recall@10 against numpy exact, memory). Ratios: p50 over
-    faiss IndexFlatIP's p50 and over numpy's."""
+def baseline(work: Workload) -> None:
+    """numpy exact top-10 (the truth of every recall), then faiss IndexFlatIP: both ratios' denominators."""
     import faiss
-    from usearch.index import Index, MetricKind, search as usearch_exact
 
-    unit = np.ascontiguousarray(unit, dtype=np.float32)
-    unit_queries = [np.ascontiguousarray(q / np.linalg.norm(q), dtype=np.float32) for q in queries]
-    position = {int(d): i for i, d in enumerate(doc_ids)}
-    truth_rows = [[position[d] for d in t] for t in truth]
+    seconds, work.truth["plain"] = timings(work.exact, work.queries)
+    _, work.truth["steered"] = timings(work.exact, work.targets("steered"))
+    work.numpy_p50 = ms(seconds, 0.5)
+    line(work, "numpy exact top-10 (baseline)", seconds, None, None)
+    flat = faiss.IndexFlatIP(work.unit.shape[1])
+    flat.add(work.unit)
+    position = work.doc_ids
+    seconds, found = timings(lambda q: position[flat.search(unit_query(q)[None], 10)[1][0]].tolist(), work.queries)
+    work.flat_p50 = ms(seconds, 0.5)
+    line(work, "faiss IndexFlatIP (exact)", seconds, found, work.truth["plain"])
 
-    def run(label: str, search_one, flat: float | None) -> float:
-        seconds, found = timings(search_one, unit_queries)
-        median = p(seconds, 0.5)
-        ratio = f"  {median / flat:.2f}x faiss flat" if flat else ""
-        print(f"{label:<44} p50 {median:7.2f} ms  p99 {p(seconds, 0.99):7.2f} ms  recall@10 {recall(found, truth_rows):.3f}  "
-              f"{median / base:.2f}x numpy{ratio}", flush=True)
-        return median
 
-    flat = faiss.IndexFlatIP(unit.shape[1])
-    flat.add(unit)
-    flat_p50 = run("faiss IndexFlatIP (exact)", lambda q: flat.search(q[None], 10)[1][0].tolist(), None)
-    run("usearch exact", lambda q: usearch_exact(unit, q, 10, MetricKind.IP, exact=True).keys.tolist(), flat_p50)
-    start = time.perf_counter()
-    hnsw = faiss.IndexHNSWFlat(unit.shape[1], 32, faiss.METRIC_INNER_PRODUCT)
+def unit_query(q: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(q / np.linalg.norm(q), dtype=np.float32)
+
+
+def timed_index_builds(backend: Backend, name: str) -> Backend:
+    """``backend`` whose create_embeddings_index (called by the loader) prints its own wall time."""
+    build = backend.create_embeddings_index
+
+    def timed() -> None:
+        started = time.perf_counter()
+        build()
+        print(f"[{name}] {type(backend).__name__}.create_embeddings_index at the end of a load: {time.perf_counter() - started:.1f} s", flush=True)
+
+    backend.create_embeddings_index = timed  # type: ignore[method-assign]
+    return backend
+
+
+def saedb_duckdb(work: Workload, path: str, model: int) -> None:
+    """saedb.search on DuckDB: the graph (built here unless the load did), then exact=True;
+    filters; start-up of a new process."""
+    with connect(path) as duck:
+        if not duck.indexes.approximate.built:
+            started = time.perf_counter()
+            duck.build_approximate_index()
+            print(f"[{work.name}] saedb HNSW graph (usearch M={CONNECTIVITY}, efConstruction {EXPANSION_ADD}) built in "
+                  f"{time.perf_counter() - started:.1f} s", flush=True)
+        meta = duck.indexes.approximate.meta_path
+        size = meta.with_name(json.loads(meta.read_text())["file"]).stat().st_size
+        print(f"[{work.name}] saedb HNSW graph file (vectors included, memory-mapped when opened): {size / 2**20:.0f} MB", flush=True)
+    startup(work, path)
+    with connect(path, read_only=True) as duck:
+        started = time.perf_counter()
+        duck.search_index()
+        print(f"[{work.name}] saedb exact search's in-memory copy loaded in {time.perf_counter() - started:.1f} s "
+              f"({duck.indexes.exact.unit_rows.nbytes / 2**20:.0f} MB)", flush=True)
+        for exact in (False, True):
+            for kind in ("plain", "steered"):
+                steer = kind == "steered"
+                seconds, hits = timings(lambda i: search(duck, work.queries[i], 10,
+                                                         Steering("feature", work.features[i], STRENGTH, model, "add") if steer else (),
+                                                         exact=exact), list(range(len(work.queries))))
+                found = [[h.doc_id for h in hs] for hs in hits]
+                differs = sum(f != t for f, t in zip(found, work.truth[kind]))
+                label = f"saedb DuckDB {'exact' if exact else f'HNSW ef={EXPANSION_SEARCH}'} {kind}"
+                line(work, label, seconds, found, work.truth[kind], f"{differs} of {len(found)} differ from numpy" if exact else "")
+        parts(work, duck)
+        filters(work, duck)
+        peers(work, duck.indexes.approximate.graph)
+
+
+def parts(work: Workload, duck: Backend) -> None:
+    """Where a plain search's time goes: the graph through saedb's index, the change check, the
+    10 papers read by id (each a DuckDB query of its own)."""
+    graph = duck.indexes.approximate
+    seconds, found = timings(lambda q: graph.nearest(q, 10)[0].tolist(), work.queries)
+    line(work, f"  of which saedb's index alone (ApproximateIndex.nearest)", seconds, found, work.truth["plain"])
+    seconds, _ = timings(lambda q: duck.query(STAMP_SQL), work.queries)
+    line(work, "  of which the change check (count, max, sum of doc ids)", seconds, None, None)
+    marks = ", ".join("?" * 10)
+    seconds, _ = timings(lambda ids: duck.query(f"SELECT doc_id, arxiv_id, title, year FROM papers WHERE doc_id IN ({marks})", ids),
+                         work.truth["plain"])
+    line(work, "  of which reading the 10 papers by id", seconds, None, None)
+
+
+def startup(work: Workload, path: str) -> None:
+    """A new process: from connect() to the first search's answer (the graph is memory-mapped)."""
+    script = ("import sys, time, numpy as np\nstarted = time.perf_counter()\nfrom saedb.backends import connect\n"
+              "from saedb.search import search\nimported = time.perf_counter()\nwith connect(sys.argv[1], read_only=True) as b:\n"
+              "    search(b, np.ones(int(sys.argv[2]), np.float32), 10)\n    print(imported - started, time.perf_counter() - imported)\n")
+    done = subprocess.run([sys.executable, "-c", script, path, str(work.unit.shape[1])], capture_output=True, text=True, check=True)
+    imports, answer = (float(v) for v in done.stdout.split())
+    print(f"[{work.name}] saedb DuckDB start-up in a new process: connect to first answer {answer:.2f} s (target <= 2 s), "
+          f"after {imports:.2f} s of imports", flush=True)
+
+
+def filters(work: Workload, duck: Backend) -> None:
+    """Recall of filtered searches against exact search within the same filter."""
+    years = work.year[work.year >= 0]
+    recent = int(np.quantile(years, 0.75)) if len(years) else 0
+    names, counts = np.unique(work.corpus, return_counts=True)
+    corpus = str(names[np.argmin(counts)])
+    for label, options, allowed in (
+        (f"corpus = {corpus}", {"corpus": corpus}, work.corpus == corpus),
+        (f"year >= {recent}", {"year_from": recent}, work.year >= recent),
+        (f"year = {recent}", {"year_from": recent, "year_to": recent}, work.year == recent),
+    ):
+        truth = [work.exact(q, allowed) for q in work.queries]
+        seconds, hits = timings(lambda q: [h.doc_id for h in search(duck, q, 10, **options)], work.queries)
+        line(work, f"saedb DuckDB HNSW {label} ({allowed.mean():.0%} of docs)", seconds, hits, truth)
+
+
+def peers(work: Workload, graph) -> None:  # noqa: ANN001 - usearch.index.Index
+    import faiss
+    from usearch.index import MetricKind, search as usearch_exact
+
+    queries = [unit_query(q) for q in work.queries]
+    ids = work.doc_ids
+    seconds, found = timings(lambda q: ids[usearch_exact(work.unit, q, 10, MetricKind.IP, exact=True).keys].tolist(), queries)
+    line(work, "usearch exact", seconds, found, work.truth["plain"])
+    for ef in (40, 100, 200):
+        graph.expansion_search = ef
+        seconds, found = timings(lambda q: graph.search(q, 10).keys.astype(np.int64).tolist(), queries)
+        line(work, f"usearch HNSW ef={ef} (saedb's graph, directly)", seconds, found, work.truth["plain"])
+    graph.expansion_search = 100
+    started = time.perf_counter()
+    hnsw = faiss.IndexHNSWFlat(work.unit.shape[1], 32, faiss.METRIC_INNER_PRODUCT)
     hnsw.hnsw.efConstruction = 128
-    hnsw.add(unit)
-    print(f"faiss HNSW (M=32, efConstruction 128) built in {time.perf_counter() - start:.1f} s", flush=True)
+    hnsw.add(work.unit)
+    print(f"[{work.name}] faiss HNSW (M=32, efConstruction 128) built in {time.perf_counter() - started:.1f} s", flush=True)
     for ef in (40, 100, 200):
         hnsw.hnsw.efSearch = ef
-        run(f"faiss HNSW efSearch={ef}", lambda q: hnsw.search(q[None], 10)[1][0].tolist(), flat_p50)
-    start = time.perf_counter()
-    index = Index(ndim=unit.shape[1], metric=MetricKind.IP, dtype="f32", connectivity=16, expansion_add=128)
-    index.add(np.arange(len(unit)), unit, threads=2)
-    print(f"usearch HNSW (connectivity 16, expansion_add 128) built in {time.perf_counter() - start:.1f} s, "
-          f"{index.memory_usage / 2**20:.0f} MB", flush=True)
-    for ef in (40, 100, 200):
-        index.expansion_search = ef
-        run(f"usearch HNSW expansion_search={ef}", lambda q: index.search(q, 10).keys.tolist(), flat_p50)
+        seconds, found = timings(lambda q: ids[hnsw.search(q[None], 10)[1][0]].tolist(), queries)
+        line(work, f"faiss HNSW efSearch={ef}", seconds, found, work.truth["plain"])
 
 
-def build(url: str, corpus: str, sae: SAE, embedder: str) -> tuple[Backend, int]:
-    """The corpus with the reference MiniLM vectors from ../shared, or embedded here by ``embedder``."""
-    backend = connect(url)
-    vectors = DATA / f"{corpus}_minilm.parquet" if embedder == "minilm" else None
-    load_corpus(backend, DATA / f"{corpus}.jsonl.gz", embedder, embeddings=vectors, batch_size=8192, progress=False)
-    return backend, publish_model(backend, sae, "bench")
-
-
-def main(corpus: str = "hh_astro", embedder: str = "minilm", n_queries: int = 100, strength: float = 0.6) -> None:
-    sae = SAE.random(get_embedder(embedder).dim, 3072, 32, seed=3)
-    with tempfile.TemporaryDirectory() as folder, local_postgres(Path(folder) / "pg") as server:
-        duck, model = build(str(Path(folder) / "search.duckdb"), corpus, sae, embedder)
-        ids, matrix = zip(*duck.iter_embeddings(65536))
-        doc_ids, unit = np.concatenate(ids), np.concatenate(matrix)
-        unit /= np.linalg.norm(unit, axis=1, keepdims=True)
-        rng = random.Random(0)
-        titles = [t for (t,) in duck.query("SELECT title FROM papers ORDER BY doc_id")]
-        queries = list(get_embedder(embedder).embed(rng.sample(titles, n_queries)))  # embedded before the timed loops
-        features = [rng.randrange(sae.n_latents) for _ in queries]
-        steered = [sae.steer(q, f, strength)[0] for q, f in zip(queries, features)]
-
-        def exact(q: np.ndarray) -> list[int]:
-            sims = unit @ (q / np.linalg.norm(q))
-            best = np.argpartition(-sims, 10)[:10]
-            return doc_ids[best[np.argsort(-sims[best])]].tolist()
-
-        base_s, exact_plain = timings(exact, queries)
-        _, exact_steered = timings(exact, steered)
-        base = p(base_s, 0.5)
-        report(f"numpy exact top-10 over {len(doc_ids)} docs, p50 (baseline)", base, "ms")
-        measure("DuckDB search", duck, model, queries, features, strength, (exact_plain, exact_steered), base, 1.0)
-        duck.close()
-        peers(unit, queries, exact_plain, doc_ids, base)
-        pg, pg_model = build(fresh_database(server, "search_bench"), corpus, sae, embedder)
+def postgres(work: Workload, url: str, load: Callable[[Backend], None]) -> None:
+    """Load and index with saedb's defaults, then ef_search 40 / 100 / 200; halfvec beside."""
+    with connect(url) as pg:
+        notices: list[str] = []
+        pg.conn.add_notice_handler(lambda d: notices.append(d.message_primary))
+        started = time.perf_counter()
+        load(timed_index_builds(pg, work.name))  # saedb's loader builds the HNSW index at the end
+        size = pg.query("SELECT pg_relation_size('embeddings_hnsw')")[0][0] / 2**20
+        print(f"[{work.name}] Postgres load with its HNSW build: {time.perf_counter() - started:.1f} s; index {size:.0f} MB; "
+              f"pgvector said: {'; '.join(sorted(set(notices))) or 'nothing'}", flush=True)
+        model = publish_model(pg, work.sae, "bench")
         for ef in (40, 100, 200):
             pg.execute(f"SET hnsw.ef_search = {ef}")
-            measure(f"Postgres HNSW ef_search={ef}", pg, pg_model, queries, features, strength, (exact_plain, exact_steered), base, 0.95)
-        years = dict(pg.query("SELECT doc_id, year FROM papers"))
-        recent = np.array([years.get(int(d)) is not None and years[int(d)] >= 2015 for d in doc_ids])
-        truth = []
-        for q in queries:
-            sims = np.where(recent, unit @ q, -np.inf)
-            truth.append(doc_ids[np.argsort(-sims)[:10]].tolist())
-        for scan in ("off", "relaxed_order"):
-            pg.execute(f"SET hnsw.iterative_scan = {scan}")
-            seconds, found = timings(lambda q: [r[0] for r in pg.conn.execute(FILTERED_SQL, (q,)).fetchall()], queries)
-            report(f"Postgres year >= 2015, iterative_scan={scan} p50", p(seconds, 0.5), "ms", base)
-            report(f"Postgres year >= 2015, iterative_scan={scan} recall@10", recall(found, truth), "", None, "target >= 0.95")
-        pg.close()
-        print("median of per-query p50 ratios is what matters here: both sides ran in this process, on the same cores")
+            for kind in ("plain", "steered"):
+                steer = kind == "steered"
+                seconds, hits = timings(lambda i: search(pg, work.queries[i], 10,
+                                                         Steering("feature", work.features[i], STRENGTH, model, "add") if steer else ()),
+                                        list(range(len(work.queries))))
+                line(work, f"Postgres HNSW ef_search={ef} {kind}", seconds, [[h.doc_id for h in hs] for hs in hits], work.truth[kind])
+            seconds, found = timings(lambda q: [r[0] for r in pg.conn.execute(VECTOR_SQL, (q,)).fetchall()], work.queries)
+            line(work, f"Postgres HNSW ef_search={ef} plain (SQL, as halfvec below)", seconds, found, work.truth["plain"])
+        recent = int(np.quantile(work.year[work.year >= 0], 0.75))
+        truth = [work.exact(q, work.year >= recent) for q in work.queries]
+        pg.execute("SET hnsw.ef_search = 100")
+        seconds, found = timings(lambda q: [r[0] for r in pg.conn.execute(YEAR_SQL, (recent, q)).fetchall()], work.queries)
+        line(work, f"Postgres HNSW ef=100 year >= {recent} (iterative scan)", seconds, found, truth)
+        dim = work.unit.shape[1]
+        started = time.perf_counter()
+        with pg.transaction():
+            pg.execute(f"SET LOCAL maintenance_work_mem = '{max(64, len(work.unit) * (2 * dim + 600) * 2 // 2**20)}MB'")
+            pg.execute(f"CREATE INDEX embeddings_halfvec ON embeddings USING hnsw ((embedding::halfvec({dim})) halfvec_cosine_ops)")
+        size = pg.query("SELECT pg_relation_size('embeddings_halfvec')")[0][0] / 2**20
+        print(f"[{work.name}] Postgres halfvec HNSW built in {time.perf_counter() - started:.1f} s, {size:.0f} MB", flush=True)
+        for ef in (40, 100, 200):
+            pg.execute(f"SET hnsw.ef_search = {ef}")
+            seconds, found = timings(lambda q: [r[0] for r in pg.conn.execute(HALFVEC_SQL.format(dim=dim), (q,)).fetchall()], work.queries)
+            line(work, f"Postgres halfvec HNSW ef_search={ef} plain (SQL)", seconds, found, work.truth["plain"])
+
+
+def matrix(backend: Backend) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    ids, vectors = zip(*backend.iter_embeddings(65536))
+    doc_ids, unit = np.concatenate(ids), np.concatenate(vectors)
+    unit /= np.linalg.norm(unit, axis=1, keepdims=True)
+    meta = {d: (c, -1 if y is None else y) for d, c, y in backend.query("SELECT doc_id, corpus, year FROM papers")}
+    return doc_ids, unit, np.array([meta[int(d)][0] for d in doc_ids]), np.array([meta[int(d)][1] for d in doc_ids])
+
+
+def astro(folder: Path, embedder: str) -> tuple[Workload, str, Callable[[Backend], None]]:
+    from saedb.embedders import get_embedder
+
+    vectors = DATA / "hh_astro_minilm.parquet" if embedder == "minilm" else None
+
+    def load(backend: Backend) -> None:
+        load_corpus(backend, DATA / "hh_astro.jsonl.gz", embedder, embeddings=vectors, batch_size=8192, progress=False)
+
+    path = str(folder / "astro.duckdb")
+    with connect(path) as duck:
+        load(duck)
+        doc_ids, unit, corpus, year = matrix(duck)
+        titles = [t for (t,) in duck.query("SELECT title FROM papers ORDER BY doc_id")]
+        rng = random.Random(0)
+        queries = list(get_embedder(embedder).embed(rng.sample(titles, 100)))
+        sae = SAE.random(unit.shape[1], 3072, 32, seed=3)
+        features = [rng.randrange(sae.n_latents) for _ in queries]
+        model = publish_model(duck, sae, "bench")
+    assert model == 1
+    return Workload("87k", doc_ids, unit, corpus, year, queries, features, sae), path, load
+
+
+def million(folder: Path, docs: int = 1_000_000) -> tuple[Workload, str, Callable[[Backend], None]]:
+    from bench.bench_scale import EMBEDDER, make_corpus
+
+    make_corpus(folder / "corpus", docs)
+
+    def load(backend: Backend) -> None:
+        for part in ("corpus", "new"):
+            load_corpus(backend, folder / "corpus" / f"{part}.jsonl.gz", EMBEDDER, embeddings=folder / "corpus" / f"{part}.parquet",
+                        batch_size=8192, progress=False)
+
+    path = str(folder / "million.duckdb")
+    with connect(path) as duck:
+        started = time.perf_counter()
+        load(timed_index_builds(duck, str(docs)))  # 90%: the graph is built; 10% more: the graph is brought up to date
+        print(f"[{docs}] DuckDB load of {docs} documents, in two parts, graph included: {time.perf_counter() - started:.1f} s", flush=True)
+        doc_ids, unit, corpus, year = matrix(duck)
+        rng = np.random.default_rng(0)
+        rows = rng.integers(0, len(unit), 100)
+        queries = [q / np.linalg.norm(q) for q in unit[rows] + rng.normal(0, 0.05, (100, unit.shape[1])).astype(np.float32)]
+        sae = SAE.random(unit.shape[1], 3072, 8, seed=3)  # k=8: fewer code rows to write; search reads only the decoder
+        features = [int(f) for f in rng.integers(0, sae.n_latents, 100)]
+        model = publish_model(duck, sae, "bench")
+    assert model == 1
+    return Workload("1M" if docs == 1_000_000 else f"{docs}", doc_ids, unit, corpus, year, queries, features, sae), path, load
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--scales", nargs="+", choices=("87k", "1m"), default=["87k", "1m"])
+    parser.add_argument("--embedder", default="minilm", help="87k: the reference MiniLM vectors, or an embedder saedb runs")
+    parser.add_argument("--no-postgres", action="store_true")
+    parser.add_argument("--docs", type=int, default=1_000_000, help="documents of the '1m' scale (fewer: a quick check of this script)")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as folder, local_postgres(Path(folder) / "pg") as server:
+        for scale in args.scales:
+            work, path, load = astro(Path(folder), args.embedder) if scale == "87k" else million(Path(folder), args.docs)
+            baseline(work)
+            saedb_duckdb(work, path, 1)
+            if not args.no_postgres:
+                postgres(work, fresh_database(server, f"search_{scale}"), load)
+            Path(path).unlink()
+    print("every ratio divides by a p50 measured in this run, on the same cores and queries")
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:3])  # [corpus] [embedder: minilm (the reference vectors) or one saedb runs, e.g. wordllama-256]
+    main()

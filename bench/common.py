@@ -50,3 +50,12 @@ def ml_minilm() -> str:
 def report(name: str, value: float, unit: str, baseline: float | None = None, target: str = "") -> None:
     ratio = f"  ratio {value / baseline:.2f}" if baseline else ""
     print(f"{name:<58} {value:>12.2f} {unit:<10}{ratio}  {target}")
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory (VmHWM: reset by exec, unlike ru_maxrss, which a
+    child inherits from the parent it was forked from)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")

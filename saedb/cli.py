@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -339,6 +340,9 @@ def search(
     strength: float = typer.Option(0.5, help="Steering strength (negative steers away)."),
     limit: int = typer.Option(10),
     corpus: Optional[str] = typer.Option(None, help="Only papers of this corpus (saedb load names it after the file)."),
+    year_from: Optional[int] = typer.Option(None, help="Only papers of this year or later."),
+    year_to: Optional[int] = typer.Option(None, help="Only papers of this year or earlier."),
+    exact: bool = typer.Option(False, help="Rank every document, not the approximate index (HNSW)."),
 ) -> None:
     """Semantic search, optionally steered by a feature, a label or a family."""
     from saedb.embedders import get_embedder
@@ -354,8 +358,27 @@ def search(
             if not query.strip():
                 raise InvalidInputError("the search text is empty")
             vector = get_embedder(backend.require_embedder()[0]).embed([query])[0]
-            for hit in run_search(backend, vector, limit, steering, corpus):
+            for hit in run_search(backend, vector, limit, steering, corpus, year_from, year_to, exact):
                 typer.echo(f"{hit.distance:.3f}  {hit.arxiv_id}  {hit.year}  {hit.title}")
+    except USER_ERRORS as exc:
+        _fail(exc)
+
+
+@app.command()
+def index(db: str = DbOption) -> None:
+    """Build the approximate search index (HNSW) of a DuckDB file's embeddings, beside the file;
+    searches use it from then on (loads build it from APPROXIMATE_FROM documents)."""
+    from saedb.backends.duckdb import DuckDBBackend
+
+    try:
+        with connect(db) as backend:
+            if not isinstance(backend, DuckDBBackend):
+                raise InvalidInputError("saedb index is for DuckDB files: Postgres keeps its HNSW index in the database")
+            started = time.perf_counter()
+            backend.build_approximate_index()
+            graph = backend.indexes.approximate
+            typer.echo(f"indexed {graph.stamp[0] if graph.stamp else 0} embeddings in {time.perf_counter() - started:.1f} s"
+                       + (f" ({graph.meta_path})" if graph.meta_path else ""))
     except USER_ERRORS as exc:
         _fail(exc)
 

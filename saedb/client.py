@@ -35,16 +35,17 @@ class Database:
         return resolve_model(self.backend, model)
 
     def search(self, text: str, model: int | str | None = None, *, feature: int | None = None, label: str | None = None,
-               family: int | None = None, strength: float = 0.5, limit: int = 10, corpus: str | None = None) -> pa.Table:
-        """Nearest papers to ``text`` (within ``corpus`` if given), optionally steered along a
-        feature, a label or a family."""
+               family: int | None = None, strength: float = 0.5, limit: int = 10, corpus: str | None = None,
+               year_from: int | None = None, year_to: int | None = None, exact: bool = False) -> pa.Table:
+        """Nearest papers to ``text`` (within ``corpus`` and the years given), optionally steered
+        along a feature, a label or a family; ``exact``: every document ranked, not the HNSW index."""
         from saedb.embedders import get_embedder
 
         steering = chosen_steering(feature, label, family, strength, (lambda: self.model_id(model)) if model is not None else None)
         if model is not None and not steering:
             self.model_id(model)  # a model named is checked, steered by or not
         vector = get_embedder(self.backend.require_embedder()[0]).embed([text])[0]
-        hits = search(self.backend, vector, limit, steering, corpus)
+        hits = search(self.backend, vector, limit, steering, corpus, year_from, year_to, exact)
         return pa.table({
             "doc_id": pa.array([h.doc_id for h in hits], pa.int64()), "arxiv_id": [h.arxiv_id for h in hits],
             "title": [h.title for h in hits], "year": pa.array([h.year for h in hits], pa.int32()),

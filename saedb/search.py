@@ -4,12 +4,15 @@ a family, then rank documents by cosine distance.
 The query is written once in saedb's Postgres flavour (pgvector's ``<=>``) and runs on
 either backend through ``saedb.dialects`` (DuckDB: ``array_cosine_distance``); on Postgres
 the ORDER BY uses the HNSW index. On DuckDB the steered query vector is computed by the same
-SQL and ranked exactly in process (``Backend.nearest``), which returns what SEARCH_SQL returns
-at a fraction of its time; SEARCH_SQL is what other DuckDB clients run.
+SQL and ranked in process (``Backend.nearest``): by the HNSW graph beside the file where one
+was built (saedb/backends/approximate_index.py), else exactly, which returns what SEARCH_SQL
+returns at a fraction of its time; SEARCH_SQL is what other DuckDB clients run. ``exact=True``
+ranks every row on either backend.
 """
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 from itertools import groupby
 from typing import Any, Callable, Literal, Sequence
@@ -98,16 +101,37 @@ def run_portable(backend: Backend, sql: str, params: Sequence[Any] = ()) -> list
 MAX_NESTED_STEERING = 16  # label/family steerings per query: each nests one SQL call
 
 
+@dataclass(frozen=True)
+class Within:
+    """Which papers a search may return: one corpus and/or a range of years, both ends included."""
+
+    corpus: str | None = None
+    year_from: int | None = None
+    year_to: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.year_from is not None and self.year_to is not None and self.year_from > self.year_to:
+            raise InvalidInputError(f"year_from {self.year_from} is after year_to {self.year_to}")
+
+    def conditions(self) -> list[tuple[str, Any]]:
+        """(SQL over papers with one ``{}`` for the placeholder, value) per condition."""
+        parts = [("corpus = {}", self.corpus), ("year >= {}", self.year_from), ("year <= {}", self.year_to)]
+        return [(sql, value) for sql, value in parts if value is not None]
+
+
 def search(
     backend: Backend, query: np.ndarray, limit: int = 10, steering: Steering | Sequence[Steering] = (),
-    corpus: str | None = None,
+    corpus: str | None = None, year_from: int | None = None, year_to: int | None = None, exact: bool = False,
 ) -> list[Hit]:
     """Nearest documents to ``query``, steered by each steering in turn, optionally only those of
-    one corpus (Postgres: an iterative HNSW scan keeps the index in use). Consecutive feature
-    steerings of one model become a single steer_many call, so any number of them keeps the
-    SQL flat; label and family steerings nest one call each (at most MAX_NESTED_STEERING)."""
+    one corpus and range of years (Postgres: an iterative HNSW scan keeps the index in use).
+    Consecutive feature steerings of one model become a single steer_many call, so any number of
+    them keeps the SQL flat; label and family steerings nest one call each (at most
+    MAX_NESTED_STEERING). Ranked by the backend's approximate index where it has one (DuckDB:
+    the HNSW graph, when built; Postgres: HNSW), unless ``exact``: then by every row."""
     if limit < 1:
         raise InvalidInputError("limit must be at least 1")
+    within = Within(corpus, year_from, year_to)
     steps = [steering] if isinstance(steering, Steering) else list(steering)
     for step in steps:
         if step.by not in STEER_BY:
@@ -127,14 +151,19 @@ def search(
             n = len(params)
             target = NESTED_CALLS[(run[0].scale, run[0].by)].format(target=target, what=n - 2, strength=n - 1, model=n)
     if not backend.in_process_search:
-        where = ""
-        if corpus is not None:
-            params.append(corpus)
-            where = f"WHERE p.corpus = ${len(params)}"
-        return [Hit(*row[:4], float(row[4])) for row in run_portable(backend, SEARCH_SQL.format(target=target, where=where), params)]
+        conditions = []
+        for sql, value in within.conditions():
+            params.append(value)
+            conditions.append("p." + sql.format(f"${len(params)}"))
+        where = ("WHERE " + " AND ".join(conditions)) if conditions else ""
+        sql = SEARCH_SQL.format(target=target, where=where)
+        with backend.exact_scan() if exact else nullcontext():
+            rows = run_portable(backend, sql, params)
+        return [Hit(*row[:4], float(row[4])) for row in rows]
     vector = run_portable(backend, f"SELECT {target}", params)[0][0] if steps else params[0]
-    allowed = [r[0] for r in backend.query("SELECT doc_id FROM papers WHERE corpus = ?", (corpus,))] if corpus is not None else None
-    ranked = backend.nearest(np.asarray(vector, dtype=np.float32), limit, allowed)
+    parts = within.conditions()
+    where = (" AND ".join(sql.format("?") for sql, _ in parts), [value for _, value in parts]) if parts else None
+    ranked = backend.nearest(np.asarray(vector, dtype=np.float32), limit, where, exact)
     marks = ", ".join("?" * len(ranked))
     papers = {row[0]: row for row in backend.query(f"SELECT doc_id, arxiv_id, title, year FROM papers WHERE doc_id IN ({marks})",
                                                    [doc_id for doc_id, _ in ranked])} if ranked else {}

@@ -22,6 +22,7 @@ from saedb.backends import connect
 from saedb.families import build_families
 from saedb.interp import OfflineLabeller, corpus_stats, run_autointerp
 from saedb.loaders import load_corpus
+from saedb.search import search as search_documents
 from saedb.trainer import TrainConfig
 from saedb.trainer.train import train_from_db
 from saedb.evaluation.runner import EvalRun, ResultRow, store_run
@@ -107,6 +108,8 @@ BAD_REQUESTS = [
     ("search", [("q", "x"), ("model", "1"), ("f", "5000:1")], 400, "feature 5000 does not exist"),
     ("search", [("q", "x"), ("model", "1"), ("fam", "9999:0.5")], 400, "has no family 9999"),
     ("search", [("q", "x"), ("model", "1"), ("limit", "1000")], 400, "limit must be between 1 and 100"),
+    ("search", [("q", "x"), ("model", "1"), ("year_from", "2000"), ("year_to", "1990")], 400, "is after year_to 1990"),
+    ("search", [("q", "x"), ("model", "1"), ("year_from", "soon")], 400, "year_from must be an integer"),
     ("nothing", [], 404, "no such endpoint"),
 ]
 
@@ -117,6 +120,15 @@ def test_bad_input_gets_a_clear_message(served: tuple[str, int]) -> None:
     for path, params, status, message in BAD_REQUESTS:
         got_status, body = get(base, path, params)
         assert (got_status, message in body["error"]) == (status, True), (path, params, body)
+
+
+def test_search_within_a_range_of_years(served: tuple[str, int]) -> None:
+    base, model_id = served
+    everything = get(base, "search", [("q", "galaxies"), ("model", str(model_id)), ("limit", "100")])[1]["results"]
+    years = sorted({hit["year"] for hit in everything})
+    middle = years[len(years) // 2]
+    status, body = get(base, "search", [("q", "galaxies"), ("model", str(model_id)), ("limit", "100"), ("year_from", str(middle)), ("year_to", str(middle))])
+    assert status == 200 and body["results"] and {hit["year"] for hit in body["results"]} == {middle}
 
 
 def test_injection_is_just_text_and_the_app_cannot_write(served: tuple[str, int], db_url: str) -> None:
@@ -466,8 +478,25 @@ def test_duckdb_app_loads_the_search_index_before_serving(loaded, db_url: str) -
     loaded.close()
     app = App(db_url, pool_size=2, timeout_s=10)
     try:
-        index = app.pool.primary.shared.exact_index  # type: ignore[attr-defined]
+        index = app.pool.primary.indexes.exact  # type: ignore[attr-defined]
         assert len(index.doc_ids) == 400
+    finally:
+        app.pool.close()
+
+
+def test_duckdb_app_maps_the_graph_instead_of_loading_the_vectors(loaded, db_url: str) -> None:
+    """With an HNSW graph beside the file the app opens it memory-mapped at start-up: the
+    in-process copy of the vectors (1.5 GB at 1M) is never loaded, and requests are answered."""
+    if loaded.dialect != "duckdb":
+        pytest.skip("Postgres searches its HNSW index")
+    loaded.build_approximate_index()
+    loaded.close()
+    app = App(db_url, pool_size=2, timeout_s=10)
+    try:
+        indexes = app.pool.primary.indexes  # type: ignore[attr-defined]
+        with app.pool.borrow() as backend:
+            assert len(search_documents(backend, np.ones(256, np.float32), 5)) == 5
+        assert indexes.approximate.built and indexes.approximate.mapped and len(indexes.exact.doc_ids) == 0
     finally:
         app.pool.close()
 

@@ -65,6 +65,9 @@ def test_train_encode_search_and_views_over_my_table(db_url: str, minilm_rows, t
         hits = search(backend, vectors[7], 5, Steering("feature", 3, 0.5, model_id))
         assert all(hit.arxiv_id in keys[:300] for hit in hits)
         assert search(backend, vectors[7], 1)[0].arxiv_id == keys[7]  # its own row is nearest
+        if backend.in_process_search:  # the workspace's HNSW graph has files of its own, named after the schema
+            backend.build_approximate_index()
+            assert Path(url + ".my_docs_sae.hnsw.json").exists() and not Path(url + ".hnsw.json").exists()
         # new rows of the user's table get codes without retraining
         with raw_connection(url) as (execute, dialect):
             insert_rows(execute, dialect, keys[300:360], vectors[300:360], 300)
@@ -72,6 +75,7 @@ def test_train_encode_search_and_views_over_my_table(db_url: str, minilm_rows, t
         assert report.encoded + report.without_features == 60
         new = dict(backend.query("SELECT k.doc_key, k.doc_id FROM doc_keys k ORDER BY k.doc_id")[300:])
         assert set(new) == set(keys[300:360])
+        assert search(backend, vectors[331], 1)[0].arxiv_id == keys[331]  # and follows the rows added to my table
         for i in (300, 331, 359):
             stored = backend.query("SELECT feature_id FROM sae_codes WHERE model_id = ? AND doc_id = ? ORDER BY activation DESC, feature_id",
                                    (model_id, new[keys[i]]))

@@ -200,6 +200,8 @@ def test_steered_search_is_pushed_to_every_shards_hnsw_index_with_exact_recall(c
                 hits = [h.doc_id for h in search(backend, query, 10, steering)]
                 vector = sae.steer_toward(query, feature, 0.4)[0] if steering else query
                 recalls.append(len(set(hits) & set(exact_top(backend, vector))) / 10)
+                # exact=True: the HNSW scan off on every shard (SET LOCAL propagated), the exact answer
+                assert [h.doc_id for h in search(backend, query, 10, steering, exact=True)] == exact_top(backend, vector)
         # The steered vector is computed once, on the coordinator (a distributed subplan), then
         # sent to the 4 shard queries (EXPLAIN without ANALYZE cannot show a shard's plan before
         # that result exists; Citus 14.0.1's EXPLAIN ANALYZE of it fails: "cache lookup failed for type 0").

@@ -48,3 +48,20 @@ def test_plain_search_needs_no_model(tmp_path: Path, astro_slice: Path) -> None:
     for model, message in (("astro-dmeo", "no published model named 'astro-dmeo'"), ("7", "unknown model 7")):
         unsteered = runner.invoke(app, ["search", "disks", "--db", db, "--model", model])  # was ignored: exit 0
         assert unsteered.exit_code == 2 and message in unsteered.output, unsteered.output
+
+
+def test_index_then_search_by_year_approximately_and_exactly(tmp_path: Path, astro_slice: Path) -> None:
+    db = str(tmp_path / "cli.duckdb")
+    assert runner.invoke(app, ["load", str(astro_slice), "--db", db, "--limit", "120"]).exit_code == 0
+    built = runner.invoke(app, ["index", "--db", db])
+    assert built.exit_code == 0 and "indexed 120 embeddings" in built.output, built.output
+    assert Path(db + ".hnsw.json").exists()
+    answers = {}
+    for mode in ([], ["--exact"]):
+        found = runner.invoke(app, ["search", "disks around young binary stars", "--db", db, "--limit", "5", "--year-from", "1995", *mode])
+        assert found.exit_code == 0, found.output
+        answers[bool(mode)] = found.output.splitlines()
+        assert len(answers[bool(mode)]) == 5 and all(int(line.split()[2]) >= 1995 for line in answers[bool(mode)])
+    assert answers[False] == answers[True]  # 120 documents: the graph finds the exact answer
+    backwards = runner.invoke(app, ["search", "disks", "--db", db, "--year-from", "2000", "--year-to", "1990"])
+    assert backwards.exit_code == 2 and "year_from 2000 is after year_to 1990" in backwards.output

@@ -36,6 +36,8 @@ def test_sql_and_search_return_arrow_tables(trained, db_url: str) -> None:
         corpus = db.sql("SELECT corpus FROM papers LIMIT 1").column("corpus")[0].as_py()
         assert db.search("gamma-ray bursts", limit=5, corpus=corpus).column("doc_id").to_pylist() == plain.column("doc_id").to_pylist()
         assert db.search("gamma-ray bursts", limit=5, corpus="another").num_rows == 0
+        recent = db.search("gamma-ray bursts", limit=5, year_from=2000, exact=True)
+        assert recent.num_rows == 5 and min(recent.column("year").to_pylist()) >= 2000
         assert db.features("analysis").num_rows > 0 and db.model_id("analysis") == model_id
         assert db.sql("CREATE TABLE my_notes (doc_id bigint, note text)").num_rows == 0
         with pytest.raises(UnknownModelError, match="no published model named 'nope'"):

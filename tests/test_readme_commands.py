@@ -52,7 +52,7 @@ def test_every_command_of_the_readme_sequence_runs(tmp_path: Path, pg_dsn: str, 
     monkeypatch.chdir(work)
     monkeypatch.delenv("SAEDB_DB", raising=False)
     commands = readme_commands()
-    assert len(commands) == 14 and all(c.startswith("saedb ") for c in commands)
+    assert len(commands) == 15 and all(c.startswith("saedb ") for c in commands)
     with serving(FakeChatAPI) as chat:
         monkeypatch.setenv("OPENAI_BASE_URL", chat)
         for command in commands:

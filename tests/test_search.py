@@ -144,3 +144,27 @@ def test_steering_toward_a_feature_moves_the_results_gradually(tmp_path: Path) -
     middle = steps.index(0.5)
     assert near[middle] >= 0.3 and both[middle] > 0.03, (near, both)  # halfway, the query's topic is not lost
     assert carry[-1] >= 0.5 and near[0] > 0.999
+
+
+def test_exact_search_ranks_every_row_where_the_index_would_not(db_url: str, tmp_path: Path, embedder) -> None:
+    """exact=True returns the exact nearest even where the approximate index returns less:
+    Postgres's HNSW scan with ef_search 1 and no iterative scan yields one row for LIMIT 10;
+    DuckDB's graph is asked and the answer compared with numpy's."""
+    with connect(db_url) as backend:
+        load_corpus(backend, write_slice(ASTRO, tmp_path / "astro.jsonl.gz", 300), embedder, progress=False)
+        if backend.in_process_search:
+            backend.build_approximate_index()
+            assert backend.indexes.approximate.built
+        else:
+            for setting in ("hnsw.ef_search = 1", "hnsw.iterative_scan = off", "enable_seqscan = off"):
+                backend.execute(f"SET {setting}")
+        ids, vectors = zip(*backend.iter_embeddings(1000))
+        doc_ids, matrix = np.concatenate(ids), np.concatenate(vectors)
+        matrix /= np.linalg.norm(matrix, axis=1, keepdims=True)
+        for text in ("dark matter halos", "stellar winds", "radio pulsars"):
+            query = embedder.embed([text])[0]
+            similarity = matrix @ (query / np.linalg.norm(query))
+            expected = [int(d) for d in doc_ids[np.lexsort((doc_ids, -similarity))[:10]]]
+            assert [h.doc_id for h in search(backend, query, 10, exact=True)] == expected
+            if not backend.in_process_search:
+                assert len(search(backend, query, 10)) < 10  # the index was in use

@@ -130,16 +130,18 @@ def search(
     families: list[tuple[int, float]],
     limit: int,
     corpus: str | None = None,
+    year_from: int | None = None,
+    year_to: int | None = None,
 ) -> dict[str, Any]:
-    """Results for the query (within one corpus if given), steered by features and families,
-    with the query's own features."""
+    """Results for the query (within one corpus and range of years if given), steered by
+    features and families, with the query's own features."""
     info = check_model(backend, model_id)
     for feature, _ in features:
         if not 0 <= feature < info["n_latents"]:
             raise ApiError(400, f"feature {feature} does not exist (model {model_id} has features 0..{info['n_latents'] - 1})")
     query = embed(text)
     steering = [Steering("family", f, s, model_id) for f, s in families] + [Steering("feature", f, s, model_id) for f, s in features]
-    results = search_documents(backend, query, limit, steering, corpus)
+    results = search_documents(backend, query, limit, steering, corpus, year_from, year_to)
     active = run_portable(backend, "SELECT f.feature_id, f.activation FROM unnest(sae_encode($1::vector, $2)) AS f", [query, model_id])
     labels = labels_of(backend, model_id, [f for f, _ in active] + [f for f, _ in features])
     return {

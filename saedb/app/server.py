@@ -73,7 +73,7 @@ class BackendPool:
             )
 
     def _open_siblings(self) -> None:
-        self.primary.search_index()  # type: ignore[attr-defined]  # loaded now, not inside a request racing the statement timeout
+        self.primary.prepare_search()  # type: ignore[attr-defined]  # now, not inside a request racing the statement timeout
         for _ in range(self.size):
             self.idle.put(self.primary.sibling(functions=True))  # type: ignore[attr-defined]
 
@@ -216,7 +216,8 @@ class App:
             "/api/models": lambda b: api.models(b),
             "/api/search": lambda b: api.search(
                 b, self.embed, self._text(params), _int(params, "model"), _pairs(params, "f"), _pairs(params, "fam"),
-                _int(params, "limit", 10, 1, 100), params.get("corpus", [None])[0] or None),
+                _int(params, "limit", 10, 1, 100), params.get("corpus", [None])[0] or None,
+                _year(params, "year_from"), _year(params, "year_to")),
             "/api/corpora": lambda b: api.corpora(b),
             "/api/categories": lambda b: api.categories(b),
             "/api/compare": lambda b: api.compare(b, _int(params, "model"), _filter(params, "a"), _filter(params, "b")),

@@ -129,10 +129,16 @@ class Backend(ABC):
         low, high, count = self.query("SELECT min(doc_id), max(doc_id), count(*) FROM embeddings")[0]
         return (0, -1, 0) if not count else (int(low), int(high), int(count))
 
-    def nearest(self, query: np.ndarray, limit: int, allowed: Sequence[int] | None = None) -> list[tuple[int, float]]:
-        """(doc_id, cosine distance) of the ``limit`` nearest documents (among ``allowed`` doc ids
-        if given), exactly, where ``in_process_search`` is set."""
+    def nearest(self, query: np.ndarray, limit: int, where: tuple[str, Sequence[Any]] | None = None,
+                exact: bool = False) -> list[tuple[int, float]]:
+        """(doc_id, cosine distance) of the ``limit`` nearest documents among the papers matching
+        ``where`` (SQL over papers, its parameters), where ``in_process_search`` is set."""
         raise NotImplementedError(f"{type(self).__name__} ranks in SQL")
+
+    @contextmanager
+    def exact_scan(self) -> Iterator[None]:
+        """Inside: an ``ORDER BY embedding <=> …`` in SQL ranks every row, not an approximate index."""
+        yield
 
     @abstractmethod
     def create_embeddings_index(self) -> None:
@@ -169,9 +175,14 @@ class Backend(ABC):
         return rows[0][0] if rows else None
 
     def embedder(self) -> tuple[str, int] | None:
-        """(name, dim) of the embedder this database is bound to, if any."""
-        name, dim = self.meta("embedder"), self.meta("embedding_dim")
-        return (name, int(dim)) if name is not None and dim is not None else None
+        """(name, dim) of the embedder this database is bound to, if any. A binding never
+        changes once made (bind_embedder refuses another), so this connection keeps it."""
+        bound = getattr(self, "_bound_embedder", None)
+        if bound is None:
+            rows = dict(self.query("SELECT key, value FROM saedb_meta WHERE key IN ('embedder', 'embedding_dim')"))
+            if "embedder" in rows and "embedding_dim" in rows:
+                bound = self._bound_embedder = (rows["embedder"], int(rows["embedding_dim"]))
+        return bound
 
     def bind_embedder(self, name: str, dim: int) -> None:
         """Bind the database to one embedder (first load) or check it matches the bound one."""

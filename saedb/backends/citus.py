@@ -6,13 +6,15 @@ What differs from one server, and nothing else:
   distributed by doc_id, everything else reference tables), and again once the embeddings
   table exists;
 - writes of codes go over one connection per worker (``citus.multi_shard_modify_mode``);
+- exact search: the setting that turns the HNSW scan off must reach the shards;
 - loading: an arXiv id is unique across the cluster through ``paper_keys`` (Citus enforces
   unique constraints within a shard only), so new papers are the rows that table accepts.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 from saedb.backends.base import DocumentBatch
 from saedb.backends.postgres import PostgresBackend
@@ -30,6 +32,13 @@ class CitusBackend(PostgresBackend):
     def bind_embedder(self, name: str, dim: int) -> None:
         super().bind_embedder(name, dim)
         self.execute("CALL saedb_distribute_tables()")
+
+    @contextmanager
+    def exact_scan(self) -> Iterator[None]:
+        with self.transaction():
+            self.execute("SET LOCAL citus.propagate_set_commands = 'local'")  # SET LOCAL reaches the workers' sessions
+            with super().exact_scan():
+                yield
 
     def insert_documents(self, batch: DocumentBatch) -> int:
         with self.transaction(), self.conn.cursor() as cur:

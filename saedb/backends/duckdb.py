@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import threading
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Iterator, Sequence
 
@@ -14,6 +15,7 @@ import pyarrow as pa
 
 from saedb.arrow_vectors import fixed_size_vectors, vectors_to_matrix
 from saedb.backends.base import Backend, DocumentBatch
+from saedb.backends.approximate_index import APPROXIMATE_FROM, ApproximateIndex
 from saedb.backends.exact_index import STAMP_SQL, ExactIndex
 from saedb.errors import ConfigurationError, DatabaseBusyError
 from saedb.sae import SAE, SparseCodes
@@ -45,6 +47,42 @@ def shadow_functions(con: duckdb.DuckDBPyConnection, functions: dict[str, int]) 
         con.execute(f"CREATE OR REPLACE TEMP MACRO {name}({args}) AS saedb_udf_{name}({args})")
 
 
+@dataclass(frozen=True)
+class SearchIndexes:
+    """What searches rank from: one pair per database file, schema and process, shared by the backends on it."""
+
+    exact: ExactIndex  # the embeddings in memory, loaded by the first exact search
+    approximate: ApproximateIndex  # the HNSW graph beside the file, when one was built
+
+
+class PaperSubset:
+    """The papers matching ``condition`` (SQL over papers, ``?`` placeholders): a search filter."""
+
+    def __init__(self, backend: "DuckDBBackend", condition: str, params: Sequence[Any]) -> None:
+        self.backend, self.condition, self.params = backend, condition, list(params)
+
+    def count(self) -> int:
+        return int(self.backend.query(f"SELECT count(*) FROM papers WHERE {self.condition}", self.params)[0][0])
+
+    def ids(self) -> np.ndarray:
+        table = self.backend.arrow(f"SELECT doc_id FROM papers WHERE {self.condition}", self.params)
+        return table.column(0).to_numpy().astype(np.int64)
+
+    def rows(self) -> tuple[np.ndarray, np.ndarray]:
+        table = self.backend.arrow(f"SELECT e.doc_id, e.embedding FROM embeddings e JOIN papers p ON p.doc_id = e.doc_id "
+                                   f"WHERE {self.condition}", self.params)
+        if not table.num_rows:
+            return np.zeros(0, np.int64), np.zeros((0, 1), np.float32)
+        return table.column(0).to_numpy().astype(np.int64), vectors_to_matrix(table.column(1))
+
+    def keep(self, candidates: np.ndarray) -> np.ndarray:
+        if not len(candidates):
+            return np.zeros(0, bool)
+        kept = self.backend.arrow(f"SELECT doc_id FROM papers WHERE doc_id = ANY(?) AND ({self.condition})",
+                                  [candidates.tolist(), *self.params])  # a list parameter: faster here than a staged table
+        return np.isin(candidates, kept.column(0).to_numpy())
+
+
 class SharedDatabase:
     """One DuckDB instance per file per process, reference-counted.
 
@@ -68,7 +106,8 @@ class SharedDatabase:
         self.key, self.read_only, self.users = key, read_only, 0
         self.functions: dict[str, int] = {}  # registered UDFs: name -> number of arguments
         self.udfs_for: tuple[str, int] | None = None  # the embedder binding the UDFs were built for
-        self.exact_index = ExactIndex()  # the embeddings for in-process exact search, shared by this file's users
+        self.file = None if path == ":memory:" else Path(path).resolve()
+        self.search_indexes: dict[str | None, SearchIndexes] = {}  # per workspace schema (None: main)
         self.publish_lock = threading.Lock()  # one model write-back at a time per database (DuckDB would abort the second)
 
     @classmethod
@@ -88,6 +127,14 @@ class SharedDatabase:
             shared.users += 1
             return shared
 
+    def indexes(self, schema: str | None) -> SearchIndexes:
+        """The search indexes of one schema's embeddings (a workspace's graph has its own files)."""
+        with self._lock:
+            if schema not in self.search_indexes:
+                graph_of = None if self.file is None else self.file.with_name(self.file.name + (f".{schema}" if schema else ""))
+                self.search_indexes[schema] = SearchIndexes(ExactIndex(), ApproximateIndex(graph_of, writable=not self.read_only))
+            return self.search_indexes[schema]
+
     def release(self) -> None:
         with self._lock:
             self.users -= 1
@@ -103,17 +150,17 @@ class DuckDBBackend(Backend):
     schema_files = ("schema.sql", "views.sql", "analytics.sql")
 
     def __init__(self, path: str, con: duckdb.DuckDBPyConnection | None = None, read_only: bool = False,
-                 schema: str | None = None, exact_index: ExactIndex | None = None) -> None:
+                 schema: str | None = None, indexes: SearchIndexes | None = None) -> None:
         self.path = path
         self.schema = schema  # a workspace schema (saedb attach) searched before main
         self._depth = 0
         self.shared: SharedDatabase | None = None
-        self.exact_index = exact_index or ExactIndex()  # a sibling shares its parent's
+        self.indexes = indexes or SearchIndexes(ExactIndex(), ApproximateIndex(None, False))  # a sibling shares its parent's
         if con is not None:  # a sibling over an open database: no migration, no UDFs
             self.con = self._in_schema(con)
             return
         self.shared = SharedDatabase.acquire(path, read_only)
-        self.exact_index = self.shared.exact_index
+        self.indexes = self.shared.indexes(schema)
         self.con = self._in_schema(self.shared.root.cursor())
         try:
             self.migrate(read_only=read_only)
@@ -167,7 +214,7 @@ class DuckDBBackend(Backend):
         the shared root, so it stays valid whichever backend closes first. ``functions``: with
         saedb's SQL functions (for request threads; not from inside a UDF)."""
         root = self.shared.root if self.shared is not None else self.con
-        sibling = DuckDBBackend(self.path, con=root.cursor(), schema=self.schema, exact_index=self.exact_index)
+        sibling = DuckDBBackend(self.path, con=root.cursor(), schema=self.schema, indexes=self.indexes)
         if functions and self.shared is not None:
             shadow_functions(sibling.con, self.shared.functions)
         return sibling
@@ -321,18 +368,56 @@ class DuckDBBackend(Backend):
             if len(doc_ids):
                 yield doc_ids, matrix
 
-    def nearest(self, query: np.ndarray, limit: int, allowed: Sequence[int] | None = None) -> list[tuple[int, float]]:
-        """Exact cosine nearest neighbours from the shared in-process index, refreshed first."""
-        ids, distances = self.search_index().nearest(query, limit, allowed)
+    def nearest(self, query: np.ndarray, limit: int, where: tuple[str, Sequence[Any]] | None = None,
+                exact: bool = False) -> list[tuple[int, float]]:
+        """Cosine nearest neighbours among the papers matching ``where`` (SQL over papers, its
+        parameters): from the HNSW graph when one was built and ``exact`` is not asked, else exactly."""
+        approximate = None if exact else self.approximate_index()
+        if approximate is not None:
+            ids, distances = approximate.nearest(query, limit, None if where is None else PaperSubset(self, *where))
+        else:
+            allowed = None if where is None else PaperSubset(self, *where).ids()
+            ids, distances = self.search_index().nearest(query, limit, allowed)
         return list(zip(ids.tolist(), distances.tolist()))
+
+    def prepare_search(self) -> None:
+        """Bring what searches rank from up to date now (the web app does, before its first
+        request): the HNSW graph when one was built, else the in-memory embeddings."""
+        if self.approximate_index() is None:
+            self.search_index()
 
     def search_index(self) -> ExactIndex:
         """The in-process copy of the embeddings, one per database and process (siblings, such
         as the web app's request connections, share it), brought up to date with the table (the
         first call loads it: about 9 s and 1.5 GB at 1M 384-d documents)."""
-        stamp = self.con.execute(STAMP_SQL).fetchall()[0]
-        self.exact_index.refresh(tuple(int(v) for v in stamp), self.embedding_range)  # type: ignore[arg-type]
-        return self.exact_index
+        self.indexes.exact.refresh(self.embeddings_stamp(), self.embedding_range)
+        return self.indexes.exact
+
+    def embeddings_stamp(self) -> tuple[int, int, int]:
+        count, last, total = self.con.execute(STAMP_SQL).fetchall()[0]
+        return int(count), int(last), int(total)
+
+    def approximate_index(self) -> ApproximateIndex | None:
+        """The HNSW graph, brought up to date with the table; None when none was built."""
+        graph = self.indexes.approximate
+        if not graph.built:
+            return None
+        graph.sync(self.embeddings_stamp(), self.embedding_ids, self.embeddings_of)
+        return graph if graph.built else None
+
+    def build_approximate_index(self) -> None:
+        """A new HNSW graph of every embedding (replacing any), saved beside the file."""
+        self.indexes.approximate.build(self.embedding_span(), self.embedding_range)
+
+    def embedding_ids(self) -> np.ndarray:
+        return self.arrow("SELECT doc_id FROM embeddings").column(0).to_numpy().astype(np.int64)
+
+    def embeddings_of(self, doc_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        with self.staged(saedb_wanted=pa.table({"doc_id": pa.array(doc_ids, pa.int64())})):
+            table = self.arrow("SELECT doc_id, embedding FROM embeddings WHERE doc_id IN (SELECT doc_id FROM saedb_wanted)")
+        if not table.num_rows:
+            return np.zeros(0, np.int64), np.zeros((0, 1), np.float32)
+        return table.column(0).to_numpy().astype(np.int64), vectors_to_matrix(table.column(1))
 
     def embedding_range(self, first: int, stop: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         bounds, params = ("doc_id >= ?", [first]) if stop is None else ("doc_id >= ? AND doc_id < ?", [first, stop])
@@ -343,4 +428,7 @@ class DuckDBBackend(Backend):
         return table.column(0).to_numpy().astype(np.int64), vectors_to_matrix(table.column(1))
 
     def create_embeddings_index(self) -> None:
-        """DuckDB scans FLOAT[d] arrays with SIMD distance functions; no index needed at this scale."""
+        """After a load: bring the HNSW graph up to date, or build it once there are
+        APPROXIMATE_FROM embeddings (below that, exact search is fast enough: bench_search)."""
+        if self.approximate_index() is None and self.embedding_span()[2] >= APPROXIMATE_FROM:
+            self.build_approximate_index()

@@ -1,0 +1,212 @@
+"""The HNSW graph of a DuckDB database (saedb/backends/approximate_index.py): built from the
+database's vectors, saved beside the file and opened without reading them, kept in step with
+added and removed rows, filters keeping their recall, and exact search still exact."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import saedb.backends.approximate_index as approximate_index
+import saedb.backends.duckdb as duckdb_backend
+from saedb.backends import connect
+from saedb.loaders import load_corpus
+from saedb.models import publish_model
+from saedb.sae import SAE
+from saedb.search import Steering, search
+from tests.conftest import ASTRO, DATA, ML, write_slice
+
+ASTRO_DOCS, ML_DOCS = 1500, 700
+
+
+def exact_top(unit: np.ndarray, doc_ids: np.ndarray, query: np.ndarray, limit: int, allowed: np.ndarray | None = None) -> list[int]:
+    similarity = unit @ (query / np.linalg.norm(query))
+    if allowed is not None:
+        similarity = np.where(allowed, similarity, -np.inf)
+    order = np.lexsort((doc_ids, -similarity))[:limit]
+    return [int(d) for d in doc_ids[order] if allowed is None or allowed[doc_ids == d][0]]
+
+
+def recall(found: list[int], truth: list[int]) -> float:
+    return len(set(found) & set(truth)) / len(truth)
+
+
+@pytest.fixture(scope="module")
+def corpora(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    folder = tmp_path_factory.mktemp("approximate")
+    return (write_slice(ASTRO, folder / "astro.jsonl.gz", ASTRO_DOCS), write_slice(ML, folder / "ml.jsonl.gz", ML_DOCS),
+            write_slice(ASTRO, folder / "astro_more.jsonl.gz", ASTRO_DOCS + 200))
+
+
+def load(path: str, corpora: tuple[Path, Path, Path]) -> int:
+    """Both corpora with their MiniLM vectors, a random SAE published, the graph built; the model id."""
+    with connect(path) as backend:
+        load_corpus(backend, corpora[0], "minilm", embeddings=DATA / "hh_astro_minilm.parquet", progress=False)
+        load_corpus(backend, corpora[1], "minilm", embeddings=DATA / "hh_ml_minilm.parquet", progress=False)
+        model_id = publish_model(backend, SAE.random(384, 512, 16, seed=1), "approximate")
+        backend.build_approximate_index()
+        return model_id
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory, corpora: tuple[Path, Path, Path]) -> tuple[str, int]:
+    path = str(tmp_path_factory.mktemp("built") / "search.duckdb")
+    return path, load(path, corpora)
+
+
+def matrix_of(backend) -> tuple[np.ndarray, np.ndarray]:  # noqa: ANN001
+    ids, vectors = zip(*backend.iter_embeddings(100_000))
+    unit = np.concatenate(vectors)
+    return np.concatenate(ids), unit / np.linalg.norm(unit, axis=1, keepdims=True)
+
+
+def queries_of(unit: np.ndarray, count: int = 30) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    picked = unit[rng.choice(len(unit), count, replace=False)]
+    return picked + rng.normal(0, 0.03, picked.shape).astype(np.float32)
+
+
+def test_approximate_search_finds_what_exact_search_finds_and_exact_stays_exact(built: tuple[str, int]) -> None:
+    path, model_id = built
+    with connect(path) as backend:
+        doc_ids, unit = matrix_of(backend)
+        sae = backend.load_sae(model_id)
+        plain, steered = [], []
+        for i, query in enumerate(queries_of(unit)):
+            feature = i * 7 % sae.n_latents
+            assert [h.doc_id for h in search(backend, query, 10, exact=True)] == exact_top(unit, doc_ids, query, 10)
+            plain.append(recall([h.doc_id for h in search(backend, query, 10)], exact_top(unit, doc_ids, query, 10)))
+            steering = Steering("feature", feature, 0.5, model_id)
+            truth = [h.doc_id for h in search(backend, query, 10, steering, exact=True)]
+            assert truth == exact_top(unit, doc_ids, sae.steer_toward(query, feature, 0.5)[0], 10)
+            steered.append(recall([h.doc_id for h in search(backend, query, 10, steering)], truth))
+        assert backend.indexes.approximate.built
+        assert np.mean(plain) >= 0.97 and np.mean(steered) >= 0.97, (np.mean(plain), np.mean(steered))
+
+
+def test_the_graph_is_saved_beside_the_file_and_opened_without_reading_vectors(built: tuple[str, int]) -> None:
+    """A new process opens the graph memory-mapped: it answers a search without loading the
+    embeddings (the exact index stays empty) and without changing the saved files."""
+    path, _ = built
+    meta = Path(path + ".hnsw.json")
+    saved = json.loads(meta.read_text())
+    assert Path(path).with_name(saved["file"]).exists()
+    before = {p.name: p.stat().st_mtime_ns for p in Path(path).parent.iterdir()}
+    script = (
+        "import sys, numpy as np\n"
+        "from saedb.backends import connect\n"
+        "from saedb.search import search\n"
+        "with connect(sys.argv[1], read_only=True) as b:\n"
+        "    graph = b.indexes.approximate\n"
+        "    assert graph.built and graph.mapped\n"
+        "    vector = b.fetch_vectors('SELECT embedding FROM embeddings WHERE doc_id = 5')[0]\n"
+        "    hits = search(b, vector, 3)\n"
+        "    assert hits[0].doc_id == 5, hits\n"
+        "    assert graph.mapped and len(b.indexes.exact.doc_ids) == 0\n"
+        "print('ok')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script, path], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
+    assert {p.name: p.stat().st_mtime_ns for p in Path(path).parent.iterdir()} == before
+
+
+def test_the_graph_follows_added_and_removed_rows(tmp_path: Path, corpora: tuple[Path, Path, Path]) -> None:
+    path = str(tmp_path / "follow.duckdb")
+    load(path, corpora)
+    with connect(path) as backend, connect(path) as other:
+        assert search(backend, np.ones(384, np.float32), 1)
+        added = load_corpus(other, corpora[2], "minilm", embeddings=DATA / "hh_astro_minilm.parquet", progress=False).added
+        assert added == 200
+        newest = other.query("SELECT max(doc_id) FROM papers")[0][0]
+        vector = other.fetch_vectors("SELECT embedding FROM embeddings WHERE doc_id = ?", (newest,))[0]
+        assert search(backend, vector, 1)[0].doc_id == newest
+        gone = [newest, newest - 1, 3]
+        other.execute(f"DELETE FROM embeddings WHERE doc_id IN ({', '.join(map(str, gone))})")
+        found = {h.doc_id for q in (vector, *other.fetch_vectors("SELECT embedding FROM embeddings LIMIT 3")) for h in search(backend, q, 50)}
+        assert not found & set(gone)
+        assert tuple(json.loads(Path(path + ".hnsw.json").read_text())["stamp"]) == backend.embeddings_stamp()
+        assert len(list(tmp_path.glob("follow.duckdb.hnsw.*.usearch"))) == 1  # older graphs removed
+
+
+def test_a_failed_save_answers_from_memory_and_keeps_the_previous_graph(tmp_path: Path, corpora: tuple[Path, Path, Path],
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The database is the truth: a graph that could not be saved (a full disk) still answers,
+    the files keep naming the previous, complete graph, and the next opening catches up."""
+    path = str(tmp_path / "failing.duckdb")
+    load(path, corpora)
+    previous = json.loads(Path(path + ".hnsw.json").read_text())
+
+    def no_space(*_: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    with connect(path) as backend:
+        monkeypatch.setattr(approximate_index.os, "replace", no_space)
+        with pytest.warns(RuntimeWarning, match="No space left"):  # the load brings the graph up to date
+            load_corpus(backend, corpora[2], "minilm", embeddings=DATA / "hh_astro_minilm.parquet", progress=False)
+        newest = backend.query("SELECT max(doc_id) FROM papers")[0][0]
+        vector = backend.fetch_vectors("SELECT embedding FROM embeddings WHERE doc_id = ?", (newest,))[0]
+        assert search(backend, vector, 1)[0].doc_id == newest
+        monkeypatch.undo()
+        assert json.loads(Path(path + ".hnsw.json").read_text()) == previous
+        assert Path(path).with_name(previous["file"]).exists()
+    with connect(path) as backend:
+        assert backend.indexes.approximate.stamp == tuple(previous["stamp"])
+        assert search(backend, vector, 1)[0].doc_id == newest
+        assert tuple(json.loads(Path(path + ".hnsw.json").read_text())["stamp"]) == backend.embeddings_stamp()
+
+
+@pytest.mark.parametrize("row_read_us", [0.0, 1e9], ids=["exact-subset", "over-fetch"])
+def test_filters_keep_their_recall(built: tuple[str, int], row_read_us: float, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A corpus and a range of years: every hit matches, and recall against exact search within
+    the filter holds, whether the filter's documents are ranked exactly or over-fetched."""
+    monkeypatch.setattr(approximate_index, "ROW_READ_US", row_read_us)
+    path, _ = built
+    with connect(path) as backend:
+        doc_ids, unit = matrix_of(backend)
+        papers = {d: (c, y) for d, c, y in backend.query("SELECT doc_id, corpus, year FROM papers")}
+        years = sorted(y for _, y in papers.values() if y is not None)
+        middle = years[len(years) // 4], years[3 * len(years) // 4]
+        filters = [({"corpus": "ml"}, lambda c, y: c == "ml"),
+                   ({"year_from": middle[0], "year_to": middle[1]}, lambda c, y: y is not None and middle[0] <= y <= middle[1]),
+                   ({"corpus": "astro", "year_from": middle[1]}, lambda c, y: c == "astro" and y is not None and y >= middle[1])]
+        for options, matches in filters:
+            allowed = np.array([matches(*papers[int(d)]) for d in doc_ids])
+            scores = []
+            for query in queries_of(unit, 20):
+                hits = [h.doc_id for h in search(backend, query, 10, **options)]
+                assert all(matches(*papers[d]) for d in hits), options
+                truth = exact_top(unit, doc_ids, query, 10, allowed)
+                assert [h.doc_id for h in search(backend, query, 10, exact=True, **options)] == truth
+                scores.append(recall(hits, truth))
+            assert np.mean(scores) >= 0.95, (options, np.mean(scores))
+
+
+def test_a_load_builds_the_graph_from_the_threshold(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, embedder) -> None:
+    monkeypatch.setattr(duckdb_backend, "APPROXIMATE_FROM", 150)
+    path = str(tmp_path / "threshold.duckdb")
+    with connect(path) as backend:
+        load_corpus(backend, write_slice(ASTRO, tmp_path / "a.jsonl.gz", 100), embedder, progress=False)
+        assert not backend.indexes.approximate.built and not Path(path + ".hnsw.json").exists()
+        load_corpus(backend, write_slice(ASTRO, tmp_path / "b.jsonl.gz", 200), embedder, progress=False)
+        assert backend.indexes.approximate.built
+        assert tuple(json.loads(Path(path + ".hnsw.json").read_text())["stamp"]) == backend.embeddings_stamp()
+
+
+def test_a_graph_file_that_is_missing_or_unfinished_is_not_used(tmp_path: Path, embedder) -> None:
+    path = str(tmp_path / "broken.duckdb")
+    with connect(path) as backend:
+        load_corpus(backend, write_slice(ASTRO, tmp_path / "a.jsonl.gz", 100), embedder, progress=False)
+        backend.build_approximate_index()
+    meta = Path(path + ".hnsw.json")
+    Path(path).with_name(json.loads(meta.read_text())["file"]).unlink()
+    with connect(path) as backend:
+        assert not backend.indexes.approximate.built
+        query = embedder.embed(["stars"])[0]
+        assert [h.doc_id for h in search(backend, query, 5)] == [h.doc_id for h in search(backend, query, 5, exact=True)]
+    os.remove(meta)
