@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -58,6 +59,14 @@ def load(path: str, corpora: tuple[Path, Path, Path]) -> int:
 def built(tmp_path_factory: pytest.TempPathFactory, corpora: tuple[Path, Path, Path]) -> tuple[str, int]:
     path = str(tmp_path_factory.mktemp("built") / "search.duckdb")
     return path, load(path, corpora)
+
+
+def copy_of(built: tuple[str, int], target: Path) -> str:
+    """The built database with its graph, copied (a second load of the corpora costs seconds)."""
+    source = Path(built[0])
+    for file in source.parent.glob(source.name + "*"):
+        shutil.copy(file, target / file.name)
+    return str(target / source.name)
 
 
 def matrix_of(backend) -> tuple[np.ndarray, np.ndarray]:  # noqa: ANN001
@@ -116,9 +125,8 @@ def test_the_graph_is_saved_beside_the_file_and_opened_without_reading_vectors(b
     assert {p.name: p.stat().st_mtime_ns for p in Path(path).parent.iterdir()} == before
 
 
-def test_the_graph_follows_added_and_removed_rows(tmp_path: Path, corpora: tuple[Path, Path, Path]) -> None:
-    path = str(tmp_path / "follow.duckdb")
-    load(path, corpora)
+def test_the_graph_follows_added_and_removed_rows(tmp_path: Path, corpora: tuple[Path, Path, Path], built: tuple[str, int]) -> None:
+    path = copy_of(built, tmp_path)
     with connect(path) as backend, connect(path) as other:
         assert search(backend, np.ones(384, np.float32), 1)
         added = load_corpus(other, corpora[2], "minilm", embeddings=DATA / "hh_astro_minilm.parquet", progress=False).added
@@ -131,15 +139,14 @@ def test_the_graph_follows_added_and_removed_rows(tmp_path: Path, corpora: tuple
         found = {h.doc_id for q in (vector, *other.fetch_vectors("SELECT embedding FROM embeddings LIMIT 3")) for h in search(backend, q, 50)}
         assert not found & set(gone)
         assert tuple(json.loads(Path(path + ".hnsw.json").read_text())["stamp"]) == backend.embeddings_stamp()
-        assert len(list(tmp_path.glob("follow.duckdb.hnsw.*.usearch"))) == 1  # older graphs removed
+        assert len(list(tmp_path.glob(Path(path).name + ".hnsw.*.usearch"))) == 1  # older graphs removed
 
 
 def test_a_failed_save_answers_from_memory_and_keeps_the_previous_graph(tmp_path: Path, corpora: tuple[Path, Path, Path],
-                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+                                                                        built: tuple[str, int], monkeypatch: pytest.MonkeyPatch) -> None:
     """The database is the truth: a graph that could not be saved (a full disk) still answers,
     the files keep naming the previous, complete graph, and the next opening catches up."""
-    path = str(tmp_path / "failing.duckdb")
-    load(path, corpora)
+    path = copy_of(built, tmp_path)
     previous = json.loads(Path(path + ".hnsw.json").read_text())
 
     def no_space(*_: object) -> None:
