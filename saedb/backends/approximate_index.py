@@ -28,6 +28,7 @@ from typing import Callable, Protocol
 import numpy as np
 
 from saedb.backends.exact_index import LOAD_BLOCK, Stamp, ranked, read_unit_rows
+from saedb.sae import unit_rows
 
 # Measured by bench_search.py (README, "Beside the libraries"): exact search costs ~17 ms at 87k
 # documents and ~100 ms at 1M; the graph answers in ~1 ms at either. At 87k real MiniLM queries,
@@ -58,11 +59,6 @@ class Subset(Protocol):
 
     def keep(self, candidates: np.ndarray) -> np.ndarray:
         """A boolean mask over ``candidates``: True where the doc id is allowed."""
-
-
-def unit(vectors: np.ndarray) -> np.ndarray:
-    vectors = np.asarray(vectors, np.float32)
-    return vectors / np.linalg.norm(vectors, axis=-1, keepdims=True)
 
 
 def stamp_of(keys: np.ndarray) -> Stamp:
@@ -132,7 +128,7 @@ class ApproximateIndex:
             for start in range(0, len(new), LOAD_BLOCK):
                 ids, vectors = rows(new[start : start + LOAD_BLOCK])
                 if len(ids):
-                    graph.add(ids, unit(vectors), threads=BUILD_THREADS)
+                    graph.add(ids, unit_rows(np.asarray(vectors, np.float32)), threads=BUILD_THREADS)
             self._install(graph)
 
     def _install(self, graph) -> None:  # noqa: ANN001 - usearch.index.Index
@@ -181,7 +177,7 @@ class ApproximateIndex:
     def nearest(self, query: np.ndarray, limit: int, subset: Subset | None = None) -> tuple[np.ndarray, np.ndarray]:
         """About the ``limit`` nearest doc ids (within ``subset``) and their cosine distances,
         nearest first, ties by doc id."""
-        query = unit(query)
+        query = unit_rows(np.asarray(query, np.float32)[None, :])[0]
         with self.lock:
             graph = self.graph
             total = len(graph) if graph is not None else 0
@@ -196,7 +192,7 @@ class ApproximateIndex:
                 ids, vectors = subset.rows()
                 if not len(ids):
                     return np.zeros(0, np.int64), np.zeros(0, np.float32)
-                found, distances = ranked((unit(vectors) @ query)[None, :], ids, limit)
+                found, distances = ranked((unit_rows(vectors) @ query)[None, :], ids, limit)
                 return found[0], distances[0]
             while True:
                 graph.expansion_search = max(EXPANSION_SEARCH, EF_PER_CANDIDATE * fetch)  # under the lock: this search's own

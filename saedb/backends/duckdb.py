@@ -47,6 +47,13 @@ def shadow_functions(con: duckdb.DuckDBPyConnection, functions: dict[str, int]) 
         con.execute(f"CREATE OR REPLACE TEMP MACRO {name}({args}) AS saedb_udf_{name}({args})")
 
 
+def ids_and_vectors(table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+    """(doc ids, float32 matrix) of a (doc_id, embedding) Arrow table."""
+    if not table.num_rows:
+        return np.zeros(0, np.int64), np.zeros((0, 1), np.float32)
+    return table.column(0).to_numpy().astype(np.int64), vectors_to_matrix(table.column(1))
+
+
 @dataclass(frozen=True)
 class SearchIndexes:
     """What searches rank from: one pair per database file, schema and process, shared by the backends on it."""
@@ -69,11 +76,8 @@ class PaperSubset:
         return table.column(0).to_numpy().astype(np.int64)
 
     def rows(self) -> tuple[np.ndarray, np.ndarray]:
-        table = self.backend.arrow(f"SELECT e.doc_id, e.embedding FROM embeddings e JOIN papers p ON p.doc_id = e.doc_id "
-                                   f"WHERE {self.condition}", self.params)
-        if not table.num_rows:
-            return np.zeros(0, np.int64), np.zeros((0, 1), np.float32)
-        return table.column(0).to_numpy().astype(np.int64), vectors_to_matrix(table.column(1))
+        return ids_and_vectors(self.backend.arrow(f"SELECT e.doc_id, e.embedding FROM embeddings e JOIN papers p ON "
+                                                  f"p.doc_id = e.doc_id WHERE {self.condition}", self.params))
 
     def keep(self, candidates: np.ndarray) -> np.ndarray:
         if not len(candidates):
@@ -414,18 +418,13 @@ class DuckDBBackend(Backend):
 
     def embeddings_of(self, doc_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         with self.staged(saedb_wanted=pa.table({"doc_id": pa.array(doc_ids, pa.int64())})):
-            table = self.arrow("SELECT doc_id, embedding FROM embeddings WHERE doc_id IN (SELECT doc_id FROM saedb_wanted)")
-        if not table.num_rows:
-            return np.zeros(0, np.int64), np.zeros((0, 1), np.float32)
-        return table.column(0).to_numpy().astype(np.int64), vectors_to_matrix(table.column(1))
+            return ids_and_vectors(self.arrow("SELECT doc_id, embedding FROM embeddings WHERE doc_id IN (SELECT doc_id FROM saedb_wanted)"))
 
     def embedding_range(self, first: int, stop: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         bounds, params = ("doc_id >= ?", [first]) if stop is None else ("doc_id >= ? AND doc_id < ?", [first, stop])
         table = self._in_schema(self.con.cursor()).sql(
             f"SELECT doc_id, embedding FROM embeddings WHERE {bounds} ORDER BY doc_id", params=params).to_arrow_table()
-        if not table.num_rows:
-            return np.zeros(0, np.int64), np.zeros((0, 1), np.float32)
-        return table.column(0).to_numpy().astype(np.int64), vectors_to_matrix(table.column(1))
+        return ids_and_vectors(table)
 
     def create_embeddings_index(self) -> None:
         """After a load: bring the HNSW graph up to date, or build it once there are
