@@ -22,7 +22,8 @@ class TrainingDivergedError(SaedbError, ArithmeticError):
 
 
 class DatabaseBusyError(ConfigurationError):
-    """Another process holds the database file in a conflicting mode (DuckDB: one writer, or readers)."""
+    """The database cannot serve this now: another process holds the file in a conflicting mode
+    (DuckDB: one writer, or readers), or its embeddings changed under every attempt of a search."""
 
 
 class TrainingFailedError(SaedbError):

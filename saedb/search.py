@@ -159,12 +159,9 @@ def search(
         sql = SEARCH_SQL.format(target=target, where=where)
         with backend.exact_scan() if exact else nullcontext():
             rows = run_portable(backend, sql, params)
-        return [Hit(*row[:4], float(row[4])) for row in rows]
-    vector = run_portable(backend, f"SELECT {target}", params)[0][0] if steps else params[0]
-    parts = within.conditions()
-    where = (" AND ".join(sql.format("?") for sql, _ in parts), [value for _, value in parts]) if parts else None
-    ranked = backend.nearest(np.asarray(vector, dtype=np.float32), limit, where, exact)
-    marks = ", ".join("?" * len(ranked))
-    papers = {row[0]: row for row in backend.query(f"SELECT doc_id, arxiv_id, title, year FROM papers WHERE doc_id IN ({marks})",
-                                                   [doc_id for doc_id, _ in ranked])} if ranked else {}
-    return [Hit(*papers[doc_id], distance) for doc_id, distance in ranked if doc_id in papers]
+    else:
+        vector = run_portable(backend, f"SELECT {target}", params)[0][0] if steps else params[0]
+        parts = within.conditions()
+        where = (" AND ".join(sql.format("?") for sql, _ in parts), [value for _, value in parts]) if parts else None
+        rows = backend.nearest(np.asarray(vector, dtype=np.float32), limit, where, exact)
+    return [Hit(*row[:4], float(row[4])) for row in rows]

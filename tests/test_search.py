@@ -6,7 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
+
 from saedb.backends import Backend, connect
+from saedb.errors import DatabaseBusyError
 from saedb.loaders import load_corpus
 from saedb.search import SEARCH_SQL, Steering, run_portable, search
 from saedb.trainer import TrainConfig
@@ -57,6 +60,30 @@ def test_rows_added_or_removed_after_a_search_are_seen(tmp_path: Path, embedder)
         other.execute("DELETE FROM embeddings WHERE doc_id = ?", (newest,))
         assert newest not in [h.doc_id for h in search(backend, vector, 500)]
         assert len(search(backend, vector, 500)) == 199
+
+
+def test_a_table_that_changes_under_every_ranking_is_a_clear_error(tmp_path: Path, embedder, monkeypatch) -> None:
+    """Each search reads the table's stamp with its papers and ranks again when the stamp moved;
+    a table that never holds still is an error after a few attempts, never a hang."""
+    path = str(tmp_path / "busy.duckdb")
+    with connect(path) as backend:
+        load_corpus(backend, write_slice(ASTRO, tmp_path / "a.jsonl.gz", 50), embedder, progress=False)
+        query = embedder.embed(["stars"])[0]
+        assert len(search(backend, query, 5)) == 5
+        read = backend.papers_with_stamp
+        calls = []
+
+        def moving(doc_ids: np.ndarray):  # another writer's row arrives between ranking and reading, every time
+            stamp, papers = read(doc_ids)
+            calls.append(stamp)
+            return (stamp[0] + len(calls), *stamp[1:]), papers
+
+        monkeypatch.setattr(backend, "papers_with_stamp", moving)
+        with pytest.raises(DatabaseBusyError, match="changed during each of 5 attempts"):
+            search(backend, query, 5)
+        assert len(calls) == 5
+        monkeypatch.undo()
+        assert [h.doc_id for h in search(backend, query, 5)] == [h.doc_id for h in search(backend, query, 5, exact=True)]
 
 
 def test_search_within_one_corpus(db_url: str, tmp_path: Path, embedder) -> None:

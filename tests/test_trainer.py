@@ -25,20 +25,39 @@ from saedb.trainer import TrainConfig
 from saedb.trainer.topk_sae import TopKSAE, normalised_mse
 from saedb.errors import InvalidInputError
 from saedb.trainer.stream import ArraySource, ChunkedRows, DatabaseSource, held_out, training_batches
-from saedb.trainer.train import coordinate_median, evaluate, train_from_db, train_sae, train_stream
+from saedb.trainer.train import evaluate, new_trainer, train_from_db, train_sae, train_stream
 from tests.conftest import embeddings_of
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_initialisation_follows_the_paper() -> None:
+@pytest.mark.parametrize("fit_scale", [False, True])
+def test_initialisation_follows_the_paper(fit_scale: bool) -> None:
     x = torch.randn(500, 16) + 3
-    b_pre = coordinate_median(x, 500, torch.Generator().manual_seed(0))
-    torch.testing.assert_close(b_pre, x.median(dim=0).values)
-    model = TopKSAE(16, 64, 4, b_pre)
+    model = new_trainer(x, TrainConfig(k=4, n_latents=64, median_sample=500, fit_encoder_scale=fit_scale),
+                        torch.Generator().manual_seed(0)).model
+    torch.testing.assert_close(model.b_pre.detach(), x.median(dim=0).values)
     torch.testing.assert_close(model.w_dec.norm(dim=1), torch.ones(64))
-    torch.testing.assert_close(model.w_enc, model.w_dec)
+    scale = model.w_enc.detach().norm(dim=1)
+    torch.testing.assert_close(model.w_enc.detach(), scale[:, None] * model.w_dec.detach())  # the paper's tie, W_enc = s * W_dec^T
+    assert torch.allclose(scale, scale[0]) and (scale[0] < 1 if fit_scale else float(scale[0]) == pytest.approx(1.0))
     assert not model.b_lat.any()
+
+
+def test_the_fitted_encoder_scale_is_the_least_squares_scale_of_the_first_reconstruction() -> None:
+    """W_enc starts as s * W_dec^T: any other s reconstructs the sample worse, the top-k choice is
+    unchanged, and the direction stays the decoder's (the paper's tie, up to one number)."""
+    torch.manual_seed(0)
+    x = torch.nn.functional.normalize(torch.randn(2000, 24) + torch.randn(24), dim=1)
+    b_pre = x.median(dim=0).values
+    model = TopKSAE(24, 96, 6, b_pre)
+    chosen_before = model(x)[1].sort(dim=1).values
+    scale = model.fit_encoder_scale(x)
+    assert 0 < scale < 1  # unit encoder rows overshoot: the summed top-k projections exceed x - b_pre
+    torch.testing.assert_close(model.w_enc, scale * model.w_dec)
+    assert torch.equal(model(x)[1].sort(dim=1).values, chosen_before)
+    error = lambda s: float(((s / scale) * (model(x)[0] - b_pre) - (x - b_pre)).pow(2).sum())  # noqa: E731
+    assert error(scale) < min(error(scale * 0.95), error(scale * 1.05), error(1.0))
 
 
 def test_gradient_clipping_to_global_norm() -> None:

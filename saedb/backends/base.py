@@ -130,9 +130,9 @@ class Backend(ABC):
         return (0, -1, 0) if not count else (int(low), int(high), int(count))
 
     def nearest(self, query: np.ndarray, limit: int, where: tuple[str, Sequence[Any]] | None = None,
-                exact: bool = False) -> list[tuple[int, float]]:
-        """(doc_id, cosine distance) of the ``limit`` nearest documents among the papers matching
-        ``where`` (SQL over papers, its parameters), where ``in_process_search`` is set."""
+                exact: bool = False) -> list[tuple]:
+        """(doc_id, arxiv_id, title, year, cosine distance) of the ``limit`` nearest papers among
+        those matching ``where`` (SQL over papers, its parameters), where ``in_process_search`` is set."""
         raise NotImplementedError(f"{type(self).__name__} ranks in SQL")
 
     @contextmanager

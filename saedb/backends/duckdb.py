@@ -16,7 +16,7 @@ import pyarrow as pa
 from saedb.arrow_vectors import fixed_size_vectors, vectors_to_matrix
 from saedb.backends.base import Backend, DocumentBatch
 from saedb.backends.approximate_index import APPROXIMATE_FROM, ApproximateIndex
-from saedb.backends.exact_index import STAMP_SQL, ExactIndex
+from saedb.backends.exact_index import STAMP_SQL, ExactIndex, Stamp
 from saedb.errors import ConfigurationError, DatabaseBusyError
 from saedb.sae import SAE, SparseCodes
 from saedb.sqlfiles import read_sql
@@ -27,6 +27,14 @@ BULK_CHECKPOINT_THRESHOLD = "1GB"
 # duckdb CLI that installs from PyPI (duckdb-cli 1.5.6) cannot open 2.0's format ("version
 # number 69, but we can only read versions between 64 and 68"). Existing files keep theirs.
 STORAGE_COMPATIBILITY = "v1.5.0"
+# A search's papers and the embeddings' stamp (exact_index.STAMP_SQL) in one statement: the
+# stamp row is the one without a doc id.
+SEARCH_ATTEMPTS = 5
+PAPERS_WITH_STAMP_SQL = """
+SELECT NULL::BIGINT, NULL, NULL, NULL, count(*), coalesce(max(doc_id), 0), coalesce(sum(doc_id), 0) FROM embeddings
+UNION ALL
+SELECT doc_id, arxiv_id, title, year, NULL, NULL, NULL FROM papers WHERE doc_id IN ({marks})
+"""
 
 
 def open_file(path: str, read_only: bool = False) -> duckdb.DuckDBPyConnection:
@@ -373,16 +381,37 @@ class DuckDBBackend(Backend):
                 yield doc_ids, matrix
 
     def nearest(self, query: np.ndarray, limit: int, where: tuple[str, Sequence[Any]] | None = None,
-                exact: bool = False) -> list[tuple[int, float]]:
-        """Cosine nearest neighbours among the papers matching ``where`` (SQL over papers, its
-        parameters): from the HNSW graph when one was built and ``exact`` is not asked, else exactly."""
-        approximate = None if exact else self.approximate_index()
-        if approximate is not None:
-            ids, distances = approximate.nearest(query, limit, None if where is None else PaperSubset(self, *where))
-        else:
-            allowed = None if where is None else PaperSubset(self, *where).ids()
-            ids, distances = self.search_index().nearest(query, limit, allowed)
-        return list(zip(ids.tolist(), distances.tolist()))
+                exact: bool = False) -> list[tuple]:
+        """The ``limit`` papers nearest ``query`` among those matching ``where`` (SQL over papers,
+        its parameters), as SEARCH_SQL's rows: from the HNSW graph when one was built and
+        ``exact`` is not asked, else from the in-memory copy of every embedding.
+
+        Optimistic: ranked by the index as it stands, then the papers are read in the same
+        statement as the table's stamp; if the table changed since the index last saw it, the
+        index is brought up to date and the ranking done again (one statement per search, not two).
+        A table that changes under every one of SEARCH_ATTEMPTS rankings is an error, not a hang."""
+        for _ in range(SEARCH_ATTEMPTS):
+            graph = None if exact or not self.indexes.approximate.built else self.indexes.approximate
+            if graph is not None:
+                ids, distances = graph.nearest(query, limit, None if where is None else PaperSubset(self, *where))
+            else:
+                allowed = None if where is None else PaperSubset(self, *where).ids()
+                ids, distances = self.indexes.exact.nearest(query, limit, allowed)
+            stamp, papers = self.papers_with_stamp(ids)
+            if stamp == (graph or self.indexes.exact).stamp:
+                return [(*papers[doc_id], distance) for doc_id, distance in zip(ids.tolist(), distances.tolist()) if doc_id in papers]
+            if graph is not None:
+                graph.sync(stamp, self.embedding_ids, self.embeddings_of)
+            else:
+                self.indexes.exact.refresh(stamp, self.embedding_range)
+        raise DatabaseBusyError(f"the embeddings changed during each of {SEARCH_ATTEMPTS} attempts to search them")
+
+    def papers_with_stamp(self, doc_ids: np.ndarray) -> tuple[Stamp, dict[int, tuple]]:
+        """The embeddings' stamp and the (doc_id, arxiv_id, title, year) of ``doc_ids``'s papers, read in one statement."""
+        marks = ", ".join("?" * len(doc_ids)) or "NULL"
+        rows = self.query(PAPERS_WITH_STAMP_SQL.format(marks=marks), doc_ids.tolist())
+        stamp = next((int(n), int(last), int(total)) for doc_id, *_, n, last, total in rows if doc_id is None)
+        return stamp, {row[0]: row[:4] for row in rows if row[0] is not None}
 
     def prepare_search(self) -> None:
         """Bring what searches rank from up to date now (the web app does, before its first

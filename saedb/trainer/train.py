@@ -55,11 +55,6 @@ def pick_device(requested: str | None) -> torch.device:
     return torch.device(requested or ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
-def coordinate_median(x: torch.Tensor, sample: int, generator: torch.Generator) -> torch.Tensor:
-    rows = torch.randperm(x.shape[0], generator=generator)[:sample]
-    return x[rows].median(dim=0).values
-
-
 class ReconstructionStats:
     """Normalised MSE, L0, dead fraction and feature density, accumulated batch by batch
     (the variance from float64 sums, so a pass in chunks equals a pass over the whole)."""
@@ -173,8 +168,13 @@ class Trainer:
 
 
 def new_trainer(x: torch.Tensor, cfg: TrainConfig, generator: torch.Generator, parallel: DataParallel | None = None) -> Trainer:
-    """A model initialised as in the paper (median pre-bias from a sample of x) with its trainer."""
-    model = TopKSAE(x.shape[1], cfg.n_latents, cfg.k, coordinate_median(x, cfg.median_sample, generator)).to(x.device)
+    """A model initialised as in the paper (pre-bias the coordinate median of a sample of x's
+    rows, W_enc = W_decᵀ) with its trainer; W_enc scaled to fit that sample unless
+    ``cfg.fit_encoder_scale`` is off (``TopKSAE.fit_encoder_scale``)."""
+    sample = x[torch.randperm(x.shape[0], generator=generator)[: cfg.median_sample]]
+    model = TopKSAE(x.shape[1], cfg.n_latents, cfg.k, sample.median(dim=0).values).to(x.device)
+    if cfg.fit_encoder_scale:
+        model.fit_encoder_scale(sample)
     return Trainer(model, cfg, parallel)
 
 
