@@ -14,6 +14,12 @@ import typer
 ALIASES = {"n_latents": ("--n",)}
 
 
+def option_names(field: str, hint: Any) -> tuple[str, ...]:
+    """``--field-name`` and its aliases; a yes/no field is the pair ``--name/--no-name``."""
+    name = f"--{field.replace('_', '-')}"
+    return (f"{name}/--no-{name[2:]}",) if hint is bool else (name, *ALIASES.get(field, ()))
+
+
 def config_options(config_cls: type, skip: tuple[str, ...] = (), on_error: Callable[[Exception], None] | None = None):
     """Decorate a command taking ``cfg: config_cls``: the CLI gets one option per field (less
     ``skip``), and the command receives the built config. Invalid values go to ``on_error``."""
@@ -26,8 +32,8 @@ def config_options(config_cls: type, skip: tuple[str, ...] = (), on_error: Calla
         extra = [
             inspect.Parameter(
                 f.name, inspect.Parameter.KEYWORD_ONLY, annotation=hints[f.name],
-                default=typer.Option(None if f.default is MISSING else f.default,
-                                     f"--{f.name.replace('_', '-')}", *ALIASES.get(f.name, ()), help=f.metadata.get("help")),
+                default=typer.Option(None if f.default is MISSING else f.default, *option_names(f.name, hints[f.name]),
+                                     help=f.metadata.get("help")),
             )
             for f in chosen
         ]

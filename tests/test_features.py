@@ -36,6 +36,14 @@ def test_defaults_are_the_papers_and_train_and_grid_share_them() -> None:
         assert defaults["train"][option] == defaults["grid"][option] == getattr(cfg, option)
 
 
+def test_a_yes_no_field_is_a_flag_pair_on_the_command_line() -> None:
+    commands = typer.main.get_command(app).commands  # type: ignore[attr-defined]
+    for name in ("train", "grid"):
+        option = next(p for p in commands[name].params if p.name == "fit_encoder_scale")
+        assert option.is_flag and option.opts == ["--fit-encoder-scale"] and option.secondary_opts == ["--no-fit-encoder-scale"]
+        assert option.default is True
+
+
 def test_budget_is_counted_in_optimiser_steps_with_a_new_shuffle_per_pass() -> None:
     x = np.arange(300, dtype=np.float32)[:, None].repeat(2, axis=1)  # row r holds the value r
     generator = torch.Generator().manual_seed(0)
