@@ -8,9 +8,9 @@ Rules:
   of the rows it holds, by ``<file>.hnsw.json``, which is replaced atomically after the graph is
   written: a crash leaves the previous pair. Opened memory-mapped (``view``): start-up reads no vectors.
 - Kept in step: each search reads the table's stamp in the statement that reads its papers
-  and compares it with the graph's; on a difference the doc ids are compared, rows gone are removed and new rows added (on an
-  in-memory copy of a mapped graph), the result is saved where the database is writable, and
-  the search is done again.
+  and compares it with the graph's; on a difference the doc ids are compared, rows gone are
+  removed and new rows added (on an in-memory copy of a mapped graph), the result is saved
+  where the database is writable, and the search is done again.
 - A filter (``Subset``) over-fetches: candidates are asked for in proportion to the share of
   documents it allows and checked against it; a filter so narrow that reading its documents
   costs less than those candidates ranks them exactly (their vectors read from the database).

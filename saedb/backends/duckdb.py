@@ -16,7 +16,7 @@ import pyarrow as pa
 from saedb.arrow_vectors import fixed_size_vectors, vectors_to_matrix
 from saedb.backends.base import Backend, DocumentBatch
 from saedb.backends.approximate_index import APPROXIMATE_FROM, ApproximateIndex
-from saedb.backends.exact_index import STAMP_SQL, ExactIndex, Stamp
+from saedb.backends.exact_index import STAMP_COLUMNS, STAMP_SQL, ExactIndex, Stamp
 from saedb.errors import ConfigurationError, DatabaseBusyError
 from saedb.sae import SAE, SparseCodes
 from saedb.sqlfiles import read_sql
@@ -27,13 +27,12 @@ BULK_CHECKPOINT_THRESHOLD = "1GB"
 # duckdb CLI that installs from PyPI (duckdb-cli 1.5.6) cannot open 2.0's format ("version
 # number 69, but we can only read versions between 64 and 68"). Existing files keep theirs.
 STORAGE_COMPATIBILITY = "v1.5.0"
-# A search's papers and the embeddings' stamp (exact_index.STAMP_SQL) in one statement: the
-# stamp row is the one without a doc id.
-SEARCH_ATTEMPTS = 5
-PAPERS_WITH_STAMP_SQL = """
-SELECT NULL::BIGINT, NULL, NULL, NULL, count(*), coalesce(max(doc_id), 0), coalesce(sum(doc_id), 0) FROM embeddings
+SEARCH_ATTEMPTS = 5  # rankings of one search before a table that keeps changing is an error
+# A search's papers and the embeddings' stamp in one statement: the stamp row is the one without a doc id.
+PAPERS_WITH_STAMP_SQL = f"""
+SELECT NULL::BIGINT, NULL, NULL, NULL, {STAMP_COLUMNS} FROM embeddings
 UNION ALL
-SELECT doc_id, arxiv_id, title, year, NULL, NULL, NULL FROM papers WHERE doc_id IN ({marks})
+SELECT doc_id, arxiv_id, title, year, NULL, NULL, NULL FROM papers WHERE doc_id IN ({{marks}})
 """
 
 

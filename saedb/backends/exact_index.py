@@ -17,7 +17,8 @@ from typing import Callable, Sequence
 import numpy as np
 
 Stamp = tuple[int, int, int]
-STAMP_SQL = "SELECT count(*), coalesce(max(doc_id), 0), coalesce(sum(doc_id), 0) FROM embeddings"
+STAMP_COLUMNS = "count(*), coalesce(max(doc_id), 0), coalesce(sum(doc_id), 0)"  # over embeddings
+STAMP_SQL = f"SELECT {STAMP_COLUMNS} FROM embeddings"
 
 
 def ranked(similarity: np.ndarray, doc_ids: np.ndarray, limit: int) -> tuple[np.ndarray, np.ndarray]:

@@ -54,6 +54,9 @@ class SelectedPreActivations(torch.autograd.Function):
         return None, None, grad_w, grad_bias, None
 
 
+FIT_ROWS = 1024  # rows per forward pass when fitting the encoder scale (a training batch's footprint)
+
+
 class TopKSAE(nn.Module):
     def __init__(self, d: int, n_latents: int, k: int, b_pre: torch.Tensor) -> None:
         super().__init__()
@@ -74,10 +77,14 @@ class TopKSAE(nn.Module):
         b_pre is s·r (r: that of the unscaled encoder), so s = <x - b_pre, r> / <r, r>. Unit
         encoder rows overshoot (the k largest projections onto directions that are not
         orthogonal sum past x - b_pre: s is about 0.64 at k=32, n=3072 on MiniLM vectors) and
-        Adam then spends hundreds of steps shrinking them; s is left at 1 if r is zero."""
-        r = self(sample)[0] - self.b_pre
-        energy = float(r.pow(2).sum())
-        scale = float(((sample - self.b_pre) * r).sum()) / energy if energy > 0 else 1.0
+        Adam then spends hundreds of steps shrinking them; s is left at 1 if r is zero. The sums
+        run over FIT_ROWS rows at a time: no (sample, n_latents) matrix at start-up."""
+        along = energy = 0.0
+        for rows in sample.split(FIT_ROWS):
+            r = self(rows)[0] - self.b_pre
+            along += float(((rows - self.b_pre) * r).sum())
+            energy += float(r.pow(2).sum())
+        scale = along / energy if energy > 0 else 1.0
         if not (math.isfinite(scale) and scale > 0):
             scale = 1.0
         self.w_enc.mul_(scale)
