@@ -38,8 +38,9 @@ FROM embeddings e JOIN papers p USING (doc_id)
 ORDER BY distance, p.doc_id LIMIT ?
 """
 
-# The concept's strongest feature that the query lacks, and how many of the query's nearest
-# papers carry it (papers of both topics exist: the default pair has them, see the table).
+# The concept's strongest feature that the query lacks and some of the query's nearest papers
+# carry (papers of both topics, where steering can meet both; failing that, the strongest it
+# lacks), and how many of those papers carry it.
 CONCEPT_FEATURES_SQL = """
 WITH near AS (SELECT unnest(?::BIGINT[]) AS doc_id),
      concept AS (SELECT f.feature_id, f.activation FROM unnest(sae_encode(embed(?), ?)) AS f),
@@ -50,7 +51,7 @@ LEFT JOIN sae_codes s ON s.model_id = ? AND s.feature_id = c.feature_id
 LEFT JOIN near n ON n.doc_id = s.doc_id
 WHERE c.feature_id NOT IN (SELECT feature_id FROM own)
 GROUP BY c.feature_id, c.activation
-ORDER BY c.activation DESC, c.feature_id LIMIT 1
+ORDER BY count(n.doc_id) > 0 DESC, c.activation DESC, c.feature_id LIMIT 1
 """
 
 NEIGHBOURHOOD = 50  # "near the query": among its 50 nearest papers

@@ -163,5 +163,5 @@ def search(
         vector = run_portable(backend, f"SELECT {target}", params)[0][0] if steps else params[0]
         parts = within.conditions()
         where = (" AND ".join(sql.format("?") for sql, _ in parts), [value for _, value in parts]) if parts else None
-        rows = backend.nearest(np.asarray(vector, dtype=np.float32), limit, where, exact)
+        rows = backend.nearest(np.asarray(vector, dtype=np.float32), limit, where, exact, steered=bool(steps))
     return [Hit(*row[:4], float(row[4])) for row in rows]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gzip
 import itertools
+import math
 import re
 from pathlib import Path
 from typing import Iterator
@@ -258,15 +259,28 @@ def test_duckdb_erfc_is_accurate_across_the_range(databases) -> None:
     assert got == pytest.approx([erfc(x) for x in xs], rel=1e-12, abs=0)
 
 
-def test_a_set_defined_by_a_feature_itself_is_no_overflow(db) -> None:
+@pytest.fixture(scope="module")
+def dense_models(databases) -> dict[str, int]:
+    """A second SAE with dense features (k=64 of 128 latents: each fires on about half the
+    documents), so that its densest feature's tail is past a double's range whatever the init."""
+    duck, _ = databases["duckdb"]
+    model_id, _ = train_from_db(duck, TrainConfig(k=64, n_latents=128, steps=30, batch_size=256, lr=1e-3), "dense")
+    return {"duckdb": model_id, "postgres": publish_model(databases["postgres"][0], duck.load_sae(model_id), "dense")}
+
+
+@pytest.mark.parametrize("name", ["duckdb", "postgres"])
+def test_a_set_defined_by_a_feature_itself_is_no_overflow(databases, dense_models: dict[str, int], name: str) -> None:
     """The densest feature fires on every document of A and on none of B: its table is so far in
     the tail (p = 1 / C(N, |A|) < 1e-308) that likelihoods relative to it overflow a double."""
-    backend, model_id = db
+    backend, model_id = databases[name][0], dense_models[name]
     feature, n_docs = backend.query("SELECT feature_id, count(*) FROM sae_codes WHERE model_id = ? GROUP BY feature_id "
                                     "ORDER BY count(*) DESC, feature_id LIMIT 1", (model_id,))[0]
     predicate = f"saedb_doc_id IN (SELECT doc_id FROM sae_codes WHERE model_id = {model_id} AND feature_id = {feature})"
     rows = {r["feature_id"]: r for r in analytics.enrichment(backend, model_id, predicate).to_pylist()}
-    assert (rows[feature]["a_docs"], rows[feature]["b_docs"], rows[feature]["a_total"]) == (n_docs, 0, n_docs) and n_docs > 250
+    n_total = rows[feature]["a_total"] + rows[feature]["b_total"]
+    log10_tables = (math.lgamma(n_total + 1) - math.lgamma(n_docs + 1) - math.lgamma(n_total - n_docs + 1)) / math.log(10)
+    assert (rows[feature]["a_docs"], rows[feature]["b_docs"], rows[feature]["a_total"]) == (n_docs, 0, n_docs)
+    assert log10_tables > 308  # p = 1 / C(N, |A|) is below a double's smallest normal number
     for r in rows.values():
         table = [[r["a_docs"], r["a_total"] - r["a_docs"]], [r["b_docs"], r["b_total"] - r["b_docs"]]]
         assert r["p_value"] == pytest.approx(fisher_exact(table).pvalue, abs=1e-9, rel=1e-6)

@@ -11,12 +11,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import duckdb
 import numpy as np
 import pytest
 
 import saedb.backends.approximate_index as approximate_index
 import saedb.backends.duckdb as duckdb_backend
 from saedb.backends import connect
+from saedb.backends.exact_index import STAMP_COLUMNS
 from saedb.loaders import load_corpus
 from saedb.models import publish_model
 from saedb.sae import SAE
@@ -99,6 +101,23 @@ def test_approximate_search_finds_what_exact_search_finds_and_exact_stays_exact(
         assert np.mean(plain) >= 0.97 and np.mean(steered) >= 0.97, (np.mean(plain), np.mean(steered))
 
 
+def test_a_steered_query_is_searched_with_a_wider_beam(built: tuple[str, int], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Steering moves a query off the data, where a beam of EXPANSION_SEARCH loses recall (1M:
+    0.976); steered searches use STEERED_EXPANSION, plain ones keep the narrower beam."""
+    path, model_id = built
+    with connect(path, read_only=True) as backend:
+        graph = backend.indexes.approximate
+        search(backend, np.ones(384, np.float32), 10)
+        beams: list[int] = []
+        run = graph.graph.search
+        monkeypatch.setattr(graph.graph, "search", lambda *a, **k: beams.append(graph.graph.expansion_search) or run(*a, **k))
+        query = np.ones(384, np.float32)
+        search(backend, query, 10)
+        search(backend, query, 10, Steering("feature", 3, 0.5, model_id))
+        assert beams == [approximate_index.EXPANSION_SEARCH, approximate_index.STEERED_EXPANSION]
+        assert approximate_index.STEERED_EXPANSION > approximate_index.EXPANSION_SEARCH
+
+
 def test_the_graph_is_saved_beside_the_file_and_opened_without_reading_vectors(built: tuple[str, int]) -> None:
     """A new process opens the graph memory-mapped: it answers a search without loading the
     embeddings (the exact index stays empty) and without changing the saved files."""
@@ -166,6 +185,86 @@ def test_a_failed_save_answers_from_memory_and_keeps_the_previous_graph(tmp_path
         assert backend.indexes.approximate.stamp == tuple(previous["stamp"])
         assert search(backend, vector, 1)[0].doc_id == newest
         assert tuple(json.loads(Path(path + ".hnsw.json").read_text())["stamp"]) == backend.embeddings_stamp()
+
+
+@pytest.mark.parametrize("exact", [False, True], ids=["graph", "exact"])
+def test_a_read_only_database_is_checked_by_its_first_search_only(tmp_path: Path, built: tuple[str, int], exact: bool,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """No process can write a file while it is open read-only (DuckDB's file lock), so there the
+    embeddings' stamp is read once: the first search still sees rows removed after the graph was
+    saved, and the searches after it read their papers without the change check."""
+    path = copy_of(built, tmp_path)
+    with connect(path) as writer:
+        removed = 5
+        vector = writer.fetch_vectors("SELECT embedding FROM embeddings WHERE doc_id = ?", (removed,))[0]
+        writer.execute("DELETE FROM embeddings WHERE doc_id = ?", (removed,))  # the saved graph still holds it
+    with connect(path, read_only=True) as backend:
+        statements: list[str] = []
+        run = backend.query
+        monkeypatch.setattr(backend, "query", lambda sql, params=(): statements.append(sql) or run(sql, params))
+        assert removed not in [h.doc_id for h in search(backend, vector, 10, exact=exact)]
+        assert any(STAMP_COLUMNS in sql for sql in statements)
+        statements.clear()
+        for _ in range(3):
+            assert removed not in [h.doc_id for h in search(backend, vector, 10, exact=exact)]
+        assert not any(STAMP_COLUMNS in sql for sql in statements), statements
+
+
+@pytest.mark.parametrize("exact", [False, True], ids=["graph", "exact"])
+def test_a_read_only_database_reads_its_hits_papers_from_memory_once_loaded(built: tuple[str, int], exact: bool,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Read-only (the file cannot change while open), the first search starts loading every
+    paper's row in the background; once loaded, searches run no SQL at all and return exactly
+    what a writable connection, reading the table, returns — filtered searches included."""
+    path, _ = built
+    with connect(path) as writer:
+        doc_ids, unit = matrix_of(writer)
+        queries = queries_of(unit, 12)
+        expected = [search(writer, query, 10, exact=exact) for query in queries]
+        expected_ml = [search(writer, query, 10, corpus="ml", exact=exact) for query in queries]
+        assert all(len(hits) == 10 for hits in expected_ml)
+        assert any({hit.doc_id for hit in hits} != {hit.doc_id for hit in plain} for hits, plain in zip(expected_ml, expected))
+    with connect(path, read_only=True) as backend:
+        assert search(backend, queries[0], 10, exact=exact) == expected[0]  # from DuckDB or memory, whichever is ready
+        assert backend.indexes.papers is not None and backend.indexes.papers.ready.wait(120)
+        statements: list[str] = []
+        run, arrow = backend.query, backend.arrow
+        monkeypatch.setattr(backend, "query", lambda sql, params=(): statements.append(sql) or run(sql, params))
+        monkeypatch.setattr(backend, "arrow", lambda sql, params=(): statements.append(sql) or arrow(sql, params))
+        assert [search(backend, query, 10, exact=exact) for query in queries] == expected
+        assert not statements, statements
+        assert [search(backend, query, 10, corpus="ml", exact=exact) for query in queries] == expected_ml
+
+
+def test_closing_a_read_only_database_while_its_papers_load_stops_the_load(tmp_path: Path, built: tuple[str, int],
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """A one-search process (``saedb search``) closes while the papers are still loading: the
+    load is interrupted, the close raises nothing, and the file opens again."""
+    import saedb.backends.paper_rows as paper_rows
+
+    path = copy_of(built, tmp_path)
+    endless = "SELECT doc_id, arxiv_id, title, year FROM papers, range(1000000000000) ORDER BY doc_id"
+    monkeypatch.setattr(paper_rows, "PAPER_ROWS_SQL", endless)  # a load that only an interrupt ends
+    backend = connect(path, read_only=True)
+    hits = search(backend, np.ones(384, np.float32), 10)
+    papers = backend.indexes.papers
+    assert papers is not None and not papers.ready.is_set()
+    backend.close()
+    assert not papers.ready.is_set() and isinstance(papers.failure, duckdb.InterruptException)
+    monkeypatch.undo()
+    with connect(path, read_only=True) as again:
+        assert search(again, np.ones(384, np.float32), 10) == hits
+
+
+def test_a_writable_database_reads_its_hits_papers_from_the_table(tmp_path: Path, built: tuple[str, int]) -> None:
+    """A writable connection's papers can change between searches: each search reads them."""
+    path = copy_of(built, tmp_path)
+    with connect(path) as backend:
+        vector = backend.fetch_vectors("SELECT embedding FROM embeddings WHERE doc_id = 5")[0]
+        assert search(backend, vector, 3)[0].doc_id == 5
+        backend.execute("UPDATE papers SET title = 'renamed between searches' WHERE doc_id = 5")
+        assert search(backend, vector, 3)[0].title == "renamed between searches"
+        assert backend.indexes.papers is None
 
 
 @pytest.mark.parametrize("row_read_us", [0.0, 1e9], ids=["exact-subset", "over-fetch"])

@@ -15,8 +15,9 @@ import pyarrow as pa
 
 from saedb.arrow_vectors import fixed_size_vectors, vectors_to_matrix
 from saedb.backends.base import Backend, DocumentBatch
-from saedb.backends.approximate_index import APPROXIMATE_FROM, ApproximateIndex
+from saedb.backends.approximate_index import APPROXIMATE_FROM, EXPANSION_SEARCH, STEERED_EXPANSION, ApproximateIndex
 from saedb.backends.exact_index import STAMP_COLUMNS, STAMP_SQL, ExactIndex, Stamp
+from saedb.backends.paper_rows import PaperRows
 from saedb.errors import ConfigurationError, DatabaseBusyError
 from saedb.sae import SAE, SparseCodes
 from saedb.sqlfiles import read_sql
@@ -28,6 +29,7 @@ BULK_CHECKPOINT_THRESHOLD = "1GB"
 # number 69, but we can only read versions between 64 and 68"). Existing files keep theirs.
 STORAGE_COMPATIBILITY = "v1.5.0"
 SEARCH_ATTEMPTS = 5  # rankings of one search before a table that keeps changing is an error
+PAPERS_SQL = "SELECT doc_id, arxiv_id, title, year FROM papers WHERE doc_id IN ({marks})"
 # A search's papers and the embeddings' stamp in one statement: the stamp row is the one without a doc id.
 PAPERS_WITH_STAMP_SQL = f"""
 SELECT NULL::BIGINT, NULL, NULL, NULL, {STAMP_COLUMNS} FROM embeddings
@@ -54,6 +56,13 @@ def shadow_functions(con: duckdb.DuckDBPyConnection, functions: dict[str, int]) 
         con.execute(f"CREATE OR REPLACE TEMP MACRO {name}({args}) AS saedb_udf_{name}({args})")
 
 
+def in_schema(con: duckdb.DuckDBPyConnection, schema: str | None) -> duckdb.DuckDBPyConnection:
+    """``con``, resolving names in the workspace ``schema`` first (if any)."""
+    if schema is not None:
+        con.execute(f"SET search_path = '{schema},main'")
+    return con
+
+
 def ids_and_vectors(table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
     """(doc ids, float32 matrix) of a (doc_id, embedding) Arrow table."""
     if not table.num_rows:
@@ -61,12 +70,18 @@ def ids_and_vectors(table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
     return table.column(0).to_numpy().astype(np.int64), vectors_to_matrix(table.column(1))
 
 
-@dataclass(frozen=True)
+@dataclass
 class SearchIndexes:
-    """What searches rank from: one pair per database file, schema and process, shared by the backends on it."""
+    """What searches rank from: one pair per database file, schema and process, shared by the
+    backends on it. On a read-only instance no process can change the file while it is open
+    (DuckDB's file lock), so the embeddings' stamp is read once (``fixed_stamp``), searches
+    there skip the change check, and their hits' papers come from memory once loaded (``papers``)."""
 
     exact: ExactIndex  # the embeddings in memory, loaded by the first exact search
     approximate: ApproximateIndex  # the HNSW graph beside the file, when one was built
+    read_only: bool = False
+    fixed_stamp: Stamp | None = None  # read_only: the embeddings' stamp, read by the first search
+    papers: PaperRows | None = None  # read_only: every paper's row, loaded in the background
 
 
 class PaperSubset:
@@ -143,7 +158,10 @@ class SharedDatabase:
         with self._lock:
             if schema not in self.search_indexes:
                 graph_of = None if self.file is None else self.file.with_name(self.file.name + (f".{schema}" if schema else ""))
-                self.search_indexes[schema] = SearchIndexes(ExactIndex(), ApproximateIndex(graph_of, writable=not self.read_only))
+                self.search_indexes[schema] = SearchIndexes(ExactIndex(), ApproximateIndex(graph_of, writable=not self.read_only),
+                                                             read_only=self.read_only,
+                                                             papers=PaperRows(lambda: in_schema(self.root.cursor(), schema))
+                                                             if self.read_only else None)
             return self.search_indexes[schema]
 
     def release(self) -> None:
@@ -152,6 +170,9 @@ class SharedDatabase:
             if self.users == 0:
                 if self._open.get(self.key) is self:
                     del self._open[self.key]
+                for indexes in self.search_indexes.values():
+                    if indexes.papers is not None:
+                        indexes.papers.stop()
                 self.root.close()
 
 
@@ -183,10 +204,7 @@ class DuckDBBackend(Backend):
             raise
 
     def _in_schema(self, con: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
-        """``con``, resolving names in this backend's workspace schema first (if any)."""
-        if self.schema is not None:
-            con.execute(f"SET search_path = '{self.schema},main'")
-        return con
+        return in_schema(con, self.schema)
 
     def _ensure_udfs(self) -> None:
         """(Re-)register the UDFs when missing or built for another embedder binding."""
@@ -380,19 +398,24 @@ class DuckDBBackend(Backend):
                 yield doc_ids, matrix
 
     def nearest(self, query: np.ndarray, limit: int, where: tuple[str, Sequence[Any]] | None = None,
-                exact: bool = False) -> list[tuple]:
+                exact: bool = False, steered: bool = False) -> list[tuple]:
         """The ``limit`` papers nearest ``query`` among those matching ``where`` (SQL over papers,
         its parameters), as SEARCH_SQL's rows: from the HNSW graph when one was built and
-        ``exact`` is not asked, else from the in-memory copy of every embedding.
+        ``exact`` is not asked (a ``steered`` query with the wider beam STEERED_EXPANSION), else
+        from the in-memory copy of every embedding.
 
         Optimistic: ranked by the index as it stands, then the papers are read in the same
-        statement as the table's stamp; if the table changed since the index last saw it, the
+        statement as the table's stamp (a read-only instance reads the stamp once: no process can
+        write the file while it is open); if the table changed since the index last saw it, the
         index is brought up to date and the ranking done again (one statement per search, not two).
-        A table that changes under every one of SEARCH_ATTEMPTS rankings is an error, not a hang."""
+        A table that changes under every one of SEARCH_ATTEMPTS rankings is an error, not a hang.
+        A read-only instance's first search starts loading every paper's row (``PaperRows``)."""
+        self.load_paper_rows()
         for _ in range(SEARCH_ATTEMPTS):
             graph = None if exact or not self.indexes.approximate.built else self.indexes.approximate
             if graph is not None:
-                ids, distances = graph.nearest(query, limit, None if where is None else PaperSubset(self, *where))
+                ids, distances = graph.nearest(query, limit, None if where is None else PaperSubset(self, *where),
+                                               STEERED_EXPANSION if steered else EXPANSION_SEARCH)
             else:
                 allowed = None if where is None else PaperSubset(self, *where).ids()
                 ids, distances = self.indexes.exact.nearest(query, limit, allowed)
@@ -406,17 +429,29 @@ class DuckDBBackend(Backend):
         raise DatabaseBusyError(f"the embeddings changed during each of {SEARCH_ATTEMPTS} attempts to search them")
 
     def papers_with_stamp(self, doc_ids: np.ndarray) -> tuple[Stamp, dict[int, tuple]]:
-        """The embeddings' stamp and the (doc_id, arxiv_id, title, year) of ``doc_ids``'s papers, read in one statement."""
+        """The embeddings' stamp and the (doc_id, arxiv_id, title, year) of ``doc_ids``'s papers,
+        read in one statement (on a read-only instance: the papers, and the stamp read once)."""
         marks = ", ".join("?" * len(doc_ids)) or "NULL"
+        if self.indexes.read_only:
+            if self.indexes.papers is not None and self.indexes.papers.ready.is_set():
+                return self.embeddings_stamp(), self.indexes.papers.rows_of(doc_ids)
+            return self.embeddings_stamp(), {row[0]: row for row in self.query(PAPERS_SQL.format(marks=marks), doc_ids.tolist())}
         rows = self.query(PAPERS_WITH_STAMP_SQL.format(marks=marks), doc_ids.tolist())
         stamp = next((int(n), int(last), int(total)) for doc_id, *_, n, last, total in rows if doc_id is None)
         return stamp, {row[0]: row[:4] for row in rows if row[0] is not None}
 
     def prepare_search(self) -> None:
         """Bring what searches rank from up to date now (the web app does, before its first
-        request): the HNSW graph when one was built, else the in-memory embeddings."""
+        request): the HNSW graph when one was built, else the in-memory embeddings; on a
+        read-only instance, every paper's row starts loading."""
+        self.load_paper_rows()
         if self.approximate_index() is None:
             self.search_index()
+
+    def load_paper_rows(self) -> None:
+        """Start loading every paper's row in the background (read-only instances; once)."""
+        if self.indexes.papers is not None and not self.indexes.papers.ready.is_set():
+            self.indexes.papers.start()
 
     def search_index(self) -> ExactIndex:
         """The in-process copy of the embeddings, one per database and process (siblings, such
@@ -425,9 +460,15 @@ class DuckDBBackend(Backend):
         self.indexes.exact.refresh(self.embeddings_stamp(), self.embedding_range)
         return self.indexes.exact
 
-    def embeddings_stamp(self) -> tuple[int, int, int]:
-        count, last, total = self.con.execute(STAMP_SQL).fetchall()[0]
-        return int(count), int(last), int(total)
+    def embeddings_stamp(self) -> Stamp:
+        """(count, max, sum) of the embeddings' doc ids; on a read-only instance read once."""
+        if self.indexes.fixed_stamp is not None:
+            return self.indexes.fixed_stamp
+        count, last, total = self.query(STAMP_SQL)[0]
+        stamp = int(count), int(last), int(total)
+        if self.indexes.read_only:
+            self.indexes.fixed_stamp = stamp
+        return stamp
 
     def approximate_index(self) -> ApproximateIndex | None:
         """The HNSW graph, brought up to date with the table; None when none was built."""

@@ -3,7 +3,8 @@
 DuckDB scans FLOAT[d] arrays with ``array_cosine_distance`` at about 1 µs per row; the same
 exact ranking from a cached float32 matrix and one BLAS product is 5-10 times faster. The
 cache is checked with every search against (count, max, sum) of the embeddings' doc ids, read
-in the statement that reads the hits' papers: on a difference, rows added after the last search
+in the statement that reads the hits' papers (once, on a read-only instance: no process can
+write the file while it is open): on a difference, rows added after the last search
 are appended, any other change reloads the matrix, and the search is done again. An
 embedding overwritten in place with its doc id kept (which saedb's loader never does) is only
 seen after reconnecting.

@@ -70,8 +70,8 @@ class TopKSAE(nn.Module):
         self.b_pre = nn.Parameter(b_pre.clone().float())
 
     @torch.no_grad()
-    def fit_encoder_scale(self, sample: torch.Tensor) -> float:
-        """Scale W_enc (still W_decᵀ) by the s that best reconstructs ``sample``, and return s.
+    def fit_encoder_scale(self, sample: torch.Tensor, factor: float = 1.0) -> float:
+        """Scale W_enc (still W_decᵀ) by ``factor`` times the s that best reconstructs ``sample``, and return s.
 
         With b_lat = 0 the top-k choice does not depend on s > 0 and the reconstruction less
         b_pre is s·r (r: that of the unscaled encoder), so s = <x - b_pre, r> / <r, r>. Unit
@@ -87,7 +87,7 @@ class TopKSAE(nn.Module):
         scale = along / energy if energy > 0 else 1.0
         if not (math.isfinite(scale) and scale > 0):
             scale = 1.0
-        self.w_enc.mul_(scale)
+        self.w_enc.mul_(factor * scale)
         return scale
 
     def folded_bias(self) -> torch.Tensor:

@@ -169,12 +169,12 @@ class Trainer:
 
 def new_trainer(x: torch.Tensor, cfg: TrainConfig, generator: torch.Generator, parallel: DataParallel | None = None) -> Trainer:
     """A model initialised as in the paper (pre-bias the coordinate median of a sample of x's
-    rows, W_enc = W_decᵀ) with its trainer; W_enc scaled to fit that sample unless
-    ``cfg.fit_encoder_scale`` is off (``TopKSAE.fit_encoder_scale``)."""
+    rows, W_enc = W_decᵀ) with its trainer; W_enc scaled to ``cfg.encoder_scale_factor`` times
+    the scale that fits that sample unless ``cfg.fit_encoder_scale`` is off (``TopKSAE.fit_encoder_scale``)."""
     sample = x[torch.randperm(x.shape[0], generator=generator)[: cfg.median_sample]]
     model = TopKSAE(x.shape[1], cfg.n_latents, cfg.k, sample.median(dim=0).values).to(x.device)
     if cfg.fit_encoder_scale:
-        model.fit_encoder_scale(sample)
+        model.fit_encoder_scale(sample, cfg.encoder_scale_factor)
     return Trainer(model, cfg, parallel)
 
 

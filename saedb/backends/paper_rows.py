@@ -1,0 +1,89 @@
+"""Every paper's (doc_id, arxiv_id, title, year) in memory, for a read-only DuckDB instance.
+
+A search reads its hits' papers in one DuckDB statement: about 1.3 ms at 1M papers, as long as
+the HNSW search itself. On a read-only instance no process can change the file while it is
+open (DuckDB's file lock), so those rows can be held in memory without ever going stale.
+
+Rules:
+- Never on a writable instance: there a row can change between two searches.
+- Loaded once, by a background thread on its own cursor, started by the first search (or
+  ``prepare_search``); until ``ready`` is set, searches read DuckDB as before. Nothing waits.
+- Held as Arrow columns sorted by doc id (about 110 MB at 1M papers of hh_astro's title
+  lengths), looked up by binary search.
+- A load that fails leaves ``ready`` unset and keeps its error in ``failure``: searches go on
+  reading DuckDB. ``stop`` interrupts a load in flight, before its database closes.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, Callable
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+
+PAPER_ROWS_SQL = "SELECT doc_id, arxiv_id, title, year FROM papers ORDER BY doc_id"
+STOP_POLL_S = 0.05  # how often stop() interrupts a load that has not ended yet
+
+
+class PaperRows:
+    def __init__(self, cursor: Callable[[], duckdb.DuckDBPyConnection]) -> None:
+        """``cursor()``: a connection of the database's own, closed only after ``stop`` (not a
+        backend's cursor, which its backend may close while the load runs)."""
+        self._new_cursor = cursor
+        self.ready = threading.Event()
+        self.failure: BaseException | None = None
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._cursor: duckdb.DuckDBPyConnection | None = None
+        self._stopped = False
+        self._doc_ids = np.zeros(0, np.int64)
+        self._rows = pa.table({})
+
+    def start(self) -> None:
+        """Load the rows in the background on a cursor of their own, unless started before."""
+        with self._lock:
+            if self._thread is not None or self._stopped:
+                return
+            self._cursor = self._new_cursor()
+            self._thread = threading.Thread(target=self._load, name="saedb-paper-rows", daemon=True)
+            self._thread.start()
+
+    def _load(self) -> None:
+        assert self._cursor is not None
+        try:
+            rows = self._cursor.sql(PAPER_ROWS_SQL).to_arrow_table().combine_chunks()  # take() on chunks copies them all
+            self._doc_ids = rows.column(0).to_numpy().astype(np.int64)
+            self._rows = rows
+            self.ready.set()
+        except Exception as exc:  # interrupted by stop, or a failed read: searches keep reading DuckDB
+            self.failure = exc
+        finally:
+            self._cursor.close()
+
+    def rows_of(self, doc_ids: np.ndarray) -> dict[int, tuple[Any, ...]]:
+        """doc_id -> (doc_id, arxiv_id, title, year) of those of ``doc_ids`` that are papers; only once ``ready``."""
+        if not len(self._doc_ids) or not len(doc_ids):
+            return {}
+        positions = np.minimum(np.searchsorted(self._doc_ids, doc_ids), len(self._doc_ids) - 1)
+        positions = positions[self._doc_ids[positions] == doc_ids]
+        taken = self._rows.take(pa.array(positions))
+        return {row[0]: row for row in zip(*(column.to_pylist() for column in taken.columns))}
+
+    @property
+    def nbytes(self) -> int:
+        """Memory held by the loaded rows."""
+        return self._rows.nbytes + self._doc_ids.nbytes
+
+    def stop(self) -> None:
+        """Interrupt a load in flight and wait for its thread; no load starts afterwards."""
+        with self._lock:
+            self._stopped = True
+            thread, cursor = self._thread, self._cursor
+        while thread is not None and thread.is_alive():
+            try:  # again until it ends: an interrupt that comes before the query starts is lost
+                cursor.interrupt()  # type: ignore[union-attr]
+            except duckdb.Error:  # the load had finished and closed it
+                pass
+            thread.join(STOP_POLL_S)
