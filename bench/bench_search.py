@@ -43,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.bench_foundation import fresh_database  # noqa: E402
 from bench.common import ROOT  # noqa: E402
 from saedb.backends import Backend, connect  # noqa: E402
-from saedb.backends.approximate_index import CONNECTIVITY, EXPANSION_ADD, EXPANSION_SEARCH  # noqa: E402
+from saedb.backends.approximate_index import CONNECTIVITY, EXPANSION_ADD, EXPANSION_SEARCH, STEERED_EXPANSION  # noqa: E402
 from saedb.backends.duckdb import PAPERS_SQL, PAPERS_WITH_STAMP_SQL  # noqa: E402
 from saedb.backends.exact_index import STAMP_SQL  # noqa: E402
 from saedb.loaders import load_corpus  # noqa: E402
@@ -186,7 +186,8 @@ def saedb_duckdb(work: Workload, path: str, model: int) -> None:
                                                          exact=exact), list(range(len(work.queries))))
                 found = [[h.doc_id for h in hs] for hs in hits]
                 differs = sum(f != t for f, t in zip(found, work.truth[kind]))
-                label = f"saedb DuckDB {'exact' if exact else f'HNSW ef={EXPANSION_SEARCH}'} {kind}"
+                beam = STEERED_EXPANSION if steer else EXPANSION_SEARCH
+                label = f"saedb DuckDB {'exact' if exact else f'HNSW ef={beam}'} {kind}"
                 line(work, label, seconds, found, work.truth[kind], f"{differs} of {len(found)} differ from numpy" if exact else "")
         parts(work, duck)
         filters(work, duck)
