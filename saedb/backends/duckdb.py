@@ -450,7 +450,7 @@ class DuckDBBackend(Backend):
 
     def load_paper_rows(self) -> None:
         """Start loading every paper's row in the background (read-only instances; once)."""
-        if self.indexes.papers is not None and not self.indexes.papers.ready.is_set():
+        if self.indexes.papers is not None:
             self.indexes.papers.start()
 
     def search_index(self) -> ExactIndex:

@@ -1,8 +1,9 @@
 """Every paper's (doc_id, arxiv_id, title, year) in memory, for a read-only DuckDB instance.
 
 A search reads its hits' papers in one DuckDB statement: 1.3–2.3 ms at 1M papers, as long as
-the HNSW search itself; from memory, 0.07–0.12 ms. On a read-only instance no process can change the file while it is
-open (DuckDB's file lock), so those rows can be held in memory without ever going stale.
+the HNSW search itself; from memory, 0.07–0.12 ms. On a read-only instance no process can
+change the file while it is open (DuckDB's file lock), so those rows can be held in memory
+without ever going stale.
 
 Rules:
 - Never on a writable instance: there a row can change between two searches.
@@ -42,7 +43,7 @@ class PaperRows:
         self._rows = pa.table({})
 
     def start(self) -> None:
-        """Load the rows in the background on a cursor of their own, unless started before."""
+        """Load the rows in the background on a cursor of their own, unless started (or stopped) before."""
         with self._lock:
             if self._thread is not None or self._stopped:
                 return
