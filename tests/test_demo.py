@@ -102,3 +102,26 @@ def test_the_readme_sql_runs_on_both_backends_with_the_same_answers(demo: tuple[
                 values = [row[2] for row in rows]
                 assert None not in values[: sum(v is not None for v in values)], statement  # NULLs last on both
             assert sorted(r[2] for r in duck if r[2] is not None) == sorted(r[2] for r in pg if r[2] is not None)
+
+
+def test_the_readme_sql_runs_verbatim_in_the_duckdb_cli(demo: tuple[str, str]) -> None:
+    """Issue 33: the README's first example failed in the duckdb CLI 1.5.6 ("Table "f" does not
+    have a column named "feature_id""). Every statement without embed() (a Python UDF of saedb's
+    connection) or $1 (Postgres) runs in the CLI as written, with as many rows as in Python."""
+    import json
+    import shutil
+    import subprocess
+    import sys
+
+    from saedb.backends import connect
+
+    cli = shutil.which("duckdb", path=str(Path(sys.executable).parent)) or shutil.which("duckdb")
+    assert cli, "the dev extra installs duckdb-cli"
+    portable = [s for s in readme_sql() if "embed(" not in s and "$1" not in s]
+    assert len(portable) >= 6
+    with connect(demo[0], read_only=True) as backend:
+        expected = [len(backend.query(statement)) for statement in portable]
+    for statement, rows in zip(portable, expected):
+        done = subprocess.run([cli, "-readonly", "-json", demo[0], "-c", statement], capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0 and not done.stderr, (statement, done.stderr)
+        assert len(json.loads(done.stdout or "[]")) == rows > 0, statement

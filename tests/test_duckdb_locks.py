@@ -115,3 +115,25 @@ def test_train_publishes_while_saedb_serve_is_up(tmp_path: Path, astro_slice: Pa
     finally:
         server.kill()
         server.wait()
+
+
+def test_a_file_held_read_only_by_plain_duckdb_opens_read_only_in_saedb_and_says_why_not_writable(tmp_path: Path) -> None:
+    """Issue 33: `duckdb.connect(path, read_only=True)` then `saedb.connect(path)` failed with
+    DuckDB's 'different configuration than existing connections' and no way out."""
+    import duckdb
+    import pytest
+
+    import saedb
+    from saedb.errors import ConfigurationError
+
+    path = str(tmp_path / "held.duckdb")
+    saedb.connect(path).close()  # a saedb file with its schema
+    held = duckdb.connect(path, read_only=True)
+    try:
+        with pytest.raises(ConfigurationError, match=r"open it as the other connection does \(saedb.connect\(path, read_only=True\)"):
+            saedb.connect(path)
+        reader = saedb.connect(path, read_only=True)
+        assert reader.sql("SELECT count(*) AS n FROM papers").to_pylist() == [{"n": held.execute("SELECT count(*) FROM papers").fetchone()[0]}]
+        reader.close()
+    finally:
+        held.close()

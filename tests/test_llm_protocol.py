@@ -135,14 +135,122 @@ def test_a_base_model_gets_the_completion_protocol_with_examples(trained: tuple[
     assert interpreter.endswith("Answer:\nFINAL:")
 
 
-def test_other_endpoints_keep_the_chat_protocol_and_hosted_defaults() -> None:
-    with serving(Following) as url:  # no /props: not an llama.cpp server
+def test_a_local_server_that_reports_no_slots_gets_one_request_at_a_time() -> None:
+    """Issue 33: a 1-slot server without /props was sent 8 requests at once with 1,024 tokens."""
+    with serving(Following) as url:  # no /props: not llama.cpp's, but on this machine
         assert endpoint_settings(url) == endpoint_settings(url, "auto", None, None, None)
         settings = endpoint_settings(url)
-        assert (settings.protocol, settings.concurrency, settings.max_tokens, settings.timeout_s) == ("chat", 8, 1024, 120.0)
+        assert (settings.protocol, settings.concurrency, settings.max_tokens, settings.timeout_s) == ("chat", 1, 256, 600.0)
         assert endpoint_settings(url, "completion", 2, 64, 5.0).concurrency == 2
     with pytest.raises(Exception, match="protocol must be"):
         endpoint_settings(None, "telepathy")
+
+
+class EmptyThenFollowing(ScriptedChatHandler):
+    """Answers an empty HTTP-200 reply to every interpreter prompt without the reminder, then follows."""
+
+    def reply(self, system: str, user: str) -> str:
+        if "MAX_ACTIVATING" in system:
+            return "Reasoning.\nFINAL: stellar spectra" if "did not end with" in user else ""
+        return "PREDICTION: " + ("0.8" if "spectr" in user.lower() else "-0.6")
+
+
+def test_an_empty_or_malformed_reply_is_never_cached(trained: tuple[Backend, int]) -> None:
+    """Issue 33: 17 empty replies were cached in llm_responses, so a rerun would replay them."""
+    backend, model_id = trained
+    with serving(EmptyThenFollowing) as url:
+        chat = ChatModel("m", base_url=url, api_key="x", cache=ResponseCache(backend, "m"))
+        run_autointerp(backend, model_id, LLMLabeller(chat), limit=2, concurrency=1)
+    assert chat.counts.malformed == 2 and chat.counts.replies > 2
+    replies = [r[0] for r in backend.query("SELECT reply FROM llm_responses WHERE model = 'm'")]
+    assert len(replies) == chat.counts.replies - chat.counts.malformed and all(r.strip() for r in replies)
+
+
+class CopyingBaseModel(BaseModel):
+    """A base model that answers every interpreter task with the solved example's label."""
+
+    def complete(self, prompt: str) -> str:
+        task = prompt.rsplit("Task:\n", 1)[1]
+        return " sourdough fermentation" if "MAX_ACTIVATING" in task else (" 0.7" if "star" in task.lower() else " -0.5")
+
+
+def test_a_label_that_copies_the_solved_example_is_malformed_and_never_stored(trained: tuple[Backend, int]) -> None:
+    """Issue 33: SmolLM2 under the completion protocol labelled 5 of 8 features "sourdough fermentation"."""
+    from saedb.llm import echoes_example
+    from saedb.interp.labellers import INTERPRETER_SHOT
+
+    backend, model_id = trained
+    with serving(CopyingBaseModel) as url:
+        chat = ChatModel("gemma", base_url=url, api_key="x", protocol="completion", max_tokens=48)
+        with pytest.raises(ProtocolError, match="replies malformed"):
+            run_autointerp(backend, model_id, LLMLabeller(chat), limit=8, concurrency=1)
+    assert backend.query("SELECT count(*) FROM feature_labels")[0][0] == 0
+    assert echoes_example("sourdough", [INTERPRETER_SHOT], "stellar winds") and echoes_example(
+        "bread making", [("Bread crust.", "FINAL: bread")], "stars")
+    assert not echoes_example("stellar activity", [INTERPRETER_SHOT], "activity of stellar cores")
+    assert not echoes_example("fermentation in yeast", [INTERPRETER_SHOT], "yeast fermentation kinetics")
+
+
+class ConstantPredictor(ScriptedChatHandler):
+    """Labels in form; predicts 0.9 for every abstract (SmolLM2's 84 of 84 replies)."""
+
+    def reply(self, system: str, user: str) -> str:
+        return f"FINAL: topic {len(user) % 7}" if "MAX_ACTIVATING" in system else "PREDICTION: 0.9"
+
+
+def test_a_predictor_with_one_answer_for_every_abstract_stops_the_run_and_stores_nothing(trained: tuple[Backend, int]) -> None:
+    from saedb.interp.autointerp import CONSTANT_AFTER, ConstantPredictorError
+
+    backend, model_id = trained
+    with serving(ConstantPredictor) as url:
+        chat = ChatModel("m", base_url=url, api_key="x")
+        with pytest.raises(ConstantPredictorError, match=r"scored all \d+ abstracts \+0.90: it is not a predictor"):
+            run_autointerp(backend, model_id, LLMLabeller(chat), limit=6, concurrency=1)
+    assert chat.counts.replies >= CONSTANT_AFTER
+    assert backend.query("SELECT count(*) FROM feature_labels")[0][0] == 0
+
+
+class LabelBlindPredictor(ScriptedChatHandler):
+    """Labels in form; predicts from the abstract alone, never reading the label (system prompt)."""
+
+    def reply(self, system: str, user: str) -> str:
+        if "MAX_ACTIVATING" in system:
+            return f"FINAL: topic {len(user) % 7}"
+        return "PREDICTION: " + ("0.8" if "galax" in user.lower() else "-0.6")
+
+
+def test_labels_no_better_than_shuffled_ones_are_kept_but_not_offered(trained: tuple[Backend, int]) -> None:
+    """Issue 33: a run whose control margin was +0.000 exited 0 and its labels stayed on offer."""
+    from saedb.interp import OfflineLabeller, corpus_stats
+
+    backend, model_id = trained
+    offline = OfflineLabeller(corpus_stats(backend))
+    run_autointerp(backend, model_id, offline, limit=4)
+    assert label_control(backend, model_id, offline.name, offline).passed()
+    with serving(LabelBlindPredictor) as url:
+        labeller = LLMLabeller(ChatModel("m", base_url=url, api_key="x"))
+        labelled = run_autointerp(backend, model_id, labeller, limit=4, concurrency=1)
+        report = label_control(backend, model_id, labeller.name, labeller)
+    assert len(labelled) == 4 and report.pearson_margin() == 0 and not report.passed()
+    assert "labels are not better than shuffled ones" in report.lines()[-1]
+    assert backend.query("SELECT count(*), count(*) FILTER (WHERE clean) FROM feature_labels WHERE labeller = 'llm:m'")[0] == (4, 0)
+    offered = {r[0] for r in backend.query("SELECT DISTINCT labeller FROM feature_best_labels WHERE model_id = ?", (model_id,))}
+    assert offered == {offline.name}
+    from saedb.interp import mark_clean
+
+    assert mark_clean(backend, model_id, labeller.name) == 0  # a later labelling run keeps the verdict
+
+
+def test_a_malformed_family_name_falls_back_to_the_offline_name() -> None:
+    """Issue 33: `families --llm` stopped at its first malformed reply, unlike interp and eval."""
+    from saedb.families import Family, llm_family_namer, offline_family_name
+
+    family = Family(root=1, iteration=0, members={1: (None, 0), 2: (1, 1), 3: (1, 1), 4: (1, 1)})
+    labels = {1: "galaxy clusters", 2: "cluster lensing", 3: "cluster mergers", 4: "intracluster gas"}
+    with serving(Echoing) as url:
+        chat = ChatModel("m", base_url=url, api_key="x")
+        assert llm_family_namer(LLMLabeller(chat))(family, labels) == offline_family_name(family, labels)
+    assert chat.counts.malformed == chat.counts.replies == 3
 
 
 def test_parsers_refuse_echoes_but_keep_real_answers() -> None:
@@ -189,3 +297,26 @@ def test_interp_from_the_command_line_prints_and_records_what_the_run_cost(train
         stored = reader.query("SELECT count(*) FROM llm_responses WHERE model = 'm'")[0][0]
     assert len(runs) == 2 and runs[0][:3] == ("interp", "m", "chat") and runs[0][3] == runs[0][4] == stored > 0
     assert runs[1][3:] == (runs[0][3], 0, runs[0][3])  # as many replies, no request, all cached
+
+
+def test_a_server_that_crashes_at_start_is_one_line_naming_its_signal_and_the_fix(tmp_path) -> None:
+    """Issue 33: a native llama.cpp build died of SIGILL (AMX) and saedb said only 'did not start:
+    …initializing…'. A real process that dies of that signal stands in for the server here; the
+    real server's own tests fail whenever it dies (their fixtures check how it ended)."""
+    from saedb.errors import ConfigurationError
+    from saedb.localllm import local_llm
+
+    crashing = tmp_path / "llama-server"
+    crashing.write_text("#!/bin/sh\necho 'srv llama_server: initializing ...'\nkill -ILL $$\n")
+    crashing.chmod(0o755)
+    model = tmp_path / "model.gguf"
+    model.write_bytes(b"GGUF")
+    with pytest.raises(ConfigurationError, match=r"exited before answering \(signal SIGILL: .*rebuild it portably with `make llm`"):
+        with local_llm(str(model), binary=crashing, log=tmp_path / "server.log"):
+            pass
+    exiting = tmp_path / "llama-server-1"
+    exiting.write_text("#!/bin/sh\necho 'error: failed to load model'\nexit 1\n")
+    exiting.chmod(0o755)
+    with pytest.raises(ConfigurationError, match=r"exit status 1\).*failed to load model"):
+        with local_llm(str(model), binary=exiting, log=tmp_path / "server.log"):
+            pass

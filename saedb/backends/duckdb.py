@@ -127,6 +127,14 @@ class SharedDatabase:
             if "lock" in str(exc).lower():  # DuckDB has no finer class for a file held by another process
                 raise DatabaseBusyError(f"{path} is open in another process: {exc}") from None
             raise ConfigurationError(f"cannot open {path}: {exc}") from None
+        except duckdb.ConnectionException as exc:  # this process holds the file with another configuration
+            mode = "read-only" if read_only else "writable"
+            raise ConfigurationError(
+                f"cannot open {path} {mode}: this process already holds a DuckDB connection to it opened another way "
+                "(DuckDB shares one file between the connections of a process only when all open it alike, e.g. a "
+                "duckdb.connect(path, read_only=True) and a writable one cannot both be open): open it as the other "
+                f"connection does (saedb.connect(path, read_only=True) beside a read-only one), or close that one first ({exc})"
+            ) from None
         except duckdb.Error as exc:
             raise ConfigurationError(f"cannot open {path}: {exc}") from None
         self.key, self.read_only, self.users = key, read_only, 0

@@ -5,7 +5,10 @@ held-out activating and 3 held-out non-activating abstracts from the label alone
 (NULL when the predictions are constant: the paper's NaN, left out of means) and F1 of those
 scores, and the feature's density, go to ``feature_labels``, a few features at a time, each
 time with ``clean`` recomputed for the model's labels in the same transaction. Features
-already labelled by the same labeller are skipped, so a run resumes.
+already labelled by the same labeller are skipped, so a run resumes. A predictor that gives
+the run's first ``CONSTANT_AFTER`` or more abstracts one and the same score (a small model
+answering "PREDICTION: 0.9" to everything) is no predictor: the run stops with
+``ConstantPredictorError`` and stores none of its labels.
 """
 
 from __future__ import annotations
@@ -19,7 +22,9 @@ import numpy as np
 
 from saedb.backends import Backend
 from saedb.errors import InvalidInputError
+from saedb.llm import ProtocolError
 from saedb.iterate import chunked
+from saedb.interp.control import control_failed
 from saedb.interp.examples import FeatureExamples, examples_for
 from saedb.interp.labellers import Labeller
 from saedb.interp.scoring import f1_score, passes_filter, pearson, sanitise_label
@@ -29,6 +34,11 @@ if TYPE_CHECKING:
     from tqdm import tqdm
 
 BACKGROUND_SAMPLE = 50_000  # documents whose phrase frequencies stand for the corpus
+CONSTANT_AFTER = 12  # predictions of a run after which one value for all of them is no predictor
+
+
+class ConstantPredictorError(ProtocolError):
+    """The predictor gave every abstract of the run the same score: its scores measure nothing."""
 
 
 @dataclass(frozen=True)
@@ -38,6 +48,7 @@ class LabelResult:
     pearson: float | None
     f1: float
     density: float
+    predictions: tuple[float, ...] = ()
 
 
 def corpus_stats(backend: Backend, sample: int = BACKGROUND_SAMPLE) -> CorpusStats:
@@ -57,7 +68,8 @@ def interpret(labeller: Labeller, examples: FeatureExamples) -> LabelResult | In
         return InvalidInputError(f"feature {examples.feature_id}: {exc}")
     texts, truth = examples.held_out()
     scores = labeller.predict(label, texts)
-    return LabelResult(examples.feature_id, label, pearson(scores, truth), f1_score(scores, truth), examples.density)
+    return LabelResult(examples.feature_id, label, pearson(scores, truth), f1_score(scores, truth), examples.density,
+                       tuple(scores))
 
 
 def features_by_density(backend: Backend, model_id: int) -> list[int]:
@@ -85,6 +97,8 @@ def run_autointerp(
     if progress is not None:
         progress.reset(total=len(todo))
     results: list[LabelResult] = []
+    predicted: set[float] = set()
+    n_predicted = 0
     failures: list[str] = []
     workers = max(1, concurrency)
     save_responses = getattr(labeller, "flush_responses", lambda: None)  # an LLM labeller's new replies
@@ -104,9 +118,18 @@ def run_autointerp(
                         log(f"not labelled: {result}")
                     continue
                 labelled.append(result)
+                predicted.update(result.predictions)
+                n_predicted += len(result.predictions)
                 if log:
                     log(f"feature {result.feature_id:>5}  r={result.pearson if result.pearson is not None else float('nan'):+.2f}  "
                         f"F1={result.f1:.2f}  {result.label}")
+            if n_predicted >= CONSTANT_AFTER and len(predicted) == 1:
+                stored = ", ".join(str(r.feature_id) for r in results) or "NULL"  # integers of our own
+                backend.execute(f"DELETE FROM feature_labels WHERE model_id = ? AND labeller = ? AND feature_id IN ({stored})",
+                                (model_id, labeller.name))
+                raise ConstantPredictorError(
+                    f"the predictor of {labeller.name} scored all {n_predicted} abstracts {predicted.pop():+.2f}: it is not a "
+                    "predictor, so its scores measure nothing; none of this run's labels were stored")
             with backend.transaction():
                 for result in labelled:
                     backend.execute(
@@ -135,8 +158,8 @@ def _cancelled_on_error(pool: ThreadPoolExecutor) -> Iterator[None]:
 def mark_clean(backend: Backend, model_id: int, labeller: str) -> int:
     """Set ``clean`` on a model's labels by one labeller (the paper's filter; of features
     whose sanitised labels coincide, only the one with the highest f1 + pearson stays clean).
-    Returns the number of clean features."""
-    rows = backend.query(
+    None is clean when the labeller failed its control. Returns the number of clean features."""
+    rows = [] if control_failed(backend, model_id, labeller) else backend.query(
         "SELECT feature_id, label, pearson, f1, density FROM feature_labels WHERE model_id = ? AND labeller = ?", (model_id, labeller)
     )
     best: dict[str, tuple[float, int]] = {}

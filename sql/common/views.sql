@@ -11,11 +11,14 @@ FROM sae_codes c JOIN sae_models m USING (model_id)
 WHERE m.status = 'ready'
 GROUP BY c.model_id, c.feature_id;
 
--- The best-scoring label of each feature (highest predictor correlation), and whether it is clean.
+-- The best-scoring label of each feature (highest predictor correlation), and whether it is clean;
+-- labels of a labeller that failed its control (no better than shuffled labels) are not offered.
 CREATE OR REPLACE VIEW feature_best_labels AS
 SELECT model_id, feature_id, label, labeller, pearson, f1, coalesce(clean, FALSE) AS clean
 FROM (SELECT l.*, row_number() OVER (PARTITION BY model_id, feature_id ORDER BY pearson DESC NULLS LAST, labeller) AS r
-      FROM feature_labels l) ranked
+      FROM feature_labels l
+      WHERE NOT EXISTS (SELECT 1 FROM label_controls c
+                        WHERE c.model_id = l.model_id AND c.labeller = l.labeller AND c.pearson_margin <= 0)) ranked
 WHERE r = 1;
 
 -- One row per feature: label, interpretability, density, mean activation, family.

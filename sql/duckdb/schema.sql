@@ -96,6 +96,19 @@ CREATE TABLE IF NOT EXISTS feature_labels (
 -- label): set for all labels of a model and labeller after each labelling run.
 ALTER TABLE feature_labels ADD COLUMN IF NOT EXISTS clean BOOLEAN;
 
+-- The shuffled-label control of each model and labeller (saedb interp): a labeller whose own labels
+-- score no better than shuffled ones (pearson_margin <= 0) has its labels kept but not offered:
+-- feature_best_labels leaves them out, so steering by label and families never use them.
+CREATE TABLE IF NOT EXISTS label_controls (
+    model_id       INTEGER NOT NULL,
+    labeller       VARCHAR NOT NULL,
+    features       INTEGER NOT NULL,
+    pearson_margin DOUBLE NOT NULL,
+    f1_margin      DOUBLE NOT NULL,
+    checked_at     TIMESTAMP NOT NULL DEFAULT current_timestamp,
+    PRIMARY KEY (model_id, labeller)
+);
+
 
 -- Documents in which both features fire (feature_i <= feature_j; the diagonal counts one feature).
 -- Millions of rows per model and only scanned, so no index (DuckDB's zone maps suffice).

@@ -33,7 +33,7 @@ DECLARE
     name text;
 BEGIN
     -- Referenced tables before the tables that reference them.
-    FOREACH name IN ARRAY ARRAY['saedb_meta', 'load_errors', 'sae_models', 'sae_encoder', 'sae_decoder', 'feature_labels',
+    FOREACH name IN ARRAY ARRAY['saedb_meta', 'load_errors', 'sae_models', 'sae_encoder', 'sae_decoder', 'feature_labels', 'label_controls',
                                 'feature_cooccurrence', 'feature_families', 'family_members', 'scaling_runs', 'eval_runs',
                                 'eval_results', 'sae_auto_encode', 'llm_responses', 'llm_runs', 'feature_matches'] LOOP
         IF to_regclass(name) IS NOT NULL AND NOT EXISTS (SELECT 1 FROM pg_dist_partition WHERE logicalrelid = to_regclass(name)) THEN

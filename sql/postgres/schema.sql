@@ -112,6 +112,19 @@ CREATE TABLE IF NOT EXISTS feature_labels (
 -- label): set for all labels of a model and labeller after each labelling run.
 ALTER TABLE feature_labels ADD COLUMN IF NOT EXISTS clean boolean;
 
+-- The shuffled-label control of each model and labeller (saedb interp): a labeller whose own labels
+-- score no better than shuffled ones (pearson_margin <= 0) has its labels kept but not offered:
+-- feature_best_labels leaves them out, so steering by label and families never use them.
+CREATE TABLE IF NOT EXISTS label_controls (
+    model_id       integer NOT NULL REFERENCES sae_models ON DELETE CASCADE,
+    labeller       text NOT NULL,
+    features       integer NOT NULL,
+    pearson_margin double precision NOT NULL,
+    f1_margin      double precision NOT NULL,
+    checked_at     timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (model_id, labeller)
+);
+
 
 -- Documents in which both features fire (feature_i <= feature_j; the diagonal counts one feature).
 CREATE TABLE IF NOT EXISTS feature_cooccurrence (
