@@ -12,7 +12,7 @@ $(VENV)/.installed: pyproject.toml
 /usr/bin/chromedriver:
 	apt-get update -qq && apt-get install -y -qq chromium chromium-driver
 
-.PHONY: install citus llm demo test bench bench-search
+.PHONY: install citus llm superset demo test bench bench-search
 install: $(VENV)/.installed
 
 # Citus from ../shared/vendor into the wheel's PostgreSQL: built once per machine (cached in
@@ -32,10 +32,15 @@ $(VENV)/.llm: $(VENV)/.installed scripts/install-llm.sh
 
 llm: $(VENV)/.llm
 
+# Apache Superset 6.1 in its own venv (it pins its own Flask and SQLAlchemy 1.4), once per machine
+# (~/.cache/saedb, about a minute), for tests/test_superset.py and scripts/superset_views.py.
+superset:
+	scripts/install-superset.sh > /dev/null
+
 demo: $(VENV)/.installed
 	$(VENV)/bin/saedb demo
 
-test: $(VENV)/.installed /usr/bin/chromedriver citus llm
+test: $(VENV)/.installed /usr/bin/chromedriver citus llm superset
 	$(PY) -m pytest -q
 
 bench: $(VENV)/.installed

@@ -1,9 +1,11 @@
 """Feature-analysis benchmark: co-occurrence counted by SQL on DuckDB (materialised in
 feature_cooccurrence) vs scipy's sparse ZᵀZ in the same run (target: within 3x), on the
-whole astro-ph corpus with a k=64, n=6144 model (trained once and cached)."""
+whole astro-ph corpus with a k=64, n=6144 model (trained once and cached). ``--db`` and the
+sizes make a smoke run of it (tests/test_benches.py)."""
 
 from __future__ import annotations
 
+import argparse
 import sys
 import time
 from pathlib import Path
@@ -15,16 +17,26 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import astro_duckdb, report  # noqa: E402
 from saedb.backends import connect  # noqa: E402
-from saedb.families import compute_cooccurrence, cooccurrence_graph, find_families  # noqa: E402
+from saedb.errors import UnknownModelError  # noqa: E402
+from saedb.families import compute_cooccurrence, cooccurrence_counts, find_families  # noqa: E402
+from saedb.models import resolve_model  # noqa: E402
 from saedb.trainer import TrainConfig  # noqa: E402
 from saedb.trainer.train import train_from_db  # noqa: E402
 
 
 def main() -> None:
-    with connect(astro_duckdb()) as backend:
-        model_id = backend.query("SELECT sae_model_id('bench-analysis')")[0][0]
-        if model_id is None:
-            model_id, _ = train_from_db(backend, TrainConfig(k=64, n_latents=6144, steps=200, lr=1e-3), "bench-analysis")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--db", help="a saedb DuckDB file (default: the whole astro-ph corpus, loaded once and cached)")
+    parser.add_argument("--k", type=int, default=64)
+    parser.add_argument("--n", type=int, default=6144)
+    parser.add_argument("--steps", type=int, default=200)
+    args = parser.parse_args()
+    with connect(args.db or astro_duckdb()) as backend:
+        name = f"bench-analysis-k{args.k}-n{args.n}"
+        try:
+            model_id = resolve_model(backend, name)
+        except UnknownModelError:  # the first run on this file trains it
+            model_id, _ = train_from_db(backend, TrainConfig(k=args.k, n_latents=args.n, steps=args.steps, lr=1e-3), name)
         n_codes = backend.query("SELECT count(*) FROM sae_codes WHERE model_id = ?", (model_id,))[0][0]
         print(f"model {model_id}: {n_codes:,} codes")
 
@@ -40,7 +52,9 @@ def main() -> None:
         assert pairs_sql == pairs_scipy, (pairs_sql, pairs_scipy)
 
         start = time.perf_counter()
-        families = find_families(*cooccurrence_graph(backend, model_id))
+        features = [r[0] for r in backend.query("SELECT DISTINCT feature_id FROM sae_codes WHERE model_id = ? ORDER BY 1",
+                                                (model_id,))]  # every feature that fires: no labels needed
+        families = find_families(cooccurrence_counts(backend, model_id, features), features)
         families_s = time.perf_counter() - start
     report(f"co-occurrence, {pairs_sql:,} pairs: SQL vs scipy ZᵀZ (target within 3x)", sql_s / scipy_s, "x scipy", None,
            f"SQL {sql_s:.1f}s (materialised), scipy {scipy_s:.1f}s (read + product)")

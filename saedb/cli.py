@@ -596,6 +596,9 @@ def serve(
     port: int = typer.Option(8080),
     pool: int = typer.Option(8, help="Database connections shared by request threads."),
     timeout: float = typer.Option(10.0, help="Statement timeout in seconds."),
+    idle_timeout: float = typer.Option(30.0, min=0.001, help="Seconds a connection may take to send its next request "
+                                                             "before it is closed."),
+    max_connections: int = typer.Option(512, min=1, help="Open connections at most; past it a connection is closed at once."),
 ) -> None:
     """Web app for exploring features and steering search (read-only)."""
     from saedb.app.server import App, make_server
@@ -604,7 +607,7 @@ def serve(
         app_ = App(db, pool_size=pool, timeout_s=timeout)
     except USER_ERRORS as exc:
         _fail(exc)
-    server = make_server(app_, host, port)
+    server = make_server(app_, host, port, idle_timeout_s=idle_timeout, max_connections=max_connections)
     typer.echo(f"saedb is serving {mask_dsn(db)} read-only at http://{host}:{server.server_port}/   (Ctrl-C stops it)")
     try:
         server.serve_forever()

@@ -9,7 +9,7 @@
 # elsewhere; no AVX-512, no AMX. pip's own wheel cache is keyed by the sdist alone, not by
 # CMAKE_ARGS, so the wheel is kept under ${XDG_CACHE_HOME:-~/.cache}/saedb/ keyed by the version
 # and the build options: a fresh venv installs it in seconds, a change of options builds anew.
-# Measured: 10.5 min on 2 quiet cores; 25 min on 2 busy ones.
+# Measured: 6 to 10.5 min on 2 cores; 25 min on 2 busy ones.
 set -euo pipefail
 PY=$1
 VERSION=11434.0.0

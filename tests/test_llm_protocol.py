@@ -320,3 +320,22 @@ def test_a_server_that_crashes_at_start_is_one_line_naming_its_signal_and_the_fi
     with pytest.raises(ConfigurationError, match=r"exit status 1\).*failed to load model"):
         with local_llm(str(model), binary=exiting, log=tmp_path / "server.log"):
             pass
+
+
+def test_interp_prints_its_error_after_the_progress_bar(trained: tuple[Backend, int], db_url: str,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 35: the `error: …` line was printed inside the bar's line and the bar redrawn after
+    it, so the last line a user saw was the bar."""
+    from typer.testing import CliRunner
+
+    from saedb.cli import app
+
+    backend, model_id = trained
+    if backend.dialect == "duckdb":
+        backend.close()
+    with serving(Echoing) as url:
+        monkeypatch.setenv("OPENAI_BASE_URL", url)
+        result = CliRunner().invoke(app, ["interp", str(model_id), "--llm", "m", "--limit", "20", "--db", db_url])
+    assert result.exit_code != 0
+    lines = [line for line in result.output.replace("\r", "\n").splitlines() if line.strip()]
+    assert lines[-1].startswith("error: this model does not follow the protocol"), lines[-3:]

@@ -180,6 +180,34 @@ def test_duckdb_engine_reflects_and_queries_a_saedb_file(saedb_file: tuple[str, 
         engine.dispose()
 
 
+def test_sqlalchemy_autoloads_every_table_and_bi_view_of_a_saedb_file(saedb_file: tuple[str, int, int]) -> None:
+    """Issue 33: with duckdb-engine, `Table(..., autoload_with=engine)` (what Superset does for a
+    dataset) failed on every table: "Type with name REGCLASS does not exist!". Through saedb's
+    dialect (duckdb+saedb://, an entry point) keys and constraints reflect and every BI view
+    autoloads and answers a query built from its reflected columns."""
+    import sqlalchemy
+
+    path, _, _ = saedb_file
+    plain = sqlalchemy.create_engine(f"duckdb:///{path}", connect_args={"read_only": True})
+    with pytest.raises(sqlalchemy.exc.ProgrammingError, match="REGCLASS"):  # duckdb-engine alone: the reason for the dialect
+        sqlalchemy.Table("papers", sqlalchemy.MetaData(), autoload_with=plain)
+    plain.dispose()
+    engine = sqlalchemy.create_engine(f"duckdb+saedb:///{path}", connect_args={"read_only": True})
+    try:
+        inspector = sqlalchemy.inspect(engine)
+        assert inspector.get_pk_constraint("papers")["constrained_columns"] == ["doc_id"]
+        assert inspector.get_unique_constraints("papers") == [{"name": "papers_arxiv_id_key", "column_names": ["arxiv_id"]}]
+        papers = sqlalchemy.Table("papers", sqlalchemy.MetaData(), autoload_with=engine)
+        assert list(papers.primary_key.columns.keys()) == ["doc_id"]
+        for view in ("feature_summary", "feature_trends", "feature_top_documents", "document_features"):
+            table = sqlalchemy.Table(view, sqlalchemy.MetaData(), autoload_with=engine)
+            with engine.connect() as conn:
+                rows = conn.execute(sqlalchemy.select(table.c.model_id, table.c.feature_id).limit(5)).fetchall()
+            assert len(rows) == 5, view
+    finally:
+        engine.dispose()
+
+
 def test_a_plain_client_and_the_duckdb_cli_run_the_analytics(saedb_file: tuple[str, int, int]) -> None:
     """feature_enrichment, feature_predictors and feature_slopes are persisted table macros:
     the duckdb package alone and the PyPI CLI get saedb's rows."""

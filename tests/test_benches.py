@@ -1,0 +1,30 @@
+"""Smoke runs of the benches at a tiny size, so that a bench that no longer runs fails the suite
+(bench/bench_analysis.py died at its first query for months: sae_model_id raises on an unknown
+name, and it relied on NULL). They check that a bench runs and reports, never its figures."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from saedb.backends import connect
+from saedb.loaders import load_corpus
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_bench(script: str, *args: str) -> str:
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / script), *args], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+def test_bench_analysis_runs_at_a_tiny_size_and_twice(tmp_path: Path, astro_slice: Path, embedder) -> None:
+    db = str(tmp_path / "analysis.duckdb")
+    with connect(db) as backend:
+        load_corpus(backend, astro_slice, embedder, progress=False)
+    first = run_bench("bench_analysis.py", "--db", db, "--k", "4", "--n", "64", "--steps", "20")
+    assert "co-occurrence" in first and "families from the co-occurrence table" in first
+    again = run_bench("bench_analysis.py", "--db", db, "--k", "4", "--n", "64", "--steps", "20")  # reuses its model
+    assert again.splitlines()[0] == first.splitlines()[0]  # "model N: ... codes": the same model
