@@ -221,13 +221,14 @@ def _chat(backend, llm: str, protocol: str, max_tokens: int | None, timeout: flo
     return chat, settings.concurrency
 
 
-def _labeller(backend, chat, family: bool = False):
-    """The LLM labeller when a chat model is given, else the offline one."""
+def _labeller(backend, chat, family: bool = False, roundtrip=None):
+    """The LLM labeller when a chat model is given, else the offline one (choosing among its
+    candidate labels by ``roundtrip`` when given)."""
     from saedb.interp import LLMLabeller, OfflineLabeller, corpus_stats
 
     if chat is not None:
         return LLMLabeller(chat, family=family)
-    return OfflineLabeller(corpus_stats(backend))
+    return OfflineLabeller(corpus_stats(backend), roundtrip=roundtrip)
 
 
 def _report_llm(backend, task: str, chat) -> None:
@@ -246,36 +247,69 @@ def interp(
     llm: Optional[str] = typer.Option(None, help="Model of an OpenAI-compatible API (OPENAI_BASE_URL; saedb llm starts one); "
                                                  "default: offline."),
     control: bool = typer.Option(True, help="Also score every label against a shuffled label (the control)."),
+    untrained: bool = typer.Option(True, help="Label an untrained SAE of the same shape the same way and print both "
+                                              "(the control for anything about features; needs the train extra)."),
+    families: bool = typer.Option(True, help="Build families (offline names) of both models for the comparison; "
+                                             "`saedb families --llm` names them with an LLM afterwards."),
     protocol: str = ProtocolOption,
     max_tokens: Optional[int] = MaxTokensOption,
     timeout: Optional[float] = TimeoutOption,
     concurrency: Optional[int] = ConcurrencyOption,
 ) -> None:
-    """Label features and score the labels (interpreter + predictor), then report the scores and the control."""
-    from saedb.interp import label_control, run_autointerp
-    from saedb.interp.autointerp import label_summary
+    """Label features and score the labels (interpreter + predictor, round trip), beside an untrained control."""
+    from saedb.interp.report import LabelFigures, comparison_lines
 
     chat = None
     try:
         with connect(db) as backend:
             model_id = resolve_model(backend, model)
             chat, workers = _chat(backend, llm, protocol, max_tokens, timeout, concurrency) if llm else (None, concurrency or 8)
-            labeller = _labeller(backend, chat)
             try:
-                bar = tqdm_bar(f"labelling with {labeller.name}")
-                try:
-                    results = run_autointerp(backend, model_id, labeller, limit=limit, concurrency=workers, progress=bar)
-                finally:
-                    bar.close()  # an error's line goes after the bar, never inside it
-                typer.echo(f"labelled {len(results)} new features of model {model_id} with {labeller.name}")
-                typer.echo(label_summary(backend, model_id, labeller.name))
-                if control:
-                    for line in label_control(backend, model_id, labeller.name, labeller).lines():
-                        typer.echo(line)
+                name = _label_model(backend, model_id, chat, limit, workers, control, families)
+                control_id = _untrained_control(backend, model_id) if untrained else None
+                if control_id is not None:
+                    typer.echo(f"untrained control: model {control_id}")
+                    _label_model(backend, control_id, chat, limit, workers, control, families)
             finally:
                 _report_llm(backend, "interp", chat)
+            trained_figures = LabelFigures.of(backend, model_id, name)
+            control_figures = LabelFigures.of(backend, control_id, name) if control_id is not None else None
+            for line in comparison_lines(name, trained_figures, control_figures):
+                typer.echo(line)
     except USER_ERRORS as exc:
         _fail(exc)
+
+
+def _untrained_control(backend, model_id: int) -> int | None:
+    """The model's untrained control (published on first use); None without the trainer."""
+    try:
+        from saedb.trainer.train import publish_untrained
+    except ImportError:
+        typer.echo("no untrained control: it needs the trainer (pip install 'saedb[train]')", err=True)
+        return None
+    return publish_untrained(backend, model_id)
+
+
+def _label_model(backend, model_id: int, chat, limit: int | None, workers: int, control: bool, families: bool) -> str:
+    """Label one model's features, then its shuffled-label control and families; the labeller's name."""
+    from saedb.families import build_families
+    from saedb.interp import label_control, run_autointerp
+    from saedb.interp.roundtrip import RoundTrip
+
+    roundtrip = RoundTrip.for_model(backend, model_id)
+    labeller = _labeller(backend, chat, roundtrip=roundtrip)
+    bar = tqdm_bar(f"model {model_id}: labelling with {labeller.name}")
+    try:
+        results = run_autointerp(backend, model_id, labeller, limit=limit, concurrency=workers, progress=bar, roundtrip=roundtrip)
+    finally:
+        bar.close()  # an error's line goes after the bar, never inside it
+    typer.echo(f"labelled {len(results)} new features of model {model_id} with {labeller.name}")
+    if control:
+        for line in label_control(backend, model_id, labeller.name, labeller).lines():
+            typer.echo(line)
+    if families:
+        build_families(backend, model_id)
+    return labeller.name
 
 
 def tqdm_bar(description: str):

@@ -19,10 +19,11 @@ from saedb.evaluation import get_judge, get_rewriter, run_evaluation, store_run,
 from saedb.evaluation.report import format_comparison
 from saedb.families import build_families
 from saedb.interp import OfflineLabeller, corpus_stats, label_control, run_autointerp
-from saedb.interp.autointerp import label_summary
+from saedb.interp.report import LabelFigures, comparison_lines
+from saedb.interp.roundtrip import RoundTrip
 from saedb.loaders import load_corpus
 from saedb.trainer import TrainConfig
-from saedb.trainer.train import train_from_db
+from saedb.trainer.train import publish_untrained, train_from_db
 
 DEFAULT_CORPUS = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "hh_astro.jsonl.gz"
 
@@ -38,20 +39,9 @@ FROM embeddings e JOIN papers p USING (doc_id)
 ORDER BY distance, p.doc_id LIMIT ?
 """
 
-# The concept's strongest feature that the query lacks and some of the query's nearest papers
-# carry (papers of both topics, where steering can meet both; failing that, the strongest it
-# lacks), and how many of those papers carry it.
-CONCEPT_FEATURES_SQL = """
-WITH near AS (SELECT unnest(?::BIGINT[]) AS doc_id),
-     concept AS (SELECT f.feature_id, f.activation FROM unnest(sae_encode(embed(?), ?)) AS f),
-     own AS (SELECT f.feature_id FROM unnest(sae_encode(embed(?), ?)) AS f)
-SELECT c.feature_id, count(n.doc_id) AS near_carriers
-FROM concept c
-LEFT JOIN sae_codes s ON s.model_id = ? AND s.feature_id = c.feature_id
-LEFT JOIN near n ON n.doc_id = s.doc_id
-WHERE c.feature_id NOT IN (SELECT feature_id FROM own)
-GROUP BY c.feature_id, c.activation
-ORDER BY count(n.doc_id) > 0 DESC, c.activation DESC, c.feature_id LIMIT 1
+# How many of the given papers (the query's nearest) carry a feature.
+NEAR_CARRIERS_SQL = """
+SELECT count(*) FROM sae_codes WHERE model_id = ? AND feature_id = ? AND doc_id IN (SELECT unnest(?::BIGINT[]))
 """
 
 NEIGHBOURHOOD = 50  # "near the query": among its 50 nearest papers
@@ -96,16 +86,21 @@ def run_demo(
         f"model {model_id}: normalised MSE {m['normalised_mse']:.3f}, L0 {m['l0']:.1f}, "
         f"dead {m['dead_fraction']:.1%}, {m['seconds']:.1f}s on {m['device']}"
     )
-    labeller = OfflineLabeller(corpus_stats(backend))
-    with tqdm(desc="labelling features offline", unit="feature") as bar:
-        labelled = run_autointerp(backend, model_id, labeller, progress=bar)
-    log(label_summary(backend, model_id, labeller.name))
-    log("scoring every label against a shuffled label (the control)")
-    for line in label_control(backend, model_id, labeller.name, labeller).lines():
+    stats = corpus_stats(backend)
+    control_id = publish_untrained(backend, model_id)
+    log(f"the untrained control: model {control_id}, the same SAE before training, labelled and scored the same way")
+    for labelled_model in (model_id, control_id):
+        roundtrip = RoundTrip.for_model(backend, labelled_model)
+        labeller = OfflineLabeller(stats, roundtrip=roundtrip)
+        with tqdm(desc=f"labelling model {labelled_model} offline", unit="feature") as bar:
+            labelled = run_autointerp(backend, labelled_model, labeller, progress=bar, roundtrip=roundtrip)
+        for line in label_control(backend, labelled_model, labeller.name, labeller).lines()[-2:]:
+            log(line)
+        families = build_families(backend, labelled_model, predictor=labeller)
+        log(f"model {labelled_model}: labelled {len(labelled)} features, found {len(families)} feature families")
+    for line in comparison_lines(labeller.name, LabelFigures.of(backend, model_id, labeller.name),
+                                 LabelFigures.of(backend, control_id, labeller.name)):
         log(line)
-    log("finding feature families (co-occurrence in SQL, maximum spanning trees)")
-    families = build_families(backend, model_id, predictor=labeller)
-    log(f"labelled {len(labelled)} features offline, found {len(families)} feature families (SQL tables feature_labels, feature_families)")
     showcase = steering_showcase(backend, model_id, query, concept, log)
     judge = get_judge("categories", backend)
     run = run_evaluation(backend, model_id, embedder, judge, title_queries(backend, 30, seed=0), get_rewriter("naive-append"),
@@ -122,7 +117,8 @@ def steering_showcase(backend: Backend, model_id: int, query: str, concept: str,
     """Steer the query toward the concept's feature a slider step at a time and print, at each,
     the share of the top 10 that carries the feature, that is near the query, and that is both."""
     near = [row[0] for row in backend.query(NEAREST_SQL, (query, NEIGHBOURHOOD))]
-    feature, near_carriers = backend.query(CONCEPT_FEATURES_SQL, (near, concept, model_id, query, model_id, model_id))[0]
+    feature = backend.query("SELECT sae_feature_by_label(?, ?)", (concept, model_id))[0][0]  # saedb.concepts' rule
+    near_carriers = backend.query(NEAR_CARRIERS_SQL, (model_id, feature, near))[0][0]
     label = backend.query("SELECT label FROM feature_summary WHERE model_id = ? AND feature_id = ?", (model_id, feature))[0][0]
     carriers = {row[0] for row in backend.query("SELECT doc_id FROM sae_codes WHERE model_id = ? AND feature_id = ?", (model_id, feature))}
     log(f"\nconcept {concept!r} -> feature {feature} ({label}), which {near_carriers} of the {NEIGHBOURHOOD} papers nearest "

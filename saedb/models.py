@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+import pyarrow as pa
+
 from saedb.backends import Backend
 from saedb.errors import InvalidInputError, UnknownModelError
+from saedb.holdout import held_out, holdout_split
 from saedb.sae import SAE
 
 CODES_BATCH = 8192
@@ -26,19 +30,26 @@ def publish_model(backend: Backend, sae: SAE, name: str, metrics: dict[str, Any]
     """Write ``sae`` as the next version of ``name`` with the codes of every document.
 
     Everything happens in one transaction: readers see either the previous state or the
-    complete new version (status 'ready'), never a partial one. Returns the model_id.
+    complete new version (status 'ready'), never a partial one. The documents the trainer held
+    out (``metrics["config"]``: holdout_fraction and seed) are listed in ``model_holdout``.
+    Returns the model_id.
     """
     embedder, dim = backend.require_embedder()
     if sae.d != dim:
         raise InvalidInputError(f"model has input dimension {sae.d} but the database embeddings are {dim}-d")
     if not name or not name.strip():
         raise InvalidInputError("model name is empty")
+    split = holdout_split(metrics)
     with backend.publishing():
         model_id = backend.insert_model_row(name.strip(), sae, embedder, metrics or {})
         backend.copy_weights(model_id, sae)
         n_documents = 0
         for doc_ids, embeddings in backend.iter_embeddings(CODES_BATCH):
             backend.copy_codes(model_id, doc_ids, sae.encode(embeddings))
+            if split is not None:
+                held = doc_ids[held_out(doc_ids, *split)].astype(np.int64)
+                backend.insert_rows("model_holdout", pa.table({"model_id": pa.array(np.full(len(held), model_id, np.int32)),
+                                                               "doc_id": pa.array(held)}))
             n_documents += len(doc_ids)
         backend.execute("UPDATE sae_models SET status = 'ready', n_documents = ? WHERE model_id = ?", (n_documents, model_id))
     return model_id

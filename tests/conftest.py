@@ -102,7 +102,8 @@ def trained(loaded: Backend) -> tuple[Backend, int]:
     from saedb.trainer import TrainConfig
     from saedb.trainer.train import train_from_db
 
-    model_id, _ = train_from_db(loaded, TrainConfig(k=8, n_latents=128, steps=180, batch_size=64, lr=1e-3), "analysis")
+    model_id, _ = train_from_db(loaded, TrainConfig(k=8, n_latents=128, steps=180, batch_size=64, lr=1e-3, holdout_fraction=0.2),
+                                 "analysis")
     return loaded, model_id
 
 

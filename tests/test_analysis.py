@@ -13,7 +13,10 @@ import pytest
 import scipy.sparse as sp
 
 from saedb.backends import Backend
+from saedb.backends.duckdb import DuckDBBackend
+from saedb.embedders import WordLlamaEmbedder
 from saedb.families import build_families, compute_cooccurrence
+from saedb.holdout import held_out
 from saedb.interp import LLMLabeller, OfflineLabeller, corpus_stats, run_autointerp
 from saedb.llm import ChatModel
 from saedb.interp.scoring import f1_score, pearson
@@ -153,8 +156,13 @@ def test_steer_by_label_and_family_equal_numpy(labelled: tuple[Backend, int]) ->
     np.testing.assert_allclose(by_family, expected, rtol=1e-5, atol=1e-6)
     assert np.linalg.norm(by_family - x) == pytest.approx(0.7, rel=1e-4)
     errors = (duckdb.Error, psycopg.Error)
-    with pytest.raises(errors, match="no feature of model .* labelled like 'zzz-nothing'"):
-        backend.query("SELECT steer_label(?, 'zzz-nothing', 1.0, ?)", (param, model_id))
+    if isinstance(backend, DuckDBBackend):  # a text no label names: the feature whose decoder row is nearest its embedding
+        unit = sae.w_dec / np.linalg.norm(sae.w_dec, axis=1, keepdims=True)
+        nearest = int(np.argmax(unit @ WordLlamaEmbedder().embed(["zzz-nothing"])[0]))
+        assert backend.query("SELECT sae_feature_by_label('zzz-nothing', ?)", (model_id,))[0][0] == nearest
+    else:  # Postgres' SQL has no embedder: label matches only
+        with pytest.raises(errors, match="no feature of model .* labelled like 'zzz-nothing'"):
+            backend.query("SELECT steer_label(?, 'zzz-nothing', 1.0, ?)", (param, model_id))
     with pytest.raises(errors, match="has no family 9999"):
         backend.query("SELECT steer_family(?, 9999, 1.0, ?)", (param, model_id))
 
@@ -208,13 +216,19 @@ def test_examples_take_a_bounded_number_of_queries_and_are_right(trained: tuple[
     assert len(examples) >= 50 and counting.queries <= 12
     fires = {(d, f) for d, f in backend.query("SELECT doc_id, feature_id FROM sae_codes WHERE model_id = ?", (model_id,))}
     doc_of = {f"{t}. {a}": d for d, t, a in backend.query("SELECT doc_id, title, abstract FROM papers")}
+    held = {d for (d,) in backend.query("SELECT doc_id FROM model_holdout WHERE model_id = ?", (model_id,))}
+    assert len(held) == int(held_out(np.array(sorted(doc_of.values())), 0.2, 0).sum()) > 0
     for ex in examples:
         top = backend.query(
-            "SELECT p.title, p.abstract, c.activation FROM sae_codes c JOIN papers p ON p.doc_id = c.doc_id "
-            "WHERE c.model_id = ? AND c.feature_id = ? ORDER BY c.activation DESC, c.doc_id LIMIT 60", (model_id, ex.feature_id))
-        texts = [f"{t}. {a}" for t, a, _ in top]
-        assert ex.positives + ex.held_out_positives + ex.more_positives == texts
-        assert ex.activations == pytest.approx([a for _, _, a in top[:5]])
+            "SELECT c.doc_id, p.title, p.abstract, c.activation FROM sae_codes c JOIN papers p ON p.doc_id = c.doc_id "
+            "WHERE c.model_id = ? AND c.feature_id = ? ORDER BY c.activation DESC, c.doc_id", (model_id, ex.feature_id))
+        training = [(f"{t}. {a}", x) for d, t, a, x in top if d not in held][:60]
+        assert ex.held_out_split
+        assert ex.positives + ex.more_positives == [text for text, _ in training]  # the labeller reads training documents
+        assert ex.activations == pytest.approx([x for _, x in training[:5]])
+        assert ex.held_out_positives == [f"{t}. {a}" for d, t, a, _ in top if d in held][:3]  # scored on held-out ones
+        assert {doc_of[text] for text in ex.held_out_positives + ex.held_out_negatives} <= held
+        assert not {doc_of[text] for text in ex.negatives} & held
         negatives = ex.negatives + ex.held_out_negatives
         assert len(negatives) == 8 and len(set(negatives)) == 8
         assert not any((doc_of[text], ex.feature_id) in fires for text in negatives)

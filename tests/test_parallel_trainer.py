@@ -15,7 +15,8 @@ from saedb.errors import TrainingFailedError
 from saedb.loaders import load_corpus
 from saedb.trainer import TrainConfig
 from saedb.trainer.parallel import Share
-from saedb.trainer.stream import ArraySource, ChunkedRows, held_out
+from saedb.holdout import held_out
+from saedb.trainer.stream import ArraySource, ChunkedRows
 from saedb.trainer.train import train_from_url, train_in_processes
 from tests.conftest import ML, write_slice
 

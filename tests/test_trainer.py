@@ -24,7 +24,8 @@ from saedb.sae import SAE
 from saedb.trainer import TrainConfig
 from saedb.trainer.topk_sae import TopKSAE, normalised_mse
 from saedb.errors import InvalidInputError
-from saedb.trainer.stream import ArraySource, ChunkedRows, DatabaseSource, held_out, training_batches
+from saedb.holdout import held_out
+from saedb.trainer.stream import ArraySource, ChunkedRows, DatabaseSource, training_batches
 from saedb.trainer.train import evaluate, new_trainer, train_from_db, train_sae, train_stream
 from tests.conftest import embeddings_of
 

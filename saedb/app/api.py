@@ -14,6 +14,7 @@ from typing import Any, Callable
 import numpy as np
 
 from saedb.backends import Backend
+from saedb.concepts import concept_feature
 from saedb.errors import InvalidInputError, UnknownModelError
 from saedb.search import Steering, run_portable
 from saedb.search import search as search_documents
@@ -50,7 +51,8 @@ def check_model(backend: Backend, model_id: int) -> dict[str, Any]:
 def models(backend: Backend) -> list[dict[str, Any]]:
     return records(
         backend,
-        "SELECT model_id, name, version, n_latents, k, n_documents FROM sae_models WHERE status = 'ready' ORDER BY model_id DESC",
+        "SELECT model_id, name, version, n_latents, k, n_documents FROM sae_models WHERE status = 'ready' "
+        "AND control_of IS NULL ORDER BY model_id DESC",  # an untrained control is never offered for steering
     )
 
 
@@ -156,9 +158,15 @@ FUZZY_MATCH = 0.75  # difflib ratio for a label that does not contain the text
 
 
 def find_features(backend: Backend, embed: Callable[[str], np.ndarray], text: str, model_id: int, limit: int) -> dict[str, Any]:
-    """Features for a text: by label (contains the text, else a close spelling) and by concept
+    """Features for a text: the one feature of ``saedb.concepts``' rule (what steer_label and the
+    demo pick), then lists by label (contains the text, else a close spelling) and by concept
     (cosine between the text's embedding and each feature's decoder direction)."""
     check_model(backend, model_id)
+    decoder = backend.decoder(model_id)
+    try:
+        match = concept_feature(backend, model_id, text, embed, decoder)
+    except InvalidInputError as exc:
+        raise ApiError(400, str(exc)) from None
     needle = text.lower()
     rows = backend.query(
         "SELECT l.feature_id, l.label, l.pearson, s.density FROM feature_best_labels l "
@@ -170,7 +178,6 @@ def find_features(backend: Backend, embed: Callable[[str], np.ndarray], text: st
         if match >= FUZZY_MATCH:
             by_label.append((match, pearson or 0.0, feature_id, label, density, pearson))
     by_label.sort(key=lambda m: (-m[0], -m[1], m[2]))
-    decoder = backend.decoder(model_id)
     query = embed(text)
     cosine = decoder @ query / (np.linalg.norm(decoder, axis=1) * np.linalg.norm(query))
     nearest = np.argsort(-cosine, kind="stable")[:limit].tolist()
@@ -178,6 +185,8 @@ def find_features(backend: Backend, embed: Callable[[str], np.ndarray], text: st
     densities = dict(backend.query(f"SELECT feature_id, density FROM feature_stats WHERE model_id = ? AND feature_id IN "
                                    f"({', '.join('?' * len(nearest))})", (model_id, *nearest))) if nearest else {}
     return {
+        "concept": {"feature_id": match.feature_id, "label": labels_of(backend, model_id, [match.feature_id]).get(match.feature_id),
+                    "by": match.by},
         "by_label": [{"feature_id": f, "label": label, "density": _plain(d), "interpretability": _plain(p)}
                      for _, _, f, label, d, p in by_label[:limit]],
         "by_concept": [{"feature_id": f, "label": labels.get(f), "cosine": _plain(cosine[f]), "density": _plain(densities.get(f)),

@@ -22,8 +22,9 @@ from saedb.errors import ConfigurationError, UnknownModelError
 from saedb.sae import SAE, SparseCodes
 from saedb.sqlfiles import read_sql
 
-# Training figures copied from a model's metrics into columns of sae_models.
-MODEL_FIGURES = ("steps", "normalised_mse", "dead_fraction", "enc_dec_cosine")
+# Entries of a model's metrics copied into columns of sae_models: training figures, and the
+# model an untrained control stands beside.
+MODEL_FIGURES = ("steps", "normalised_mse", "dead_fraction", "enc_dec_cosine", "control_of")
 
 
 @dataclass(frozen=True)

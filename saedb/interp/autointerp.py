@@ -1,10 +1,12 @@
 """Run the interpreter + predictor protocol over a model's features and store the results.
 
 For each feature: the interpreter names it from its examples; the predictor scores 3
-held-out activating and 3 held-out non-activating abstracts from the label alone. Pearson
+held-out activating and 3 held-out non-activating abstracts from the label alone (from the
+trainer's held-out documents when the model has them, ``saedb.interp.examples``). Pearson
 (NULL when the predictions are constant: the paper's NaN, left out of means) and F1 of those
-scores, and the feature's density, go to ``feature_labels``, a few features at a time, each
-time with ``clean`` recomputed for the model's labels in the same transaction. Features
+scores, the feature's density and the label's round trip (``saedb.interp.roundtrip``) go to
+``feature_labels``, a few features at a time, each time with ``clean`` recomputed for the
+model's labels in the same transaction. Features
 already labelled by the same labeller are skipped, so a run resumes. A predictor that gives
 the run's first ``CONSTANT_AFTER`` or more abstracts one and the same score (a small model
 answering "PREDICTION: 0.9" to everything) is no predictor: the run stops with
@@ -14,6 +16,7 @@ answering "PREDICTION: 0.9" to everything) is no predictor: the run stops with
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from itertools import zip_longest
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Iterable, Iterator
@@ -27,6 +30,7 @@ from saedb.iterate import chunked
 from saedb.interp.control import control_failed
 from saedb.interp.examples import FeatureExamples, examples_for
 from saedb.interp.labellers import Labeller
+from saedb.interp.roundtrip import RoundTrip
 from saedb.interp.scoring import f1_score, passes_filter, pearson, sanitise_label
 from saedb.interp.text import CorpusStats
 
@@ -49,6 +53,7 @@ class LabelResult:
     f1: float
     density: float
     predictions: tuple[float, ...] = ()
+    held_out_split: bool = False
 
 
 def corpus_stats(backend: Backend, sample: int = BACKGROUND_SAMPLE) -> CorpusStats:
@@ -69,7 +74,7 @@ def interpret(labeller: Labeller, examples: FeatureExamples) -> LabelResult | In
     texts, truth = examples.held_out()
     scores = labeller.predict(label, texts)
     return LabelResult(examples.feature_id, label, pearson(scores, truth), f1_score(scores, truth), examples.density,
-                       tuple(scores))
+                       tuple(scores), examples.held_out_split)
 
 
 def features_by_density(backend: Backend, model_id: int) -> list[int]:
@@ -87,9 +92,11 @@ def run_autointerp(
     concurrency: int = 8,
     log: Callable[[str], None] | None = None,
     progress: "tqdm | None" = None,
+    roundtrip: RoundTrip | None = None,
 ) -> list[LabelResult]:
     """Label features (densest first, or the given ones) that this labeller has not labelled yet;
-    ``progress`` (a tqdm bar) learns the total first and advances per feature."""
+    ``progress`` (a tqdm bar) learns the total first and advances per feature. Each label's
+    round trip is measured with ``roundtrip`` (None: not measured, the columns stay NULL)."""
     info = backend.model_row(model_id)
     done = {r[0] for r in backend.query("SELECT feature_id FROM feature_labels WHERE model_id = ? AND labeller = ?", (model_id, labeller.name))}
     candidates = features_by_density(backend, model_id) if features is None else list(features)
@@ -130,11 +137,14 @@ def run_autointerp(
                 raise ConstantPredictorError(
                     f"the predictor of {labeller.name} scored all {n_predicted} abstracts {predicted.pop():+.2f}: it is not a "
                     "predictor, so its scores measure nothing; none of this run's labels were stored")
+            trips = roundtrip.trips([r.label for r in labelled], [r.feature_id for r in labelled]) if roundtrip else []
             with backend.transaction():
-                for result in labelled:
+                for result, trip in zip_longest(labelled, trips):
                     backend.execute(
-                        "INSERT INTO feature_labels (model_id, feature_id, labeller, label, pearson, f1, density) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                        (model_id, result.feature_id, labeller.name, result.label, result.pearson, result.f1, result.density),
+                        "INSERT INTO feature_labels (model_id, feature_id, labeller, label, pearson, f1, density, held_out, "
+                        "roundtrip_rank, decoder_cosine) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        (model_id, result.feature_id, labeller.name, result.label, result.pearson, result.f1, result.density,
+                         result.held_out_split, trip and trip.rank, trip and trip.cosine),
                     )
                 mark_clean(backend, model_id, labeller.name)
                 save_responses()
@@ -156,15 +166,19 @@ def _cancelled_on_error(pool: ThreadPoolExecutor) -> Iterator[None]:
 
 
 def mark_clean(backend: Backend, model_id: int, labeller: str) -> int:
-    """Set ``clean`` on a model's labels by one labeller (the paper's filter; of features
-    whose sanitised labels coincide, only the one with the highest f1 + pearson stays clean).
-    None is clean when the labeller failed its control. Returns the number of clean features."""
+    """Set ``clean`` on a model's labels by one labeller: the paper's filter, and, where the
+    round trip was measured, the label must switch its own feature on (``roundtrip_rank`` not
+    NULL). Of features whose sanitised labels coincide, only the one with the highest f1 +
+    pearson stays clean. None is clean when the labeller failed its control. Returns the
+    number of clean features."""
     rows = [] if control_failed(backend, model_id, labeller) else backend.query(
-        "SELECT feature_id, label, pearson, f1, density FROM feature_labels WHERE model_id = ? AND labeller = ?", (model_id, labeller)
+        "SELECT feature_id, label, pearson, f1, density, roundtrip_rank, decoder_cosine FROM feature_labels "
+        "WHERE model_id = ? AND labeller = ?", (model_id, labeller)
     )
     best: dict[str, tuple[float, int]] = {}
-    for feature, label, r, f1, density in rows:
-        if passes_filter(sanitise_label(label), r, f1, density):
+    for feature, label, r, f1, density, rank, cosine in rows:
+        round_trips = cosine is None or rank is not None
+        if round_trips and passes_filter(sanitise_label(label), r, f1, density):
             key = sanitise_label(label).lower()
             best[key] = max(best.get(key, (float("-inf"), -1)), (f1 + r, -feature))
     clean = sorted(-feature for _, feature in best.values())
@@ -172,20 +186,3 @@ def mark_clean(backend: Backend, model_id: int, labeller: str) -> int:
     backend.execute(f"UPDATE feature_labels SET clean = (feature_id IN ({members})) WHERE model_id = ? AND labeller = ?",
                     (model_id, labeller))
     return len(clean)
-
-
-def label_summary(backend: Backend, model_id: int, labeller: str) -> str:
-    """Pearson mean / median / share >= 0.8 (NaN left out of mean and median, as in the
-    paper's histograms, and counted below 0.8), NaN share, mean F1 and clean features."""
-    rows = backend.query(
-        "SELECT pearson, f1, coalesce(clean, FALSE) FROM feature_labels WHERE model_id = ? AND labeller = ?", (model_id, labeller)
-    )
-    if not rows:
-        return f"no labels by {labeller} for model {model_id}"
-    defined = np.array([r for r, _, _ in rows if r is not None], dtype=float)
-    return (
-        f"{len(rows)} labels by {labeller}: Pearson mean {defined.mean() if defined.size else float('nan'):.3f}, "
-        f"median {np.median(defined) if defined.size else float('nan'):.3f}, "
-        f"share >= 0.8 {float((defined >= 0.8).sum()) / len(rows):.1%}, NaN {1 - defined.size / len(rows):.1%}; "
-        f"F1 mean {np.mean([f1 for _, f1, _ in rows]):.3f}; clean {sum(bool(c) for _, _, c in rows)}"
-    )

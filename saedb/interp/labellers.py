@@ -1,10 +1,12 @@
 """Labellers: an interpreter (examples -> label of 1-8 words) and a predictor (label + one
 abstract -> score in [-1, 1], > 0 meaning "the feature fires").
 
-- ``OfflineLabeller``: the label is the phrase (or two) that the feature's activating
-  abstracts use far more often than the corpus does; the predictor is lexical evidence for
-  the label in the abstract (``LexicalPredictor``). Neither looks at the SAE's embedding
-  space, so a score measures whether the label names what the documents say.
+- ``OfflineLabeller``: candidate labels are the phrases (or two) that the feature's activating
+  abstracts use far more often than the corpus does; with a round trip (``RoundTrip``) the
+  candidate that switches the feature on most strongly in the SAE wins (the label names the
+  feature's direction, not only words its top documents share). The predictor is lexical
+  evidence for the label in the abstract (``LexicalPredictor``): it never looks at the
+  embedding space, so its score measures whether the label names what the documents say.
 - ``LLMLabeller``: the paper's protocol through any OpenAI-compatible endpoint: the
   interpreter reasons in steps and ends with ``FINAL: <label>``; the predictor sees one
   abstract at a time and ends with ``PREDICTION: <number>``.
@@ -14,17 +16,21 @@ from __future__ import annotations
 
 import math
 from collections import Counter, defaultdict
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from saedb.interp.examples import FeatureExamples
 from saedb.interp.text import CorpusStats, content_runs, normal_form, phrases, surface_form, words
 from saedb.llm import ChatModel, MalformedReplyError, label_answer, prediction
+
+if TYPE_CHECKING:
+    from saedb.interp.roundtrip import RoundTrip
 
 MIN_SUPPORT = 0.08  # a label phrase carries at least this share of the feature's activation mass
 MIN_DOCUMENTS = 3  # ... in at least this many abstracts
 SECOND_PHRASE = 0.5  # a second phrase joins the label when it scores at least this share of the first
 SUBSUMED = 0.8  # a phrase gives way to a longer phrase containing it with at least this share of its support
 SECOND_LIFT = 5.0  # ... and is at least this many times more common among the feature's abstracts than in the corpus
+ROUNDTRIP_CANDIDATES = 8  # best-ranked phrases (beside the combined label) whose round trip is measured
 
 
 def _contains(longer: tuple[str, ...], shorter: tuple[str, ...]) -> bool:
@@ -83,12 +89,12 @@ class OfflineLabeller:
     """Contrastive phrase mining over the feature's activating abstracts (shown and pooled,
     never the held-out ones) against corpus document frequencies."""
 
-    name = "offline-phrases"
-
-    def __init__(self, stats: CorpusStats, max_phrases: int = 2) -> None:
+    def __init__(self, stats: CorpusStats, max_phrases: int = 2, roundtrip: "RoundTrip | None" = None) -> None:
         self.stats = stats
         self.max_phrases = max_phrases
         self.predictor = LexicalPredictor(stats)
+        self.roundtrip = roundtrip
+        self.name = "offline-phrases" if roundtrip is None else "offline-roundtrip"
 
     def ranked_phrases(self, texts: list[str], weights: list[float]) -> list[tuple[float, float, tuple[str, ...], str]]:
         """(score, lift, phrase, spelling), best first. p is the share of the texts' weight
@@ -127,6 +133,17 @@ class OfflineLabeller:
         ranked = self.ranked_phrases(examples.positives + examples.more_positives, examples.activations + examples.more_activations)
         if not ranked:
             return "no shared phrase"
+        lexical = self.combined(ranked)
+        if self.roundtrip is None:
+            return lexical
+        candidates = list(dict.fromkeys([lexical, *(r[3] for r in ranked[:ROUNDTRIP_CANDIDATES])]))
+        trips = self.roundtrip.trips(candidates, [examples.feature_id] * len(candidates))
+        # The candidate whose embedding the feature ranks highest; ties (and none firing) keep the lexical order.
+        best = min(range(len(candidates)), key=lambda i: (trips[i].rank is None, trips[i].rank or 0, i))
+        return candidates[best]
+
+    def combined(self, ranked: list[tuple[float, float, tuple[str, ...], str]]) -> str:
+        """The best phrase, and a second one when it scores nearly as well and is distinct."""
         chosen = [ranked[0]]
         for candidate in ranked[1:]:
             if len(chosen) == self.max_phrases or candidate[0] < SECOND_PHRASE * chosen[0][0]:

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from saedb.errors import InvalidInputError
+from saedb.holdout import held_out
 from saedb.trainer.parallel import Share
 
 if TYPE_CHECKING:
@@ -82,16 +83,6 @@ class DatabaseSource:
         with self.open_reader() as backend:
             for block in blocks:
                 yield backend.embedding_range(int(block) * self.block_rows, (int(block) + 1) * self.block_rows)
-
-
-def held_out(doc_ids: np.ndarray, fraction: float, seed: int) -> np.ndarray:
-    """Boolean mask of the held-out documents: a splitmix64 hash of (doc id, seed) below ``fraction``."""
-    with np.errstate(over="ignore"):
-        z = doc_ids.astype(np.uint64) + np.uint64(0x9E3779B97F4A7C15) * np.uint64(seed + 1)
-        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        z ^= z >> np.uint64(31)
-    return (z >> np.uint64(11)).astype(np.float64) / float(1 << 53) < fraction
 
 
 @dataclass

@@ -16,7 +16,7 @@ import math
 import time
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import numpy as np
@@ -305,6 +305,36 @@ def train_from_db(
     report_skipped(backend.sync_documents(), log)
     result = train_stream(database_source(lambda: nullcontext(backend)), cfg, log)
     return publish_model(backend, result.model.to_numpy(), name, result.published_metrics(cfg)), result
+
+
+def untrained_model(source: EmbeddingSource, cfg: TrainConfig) -> TopKSAE:
+    """The model ``train_stream`` would start from (same seed, same first chunk), before any step."""
+    torch.manual_seed(cfg.seed)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    rows = ChunkedRows(source, cfg.chunk_rows, cfg.holdout_fraction, cfg.seed)
+    return start_from_first_chunk(rows, cfg, generator, pick_device(cfg.device))[0].model
+
+
+def publish_untrained(backend: "Backend", model_id: int) -> int:
+    """The untrained control of a published model: its trainer's initialisation (the model's own
+    config and seed, zero optimiser steps; k and size alone for a model saedb did not train),
+    published once as ``<name>-untrained`` with ``control_of`` set and the same held-out split;
+    returns its model id (the existing one when already published)."""
+    from saedb.models import publish_model
+
+    existing = backend.query("SELECT max(model_id) FROM sae_models WHERE control_of = ? AND status = 'ready'", (model_id,))[0][0]
+    if existing is not None:
+        return int(existing)
+    info = backend.model_row(model_id)
+    if info["metrics"] and info["metrics"].get("control_of") is not None:
+        raise InvalidInputError(f"model {model_id} is itself an untrained control")
+    known = {f.name for f in fields(TrainConfig)}
+    config = {key: value for key, value in ((info["metrics"] or {}).get("config") or {}).items() if key in known}
+    cfg = TrainConfig(**{**config, "k": info["k"], "n_latents": info["n_latents"], "device": "cpu",
+                         "holdout_fraction": config.get("holdout_fraction", 0.0)})
+    model = untrained_model(database_source(lambda: nullcontext(backend)), cfg)
+    metrics = {"config": cfg.as_dict(), "steps": 0, "control_of": model_id}
+    return publish_model(backend, model.to_numpy(), f"{info['name']}-untrained", metrics)
 
 
 def connect_when_free(url: str, wait_s: float, poll_s: float, log: Callable[[str], None] | None,

@@ -25,6 +25,7 @@ directly with ``array_cosine_distance(embedding, steer(...))`` (FLOAT[] before a
 from __future__ import annotations
 
 import threading
+from functools import cached_property
 from typing import Callable
 
 import duckdb
@@ -34,6 +35,8 @@ from duckdb import sqltypes as st
 
 from saedb.arrow_vectors import fixed_size_vectors, vectors_to_matrix
 from saedb.backends.base import Backend
+from saedb.concepts import concept_feature
+from saedb.embedders import get_embedder, runnable_here
 from saedb.errors import InvalidInputError, UnknownModelError
 from saedb.sae import SAE, SparseCodes, as_matrix, toward
 
@@ -42,11 +45,6 @@ FEATURE = duckdb.struct_type({"feature_id": st.INTEGER, "activation": st.FLOAT})
 VECTOR_IN = duckdb.list_type(st.DOUBLE)  # accepts FLOAT[d] columns and DOUBLE / DECIMAL literals
 CODES = duckdb.list_type(FEATURE)
 CODES_IN = duckdb.list_type(duckdb.struct_type({"feature_id": st.INTEGER, "activation": st.DOUBLE}))  # takes 0.5e0 literals too
-FEATURE_BY_LABEL_SQL = """
-SELECT feature_id FROM feature_best_labels
-WHERE model_id = ? AND strpos(lower(label), lower(?)) > 0
-ORDER BY lower(label) = lower(?) DESC, pearson DESC NULLS LAST, feature_id LIMIT 1
-"""
 
 
 def _dense(column: pa.ChunkedArray, fn: str, what: str = "embedding") -> pa.Array:
@@ -85,8 +83,9 @@ class ModelCache:
     fingerprint (its creation time while 'ready'), so a retired or deleted model is an
     error and a reused model id never serves the old weights."""
 
-    def __init__(self, reader: Backend) -> None:
+    def __init__(self, reader: Backend, embedder_name: str | None = None) -> None:
         self.reader = reader
+        self.embedder_name = embedder_name
         self.models: dict[int, tuple[object, SAE]] = {}
         self.lock = threading.Lock()  # DuckDB may call a UDF from several threads at once
 
@@ -102,15 +101,19 @@ class ModelCache:
             return cached[1]
 
     def feature_by_label(self, model_id: int, label: str) -> int:
-        """Same rule as Postgres' sae_feature_by_label: exact (case-insensitive), else the
-        best-scoring label containing the text."""
-        if not label.strip():
-            raise InvalidInputError("label is empty")
+        """The concept's feature by ``saedb.concepts``' rule (Postgres' sae_feature_by_label
+        follows it too, without the embedding step)."""
+        sae = self.get(model_id)
         with self.lock:
-            rows = self.reader.query(FEATURE_BY_LABEL_SQL, (model_id, label.strip(), label.strip()))
-        if not rows:
-            raise InvalidInputError(f"no feature of model {model_id} is labelled like {label!r}")
-        return int(rows[0][0])
+            return concept_feature(self.reader, model_id, label, self.embed, decoder=sae.w_dec).feature_id
+
+    @cached_property
+    def embed(self) -> Callable[[str], np.ndarray] | None:
+        """The database's embedder for one text, when it runs here."""
+        if self.embedder_name is None or not runnable_here(self.embedder_name):
+            return None
+        embedder = get_embedder(self.embedder_name)
+        return lambda text: embedder.embed([text])[0]
 
     def family_members(self, model_id: int, family_id: int) -> list[int]:
         with self.lock:
@@ -149,7 +152,7 @@ def register_udfs(con: duckdb.DuckDBPyConnection, registered: dict[str, int], re
     Each connection then shadows the file's pure-SQL macros of the same names with temporary
     macros over these (the backend's ``shadow_sql_macros``). Like datasette's
     ``prepare_connection``: the backend hands over its connection, this module never imports it."""
-    cache = ModelCache(reader)
+    cache = ModelCache(reader, bound[0] if bound else None)
     vector_out = duckdb.array_type(st.FLOAT, bound[1]) if bound else duckdb.list_type(st.FLOAT)
     vectors_out = fixed_size_vectors if bound else _list_vectors
 
@@ -296,8 +299,6 @@ def _scatter(n_rows: int, parts) -> np.ndarray:
 
 def _embed_function(embedder_name: str) -> Callable[[pa.ChunkedArray], pa.Array]:
     """``embed(text)`` with the database's embedder, loaded on first use."""
-    from saedb.embedders import get_embedder
-
     embedder = None
 
     def embed(texts: pa.ChunkedArray) -> pa.Array:

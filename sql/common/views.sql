@@ -11,11 +11,14 @@ FROM sae_codes c JOIN sae_models m USING (model_id)
 WHERE m.status = 'ready'
 GROUP BY c.model_id, c.feature_id;
 
--- The best-scoring label of each feature (highest predictor correlation), and whether it is clean;
--- labels of a labeller that failed its control (no better than shuffled labels) are not offered.
+-- The best label of each feature: clean first, then one that switches its feature on when embedded
+-- (its round trip), then the highest predictor correlation; labels of a labeller that failed its
+-- control (no better than shuffled labels) are not offered.
 CREATE OR REPLACE VIEW feature_best_labels AS
-SELECT model_id, feature_id, label, labeller, pearson, f1, coalesce(clean, FALSE) AS clean
-FROM (SELECT l.*, row_number() OVER (PARTITION BY model_id, feature_id ORDER BY pearson DESC NULLS LAST, labeller) AS r
+SELECT model_id, feature_id, label, labeller, pearson, f1, coalesce(clean, FALSE) AS clean, roundtrip_rank, decoder_cosine
+FROM (SELECT l.*, row_number() OVER (PARTITION BY model_id, feature_id
+                                     ORDER BY coalesce(clean, FALSE) DESC, (roundtrip_rank IS NOT NULL) DESC,
+                                              pearson DESC NULLS LAST, labeller) AS r
       FROM feature_labels l
       WHERE NOT EXISTS (SELECT 1 FROM label_controls c
                         WHERE c.model_id = l.model_id AND c.labeller = l.labeller AND c.pearson_margin <= 0)) ranked

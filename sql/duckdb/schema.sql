@@ -54,6 +54,16 @@ ALTER TABLE sae_models ADD COLUMN IF NOT EXISTS steps INTEGER;
 ALTER TABLE sae_models ADD COLUMN IF NOT EXISTS normalised_mse DOUBLE;
 ALTER TABLE sae_models ADD COLUMN IF NOT EXISTS dead_fraction DOUBLE;
 ALTER TABLE sae_models ADD COLUMN IF NOT EXISTS enc_dec_cosine DOUBLE;
+-- An untrained SAE of the same shape as the model it controls (the trainer's initialisation, same
+-- seed, zero steps): labelled and scored beside it, never offered for steering (saedb.interp.untrained).
+ALTER TABLE sae_models ADD COLUMN IF NOT EXISTS control_of INTEGER;
+
+-- The documents a model's trainer held out (never in a training batch): labels are scored on them.
+CREATE TABLE IF NOT EXISTS model_holdout (
+    model_id   INTEGER NOT NULL,
+    doc_id     BIGINT NOT NULL,
+    PRIMARY KEY (model_id, doc_id)
+);
 
 
 CREATE TABLE IF NOT EXISTS sae_encoder (
@@ -95,6 +105,14 @@ CREATE TABLE IF NOT EXISTS feature_labels (
 -- The paper's clean filter (f1 >= 0.8, pearson >= 0.8, density < 0.2, no vague label, one feature per
 -- label): set for all labels of a model and labeller after each labelling run.
 ALTER TABLE feature_labels ADD COLUMN IF NOT EXISTS clean BOOLEAN;
+-- Whether pearson and f1 were scored on the trainer's held-out documents (FALSE: on the activation
+-- ranks 6-8 of a model with no held-out split, as in the paper).
+ALTER TABLE feature_labels ADD COLUMN IF NOT EXISTS held_out BOOLEAN;
+-- The label's round trip (saedb.interp.roundtrip): the rank of the feature among the SAE codes of
+-- the label's own embedding (1 = strongest; NULL: not among its k active features, or not measured)
+-- and the cosine of that embedding to the feature's decoder row (NULL: the embedder cannot run here).
+ALTER TABLE feature_labels ADD COLUMN IF NOT EXISTS roundtrip_rank INTEGER;
+ALTER TABLE feature_labels ADD COLUMN IF NOT EXISTS decoder_cosine DOUBLE;
 
 -- The shuffled-label control of each model and labeller (saedb interp): a labeller whose own labels
 -- score no better than shuffled ones (pearson_margin <= 0) has its labels kept but not offered:

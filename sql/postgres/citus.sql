@@ -45,7 +45,7 @@ BEGIN
         PERFORM create_distributed_table('papers', 'doc_id');
         PERFORM create_distributed_table('paper_keys', 'arxiv_id');
     END IF;
-    FOREACH name IN ARRAY ARRAY['sae_codes', 'embeddings'] LOOP
+    FOREACH name IN ARRAY ARRAY['sae_codes', 'embeddings', 'model_holdout'] LOOP
         IF to_regclass(name) IS NOT NULL AND NOT EXISTS (SELECT 1 FROM pg_dist_partition WHERE logicalrelid = to_regclass(name)) THEN
             PERFORM create_distributed_table(name, 'doc_id', colocate_with => 'papers');
         END IF;

@@ -234,8 +234,10 @@ BEGIN
     RETURN sae_toward('steer_toward_family', embedding, direction, fraction);
 END $$;
 
--- The feature whose best label is the text (case-insensitive), else the best-scoring
--- feature whose label contains it.
+-- The concept's feature by saedb.concepts' rule without its embedding step (SQL has no embedder
+-- here): the feature whose offered label is the text (case-insensitive), else whose label contains
+-- it; clean labels first, then the label's decoder cosine, Pearson, feature id. Never a feature of
+-- an untrained control model.
 CREATE OR REPLACE FUNCTION sae_feature_by_label(label_text text, model integer)
 RETURNS integer LANGUAGE plpgsql STABLE PARALLEL SAFE AS $$
 DECLARE
@@ -245,9 +247,14 @@ BEGIN
     IF label_text IS NULL OR btrim(label_text) = '' THEN
         RAISE EXCEPTION 'steer_label: label is empty' USING ERRCODE = 'null_value_not_allowed';
     END IF;
+    IF m.control_of IS NOT NULL THEN
+        RAISE EXCEPTION 'steer_label: model % is the untrained control of model %; steer with a trained model',
+            model, m.control_of USING ERRCODE = 'invalid_parameter_value';
+    END IF;
     SELECT feature_id INTO found_feature FROM feature_best_labels
      WHERE model_id = model AND strpos(lower(label), lower(btrim(label_text))) > 0
-     ORDER BY lower(label) = lower(btrim(label_text)) DESC, pearson DESC NULLS LAST, feature_id LIMIT 1;
+     ORDER BY lower(label) = lower(btrim(label_text)) DESC, clean DESC, decoder_cosine DESC NULLS LAST,
+              pearson DESC NULLS LAST, feature_id LIMIT 1;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'steer_label: no feature of model % is labelled like %', model, quote_literal(label_text)
             USING ERRCODE = 'no_data_found';
