@@ -12,7 +12,7 @@ $(VENV)/.installed: pyproject.toml
 /usr/bin/chromedriver:
 	apt-get update -qq && apt-get install -y -qq chromium chromium-driver
 
-.PHONY: install citus llm superset dbt demo test bench bench-search
+.PHONY: install citus llm superset dbt demo test bench bench-search figures
 install: $(VENV)/.installed
 
 # Citus from ../shared/vendor into the wheel's PostgreSQL: built once per machine (cached in
@@ -47,6 +47,11 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed /usr/bin/chromedriver citus llm superset dbt
 	$(PY) -m pytest -q
 
+# The README's label, family and steering figures, regenerated into docs/figures.md (seeded; about
+# 10 minutes per corpus on 2 cores at the paper's 13,300 steps).
+figures: $(VENV)/.installed
+	$(PY) bench/figures.py
+
 bench: $(VENV)/.installed
 	$(PY) bench/bench_foundation.py
 	$(PY) bench/bench_trainer.py
@@ -59,7 +64,12 @@ bench: $(VENV)/.installed
 
 # Fast search and scale, in one run: search on both backends at 87k, the web app under 200
 # parallel searches, the pipeline at 100k and 1M documents.
-$(VENV)/.bench: $(VENV)/.installed
+$(VENV)/.# The README's label, family and steering figures, regenerated into docs/figures.md (seeded; about
+# 10 minutes per corpus on 2 cores at the paper's 13,300 steps).
+figures: $(VENV)/.installed
+	$(PY) bench/figures.py
+
+bench: $(VENV)/.installed
 	$(PY) -m pip install -q -e '.[bench]'
 	touch $@
 

@@ -572,8 +572,9 @@ def evaluate_steering(
     queries: Optional[Path] = typer.Option(None, help="Queries, one per line (default: titles of random papers, "
                                                       "each kept out of its own results)."),
     n_queries: int = typer.Option(50, help="How many corpus titles, without --queries."),
-    rewriter: str = typer.Option("naive-append", help="llm:MODEL for the paper's query rewriting; naive-append is "
-                                                      "a naive baseline ('<query> and <topic>')."),
+    rewriter: str = typer.Option("offline-rewrite", help="llm:MODEL for the paper's query rewriting; offline-rewrite "
+                                                         "drops the down topic's words and appends the up topic; "
+                                                         "naive-append only appends ('<query> and <topic>')."),
     grid: str = typer.Option("paper", help="paper (a_up 7 x a_down 6) or small (3 x 3)."),
     seed: int = typer.Option(0),
     category_precision: float = typer.Option(0.6, help="categories judge: a feature stands for a category when at "

@@ -103,11 +103,11 @@ def run_demo(
         log(line)
     showcase = steering_showcase(backend, model_id, query, concept, log)
     judge = get_judge("categories", backend)
-    run = run_evaluation(backend, model_id, embedder, judge, title_queries(backend, 30, seed=0), get_rewriter("naive-append"),
+    run = run_evaluation(backend, model_id, embedder, judge, title_queries(backend, 30, seed=0), get_rewriter("offline-rewrite"),
                          "30 corpus titles", grid="small", category_precision=0.4,  # a small SAE predicts categories less sharply
                          progress=lambda cases: tqdm(cases, desc="steering evaluation", unit="query"))
     store_run(backend, run)
-    log(f"\nsteering vs a naive rewrite on 30 title queries, judged by arXiv categories (5-way choice, chance 0.2; "
+    log(f"\nsteering vs an offline rewrite (down topic's words dropped, up topic appended) on 30 title queries, judged by arXiv categories (5-way choice, chance 0.2; "
         f"table eval_results, run {run.run_id}):")
     log(format_comparison(run))
     return {"model_id": model_id, **showcase, "evaluation": run}

@@ -28,3 +28,18 @@ def test_bench_analysis_runs_at_a_tiny_size_and_twice(tmp_path: Path, astro_slic
     assert "co-occurrence" in first and "families from the co-occurrence table" in first
     again = run_bench("bench_analysis.py", "--db", db, "--k", "4", "--n", "64", "--steps", "20")  # reuses its model
     assert again.splitlines()[0] == first.splitlines()[0]  # "model N: ... codes": the same model
+
+
+def test_figures_regenerate_at_a_tiny_size(tmp_path: Path) -> None:
+    out = tmp_path / "figures.md"
+    printed = run_bench("figures.py", "--corpora", "hh_ml", "--limit", "400", "--steps", "30", "--k", "4", "--n", "64",
+                        "--batch-size", "64", "--queries", "4", "--category-precision", "0.2", "--out", str(out))
+    text = out.read_text()
+    assert printed.strip() == text.strip()
+    assert "| Pearson, held out |" in text and "| round trip hit@5 |" in text and "untrained" in text
+    assert "at matched cosine" in text and "random-direction" in text
+    again = tmp_path / "again.md"
+    run_bench("figures.py", "--corpora", "hh_ml", "--limit", "400", "--steps", "30", "--k", "4", "--n", "64",
+              "--batch-size", "64", "--queries", "4", "--category-precision", "0.2", "--out", str(again))
+    timeless = [line for line in text.splitlines() if not line.startswith("Training:")]  # its seconds vary
+    assert timeless == [line for line in again.read_text().splitlines() if not line.startswith("Training:")]  # seeded

@@ -7,6 +7,7 @@ import re
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -25,10 +26,30 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
     return path, result.output
 
 
+def test_the_three_concept_entry_points_agree_on_the_demos_concept(demo: tuple[str, str]) -> None:
+    """The demo, the web app's add-concept box and sae_feature_by_label/steer_label picked three
+    different features for 'galaxy clusters' (issue 34): one rule now, saedb.concepts."""
+    from saedb.app import api
+    from saedb.backends import connect
+    from saedb.embedders import get_embedder
+
+    path, out = demo
+    shown = int(re.search(r"concept 'galaxy clusters' -> feature (\d+)", out).group(1))
+    with connect(path, read_only=True) as backend:
+        embedder = get_embedder(backend.embedder()[0])
+        in_app = api.find_features(backend, lambda t: embedder.embed([t])[0], "galaxy clusters", 1, 8)["concept"]
+        in_sql = backend.query("SELECT sae_feature_by_label('galaxy clusters', 1)")[0][0]
+        query = embedder.embed(["dark matter halos"])[0]
+        steered = backend.fetch_vectors("SELECT steer_label(?, 'galaxy clusters', 0.5, 1)", (backend.vector_param(query),))[0]
+        expected = backend.load_sae(1).steer(query, shown, 0.5)[0]
+    assert in_app["feature_id"] == in_sql == shown
+    np.testing.assert_allclose(steered, expected, rtol=1e-5, atol=1e-6)
+
+
 def test_the_demo_runs_end_to_end_and_shows_gradual_steering(demo: tuple[str, str]) -> None:
     _, out = demo
-    for step in ("training a top-k SAE", "step 800/800", "labelling features offline", "shuffled label", "finding feature families",
-                 "steering evaluation", "steering vs a naive rewrite"):
+    for step in ("training a top-k SAE", "step 800/800", "the untrained control: model 2", "shuffled label", "feature families",
+                 "steering evaluation", "steering vs an offline rewrite", "round trip hit@5"):
         assert step in out, step
     table = [tuple(float(v) for v in row) for row in
              re.findall(r"^\s+(\d\.\d\d)\s+(\d+)%\s+(\d+)%\s+(\d+)%$", out, flags=re.MULTILINE)]

@@ -280,3 +280,17 @@ def test_papers_filed_only_under_an_archive_do_not_dilute_a_features_category(tr
     assert archives(backend) == ["astro-ph"]
     found = {(t.features[0], t.category) for t in category_topics(backend, model_id)}
     assert (feature, "astro-ph.CO") in found
+
+
+def test_the_offline_rewriter_drops_the_down_topic_and_appends_the_up_one() -> None:
+    """Rewriting was only an append ('<query> and <up>'), which cannot move a query away from a topic."""
+    from saedb.evaluation.rewriters import OfflineRewriter
+    from saedb.evaluation.topics import Topic
+
+    rewrite = OfflineRewriter().rewrite
+    up, down = Topic("dark matter", (1,)), Topic("galaxy clusters", (2,))
+    assert rewrite("X-ray emission of galaxy clusters at high redshift", up, down) == \
+        "X-ray emission of at high redshift and dark matter"
+    assert rewrite("Clusters of Galaxies", up, down) == "of and dark matter"  # plural and case: the same words
+    assert rewrite("galaxies", up, down) == "galaxies and dark matter"  # nothing would be left: kept whole
+    assert rewrite("the stellar halo", up, Topic("the", (3,))) == "the stellar halo and dark matter"  # stopwords stay

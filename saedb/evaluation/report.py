@@ -42,6 +42,9 @@ def format_comparison(run: EvalRun) -> str:
     if rewrite is None:
         return ""
     lines = [f"at matched cosine (nearest rewriting's {rewrite.cosine:.2f}; chance 0.20):", _line(rewrite.method, rewrite)]
+    control = nearest([r for r in run.rows if r.method == "random-direction"], rewrite.cosine)
+    if control:  # what moving that far in no particular direction does to down accuracy
+        lines.append(_line("random-direction", control))
     for method in ("add", "clamp", "family-add"):
         row = nearest([r for r in run.rows if r.method == method], rewrite.cosine)
         if row:

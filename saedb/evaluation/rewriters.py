@@ -6,6 +6,7 @@ from typing import Callable, Protocol
 
 from saedb.errors import InvalidInputError
 from saedb.evaluation.topics import Topic
+from saedb.interp.text import STOPWORDS, words
 from saedb.llm import ChatModel, final_answer
 
 
@@ -23,6 +24,19 @@ class NaiveAppendRewriter:
 
     def rewrite(self, query: str, up: Topic, down: Topic) -> str:
         return f"{query} and {up.name}"
+
+
+class OfflineRewriter:
+    """A rewrite without an LLM that does both halves of the paper's instruction: drop the
+    query's words that the down topic's name uses (compared in normal form, so 'galaxies'
+    goes with 'galaxy') and append 'and <up>'. A query made only of such words is kept whole."""
+
+    name = "offline-rewrite"
+
+    def rewrite(self, query: str, up: Topic, down: Topic) -> str:
+        dropped = {w for w in words(down.name) if w not in STOPWORDS}
+        kept = [token for token in query.split() if not (set(words(token)) & dropped)]
+        return f"{' '.join(kept) if kept else query} and {up.name}"
 
 
 REWRITE_SYSTEM = "You rewrite search queries for a scientific paper search engine."
@@ -50,10 +64,12 @@ class LLMRewriter:
 
 
 def get_rewriter(spec: str, chat: Callable[[str], ChatModel] = ChatModel) -> Rewriter:
-    """``naive-append`` or ``llm:MODEL`` (OPENAI_BASE_URL; ``chat`` makes its client)."""
+    """``naive-append``, ``offline-rewrite`` or ``llm:MODEL`` (OPENAI_BASE_URL; ``chat`` makes its client)."""
     kind, _, name = spec.partition(":")
     if spec == NaiveAppendRewriter.name:
         return NaiveAppendRewriter()
+    if spec == OfflineRewriter.name:
+        return OfflineRewriter()
     if kind == "llm" and name:
         return LLMRewriter(chat(name))
-    raise InvalidInputError(f"unknown rewriter {spec!r}: use naive-append or llm:MODEL")
+    raise InvalidInputError(f"unknown rewriter {spec!r}: use naive-append, offline-rewrite or llm:MODEL")
