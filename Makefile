@@ -64,12 +64,7 @@ bench: $(VENV)/.installed
 
 # Fast search and scale, in one run: search on both backends at 87k, the web app under 200
 # parallel searches, the pipeline at 100k and 1M documents.
-$(VENV)/.# The README's label, family and steering figures, regenerated into docs/figures.md (seeded; about
-# 10 minutes per corpus on 2 cores at the paper's 13,300 steps).
-figures: $(VENV)/.installed
-	$(PY) bench/figures.py
-
-bench: $(VENV)/.installed
+$(VENV)/.bench: $(VENV)/.installed
 	$(PY) -m pip install -q -e '.[bench]'
 	touch $@
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import re
 import shlex
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -63,3 +64,12 @@ def test_every_command_of_the_readme_sequence_runs(tmp_path: Path, pg_dsn: str, 
             assert result.exit_code == 0, f"{command}\n{result.output}"
     assert (work / "saedb.duckdb").is_file() and (work / "out" / "astro-sae" / "sae_weights.safetensors").is_file()
     assert (work / "scaling").is_dir()
+
+
+@pytest.mark.parametrize("target", ["demo", "test", "figures", "bench", "bench-search"])
+def test_the_makefile_parses_and_plans_each_target(target: str) -> None:
+    """`make test` is CI's entry point: a Makefile make cannot read (or with a target defined
+    twice) fails CI before any test runs."""
+    plan = subprocess.run(["make", "-n", "-C", str(ROOT), target], capture_output=True, text=True)
+    assert plan.returncode == 0, plan.stderr
+    assert "warning" not in plan.stderr.lower(), plan.stderr
