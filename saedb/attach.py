@@ -74,7 +74,9 @@ def workspace_sql(a: Attachment, schema: str, dialect: str, dim: int) -> list[st
               f"WHERE NOT EXISTS (SELECT 1 FROM {schema}.skipped_keys x WHERE x.doc_key = k.doc_key)")
     column = lambda name, fallback: f"CAST(t.{name} AS VARCHAR)" if name else fallback  # noqa: E731
     return [statement.format(s=schema) for statement in keys] + [
-        f"CREATE OR REPLACE VIEW {schema}.embeddings AS SELECT k.doc_id, CAST(t.{a.vector} AS {vector_type}) AS embedding {joined}",
+        # (DuckDB) the hash is computed as the stamp is read: the user's table may change any row
+        f"CREATE OR REPLACE VIEW {schema}.embeddings AS SELECT k.doc_id, CAST(t.{a.vector} AS {vector_type}) AS embedding"
+        f"{f', hash(CAST(t.{a.vector} AS {vector_type})) AS embedding_hash' if dialect == 'duckdb' else ''} {joined}",
         f"CREATE OR REPLACE VIEW {schema}.papers AS SELECT k.doc_id, k.doc_key AS arxiv_id, "
         f"{column(a.title, 'k.doc_key')} AS title, {column(a.text, chr(39) * 2)} AS abstract, "
         f"{no_text} AS categories, {no_text} AS subjects, CAST(NULL AS DATE) AS published, "

@@ -272,8 +272,10 @@ def test_browser_steered_search_and_feature_page(served: tuple[str, int], browse
     _, fams = get(base, "families", [("model", str(model_id))])
     largest = max(fams, key=lambda f: f["size"])
     browser.get(f"{base}/#/family/{largest['family_id']}")
-    nodes = wait_for(browser, "ul.tree li", lambda els: len(els) == largest["size"])
-    assert any(node.text.strip() and "(unlabelled)" not in node.text for node in nodes)  # labels, not bare ids
+    # The feature page just left shows this family's tree too: wait for the family page first.
+    wait_for(browser, "h1", lambda els: len(els) == 1 and els[0].text.startswith(f"Family {largest['family_id']}:"))
+    nodes = texts(browser, "ul.tree li", largest["size"])
+    assert any(node.strip() and "(unlabelled)" not in node for node in nodes)  # labels, not bare ids
     browser.save_screenshot(str(SCREENSHOTS / f"family-{kind}.png"))
 
     browser.get(f"{base}/#/dashboard")

@@ -316,3 +316,110 @@ def test_a_graph_file_that_is_missing_or_unfinished_is_not_used(tmp_path: Path, 
         query = embedder.embed(["stars"])[0]
         assert [h.doc_id for h in search(backend, query, 5)] == [h.doc_id for h in search(backend, query, 5, exact=True)]
     os.remove(meta)
+
+
+# Issue 35: a graph that does not belong to the database's current vectors never answers.
+
+def indexed(path: str, corpus: Path, embeddings: Path) -> None:
+    with connect(path) as backend:
+        load_corpus(backend, corpus, "minilm", embeddings=embeddings, progress=False)
+        backend.build_approximate_index()
+
+
+def graph_file(path: str) -> Path:
+    return Path(path).with_name(json.loads(Path(path + ".hnsw.json").read_text())["file"])
+
+
+def answers_exactly(path: str, queries: np.ndarray) -> bool:
+    with connect(path) as backend:
+        return all([h.doc_id for h in search(backend, q, 10)] == [h.doc_id for h in search(backend, q, 10, exact=True)]
+                   for q in queries)
+
+
+def test_the_graph_of_another_database_is_never_used(tmp_path: Path, corpora: tuple[Path, Path, Path]) -> None:
+    """Two databases numbered 1..N have the same doc-id stamp: Y's graph file copied over X's
+    answered X's searches with Y's neighbours. The graph is bound to the files saedb wrote and,
+    through the content hashes of the rows it holds, to the database's vectors."""
+    x, y = str(tmp_path / "x.duckdb"), str(tmp_path / "y.duckdb")
+    astro = write_slice(ASTRO, tmp_path / "astro.jsonl.gz", 300)
+    ml = write_slice(ML, tmp_path / "ml.jsonl.gz", 300)
+    indexed(x, astro, DATA / "hh_astro_minilm.parquet")
+    indexed(y, ml, DATA / "hh_ml_minilm.parquet")
+    with connect(x) as backend:
+        queries = queries_of(matrix_of(backend)[1], 5)
+    shutil.copy(graph_file(y), graph_file(x))  # the graph file alone
+    with pytest.warns(RuntimeWarning, match="not the graph saedb wrote"):
+        assert answers_exactly(x, queries)
+    for file in tmp_path.glob("y.duckdb.hnsw*"):  # the graph with everything saedb writes beside it
+        shutil.copy(file, tmp_path / file.name.replace("y.duckdb", "x.duckdb"))
+    assert answers_exactly(x, queries)
+
+
+def test_vectors_changed_in_place_never_give_a_stale_answer(tmp_path: Path, built: tuple[str, int]) -> None:
+    """An UPDATE of embeddings from a plain client left the graph (and the in-memory exact copy)
+    answering from the old vectors: the 10 rows moved away were still the answer. A change of a
+    vector alone is refused by the table; a change that also rewrites its hash is seen by the
+    next search."""
+    path = copy_of(built, tmp_path)
+    with connect(path) as backend:
+        query = queries_of(matrix_of(backend)[1], 1)[0]
+        nearest = [h.doc_id for h in search(backend, query, 10, exact=True)]
+        assert recall([h.doc_id for h in search(backend, query, 10)], nearest) >= 0.8  # both indexes loaded in this process
+        marks = ", ".join(map(str, nearest))
+        plain = duckdb.connect(path)  # the same process's instance, as another client would use it
+        with pytest.raises(duckdb.ConstraintException, match="embedding_hash"):
+            plain.execute(f"UPDATE embeddings SET embedding = list_transform(embedding, lambda x: -x) WHERE doc_id IN ({marks})")
+        plain.execute(f"UPDATE embeddings SET embedding = list_transform(embedding, lambda x: -x), "
+                      f"embedding_hash = hash(list_transform(embedding, lambda x: -x)) WHERE doc_id IN ({marks})")
+        plain.close()
+        doc_ids, unit = matrix_of(backend)
+        truth = exact_top(unit, doc_ids, query, 10)
+        assert not set(truth) & set(nearest)
+        assert [h.doc_id for h in search(backend, query, 10, exact=True)] == truth
+        found = [h.doc_id for h in search(backend, query, 10)]
+        assert not set(found) & set(nearest) and recall(found, truth) >= 0.8
+    with connect(path) as backend:  # and the saved graph, opened again
+        found = [h.doc_id for h in search(backend, query, 10)]
+        assert not set(found) & set(nearest) and recall(found, truth) >= 0.8
+
+
+@pytest.mark.parametrize("damage", ["truncated", "random bytes"])
+def test_an_unreadable_graph_file_is_one_warning_and_exact_answers(tmp_path: Path, built: tuple[str, int], damage: str) -> None:
+    """A truncated or overwritten graph file was a 110-line traceback (usearch's ValueError):
+    now it is treated as a missing graph, named once, and `saedb index` rebuilds it."""
+    from typer.testing import CliRunner
+
+    from saedb.cli import app
+
+    path = copy_of(built, tmp_path)
+    target = graph_file(path)
+    if damage == "truncated":
+        os.truncate(target, 1000)
+    else:
+        target.write_bytes(np.random.default_rng(0).bytes(target.stat().st_size))
+    with connect(path) as backend:
+        queries = queries_of(matrix_of(backend)[1], 3)
+    with pytest.warns(RuntimeWarning, match="saedb index"):
+        assert answers_exactly(path, queries)
+    result = CliRunner().invoke(app, ["search", "gamma-ray bursts", "--db", path])
+    assert result.exit_code == 0 and "Traceback" not in result.output, result.output
+    assert CliRunner().invoke(app, ["index", "--db", path]).exit_code == 0
+    with connect(path) as backend:
+        assert backend.indexes.approximate.built
+
+
+def test_a_file_from_before_content_hashes_is_upgraded_once_and_read_only_opens_say_so(tmp_path: Path, built: tuple[str, int]) -> None:
+    path = copy_of(built, tmp_path)
+    plain = duckdb.connect(path)
+    plain.execute("CREATE TABLE old_embeddings AS SELECT doc_id, embedding FROM embeddings")
+    plain.execute("DROP TABLE embeddings")
+    plain.execute("ALTER TABLE old_embeddings RENAME TO embeddings")
+    plain.execute("UPDATE saedb_meta SET value = 'older' WHERE key = 'schema'")
+    plain.close()
+    with pytest.raises(Exception, match="older saedb schema"):
+        connect(path, read_only=True)
+    with connect(path) as backend:
+        assert backend.query("SELECT count(*) FROM embeddings WHERE embedding_hash = hash(embedding)")[0][0] == ASTRO_DOCS + ML_DOCS
+        assert backend.indexes.approximate.built  # the same hashes again: the graph still holds the table's rows
+        query = queries_of(matrix_of(backend)[1], 1)[0]
+        assert [h.doc_id for h in search(backend, query, 10)] == [h.doc_id for h in search(backend, query, 10, exact=True)]

@@ -83,7 +83,8 @@ def pipeline(cluster: str, single: str, embedder, tmp_path_factory: pytest.TempP
     _, trained_single = train_from_url(single, CONFIG, "ml-own")
     with connect(cluster) as c, connect(single) as s:
         sae = c.load_sae(model_id)
-        assert publish_model(s, sae, "ml") == 2  # the single server's own run is model 1
+        # the single server's own run is model 1; the same held-out split, so labels are scored alike
+        assert publish_model(s, sae, "ml", trained.published_metrics(CONFIG)) == 2
         for backend, model in ((c, model_id), (s, 2)):
             load_corpus(backend, everything, embedder, progress=False)
             out[f"encoded:{backend.dsn}"] = encode_new_documents(backend, model).encoded

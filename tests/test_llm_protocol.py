@@ -163,7 +163,8 @@ def test_an_empty_or_malformed_reply_is_never_cached(trained: tuple[Backend, int
         run_autointerp(backend, model_id, LLMLabeller(chat), limit=2, concurrency=1)
     assert chat.counts.malformed == 2 and chat.counts.replies > 2
     replies = [r[0] for r in backend.query("SELECT reply FROM llm_responses WHERE model = 'm'")]
-    assert len(replies) == chat.counts.replies - chat.counts.malformed and all(r.strip() for r in replies)
+    stored = chat.counts.replies - chat.counts.malformed - chat.counts.cached  # a cached reply was stored once already
+    assert len(replies) == stored and all(r.strip() for r in replies)
 
 
 class CopyingBaseModel(BaseModel):
@@ -339,3 +340,90 @@ def test_interp_prints_its_error_after_the_progress_bar(trained: tuple[Backend, 
     assert result.exit_code != 0
     lines = [line for line in result.output.replace("\r", "\n").splitlines() if line.strip()]
     assert lines[-1].startswith("error: this model does not follow the protocol"), lines[-3:]
+
+
+# A real server process that answers `limit` requests (each logged once its reply is sent, one at
+# a time), then dies on the next without answering, as a crashed llama.cpp server would.
+DYING_SERVER = """
+import json, os, sys, threading
+from http.server import ThreadingHTTPServer
+from tests.scripted_chat import ScriptedChatHandler
+log, limit = sys.argv[1], int(sys.argv[2])
+lock, answered = threading.Lock(), [0]
+
+class Dying(ScriptedChatHandler):
+    def reply(self, system, user):
+        self.asked = json.dumps([system, user])
+        if "MAX_ACTIVATING" in system:
+            return f"The abstracts share one topic.\\nFINAL: topic {len(user) % 7}"
+        return "Reasoning.\\nPREDICTION: " + ("0.8" if "star" in user.lower() else "-0.6")
+
+    def do_POST(self):
+        with lock:
+            if limit and answered[0] >= limit:
+                os._exit(1)
+            super().do_POST()
+            self.wfile.flush()
+            answered[0] += 1
+            with open(log, "a") as file:
+                file.write(self.asked + "\\n")
+
+server = ThreadingHTTPServer(("127.0.0.1", 0), Dying)
+print(server.server_port, flush=True)
+server.serve_forever()
+"""
+
+
+def test_an_llm_server_that_dies_mid_run_stops_it_in_one_line_and_the_rerun_asks_nothing_again(
+        trained: tuple[Backend, int], db_url: str, tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 35: after 12 replies the server is gone. The run stops with one line naming the
+    endpoint; every reply it got is kept (all well-formed here), so a rerun against a new server
+    asks none of those prompts again, and it finishes."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from typer.testing import CliRunner
+
+    from saedb.backends import connect
+    from saedb.cli import app
+
+    backend, model_id = trained
+    if backend.dialect == "duckdb":
+        backend.close()
+    with connect(db_url) as writer:
+        writer.execute("DELETE FROM feature_labels")
+        writer.execute("DELETE FROM llm_responses WHERE model = 'dying'")
+    root = Path(__file__).resolve().parent.parent
+
+    def server(log: Path, limit: int) -> tuple[subprocess.Popen, str]:
+        process = subprocess.Popen([sys.executable, "-c", DYING_SERVER, str(log), str(limit)], stdout=subprocess.PIPE, text=True,
+                                   env={**os.environ, "PYTHONPATH": str(root)})
+        return process, f"http://127.0.0.1:{process.stdout.readline().strip()}/v1"
+
+    interp = ["interp", str(model_id), "--llm", "dying", "--limit", "4", "--db", db_url, "--no-control", "--no-untrained",
+              "--no-families"]
+    first, url = server(tmp_path / "first.log", 12)
+    try:
+        monkeypatch.setenv("OPENAI_BASE_URL", url)
+        stopped = CliRunner().invoke(app, interp)
+        assert first.wait(timeout=60) == 1  # it died
+    finally:
+        first.kill()
+    lines = [line for line in stopped.output.replace("\r", "\n").splitlines() if line.strip()]
+    assert stopped.exit_code == 2 and lines[-1].startswith("error: cannot reach the endpoint at " + url), lines[-3:]
+    assert "Traceback" not in stopped.output
+    answered = set((tmp_path / "first.log").read_text().splitlines())
+    assert len(answered) == 12
+    second, url = server(tmp_path / "second.log", 0)
+    try:
+        monkeypatch.setenv("OPENAI_BASE_URL", url)
+        again = CliRunner().invoke(app, interp)
+    finally:
+        second.kill()
+    assert again.exit_code == 0, again.output
+    asked_again = set((tmp_path / "second.log").read_text().splitlines()) & answered
+    assert not asked_again, f"{len(asked_again)} prompts asked twice"
+    with connect(db_url, read_only=True) as reader:
+        assert reader.query("SELECT count(*) FROM feature_labels WHERE labeller LIKE '%dying%'")[0][0] == 4

@@ -68,7 +68,8 @@ def test_a_failed_rank_fails_the_run_and_nothing_is_published(ml_db: str, tmp_pa
         before = backend.count("sae_models")
         ids = np.array([r[0] for r in backend.query("SELECT doc_id FROM embeddings ORDER BY doc_id")])
         victim = int(ids[(ids % 2 == 1) & ~held_out(ids, CONFIG.holdout_fraction, CONFIG.seed)][0])  # rank 1 trains on it
-        backend.execute("UPDATE embeddings SET embedding = CAST(list_transform(embedding, lambda v: 'nan'::FLOAT) AS FLOAT[256]) WHERE doc_id = ?", (victim,))
+        poisoned = "CAST(list_transform(embedding, lambda v: 'nan'::FLOAT) AS FLOAT[256])"
+        backend.execute(f"UPDATE embeddings SET embedding = {poisoned}, embedding_hash = hash({poisoned}) WHERE doc_id = ?", (victim,))
     with pytest.raises(TrainingFailedError, match=r"rank 1 of 2 failed, nothing was published: .*NaN"):
         train_in_processes(str(broken), CONFIG, "broken", 2)
     with connect(str(broken), read_only=True) as backend:

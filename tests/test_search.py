@@ -109,21 +109,23 @@ def test_the_in_process_index_loads_in_bounded_ranges_and_appends_only_new_rows(
     """Loading 1M vectors in one read held them twice (the read and the normalised copy);
     the index reads LOAD_BLOCK doc ids at a time into one array, and later reads only what
     was added."""
-    from saedb.backends.exact_index import LOAD_BLOCK, ExactIndex
+    from saedb.backends.exact_index import LOAD_BLOCK, ExactIndex, stamp_of
 
     rng = np.random.default_rng(0)
     doc_ids = np.concatenate([np.arange(1, 100_001), np.arange(100_050, 150_001)])  # a gap of 49 ids
     vectors = rng.standard_normal((len(doc_ids), 8)).astype(np.float32)
     reads: list[int] = []
 
-    def read_range(first: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+    hashes = rng.integers(0, 2**63, len(doc_ids), dtype=np.uint64)
+
+    def read_range(first: int, stop: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         rows = (doc_ids >= first) & (doc_ids < stop) & (doc_ids <= visible)
         reads.append(int(rows.sum()))
-        return doc_ids[rows], vectors[rows]
+        return doc_ids[rows], vectors[rows], hashes[rows]
 
-    def stamp() -> tuple[int, int, int]:
-        held = doc_ids[doc_ids <= visible]
-        return len(held), int(held[-1]), int(held.sum())
+    def stamp() -> tuple[int, int, int, int]:
+        held = doc_ids <= visible
+        return stamp_of(doc_ids[held], hashes[held])
 
     index, visible = ExactIndex(), 120_000
     index.refresh(stamp(), read_range)

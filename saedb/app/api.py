@@ -164,7 +164,7 @@ def find_features(backend: Backend, embed: Callable[[str], np.ndarray], text: st
     check_model(backend, model_id)
     decoder = backend.decoder(model_id)
     try:
-        match = concept_feature(backend, model_id, text, embed, decoder)
+        concept = concept_feature(backend, model_id, text, embed, decoder)
     except InvalidInputError as exc:
         raise ApiError(400, str(exc)) from None
     needle = text.lower()
@@ -185,8 +185,8 @@ def find_features(backend: Backend, embed: Callable[[str], np.ndarray], text: st
     densities = dict(backend.query(f"SELECT feature_id, density FROM feature_stats WHERE model_id = ? AND feature_id IN "
                                    f"({', '.join('?' * len(nearest))})", (model_id, *nearest))) if nearest else {}
     return {
-        "concept": {"feature_id": match.feature_id, "label": labels_of(backend, model_id, [match.feature_id]).get(match.feature_id),
-                    "by": match.by},
+        "concept": {"feature_id": concept.feature_id, "label": labels_of(backend, model_id, [concept.feature_id]).get(concept.feature_id),
+                    "by": concept.by},
         "by_label": [{"feature_id": f, "label": label, "density": _plain(d), "interpretability": _plain(p)}
                      for _, _, f, label, d, p in by_label[:limit]],
         "by_concept": [{"feature_id": f, "label": labels.get(f), "cosine": _plain(cosine[f]), "density": _plain(densities.get(f)),

@@ -161,7 +161,11 @@ class Backend(ABC):
             raise ConfigurationError("the database is missing or has an older saedb schema: create it by loading a corpus (saedb load), or open it once for writing")
         for script in scripts:
             self.run_script(script)
+        self.upgrade_tables()
         self.set_meta("schema", fingerprint)
+
+    def upgrade_tables(self) -> None:
+        """Bring tables made by an older saedb to the current layout where a script cannot (part of ``migrate``)."""
 
     def schema_fingerprint(self) -> str | None:
         """Fingerprint of the schema scripts last applied, None on a new database."""
@@ -198,7 +202,7 @@ class Backend(ABC):
             return
         with self.transaction():
             self.execute("INSERT INTO saedb_meta VALUES ('embedder', ?), ('embedding_dim', ?)", (name, str(dim)))
-            self.run_script(read_sql(self.dialect, "embeddings.sql", dim=dim))
+            self.run_script(read_sql(self.dialect, "embeddings.sql", dim=dim, table="embeddings"))
 
     def sync_documents(self) -> list[tuple[str | None, str]]:
         """In the workspace of an attached table (saedb attach): check the table's rules, leave

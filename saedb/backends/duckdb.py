@@ -34,7 +34,7 @@ PAPERS_SQL = "SELECT doc_id, arxiv_id, title, year FROM papers WHERE doc_id IN (
 PAPERS_WITH_STAMP_SQL = f"""
 SELECT NULL::BIGINT, NULL, NULL, NULL, {STAMP_COLUMNS} FROM embeddings
 UNION ALL
-SELECT doc_id, arxiv_id, title, year, NULL, NULL, NULL FROM papers WHERE doc_id IN ({{marks}})
+SELECT doc_id, arxiv_id, title, year, NULL, NULL, NULL, NULL FROM papers WHERE doc_id IN ({{marks}})
 """
 
 
@@ -61,6 +61,12 @@ def in_schema(con: duckdb.DuckDBPyConnection, schema: str | None) -> duckdb.Duck
     if schema is not None:
         con.execute(f"SET search_path = '{schema},main'")
     return con
+
+
+def hashed_rows(table: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(doc ids, float32 matrix, content hashes) of a (doc_id, embedding, embedding_hash) Arrow table."""
+    ids, vectors = ids_and_vectors(table.select([0, 1]))
+    return ids, vectors, (table.column(2).to_numpy().astype(np.uint64) if table.num_rows else np.zeros(0, np.uint64))
 
 
 def ids_and_vectors(table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
@@ -211,6 +217,21 @@ class DuckDBBackend(Backend):
             self.close()
             raise
 
+    def upgrade_tables(self) -> None:
+        """An embeddings table from before content hashes is copied once into the current one,
+        each row with its hash (DuckDB cannot add a CHECK constraint to a table)."""
+        columns = {name for (name,) in self.query(
+            "SELECT c.column_name FROM information_schema.columns c JOIN information_schema.tables t USING (table_schema, table_name) "
+            "WHERE table_name = 'embeddings' AND table_schema = current_schema() AND t.table_type = 'BASE TABLE'")}
+        bound = self.embedder()
+        if not columns or "embedding_hash" in columns or bound is None:
+            return
+        with self.transaction():
+            self.run_script(read_sql(self.dialect, "embeddings.sql", dim=bound[1], table="embeddings_upgrade"))
+            self.execute("INSERT INTO embeddings_upgrade SELECT doc_id, embedding, hash(embedding) FROM embeddings")
+            self.execute("DROP TABLE embeddings")
+            self.execute("ALTER TABLE embeddings_upgrade RENAME TO embeddings")
+
     def _in_schema(self, con: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
         return in_schema(con, self.schema)
 
@@ -346,7 +367,7 @@ class DuckDBBackend(Backend):
                 [batch.corpus],
             ).fetchall()
             self.con.execute(
-                "INSERT INTO embeddings SELECT p.doc_id, s.embedding FROM stage_docs s "
+                "INSERT INTO embeddings SELECT p.doc_id, s.embedding, hash(s.embedding) FROM stage_docs s "
                 "JOIN papers p ON p.arxiv_id = s.arxiv_id ON CONFLICT (doc_id) DO NOTHING"
             )
         return len(added)
@@ -431,9 +452,9 @@ class DuckDBBackend(Backend):
             if stamp == (graph or self.indexes.exact).stamp:
                 return [(*papers[doc_id], distance) for doc_id, distance in zip(ids.tolist(), distances.tolist()) if doc_id in papers]
             if graph is not None:
-                graph.sync(stamp, self.embedding_ids, self.embeddings_of)
+                graph.sync(stamp, self.embedding_hashes, self.embeddings_of)
             else:
-                self.indexes.exact.refresh(stamp, self.embedding_range)
+                self.indexes.exact.refresh(stamp, self.hashed_range)
         raise DatabaseBusyError(f"the embeddings changed during each of {SEARCH_ATTEMPTS} attempts to search them")
 
     def papers_with_stamp(self, doc_ids: np.ndarray) -> tuple[Stamp, dict[int, tuple]]:
@@ -445,7 +466,7 @@ class DuckDBBackend(Backend):
                 return self.embeddings_stamp(), self.indexes.papers.rows_of(doc_ids)
             return self.embeddings_stamp(), {row[0]: row for row in self.query(PAPERS_SQL.format(marks=marks), doc_ids.tolist())}
         rows = self.query(PAPERS_WITH_STAMP_SQL.format(marks=marks), doc_ids.tolist())
-        stamp = next((int(n), int(last), int(total)) for doc_id, *_, n, last, total in rows if doc_id is None)
+        stamp = next((int(n), int(last), int(total), int(hashes)) for doc_id, *_, n, last, total, hashes in rows if doc_id is None)
         return stamp, {row[0]: row[:4] for row in rows if row[0] is not None}
 
     def prepare_search(self) -> None:
@@ -465,15 +486,16 @@ class DuckDBBackend(Backend):
         """The in-process copy of the embeddings, one per database and process (siblings, such
         as the web app's request connections, share it), brought up to date with the table (the
         first call loads it: about 9 s and 1.5 GB at 1M 384-d documents)."""
-        self.indexes.exact.refresh(self.embeddings_stamp(), self.embedding_range)
+        self.indexes.exact.refresh(self.embeddings_stamp(), self.hashed_range)
         return self.indexes.exact
 
     def embeddings_stamp(self) -> Stamp:
-        """(count, max, sum) of the embeddings' doc ids; on a read-only instance read once."""
+        """(count, max, sum) of the embeddings' doc ids and the sum of their content hashes; on a
+        read-only instance read once."""
         if self.indexes.fixed_stamp is not None:
             return self.indexes.fixed_stamp
-        count, last, total = self.query(STAMP_SQL)[0]
-        stamp = int(count), int(last), int(total)
+        count, last, total, hashes = self.query(STAMP_SQL)[0]
+        stamp = int(count), int(last), int(total), int(hashes)
         if self.indexes.read_only:
             self.indexes.fixed_stamp = stamp
         return stamp
@@ -483,19 +505,30 @@ class DuckDBBackend(Backend):
         graph = self.indexes.approximate
         if not graph.built:
             return None
-        graph.sync(self.embeddings_stamp(), self.embedding_ids, self.embeddings_of)
+        graph.sync(self.embeddings_stamp(), self.embedding_hashes, self.embeddings_of)
         return graph if graph.built else None
 
     def build_approximate_index(self) -> None:
         """A new HNSW graph of every embedding (replacing any), saved beside the file."""
-        self.indexes.approximate.build(self.embedding_span(), self.embedding_range)
+        self.indexes.approximate.build(self.embedding_span(), self.hashed_range)
 
-    def embedding_ids(self) -> np.ndarray:
-        return self.arrow("SELECT doc_id FROM embeddings").column(0).to_numpy().astype(np.int64)
+    def embedding_hashes(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every embedding's (doc id, content hash), in doc id order."""
+        table = self.arrow("SELECT doc_id, embedding_hash FROM embeddings ORDER BY doc_id")
+        return table.column(0).to_numpy().astype(np.int64), table.column(1).to_numpy().astype(np.uint64)
 
-    def embeddings_of(self, doc_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def embeddings_of(self, doc_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(doc ids, vectors, content hashes) of ``doc_ids``, read together."""
         with self.staged(saedb_wanted=pa.table({"doc_id": pa.array(doc_ids, pa.int64())})):
-            return ids_and_vectors(self.arrow("SELECT doc_id, embedding FROM embeddings WHERE doc_id IN (SELECT doc_id FROM saedb_wanted)"))
+            return hashed_rows(self.arrow("SELECT doc_id, embedding, embedding_hash FROM embeddings "
+                                          "WHERE doc_id IN (SELECT doc_id FROM saedb_wanted)"))
+
+    def hashed_range(self, first: int, stop: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``embedding_range`` with each row's content hash, read in the same statement (the search indexes' reader)."""
+        table = self._in_schema(self.con.cursor()).sql(
+            "SELECT doc_id, embedding, embedding_hash FROM embeddings WHERE doc_id >= ? AND doc_id < ? ORDER BY doc_id",
+            params=[first, stop]).to_arrow_table()
+        return hashed_rows(table)
 
     def embedding_range(self, first: int, stop: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         bounds, params = ("doc_id >= ?", [first]) if stop is None else ("doc_id >= ? AND doc_id < ?", [first, stop])

@@ -2,12 +2,12 @@
 
 DuckDB scans FLOAT[d] arrays with ``array_cosine_distance`` at about 1 µs per row; the same
 exact ranking from a cached float32 matrix and one BLAS product is 5-10 times faster. The
-cache is checked with every search against (count, max, sum) of the embeddings' doc ids, read
-in the statement that reads the hits' papers (once, on a read-only instance: no process can
-write the file while it is open): on a difference, rows added after the last search
-are appended, any other change reloads the matrix, and the search is done again. An
-embedding overwritten in place with its doc id kept (which saedb's loader never does) is only
-seen after reconnecting.
+cache is checked with every search against the table's stamp: (count, max, sum) of the
+embeddings' doc ids and the sum of their ``embedding_hash`` (the table checks that each equals
+``hash(embedding)``, so a vector cannot change without its hash). The stamp is read in the
+statement that reads the hits' papers (once, on a read-only instance: no process can write the
+file while it is open): on a difference, rows added after the last search are appended, any
+other change (a deleted or rewritten row) reloads the matrix, and the search is done again.
 """
 
 from __future__ import annotations
@@ -17,9 +17,28 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-Stamp = tuple[int, int, int]
-STAMP_COLUMNS = "count(*), coalesce(max(doc_id), 0), coalesce(sum(doc_id), 0)"  # over embeddings
+Stamp = tuple[int, int, int, int]  # count, max and sum of doc ids, sum of content hashes
+STAMP_COLUMNS = ("count(*), coalesce(max(doc_id), 0), coalesce(sum(doc_id), 0), "
+                 "coalesce(sum(embedding_hash), 0)")  # over embeddings
 STAMP_SQL = f"SELECT {STAMP_COLUMNS} FROM embeddings"
+# (doc ids, vectors, content hashes) with first <= doc_id < stop, in doc id order
+ReadRange = Callable[[int, int], tuple[np.ndarray, np.ndarray, np.ndarray]]
+
+
+def stamp_of(doc_ids: np.ndarray, hashes: np.ndarray) -> Stamp:
+    """The stamp of a table holding exactly these rows."""
+    if not len(doc_ids):
+        return (0, 0, 0, 0)
+    high, low = (hashes >> np.uint64(32)).sum(dtype=np.uint64), (hashes & np.uint64(0xFFFFFFFF)).sum(dtype=np.uint64)
+    return len(doc_ids), int(doc_ids.max()), int(doc_ids.sum()), (int(high) << 32) + int(low)  # exact, as SQL's HUGEINT sum
+
+
+def unhashed(read_range: Callable[[int, int], tuple[np.ndarray, np.ndarray]]) -> ReadRange:
+    """A reader for a one-off snapshot of a backend without content hashes (hashes read as 0)."""
+    def read(first: int, stop: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        ids, vectors = read_range(first, stop)
+        return ids, vectors, np.zeros(len(ids), np.uint64)
+    return read
 
 
 def ranked(similarity: np.ndarray, doc_ids: np.ndarray, limit: int) -> tuple[np.ndarray, np.ndarray]:
@@ -37,16 +56,16 @@ def ranked(similarity: np.ndarray, doc_ids: np.ndarray, limit: int) -> tuple[np.
 LOAD_BLOCK = 65_536  # doc ids read per range scan when (re)loading
 
 
-def read_unit_rows(read_range: Callable[[int, int], tuple[np.ndarray, np.ndarray]], first: int, last: int,
-                   expected: int) -> tuple[np.ndarray, np.ndarray]:
-    """Doc ids and unit-normalised rows with first <= doc_id <= last, read LOAD_BLOCK ids at a
-    time into one array sized for ``expected`` rows (grown if there are more): loading 1M
-    vectors holds them once plus one block, not twice."""
+def read_unit_rows(read_range: ReadRange, first: int, last: int, expected: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Doc ids, unit-normalised rows and content hashes with first <= doc_id <= last, read
+    LOAD_BLOCK ids at a time into one array sized for ``expected`` rows (grown if there are
+    more): loading 1M vectors holds them once plus one block, not twice."""
     id_parts: list[np.ndarray] = []
+    hash_parts: list[np.ndarray] = []
     unit: np.ndarray | None = None
     filled = 0
     for start in range(first, last + 1, LOAD_BLOCK):
-        ids, vectors = read_range(start, min(start + LOAD_BLOCK, last + 1))
+        ids, vectors, hashes = read_range(start, min(start + LOAD_BLOCK, last + 1))
         if not len(ids):
             continue
         if unit is None:
@@ -55,10 +74,12 @@ def read_unit_rows(read_range: Callable[[int, int], tuple[np.ndarray, np.ndarray
             unit = np.concatenate([unit[:filled], np.empty((filled + len(ids) - len(unit), unit.shape[1]), np.float32)])
         unit[filled : filled + len(ids)] = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
         id_parts.append(ids)
+        hash_parts.append(hashes)
         filled += len(ids)
     if unit is None:
-        return np.zeros(0, np.int64), np.zeros((0, 0), np.float32)
-    return np.concatenate(id_parts).astype(np.int64, copy=False), unit[:filled]
+        return np.zeros(0, np.int64), np.zeros((0, 0), np.float32), np.zeros(0, np.uint64)
+    return (np.concatenate(id_parts).astype(np.int64, copy=False), unit[:filled],
+            np.concatenate(hash_parts).astype(np.uint64, copy=False))
 
 
 class ExactIndex:
@@ -66,26 +87,26 @@ class ExactIndex:
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.stamp: Stamp = (0, 0, 0)
+        self.stamp: Stamp = (0, 0, 0, 0)
         self.doc_ids = np.zeros(0, np.int64)
+        self.hashes = np.zeros(0, np.uint64)
         self.unit_rows = np.zeros((0, 0), np.float32)
 
-    def refresh(self, stamp: Stamp, read_range: Callable[[int, int], tuple[np.ndarray, np.ndarray]]) -> None:
-        """Bring the cache to the table's ``stamp``; ``read_range(first, stop)`` returns the
-        (doc_ids, vectors) with first <= doc_id < stop, in doc id order. Rows past the held ones
-        are appended; any other change (a deleted or rewritten row) reloads everything."""
+    def refresh(self, stamp: Stamp, read_range: ReadRange) -> None:
+        """Bring the cache to the table's ``stamp``. Rows past the held ones are appended; any
+        other change (a deleted or rewritten row) reloads everything."""
         with self.lock:
             if stamp == self.stamp:
                 return
-            count, last, total = self.stamp
-            ids, unit = read_unit_rows(read_range, last + 1, stamp[1], stamp[0] - count)
-            if (count + len(ids), int(ids[-1]) if len(ids) else last, total + int(ids.sum())) != stamp:
-                self.doc_ids, self.unit_rows = np.zeros(0, np.int64), np.zeros((0, 0), np.float32)  # not an append
-                ids, unit = read_unit_rows(read_range, 0, stamp[1], stamp[0])
+            last = self.stamp[1]
+            ids, unit, hashes = read_unit_rows(read_range, last + 1, stamp[1], stamp[0] - self.stamp[0])
+            if stamp_of(np.concatenate([self.doc_ids, ids]), np.concatenate([self.hashes, hashes])) != stamp:
+                self.doc_ids, self.hashes, self.unit_rows = np.zeros(0, np.int64), np.zeros(0, np.uint64), np.zeros((0, 0), np.float32)
+                ids, unit, hashes = read_unit_rows(read_range, 0, stamp[1], stamp[0])  # not an append
             if len(ids):
-                self.doc_ids = np.concatenate([self.doc_ids, ids])
+                self.doc_ids, self.hashes = np.concatenate([self.doc_ids, ids]), np.concatenate([self.hashes, hashes])
                 self.unit_rows = np.concatenate([self.unit_rows, unit]) if len(self.unit_rows) else unit
-            self.stamp = (len(self.doc_ids), int(self.doc_ids[-1]) if len(self.doc_ids) else 0, int(self.doc_ids.sum()))
+            self.stamp = stamp_of(self.doc_ids, self.hashes)
 
     def similarity(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Cosine similarity of each query (rows) to every held row, and the doc ids they belong to."""

@@ -15,7 +15,7 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 
 from saedb.backends import Backend
-from saedb.backends.exact_index import STAMP_SQL, ExactIndex
+from saedb.backends.exact_index import ExactIndex, unhashed
 from saedb.embedders import Embedder
 from saedb.errors import InvalidInputError
 from saedb.llm import MalformedReplyError
@@ -30,7 +30,8 @@ from saedb.sae import SAE
 def exact_index(backend: Backend) -> ExactIndex:
     """All of the database's embeddings in an in-process exact index."""
     index = ExactIndex()
-    index.refresh(tuple(int(v) for v in backend.query(STAMP_SQL)[0]), backend.embedding_range)  # type: ignore[arg-type]
+    count, last, total = backend.query("SELECT count(*), coalesce(max(doc_id), 0), coalesce(sum(doc_id), 0) FROM embeddings")[0]
+    index.refresh((int(count), int(last), int(total), 0), unhashed(backend.embedding_range))  # a snapshot: no hashes needed
     if not len(index.doc_ids):
         raise InvalidInputError("the database has no embeddings: run `saedb load` first")
     return index

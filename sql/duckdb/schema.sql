@@ -1,5 +1,6 @@
 -- saedb core schema for DuckDB (embedded default). Applied idempotently on every connect.
--- The embeddings table depends on the embedder's dimension: see embeddings.sql.
+-- The embeddings table depends on the embedder's dimension: see embeddings.sql (rows carry
+-- their content hash since issue 35; DuckDBBackend.upgrade_tables adds it to older files).
 
 CREATE TABLE IF NOT EXISTS saedb_meta (
     key   VARCHAR PRIMARY KEY,

@@ -69,8 +69,10 @@ ALTER TABLE sae_models ADD COLUMN IF NOT EXISTS enc_dec_cosine double precision;
 ALTER TABLE sae_models ADD COLUMN IF NOT EXISTS control_of integer;
 
 -- The documents a model's trainer held out (never in a training batch): labels are scored on them.
+-- No foreign key: on Citus a table referencing a reference table becomes a local table of the
+-- coordinator, and this one is distributed by doc_id beside papers (citus.sql).
 CREATE TABLE IF NOT EXISTS model_holdout (
-    model_id   integer NOT NULL REFERENCES sae_models ON DELETE CASCADE,
+    model_id   integer NOT NULL,
     doc_id     bigint NOT NULL,
     PRIMARY KEY (model_id, doc_id)
 );
