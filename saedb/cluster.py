@@ -134,8 +134,11 @@ class LocalCluster:
                 settings.append(f"citus.shard_count = {2 * self.workers}")
             with open(node.data / "postgresql.auto.conf", "a") as conf:
                 conf.write("\n".join(settings) + "\n")
-        if (node.data / "postmaster.pid").exists() and _answers(node):
-            return
+        lock = node.data / "postmaster.pid"
+        if lock.exists():
+            if _answers(node):
+                return
+            _clear_stale_locks(node, int(lock.read_text().split()[0]))
         _run([str(binaries / "pg_ctl"), "-D", str(node.data), "-l", str(node.data / "log"), "-w", "-t", "60", "start"], user)
 
     def _create_database(self, node: Node) -> None:
@@ -148,6 +151,25 @@ class LocalCluster:
             for extension in ("citus", "vector"):  # citus first; a registered worker refuses even IF NOT EXISTS
                 if extension not in present:
                     conn.execute(f"CREATE EXTENSION {extension}")
+
+
+def _running(pid: int) -> bool:
+    """Whether ``pid`` is a live process (a zombie, which no parent has reaped, is not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False
+
+
+def _clear_stale_locks(node: Node, pid: int) -> None:
+    """Remove the lock files of a server that died without removing them (kill -9, power loss)
+    when its postmaster is gone. PostgreSQL does this itself unless the dead postmaster is a
+    zombie, as it stays where the container's first process reaps no orphans: then every
+    restart failed with 'lock file "postmaster.pid" already exists'."""
+    if _running(pid):
+        return
+    for stale in [node.data / "postmaster.pid", *node.data.glob(".s.PGSQL.*.lock")]:
+        stale.unlink(missing_ok=True)
 
 
 def _answers(node: Node) -> bool:

@@ -111,8 +111,10 @@ class PostgresBackend(Backend):
         self.dsn = dsn
         if conn is not None:
             self.conn = conn
+            self.server = f"{conn.info.host}:{conn.info.port}"
             return
         self.conn = psycopg.connect(dsn, autocommit=True)
+        self.server = f"{self.conn.info.host}:{self.conn.info.port}"
         if read_only:
             self.migrate(read_only=True)
             configure_reader(self.conn, statement_timeout_ms)
@@ -125,14 +127,28 @@ class PostgresBackend(Backend):
         configure_search(self.conn)
         register_vector(self.conn)
 
+    @contextmanager
+    def naming_the_server(self) -> Iterator[None]:
+        """A connection lost mid-statement says which server it was to (psycopg says only 'server
+        closed the connection unexpectedly'; a cluster has several): the same error class, the
+        server's host:port added."""
+        try:
+            yield
+        except psycopg.OperationalError as exc:
+            if not self.conn.broken:
+                raise
+            raise type(exc)(f"{str(exc).splitlines()[0]} (the PostgreSQL server at {self.server})") from exc
+
     def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
-        self.conn.execute(*to_psycopg(sql, params))
+        with self.naming_the_server():
+            self.conn.execute(*to_psycopg(sql, params))
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
-        return self.conn.execute(*to_psycopg(sql, params)).fetchall()
+        with self.naming_the_server():
+            return self.conn.execute(*to_psycopg(sql, params)).fetchall()
 
     def arrow(self, sql: str, params: Sequence[Any] = ()) -> pa.Table:
-        with self.conn.cursor() as cur:
+        with self.naming_the_server(), self.conn.cursor() as cur:
             cur.execute(*to_psycopg(sql, params))
             if cur.description is None:
                 return pa.table({})
@@ -145,7 +161,7 @@ class PostgresBackend(Backend):
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
-        with self.conn.transaction():
+        with self.naming_the_server(), self.conn.transaction():
             yield
 
     @contextmanager
