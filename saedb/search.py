@@ -119,6 +119,28 @@ class Within:
         return [(sql, value) for sql, value in parts if value is not None]
 
 
+def steered_in_process(backend: Backend, query: np.ndarray, steps: Sequence[Steering]) -> np.ndarray | None:
+    """The steered query computed here from the weights the backend's SQL functions use, when
+    every steering is by feature and the backend keeps weights in process (DuckDB: no SQL
+    statement, no 384-float parameter to bind); None: SQL computes it. The SQL functions stay
+    the reference: tests/test_search.py checks both give the same vector."""
+    if not all(step.by == "feature" for step in steps):
+        return None
+    vector = query
+    for (model_id, scale), group in groupby(steps, key=lambda s: (s.model_id, s.scale)):
+        function = MANY_FUNCTIONS[scale]
+        try:
+            sae = backend.steering_model(model_id)
+            if sae is None:
+                return None
+            run = list(group)
+            steer = sae.steer if scale == "add" else sae.steer_toward
+            vector = steer(vector, [int(s.target) for s in run], [float(s.strength) for s in run])[0]
+        except (InvalidInputError, LookupError) as exc:  # as SQL's functions say it
+            raise InvalidInputError(f"{function}: {exc}") from None
+    return vector
+
+
 def search(
     backend: Backend, query: np.ndarray, limit: int = 10, steering: Steering | Sequence[Steering] = (),
     corpus: str | None = None, year_from: int | None = None, year_to: int | None = None, exact: bool = False,
@@ -160,7 +182,9 @@ def search(
         with backend.exact_scan() if exact else nullcontext():
             rows = run_portable(backend, sql, params)
     else:
-        vector = run_portable(backend, f"SELECT {target}", params)[0][0] if steps else params[0]
+        vector = steered_in_process(backend, params[0], steps) if steps else params[0]
+        if vector is None:
+            vector = run_portable(backend, f"SELECT {target}", params)[0][0]
         parts = within.conditions()
         where = (" AND ".join(sql.format("?") for sql, _ in parts), [value for _, value in parts]) if parts else None
         rows = backend.nearest(np.asarray(vector, dtype=np.float32), limit, where, exact, steered=bool(steps))

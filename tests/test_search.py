@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from saedb.backends import Backend, connect
-from saedb.errors import DatabaseBusyError
+from saedb.errors import DatabaseBusyError, InvalidInputError
 from saedb.loaders import load_corpus
 from saedb.search import SEARCH_SQL, Steering, run_portable, search
 from saedb.trainer import TrainConfig
@@ -45,6 +45,35 @@ def check_against_sql(backend: Backend, model_id: int, embedder) -> None:
         expected = sql_search(backend, query, 10, "steer_toward_many($1::vector, $3::integer[], $4::double precision[], $5)",
                               ([3, 7], [0.4, -0.2], model_id))
         assert [h.doc_id for h in toward] == [d for d, _ in expected]
+
+
+@pytest.mark.parametrize("read_only", [False, True], ids=["writable", "read-only"])
+def test_feature_steering_is_computed_in_process_and_equals_the_sql_functions(duckdb_path: str, astro_slice: Path, embedder,
+                                                                              read_only: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 36: a steered search ran a SQL statement (binding a 384-float parameter) for its
+    vector; on DuckDB it is computed from the SQL functions' own weight cache, bit for bit the
+    vector steer_many / steer_toward_many return, and no statement is run for it."""
+    from saedb.search import steered_in_process
+
+    with connect(duckdb_path) as backend:
+        load_corpus(backend, astro_slice, embedder, progress=False)
+        model_id, _ = train_from_db(backend, TrainConfig(k=8, n_latents=128, steps=60, batch_size=64, lr=1e-3), "search")
+    with connect(duckdb_path, read_only=read_only) as backend:
+        query = embedder.embed(["planet formation in disks"])[0]
+        for scale, function, strengths in (("add", "steer_many", [1.5, -0.5]), ("toward", "steer_toward_many", [0.4, -0.2])):
+            steps = [Steering("feature", f, s, model_id, scale) for f, s in zip([3, 7], strengths)]
+            sql = run_portable(backend, f"SELECT {function}($1::vector, $2::integer[], $3::double precision[], $4)",
+                               [query, [3, 7], strengths, model_id])[0][0]
+            np.testing.assert_array_equal(steered_in_process(backend, query, steps), np.asarray(sql, np.float32))
+        statements: list[str] = []
+        run = type(backend).query
+        monkeypatch.setattr(type(backend), "query", lambda self, sql, params=(): statements.append(sql) or run(self, sql, params))
+        search(backend, query, 10, steps)
+        assert not [sql for sql in statements if "steer" in sql]
+        with pytest.raises(InvalidInputError, match="steer_toward_many: feature 9999 does not exist"):
+            search(backend, query, 10, Steering("feature", 9999, 0.5, model_id))
+        with pytest.raises(InvalidInputError, match="steer_toward_many: unknown model 999"):
+            search(backend, query, 10, Steering("feature", 1, 0.5, 999))
 
 
 def test_rows_added_or_removed_after_a_search_are_seen(tmp_path: Path, embedder) -> None:

@@ -267,6 +267,11 @@ class Backend(ABC):
         )
         return SAE(w_enc=w_enc, b_lat=b_lat, w_dec=w_dec, b_pre=b_pre, k=info["k"])
 
+    def steering_model(self, model_id: int) -> SAE | None:
+        """Weights this process steers with itself, where the backend keeps them (DuckDB); None:
+        steering is computed by SQL's functions."""
+        return None
+
     def decoder(self, model_id: int) -> np.ndarray:
         """The model's decoder directions, one row per feature."""
         return self.fetch_vectors("SELECT w_dec FROM sae_decoder WHERE model_id = ? ORDER BY feature_id", (model_id,))

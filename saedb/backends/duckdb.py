@@ -7,7 +7,7 @@ import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Iterator, Sequence
 
 import duckdb
 import numpy as np
@@ -21,6 +21,9 @@ from saedb.backends.paper_rows import PaperRows
 from saedb.errors import ConfigurationError, DatabaseBusyError
 from saedb.sae import SAE, SparseCodes
 from saedb.sqlfiles import read_sql
+
+if TYPE_CHECKING:
+    from saedb.udfs.duckdb import ModelCache
 
 
 BULK_CHECKPOINT_THRESHOLD = "1GB"
@@ -146,6 +149,7 @@ class SharedDatabase:
         self.key, self.read_only, self.users = key, read_only, 0
         self.functions: dict[str, int] = {}  # registered UDFs: name -> number of arguments
         self.udfs_for: tuple[str, int] | None = None  # the embedder binding the UDFs were built for
+        self.models: ModelCache | None = None  # the UDFs' weights, shared by in-process steering
         self.file = None if path == ":memory:" else Path(path).resolve()
         self.search_indexes: dict[str | None, SearchIndexes] = {}  # per workspace schema (None: main)
         self.publish_lock = threading.Lock()  # one model write-back at a time per database (DuckDB would abort the second)
@@ -196,8 +200,9 @@ class DuckDBBackend(Backend):
     schema_files = ("schema.sql", "views.sql", "analytics.sql")
 
     def __init__(self, path: str, con: duckdb.DuckDBPyConnection | None = None, read_only: bool = False,
-                 schema: str | None = None, indexes: SearchIndexes | None = None) -> None:
+                 schema: str | None = None, indexes: SearchIndexes | None = None, database: SharedDatabase | None = None) -> None:
         self.path = path
+        self.database = database  # the shared database (a sibling's: its parent's, which it does not own)
         self.schema = schema  # a workspace schema (saedb attach) searched before main
         self._depth = 0
         self.shared: SharedDatabase | None = None
@@ -205,7 +210,7 @@ class DuckDBBackend(Backend):
         if con is not None:  # a sibling over an open database: no migration, no UDFs
             self.con = self._in_schema(con)
             return
-        self.shared = SharedDatabase.acquire(path, read_only)
+        self.shared = self.database = SharedDatabase.acquire(path, read_only)
         self.indexes = self.shared.indexes(schema)
         self.con = self._in_schema(self.shared.root.cursor())
         try:
@@ -243,7 +248,7 @@ class DuckDBBackend(Backend):
         with SharedDatabase._lock:
             bound = self.embedder()
             if not self.shared.functions or self.shared.udfs_for != bound:
-                register_udfs(self.shared.root, self.shared.functions, self.sibling(), bound)
+                self.shared.models = register_udfs(self.shared.root, self.shared.functions, self.sibling(), bound, self.shared.read_only)
                 self.shared.udfs_for = bound
         self.shadow_sql_macros()
 
@@ -266,13 +271,19 @@ class DuckDBBackend(Backend):
                 self.run_script(script)
                 self.set_meta("sql_macros", fingerprint)
 
+    def steering_model(self, model_id: int) -> SAE | None:
+        """The weights SQL's steering functions use (the UDFs' cache: read once per model version,
+        checked once on a read-only database); UnknownModelError for no published model."""
+        models = self.database.models if self.database is not None else None
+        return None if models is None else models.get(model_id)
+
     def sibling(self, functions: bool = False) -> "DuckDBBackend":
         """A backend on a separate connection to the same database, usable from inside UDFs
         (code running in a query cannot use that query's own connection). It is a cursor of
         the shared root, so it stays valid whichever backend closes first. ``functions``: with
         saedb's SQL functions (for request threads; not from inside a UDF)."""
         root = self.shared.root if self.shared is not None else self.con
-        sibling = DuckDBBackend(self.path, con=root.cursor(), schema=self.schema, indexes=self.indexes)
+        sibling = DuckDBBackend(self.path, con=root.cursor(), schema=self.schema, indexes=self.indexes, database=self.database)
         if functions and self.shared is not None:
             shadow_functions(sibling.con, self.shared.functions)
         return sibling

@@ -83,14 +83,17 @@ class ModelCache:
     fingerprint (its creation time while 'ready'), so a retired or deleted model is an
     error and a reused model id never serves the old weights."""
 
-    def __init__(self, reader: Backend, embedder_name: str | None = None) -> None:
+    def __init__(self, reader: Backend, embedder_name: str | None = None, fixed: bool = False) -> None:
         self.reader = reader
         self.embedder_name = embedder_name
+        self.fixed = fixed  # a read-only database: no model can change while it is open, weights are checked once
         self.models: dict[int, tuple[object, SAE]] = {}
         self.lock = threading.Lock()  # DuckDB may call a UDF from several threads at once
 
     def get(self, model_id: int) -> SAE:
         with self.lock:
+            if self.fixed and model_id in self.models:
+                return self.models[model_id][1]
             rows = self.reader.query("SELECT created_at FROM sae_models WHERE model_id = ? AND status = 'ready'", (model_id,))
             if not rows:
                 self.models.pop(model_id, None)
@@ -145,14 +148,15 @@ def added(sae: SAE, x: np.ndarray, features: list[int], strengths: list[float] |
 
 
 def register_udfs(con: duckdb.DuckDBPyConnection, registered: dict[str, int], reader: Backend,
-                  bound: tuple[str, int] | None) -> None:
+                  bound: tuple[str, int] | None, read_only: bool = False) -> ModelCache:
     """(Re-)register saedb's SQL functions on ``con`` (the database's root connection), as
     ``saedb_udf_<name>``, recording each name and arity in ``registered``; ``reader`` (a
-    connection of its own) reads weights and labels, ``bound`` is the embedder binding.
+    connection of its own) reads weights and labels, ``bound`` is the embedder binding. Returns
+    the functions' weight cache, which in-process steering shares.
     Each connection then shadows the file's pure-SQL macros of the same names with temporary
     macros over these (the backend's ``shadow_sql_macros``). Like datasette's
     ``prepare_connection``: the backend hands over its connection, this module never imports it."""
-    cache = ModelCache(reader, bound[0] if bound else None)
+    cache = ModelCache(reader, bound[0] if bound else None, fixed=read_only)
     vector_out = duckdb.array_type(st.FLOAT, bound[1]) if bound else duckdb.list_type(st.FLOAT)
     vectors_out = fixed_size_vectors if bound else _list_vectors
 
@@ -284,6 +288,7 @@ def register_udfs(con: duckdb.DuckDBPyConnection, registered: dict[str, int], re
             con.remove_function(UDF_PREFIX + name)
         con.create_function(UDF_PREFIX + name, fn, params, returns, type="arrow", null_handling="special")
         registered[name] = len(params)
+    return cache
 
 
 def _scatter(n_rows: int, parts) -> np.ndarray:
