@@ -255,11 +255,11 @@ def test_browser_steered_search_and_feature_page(served: tuple[str, int], browse
     box = wait_for(browser, "#q")[0]
     box.send_keys("gamma-ray bursts")
     browser.find_element(By.ID, "go").click()
-    before = texts(browser, "ol.results li a", 10)
+    before = texts(browser, "ol.results > li > a", 10)
     sliders = wait_for(browser, "#sliders input[type=range]")
     feature_id = sliders[0].get_attribute("data-id")
     browser.execute_script("arguments[0].value = -1.5; arguments[0].dispatchEvent(new Event('input', {bubbles: true}));", sliders[0])
-    assert texts(browser, "ol.results li a", 10, differ_from=before) != before
+    assert texts(browser, "ol.results > li > a", 10, differ_from=before) != before
     browser.save_screenshot(str(SCREENSHOTS / f"steered-search-{kind}.png"))
 
     browser.get(f"{base}/#/feature/{feature_id}")
@@ -284,6 +284,51 @@ def test_browser_steered_search_and_feature_page(served: tuple[str, int], browse
     browser.save_screenshot(str(SCREENSHOTS / f"dashboard-{kind}.png"))
     browser.get(f"{base}/#/feature/abc")
     assert "id must be an integer" in wait_for(browser, "#error", lambda els: els and els[0].text)[0].text
+
+
+def test_browser_added_features_stay_results_explain_themselves_and_the_url_reloads(served: tuple[str, int], browser) -> None:
+    """Issue 37: a feature added to a search keeps a visible slider with a remove button (it was
+    hidden among the query's own features past the first 8), reset returns to the plain query,
+    each hit shows its categories, abstract and the steered features it carries, the search's
+    state is in the URL (a reload gives the same results) and no page load meets a 404."""
+    from selenium.webdriver.common.by import By
+
+    base, model_id = served
+    browser.get(base + "/#/search")
+    wait_for(browser, "#q")[0].send_keys("gamma-ray bursts")
+    browser.find_element(By.ID, "go").click()
+    plain = texts(browser, "ol.results li > a", 10)
+    fired = wait_for(browser, "#sliders input[type=range]")[-1].get_attribute("data-id")  # a feature the query fires
+    browser.find_element(By.ID, "add-id").send_keys(fired)
+    browser.find_element(By.CSS_SELECTOR, "#add button").click()
+    wait_for(browser, f"#sliders .slider.added button.remove[data-id='{fired}']")
+    wait_for(browser, "body", lambda _: f"f={fired}%3A0.5" in browser.current_url)
+    steered_url = browser.current_url
+    _, api = get(base, "search", [("q", "gamma-ray bursts"), ("model", str(model_id)), ("f", f"{fired}:0.5")])
+    steered = texts(browser, "ol.results li > a", 10)
+    assert steered == [r["title"] for r in api["results"]]
+    hits = browser.find_elements(By.CSS_SELECTOR, "ol.results > li")
+    for hit, expected in zip(hits, api["results"]):
+        assert ", ".join(expected["categories"]) in hit.find_element(By.CSS_SELECTOR, ".dist").text
+        assert hit.find_element(By.CSS_SELECTOR, "details.abstract").get_attribute("textContent").endswith(expected["abstract"])
+        assert [int(c.get_attribute("data-id")) for c in hit.find_elements(By.CSS_SELECTOR, ".carried")] == \
+               [c["feature_id"] for c in expected["carries"]]
+    assert any(r["carries"] for r in api["results"])
+
+    browser.get("about:blank")
+    browser.get(steered_url)  # a reload of the shared link: the same steered search
+    assert texts(browser, "ol.results li > a", 10) == steered
+    wait_for(browser, f"#sliders .slider.added button.remove[data-id='{fired}']")[0].click()
+    assert texts(browser, "ol.results li > a", 10, differ_from=steered) == plain
+    assert f"f={fired}" not in browser.current_url
+    browser.find_element(By.ID, "add-id").send_keys(fired)
+    browser.find_element(By.CSS_SELECTOR, "#add button").click()
+    wait_for(browser, f"#sliders .slider.added button.remove[data-id='{fired}']")
+    browser.find_element(By.ID, "reset").click()
+    wait_for(browser, "#sliders", lambda els: not browser.find_elements(By.CSS_SELECTOR, "#sliders .slider.added"))
+    assert texts(browser, "ol.results li > a", 10) == plain
+    assert raw_get(base, "/favicon.ico")[0] == 200
+    assert not [entry for entry in browser.get_log("browser") if "404" in entry["message"]]
 
 
 def raw_get(base: str, path: str) -> tuple[int, bytes]:
@@ -414,7 +459,7 @@ def test_browser_adds_a_feature_found_by_label(served: tuple[str, int], browser,
     browser.get(base + "/#/search")
     wait_for(browser, "#q")[0].send_keys("gamma-ray bursts")
     browser.find_element(By.ID, "go").click()
-    before = texts(browser, "ol.results li a", 10)
+    before = texts(browser, "ol.results > li > a", 10)
     fires = [float(e.text.split()[1]) for e in wait_for(browser, "#sliders > .slider .dist")]  # labelled, outside the collapsed list
     assert 0 < len(fires) <= 8 and fires == sorted(fires, reverse=True)
     browser.find_element(By.ID, "add-id").send_keys("cluster")
@@ -424,7 +469,7 @@ def test_browser_adds_a_feature_found_by_label(served: tuple[str, int], browser,
     added = picks[0].get_attribute("data-id")
     picks[0].click()
     browser.save_screenshot(str(SCREENSHOTS / f"add-by-label-{kind}.png"))
-    assert texts(browser, "ol.results li a", 10, differ_from=before) != before
+    assert texts(browser, "ol.results > li > a", 10, differ_from=before) != before
     assert wait_for(browser, f"#sliders input[data-id='{added}']")
     browser.save_screenshot(str(SCREENSHOTS / f"add-by-label-{kind}.png"))
 
@@ -459,9 +504,9 @@ def test_corpus_filter_and_switch(db_url: str, tmp_path: Path, embedder, browser
         browser.get(base + "/#/search")
         wait_for(browser, "#q")[0].send_keys("neural networks for galaxy images")
         browser.find_element(By.ID, "go").click()
-        texts(browser, "ol.results li a", 10)
+        texts(browser, "ol.results > li > a", 10)
         Select(wait_for(browser, "#corpus")[0]).select_by_value("astro")
-        wait_for(browser, "ol.results li a", lambda els: len(els) == 10 and all(
+        wait_for(browser, "ol.results > li > a", lambda els: len(els) == 10 and all(
             corpus_of[e.get_attribute("href").split("/abs/", 1)[1]] == "astro" for e in els))
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
         browser.save_screenshot(str(SCREENSHOTS / f"corpus-filter-{kind}.png"))

@@ -86,27 +86,43 @@ class DocumentFilter:
         return " · ".join(part for part in (self.category or "", years) if part) or "all documents"
 
 
-def compare(backend: Backend, model_id: int, a: DocumentFilter, b: DocumentFilter, top: int = 15) -> dict[str, Any]:
-    """The compare page: the features most over- and under-represented in A against B (B empty:
-    every other document), from feature_enrichment."""
+OVERLAP_RULES = ("leave-out", "a", "b")  # where a document in both sets counts
+
+
+def compare(backend: Backend, model_id: int, a: DocumentFilter, b: DocumentFilter, top: int = 15,
+            overlap: str = "leave-out") -> dict[str, Any]:
+    """The compare page: the ``top`` features most significantly over- and under-represented in
+    A against B (B empty: every other document), from feature_enrichment, each list sorted by
+    the log odds it charts. Documents in both sets (a paper cross-listed in both categories) are
+    left out of both, or counted in A or in B only (``overlap``); how many there are is said."""
     from saedb.analytics import enrichment
 
     check_model(backend, model_id)
-    if a.predicate() is None:
+    if overlap not in OVERLAP_RULES:
+        raise ApiError(400, f"overlap must be one of {', '.join(OVERLAP_RULES)}, not {overlap!r}")
+    a_predicate, b_predicate = a.predicate(), b.predicate()
+    if a_predicate is None:
         raise ApiError(400, "set A needs a category or a year")
-    b_predicate = b.predicate()
-    if b_predicate is not None and b_predicate == a.predicate():
+    if b_predicate is not None and b_predicate == a_predicate:
         raise ApiError(400, "sets A and B are the same filter")
+    in_both = 0
+    if b_predicate is not None:
+        in_both = int(backend.query(f"SELECT count(*) FROM papers WHERE ({a_predicate}) AND ({b_predicate})")[0][0])
+        a_only, b_only = f"({a_predicate}) AND NOT ({b_predicate})", f"({b_predicate}) AND NOT ({a_predicate})"
+        a_predicate, b_predicate = {"leave-out": (a_only, b_only), "a": (a_predicate, b_only), "b": (a_only, b_predicate)}[overlap]
     try:
-        rows = [{k: _plain(v) for k, v in row.items()} for row in enrichment(backend, model_id, a.predicate(), b_predicate).to_pylist()]
+        rows = [{k: _plain(v) for k, v in row.items()} for row in enrichment(backend, model_id, a_predicate, b_predicate).to_pylist()]
     except InvalidInputError as exc:
         raise ApiError(400, str(exc).replace("Invalid Input Error: ", "")) from None
+    if not rows:
+        raise ApiError(400, "one of the sets has no documents" + (" once the documents in both are left out" if in_both else ""))
     return {
-        "a": a.describe(), "b": b.describe() if b_predicate else "the other documents",
+        "a": a.describe(), "b": b.describe() if b.predicate() else "the other documents",
         "a_total": rows[0]["a_total"], "b_total": rows[0]["b_total"], "tested": len(rows),
+        "in_both": in_both, "overlap": overlap,
         "significant": sum(1 for r in rows if r["q_value"] < 0.05),
-        "over": [r for r in rows if r["log_odds"] > 0][:top],
-        "under": [r for r in rows if r["log_odds"] < 0][:top],
+        "over": sorted([r for r in rows if r["log_odds"] > 0][:top], key=lambda r: -r["log_odds"]),
+        "under": sorted([r for r in rows if r["log_odds"] < 0][:top], key=lambda r: r["log_odds"]),
     }
 
 
@@ -147,11 +163,30 @@ def search(
     active = run_portable(backend, "SELECT f.feature_id, f.activation FROM unnest(sae_encode($1::vector, $2)) AS f", [query, model_id])
     labels = labels_of(backend, model_id, [f for f, _ in active] + [f for f, _ in features])
     return {
-        "results": [asdict(hit) for hit in results],
+        "results": explained(backend, model_id, results, [f for f, s in features if s], labels),
         "query_features": [{"feature_id": f, "activation": _plain(a), "label": labels.get(f)} for f, a in active],
         "steering": [{"feature_id": f, "strength": s, "label": labels.get(f)} for f, s in features]
                     + [{"family_id": f, "strength": s} for f, s in families],
     }
+
+
+def explained(backend: Backend, model_id: int, hits: list, steered: list[int], labels: dict[int, str]) -> list[dict[str, Any]]:
+    """Each hit with its abstract and categories, and which of the steered features it carries
+    (their activations on it), as the paper's app shows them."""
+    if not hits:
+        return []
+    marks = ", ".join("?" * len(hits))
+    ids = [hit.doc_id for hit in hits]
+    papers = {row[0]: row[1:] for row in backend.query(f"SELECT doc_id, abstract, categories FROM papers WHERE doc_id IN ({marks})", ids)}
+    carried: dict[int, list[dict[str, Any]]] = {}
+    if steered:
+        rows = backend.query(f"SELECT doc_id, feature_id, activation FROM sae_codes WHERE model_id = ? AND doc_id IN ({marks}) "
+                             f"AND feature_id IN ({', '.join('?' * len(steered))}) ORDER BY doc_id, activation DESC",
+                             (model_id, *ids, *steered))
+        for doc_id, feature_id, activation in rows:
+            carried.setdefault(doc_id, []).append({"feature_id": feature_id, "activation": _plain(activation), "label": labels.get(feature_id)})
+    return [{**asdict(hit), "abstract": papers.get(hit.doc_id, ("", []))[0], "categories": list(papers.get(hit.doc_id, ("", []))[1] or []),
+             "carries": carried.get(hit.doc_id, [])} for hit in hits]
 
 
 FUZZY_MATCH = 0.75  # difflib ratio for a label that does not contain the text

@@ -32,7 +32,7 @@ from saedb.errors import DatabaseBusyError, SaedbError
 
 STATIC = Path(__file__).resolve().parent / "static"
 STATIC_FILES = frozenset(p.name for p in STATIC.iterdir() if p.is_file())
-CONTENT_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript", ".css": "text/css"}
+CONTENT_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript", ".css": "text/css", ".svg": "image/svg+xml"}
 log = logging.getLogger("saedb.app")
 
 
@@ -220,7 +220,8 @@ class App:
                 _year(params, "year_from"), _year(params, "year_to")),
             "/api/corpora": lambda b: api.corpora(b),
             "/api/categories": lambda b: api.categories(b),
-            "/api/compare": lambda b: api.compare(b, _int(params, "model"), _filter(params, "a"), _filter(params, "b")),
+            "/api/compare": lambda b: api.compare(b, _int(params, "model"), _filter(params, "a"), _filter(params, "b"),
+                                                  overlap=params.get("overlap", ["leave-out"])[0]),
             "/api/labels": lambda b: api.find_features(b, self.embed, self._text(params), _int(params, "model"),
                                                        _int(params, "limit", 10, 1, 100)),
             "/api/feature": lambda b: api.feature(b, _int(params, "model"), _int(params, "id"), params.get("corpus", [None])[0] or None),
@@ -245,7 +246,7 @@ class App:
     def handle(self, path: str, query: str) -> tuple[int, str, bytes]:
         """(status, content type, body) for a GET request."""
         if not path.startswith("/api/"):
-            name = "index.html" if path in ("/", "/index.html") else path.lstrip("/")
+            name = {"/": "index.html", "/favicon.ico": "favicon.svg"}.get(path, path.lstrip("/"))
             if name not in STATIC_FILES:  # only the shipped files: no path is ever resolved on disk
                 return 404, "text/plain", b"not found"
             file = STATIC / name

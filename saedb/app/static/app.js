@@ -1,7 +1,8 @@
 // saedb web app: hash-routed pages over the JSON API in saedb/app/api.py.
 const view = document.getElementById("view");
 const modelSelect = document.getElementById("model");
-const state = { steering: new Map(), families: new Map(), lastQuery: "", showAll: false };
+// steering: feature -> strength; added: features the user added (always shown, removable).
+const state = { steering: new Map(), families: new Map(), added: new Set(), lastQuery: "", showAll: false };
 
 const esc = (s) => String(s ?? "").replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c]);
 const fmt = (x, d = 3) => (x === null || x === undefined ? "–" : Number(x).toFixed(d));
@@ -87,14 +88,38 @@ function tree(members, current, openDepth = 1) {
 }
 
 // --- pages -------------------------------------------------------------------
-async function searchPage() {
+function restoreSearch(params) {
+  // A search's state from its URL (#/search?q=..&model=..&corpus=..&f=ID:S&fam=ID:S): reloadable, shareable.
+  if (!params.has("q")) return;
+  state.lastQuery = params.get("q");
+  state.corpus = params.get("corpus") || "";
+  state.steering = new Map(params.getAll("f").map((p) => p.split(":").map(Number)));
+  state.families = new Map(params.getAll("fam").map((p) => p.split(":").map(Number)));
+  state.added = new Set(state.steering.keys());
+}
+
+function searchParams() {
+  const params = [["q", state.lastQuery], ["model", model()]];
+  if (state.corpus) params.push(["corpus", state.corpus]);
+  state.steering.forEach((s, f) => s !== 0 && params.push(["f", `${f}:${s}`]));
+  state.families.forEach((s, f) => s !== 0 && params.push(["fam", `${f}:${s}`]));
+  return params;
+}
+
+function addFeature(id, strength) {
+  state.steering.set(id, strength);
+  state.added.add(id);
+}
+
+async function searchPage(params) {
+  restoreSearch(params);
   view.innerHTML = `<h1>Steered semantic search</h1>
     <form class="search"><input id="q" name="q" placeholder="e.g. dark matter halos in cosmological simulations" value="${esc(state.lastQuery)}" autocomplete="off">
     <span id="corpus-box"></span><button id="go">Search</button></form>
     <div class="layout"><aside class="card"><h2 style="margin-top:0">Add a feature or family</h2>
       <form id="add" class="search"><input id="add-id" placeholder="a label or concept, a feature id, or fam:ID"><button>Find</button></form>
       <div id="suggestions"></div>
-      <h2>Steering</h2>
+      <h2>Steering <button type="button" id="reset" class="link">reset</button></h2>
       <p class="muted">Each slider turns the query toward a feature: 0.5 is halfway between the query and it, 1 the feature alone, negative away from it.</p>
       <div id="sliders"><p class="muted">Search to see the query's features.</p></div></aside>
     <section class="card"><div id="results"></div></section></div>`;
@@ -106,7 +131,7 @@ async function searchPage() {
     if (!raw) return showError("type a label, a concept, a feature id or fam:ID");
     if (/^(fam:)?\d+$/.test(raw)) {
       const fam = raw.startsWith("fam:");
-      (fam ? state.families : state.steering).set(parseInt(fam ? raw.slice(4) : raw, 10), 0.5);
+      if (fam) state.families.set(parseInt(raw.slice(4), 10), 0.5); else addFeature(parseInt(raw, 10), 0.5);
       document.getElementById("suggestions").innerHTML = "";
       return run();
     }
@@ -122,9 +147,20 @@ async function searchPage() {
   document.getElementById("suggestions").addEventListener("click", (e) => {
     const button = e.target.closest("button.add-feature");
     if (!button) return;
-    state.steering.set(Number(button.dataset.id), 0.8);
+    addFeature(Number(button.dataset.id), 0.8);
     run();
   });
+  document.getElementById("sliders").addEventListener("click", (e) => {
+    const button = e.target.closest("button.remove");
+    if (!button) return;
+    const id = Number(button.dataset.id);
+    if (button.dataset.kind === "family") state.families.delete(id); else { state.steering.delete(id); state.added.delete(id); }
+    run();
+  });
+  document.getElementById("reset").onclick = () => {  // back to the plain query
+    state.steering.clear(); state.families.clear(); state.added.clear();
+    if (state.lastQuery) runSearch();
+  };
   view.addEventListener("input", (e) => {
     if (!e.target.matches("input[type=range]")) return;
     const { kind, id } = e.target.dataset;
@@ -143,23 +179,27 @@ async function searchPage() {
 
 function debounce(fn, ms) { let t; return (...a) => { clearTimeout(t); t = setTimeout(() => fn(...a), ms); }; }
 
-function slider(kind, id, label, value, activation) {
+function slider(kind, id, label, value, activation, removable = false) {
   const fires = activation === undefined ? "" : `<span class="dist">fires ${fmt(activation, 2)}</span>`;
-  return `<div class="slider"><div class="name"><span>${kind === "family" ? `family ${id}` : featureLink(id, label)} ${fires}</span>
-    <span class="value">${fmt(value, 2)}</span></div>
+  const remove = removable ? ` <button type="button" class="remove" data-kind="${kind}" data-id="${id}" aria-label="remove ${kind} ${id}">×</button>` : "";
+  return `<div class="slider${removable ? " added" : ""}"><div class="name"><span>${kind === "family" ? `family ${id}` : featureLink(id, label)} ${fires}</span>
+    <span class="value">${fmt(value, 2)}</span>${remove}</div>
     <input type="range" min="-1" max="1" step="0.05" value="${value}" data-kind="${kind}" data-id="${id}" aria-label="strength of ${kind} ${id}"></div>`;
 }
 
 const SLIDER_LIMIT = 8;
 
 function querySliders(data) {
-  // What you steer first (added features and families), then the query's labelled features by
-  // activation (SLIDER_LIMIT of them until "show all"), then its unlabelled ones, collapsed.
+  // What you steer first (features you added, whether the query fires them or not, and families),
+  // each with a remove button; then the query's other labelled features by activation
+  // (SLIDER_LIMIT of them until "show all"), then its unlabelled ones, collapsed.
   const fired = new Map(data.query_features.map((f) => [f.feature_id, f]));
-  const added = [...state.steering.keys()].filter((f) => !fired.has(f));
-  let html = added.map((f) => slider("feature", f, (data.steering.find((x) => x.feature_id === f) || {}).label, state.steering.get(f))).join("");
-  state.families.forEach((s, f) => (html += slider("family", f, "", s)));
-  const labelled = data.query_features.filter((f) => f.label), unlabelled = data.query_features.filter((f) => !f.label);
+  const pinned = [...state.steering.keys()].filter((f) => state.added.has(f) || !fired.has(f));
+  const label = (f) => (fired.get(f) || data.steering.find((x) => x.feature_id === f) || {}).label;
+  let html = pinned.map((f) => slider("feature", f, label(f), state.steering.get(f), fired.get(f)?.activation, true)).join("");
+  state.families.forEach((s, f) => (html += slider("family", f, "", s, undefined, true)));
+  const rest = data.query_features.filter((f) => !pinned.includes(f.feature_id));
+  const labelled = rest.filter((f) => f.label), unlabelled = rest.filter((f) => !f.label);
   const shown = state.showAll ? labelled : labelled.slice(0, SLIDER_LIMIT);
   html += shown.map((f) => slider("feature", f.feature_id, f.label, state.steering.get(f.feature_id) || 0, f.activation)).join("");
   if (shown.length < labelled.length) html += `<button type="button" id="show-all" class="link">show all ${labelled.length} labelled features</button>`;
@@ -170,20 +210,19 @@ function querySliders(data) {
 
 async function runSearch() {
   if (!state.lastQuery.trim()) return showError("type something to search for");
-  const params = [["q", state.lastQuery], ["model", model()], ["limit", "10"]];
-  const corpus = document.getElementById("corpus");
-  if (corpus && corpus.value) params.push(["corpus", corpus.value]);
-  state.steering.forEach((s, f) => s !== 0 && params.push(["f", `${f}:${s}`]));
-  state.families.forEach((s, f) => s !== 0 && params.push(["fam", `${f}:${s}`]));
+  const params = searchParams();
   try {
-    const data = await get("search", params);
+    const data = await get("search", [...params, ["limit", "10"]]);
+    history.replaceState(null, "", "#/search?" + new URLSearchParams(params).toString());
     const html = querySliders(data);
     if (!document.activeElement || !document.activeElement.matches("input[type=range]")) document.getElementById("sliders").innerHTML = html || '<p class="muted">No active features.</p>';
     const more = document.getElementById("show-all");
     if (more) more.onclick = () => { state.showAll = true; runSearch(); };
     document.getElementById("results").innerHTML = `<ol class="results">${data.results.map((r) =>
       `<li><a href="https://arxiv.org/abs/${esc(r.arxiv_id)}" target="_blank" rel="noopener">${esc(r.title)}</a>
-       <span class="dist">${esc(r.arxiv_id)} · ${r.year ?? ""} · distance ${fmt(r.distance)}</span></li>`).join("")}</ol>`;
+       <span class="dist">${esc(r.arxiv_id)} · ${r.year ?? ""} · ${esc(r.categories.join(", "))} · distance ${fmt(r.distance)}</span>
+       ${r.carries.length ? `<div class="carries">carries ${r.carries.map((c) => `<span class="carried" data-id="${c.feature_id}">${featureLink(c.feature_id, c.label)} ${fmt(c.activation, 2)}</span>`).join(", ")}</div>` : ""}
+       <details class="abstract"><summary>abstract</summary>${esc(r.abstract)}</details></li>`).join("")}</ol>`;
   } catch (err) { showError(err.message); }
 }
 
@@ -216,7 +255,7 @@ async function featurePage(id) {
        <td>${fmt(o.cosine, 2)}</td><td class="muted">${o.mutual ? "mutual" : "one-way"}${o.matched_by >= 2 ? `; split into ${o.matched_by} there` : ""}</td></tr>`).join("")}</table>`
       : '<p class="muted">Run <code>saedb match MODEL_A MODEL_B</code> to trace features across model versions.</p>'}</div>
     ${f.families.map((fam) => `<div class="card"><h2>Family ${fam.family_id}: ${esc(fam.label)} (${fam.size} features)</h2>${tree(fam.members, f.feature_id)}</div>`).join("")}`;
-  view.querySelectorAll("a.steer-with").forEach((a) => (a.onclick = () => state.steering.set(Number(a.dataset.id), 0.8)));
+  view.querySelectorAll("a.steer-with").forEach((a) => (a.onclick = () => addFeature(Number(a.dataset.id), 0.8)));
   view.querySelectorAll("a.other-model").forEach((a) => (a.onclick = (event) => {  // the same id in another model: no hashchange
     event.preventDefault();
     modelSelect.value = a.dataset.model;
@@ -245,11 +284,14 @@ async function comparePage() {
     <label>years <input name="from" type="number" placeholder="from"> – <input name="to" type="number" placeholder="to"></label></fieldset>`;
   view.innerHTML = `<h1>Compare two sets of documents</h1>
     <datalist id="category-list">${cats.map((c) => `<option value="${esc(c.category)}">${c.papers} papers</option>`).join("")}</datalist>
-    <form id="compare" class="row">${side("a")}${side("b")}<button id="run-compare" type="submit">Compare</button></form>
+    <form id="compare" class="row">${side("a")}${side("b")}
+      <label>documents in both <select name="overlap" id="overlap"><option value="leave-out">leave out</option>
+        <option value="a">count in A</option><option value="b">count in B</option></select></label>
+      <button id="run-compare" type="submit">Compare</button></form>
     <div id="comparison"></div>`;
   document.getElementById("compare").onsubmit = async (event) => {
     event.preventDefault();
-    const params = [["model", model()]];
+    const params = [["model", model()], ["overlap", document.getElementById("overlap").value]];
     for (const s of ["a", "b"]) {
       const box = document.getElementById(`set-${s}`);
       for (const name of ["category", "from", "to"]) {
@@ -262,8 +304,11 @@ async function comparePage() {
       const table = (rows, cls) => `<table class="${cls}"><tr><th>feature</th><th>share A</th><th>share B</th><th>log odds [95% CI]</th><th>q</th></tr>${rows.map((r) =>
         `<tr><td>${featureLink(r.feature_id, r.label)}</td><td>${fmt(100 * r.a_share, 1)}%</td><td>${fmt(100 * r.b_share, 1)}%</td>
          <td>${fmt(r.log_odds, 2)} [${fmt(r.log_odds_low, 2)}, ${fmt(r.log_odds_high, 2)}]</td><td>${Number(r.q_value).toExponential(1)}</td></tr>`).join("")}</table>`;
+      const both = { "leave-out": "left out of both", a: "counted in A", b: "counted in B" }[c.overlap];
       document.getElementById("comparison").innerHTML = `<p class="summary">A: ${esc(c.a)} (${c.a_total} documents) against B: ${esc(c.b)} (${c.b_total});
-        ${c.significant} of ${c.tested} features differ at q &lt; 0.05 (Fisher's exact test, Benjamini–Hochberg).</p>
+        ${c.significant} of ${c.tested} features differ at q &lt; 0.05 (Fisher's exact test, Benjamini–Hochberg).
+        <span class="in-both">${c.in_both} documents are in both sets: ${both}.</span>
+        Each list: the ${c.over.length + c.under.length ? "most significant" : ""} features, sorted by the log odds charted.</p>
         <div class="row">${[["over", "Over-represented in A"], ["under", "Under-represented in A"]].map(([key, title]) =>
           `<div class="card"><h2>${title}</h2>${oddsChart(c[key])}${table(c[key], key)}</div>`).join("")}</div>`;
     } catch (err) { showError(err.message); }
@@ -305,7 +350,8 @@ async function dashboardPage() {
 }
 
 async function render() {
-  const [page, id] = location.hash.replace(/^#\/?/, "").split("/");
+  const [path, query] = location.hash.replace(/^#\/?/, "").split("?");
+  const [page, id] = path.split("/");
   document.querySelectorAll("nav a").forEach((a) => a.classList.toggle("active", a.dataset.page === (page || "search")));
   try {
     if (page === "feature") await featurePage(id);
@@ -313,7 +359,7 @@ async function render() {
     else if (page === "family") await familyPage(id);
     else if (page === "dashboard") await dashboardPage();
     else if (page === "compare") await comparePage();
-    else await searchPage();
+    else await searchPage(new URLSearchParams(query || ""));
   } catch (err) {
     view.innerHTML = `<h1>Something went wrong</h1><p>${esc(err.message)}</p>`;
     showError(err.message);
@@ -325,6 +371,8 @@ async function render() {
     const models = await get("models");
     if (!models.length) { view.innerHTML = "<h1>No published model yet</h1><p>Run <code>saedb train</code> first.</p>"; return; }
     modelSelect.innerHTML = models.map((m) => `<option value="${m.model_id}">${esc(m.name)} v${m.version} (#${m.model_id})</option>`).join("");
+    const linked = new URLSearchParams(location.hash.split("?")[1] || "").get("model");  // a shared search's model
+    if (models.some((m) => String(m.model_id) === linked)) modelSelect.value = linked;
     modelSelect.onchange = render;
     window.addEventListener("hashchange", render);
     render();
