@@ -55,10 +55,11 @@ def corpus_figures(name: str, directory: Path, cfg: TrainConfig, limit: int | No
             labeller = OfflineLabeller(stats, roundtrip=roundtrip)
             run_autointerp(backend, model, labeller, roundtrip=roundtrip)
             shuffled[model] = label_control(backend, model, labeller.name, labeller).pearson_margin()
-            build_families(backend, model)
+            build_families(backend, model, predictor=labeller)  # names scored: membership fraction
             figures[model] = LabelFigures.of(backend, model, labeller.name)
-        family_stats = backend.query("SELECT n_families, share_of_features, block_diagonality, membership_fraction "
-                                     "FROM family_stats WHERE model_id IN (?, ?) ORDER BY model_id", (model_id, control_id))
+        family_stats = [(backend.query("SELECT n_families, share_of_features, block_diagonality, membership_fraction "
+                                       "FROM family_stats WHERE model_id = ?", (model,)) or [(0, 0.0, None, None)])[0]
+                        for model in (model_id, control_id)]  # a model with no family has no row
         run = run_evaluation(backend, model_id, get_embedder("minilm"), get_judge("categories", backend),
                              title_queries(backend, n_queries, seed=0), get_rewriter("offline-rewrite"),
                              f"{n_queries} corpus titles", grid="paper", category_precision=category_precision)

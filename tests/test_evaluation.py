@@ -294,3 +294,16 @@ def test_the_offline_rewriter_drops_the_down_topic_and_appends_the_up_one() -> N
     assert rewrite("Clusters of Galaxies", up, down) == "of and dark matter"  # plural and case: the same words
     assert rewrite("galaxies", up, down) == "galaxies and dark matter"  # nothing would be left: kept whole
     assert rewrite("the stellar halo", up, Topic("the", (3,))) == "the stellar halo and dark matter"  # stopwords stay
+
+
+def test_the_comparison_names_each_random_direction_row_once() -> None:
+    """docs/figures.md showed the random direction twice when the one nearest rewriting's cosine
+    was also the one at addition's strengths."""
+    from saedb.evaluation.report import format_comparison
+    from saedb.evaluation.runner import EvalRun, ResultRow
+
+    rows = [ResultRow("rewrite:offline-rewrite", None, None, 10, 0.91, 0.58, 0.22, 0),
+            ResultRow("random-direction", 0.5, 0.0, 10, 0.89, 0.22, 0.24, 0), ResultRow("add", 0.5, 0.0, 10, 0.89, 0.38, 0.24, 0),
+            ResultRow("unmodified", 0.0, 0.0, 10, 1.0, 0.22, 0.14, 0)]
+    lines = format_comparison(EvalRun(1, "categories", "offline-rewrite", "t", 10, 0, "paper", rows)).splitlines()
+    assert len(lines) == len(set(lines)) == 5 and sum("random-direction" in line for line in lines) == 1

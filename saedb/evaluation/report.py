@@ -50,7 +50,7 @@ def format_comparison(run: EvalRun) -> str:
         if row:
             lines.append(_line(method, row))
             control = [r for r in run.rows if r.method == "random-direction" and (r.a_up, r.a_down) == (row.a_up, row.a_down)]
-            if method == "add" and control:
+            if method == "add" and control and _line("random-direction", control[0]) not in lines:
                 lines.append(_line("random-direction", control[0]))
     lines += [_line(r.method, r) for r in run.rows if r.method == "unmodified"]
     return "\n".join(lines)
