@@ -448,6 +448,17 @@ def test_find_features_by_label_and_by_concept(served: tuple[str, int], db_url: 
     assert [f["feature_id"] for f in concept["by_concept"]] == np.argsort(-cosine)[:5].tolist()
     assert concept["by_concept"][0]["cosine"] == pytest.approx(float(cosine.max()), abs=1e-5)
     assert get(base, "labels", [("q", " "), ("model", str(model_id))])[0] == 400
+    # Issue 37: every offer carries the same quality figures and its top titles (which tell
+    # features with one label apart); a suggestion had "–" beside others' r 0.45.
+    offers = [concept["concept"], *concept["by_label"], *concept["by_concept"]]
+    assert all({"interpretability", "f1", "density", "top_titles"} <= set(f) for f in offers)
+    with connect(db_url, read_only=True) as backend:
+        for f in offers:
+            titles = [r[0] for r in backend.query("SELECT p.title FROM sae_codes c JOIN papers p ON p.doc_id = c.doc_id WHERE "
+                                                  "c.model_id = ? AND c.feature_id = ? ORDER BY c.activation DESC, c.doc_id LIMIT 3",
+                                                  (model_id, f["feature_id"]))]
+            scored = backend.query("SELECT pearson FROM feature_best_labels WHERE model_id = ? AND feature_id = ?", (model_id, f["feature_id"]))
+            assert f["top_titles"] == titles and f["interpretability"] == (pytest.approx(scored[0][0]) if scored else None)
 
 
 def test_browser_adds_a_feature_found_by_label(served: tuple[str, int], browser, db_url: str) -> None:

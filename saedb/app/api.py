@@ -203,30 +203,48 @@ def find_features(backend: Backend, embed: Callable[[str], np.ndarray], text: st
     except InvalidInputError as exc:
         raise ApiError(400, str(exc)) from None
     needle = text.lower()
-    rows = backend.query(
-        "SELECT l.feature_id, l.label, l.pearson, s.density FROM feature_best_labels l "
-        "LEFT JOIN feature_stats s ON s.model_id = l.model_id AND s.feature_id = l.feature_id WHERE l.model_id = ?", (model_id,))
+    rows = backend.query("SELECT feature_id, label, pearson FROM feature_best_labels WHERE model_id = ?", (model_id,))
     by_label = []
-    for feature_id, label, pearson, density in rows:
+    for feature_id, label, pearson in rows:
         low = label.lower()
         match = 2.0 + (low == needle) if needle in low else difflib.SequenceMatcher(None, needle, low).ratio()
         if match >= FUZZY_MATCH:
-            by_label.append((match, pearson or 0.0, feature_id, label, density, pearson))
+            by_label.append((match, pearson or 0.0, feature_id))
     by_label.sort(key=lambda m: (-m[0], -m[1], m[2]))
     query = embed(text)
     cosine = decoder @ query / (np.linalg.norm(decoder, axis=1) * np.linalg.norm(query))
     nearest = np.argsort(-cosine, kind="stable")[:limit].tolist()
-    labels, stats = labels_of(backend, model_id, nearest), {r[0]: r for r in rows}
-    densities = dict(backend.query(f"SELECT feature_id, density FROM feature_stats WHERE model_id = ? AND feature_id IN "
-                                   f"({', '.join('?' * len(nearest))})", (model_id, *nearest))) if nearest else {}
+    shown = by_label[:limit]
+    cards = feature_cards(backend, model_id, [concept.feature_id, *(m[2] for m in shown), *nearest])
     return {
-        "concept": {"feature_id": concept.feature_id, "label": labels_of(backend, model_id, [concept.feature_id]).get(concept.feature_id),
-                    "by": concept.by},
-        "by_label": [{"feature_id": f, "label": label, "density": _plain(d), "interpretability": _plain(p)}
-                     for _, _, f, label, d, p in by_label[:limit]],
-        "by_concept": [{"feature_id": f, "label": labels.get(f), "cosine": _plain(cosine[f]), "density": _plain(densities.get(f)),
-                        "interpretability": _plain(stats[f][2]) if f in stats else None} for f in nearest],
+        "concept": {**cards[concept.feature_id], "by": concept.by},
+        "by_label": [cards[m[2]] for m in shown],
+        "by_concept": [{**cards[f], "cosine": _plain(cosine[f])} for f in nearest],
     }
+
+
+TOP_TITLES = 3  # titles that tell features with one label apart (shown on hover)
+
+
+def feature_cards(backend: Backend, model_id: int, features: list[int]) -> dict[int, dict[str, Any]]:
+    """The same figures for every feature a list offers: label, interpretability (Pearson r),
+    F1, density, and the titles of its TOP_TITLES most activating papers."""
+    ids = sorted(set(features))
+    marks = ", ".join("?" * len(ids))
+    quality = {f: (label, pearson, f1) for f, label, pearson, f1 in backend.query(
+        f"SELECT feature_id, label, pearson, f1 FROM feature_best_labels WHERE model_id = ? AND feature_id IN ({marks})", (model_id, *ids))}
+    density = dict(backend.query(f"SELECT feature_id, density FROM feature_stats WHERE model_id = ? AND feature_id IN ({marks})",
+                                 (model_id, *ids)))
+    titles: dict[int, list[str]] = {}
+    for feature_id, title in backend.query(
+            f"SELECT feature_id, title FROM (SELECT c.feature_id, p.title, row_number() OVER (PARTITION BY c.feature_id "
+            f"ORDER BY c.activation DESC, c.doc_id) AS rank FROM sae_codes c JOIN papers p ON p.doc_id = c.doc_id "
+            f"WHERE c.model_id = ? AND c.feature_id IN ({marks})) ranked WHERE rank <= {TOP_TITLES} ORDER BY feature_id, rank",
+            (model_id, *ids)):
+        titles.setdefault(feature_id, []).append(title)
+    return {f: {"feature_id": f, "label": quality.get(f, (None,))[0], "interpretability": _plain(quality.get(f, (None, None))[1]),
+                "f1": _plain(quality.get(f, (None, None, None))[2]), "density": _plain(density.get(f)), "top_titles": titles.get(f, [])}
+            for f in ids}
 
 
 def feature(backend: Backend, model_id: int, feature_id: int, corpus: str | None = None) -> dict[str, Any]:

@@ -137,11 +137,13 @@ async function searchPage(params) {
     }
     try {
       const found = await get("labels", [["q", raw], ["model", model()], ["limit", "8"]]);
-      const item = (f, extra) => `<li><button type="button" class="add-feature" data-id="${f.feature_id}">+</button> ${featureLink(f.feature_id, f.label)}
-        <span class="dist">${extra}</span></li>`;
+      // The same figures for every offer; its top titles on hover tell features with one label apart.
+      const item = (f, extra) => `<li title="${esc(f.top_titles.join("\n"))}"><button type="button" class="add-feature" data-id="${f.feature_id}">+</button>
+        ${featureLink(f.feature_id, f.label)} <span class="dist quality">${extra ? extra + ", " : ""}r ${fmt(f.interpretability, 2)}, F1 ${fmt(f.f1, 2)},
+        ${f.density === null ? "–" : fmt(100 * f.density, 1)}% of docs</span></li>`;
       document.getElementById("suggestions").innerHTML = `<h3>Concept</h3><ul class="picks concept">${item(found.concept, `by ${found.concept.by}`)}</ul>
-        <h3>By label</h3><ul class="picks by-label">${found.by_label.map((f) => item(f, `r ${fmt(f.interpretability, 2)}, ${fmt(100 * f.density, 1)}% of docs`)).join("") || '<li class="muted">no label matches</li>'}</ul>
-        <h3>By concept (decoder cosine)</h3><ul class="picks by-concept">${found.by_concept.map((f) => item(f, `cos ${fmt(f.cosine, 2)}, ${fmt(100 * (f.density || 0), 1)}% of docs`)).join("")}</ul>`;
+        <h3>By label</h3><ul class="picks by-label">${found.by_label.map((f) => item(f)).join("") || '<li class="muted">no label matches</li>'}</ul>
+        <h3>By concept (decoder cosine)</h3><ul class="picks by-concept">${found.by_concept.map((f) => item(f, `cos ${fmt(f.cosine, 2)}`)).join("")}</ul>`;
     } catch (err) { showError(err.message); }
   };
   document.getElementById("suggestions").addEventListener("click", (e) => {
