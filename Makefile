@@ -60,6 +60,7 @@ bench: $(VENV)/.installed
 	$(PY) bench/bench_macros.py
 	$(PY) bench/bench_lineage.py
 	$(PY) bench/bench_compare.py
+	$(PY) bench/bench_steer.py
 	$(MAKE) bench-search
 
 # Fast search and scale, in one run: search on both backends at 87k, the web app under 200

@@ -45,3 +45,8 @@ def test_figures_regenerate_at_a_tiny_size(tmp_path: Path) -> None:
         return [line for line in markdown.splitlines() if not line.startswith(("Made by", "Training:"))]
 
     assert figures(text) == figures(again.read_text())  # seeded
+
+
+def test_bench_steer_runs_at_a_tiny_size() -> None:
+    printed = run_bench("bench_steer.py", "--docs", "200", "--n", "64", "--k", "4", "--repeats", "5")
+    assert "steered vector in process" in printed and "bit for bit" in printed
