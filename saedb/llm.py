@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Callable, Literal, Sequence, TypeVar
 from saedb.errors import ConfigurationError, InvalidInputError
 
 if TYPE_CHECKING:
-    from saedb.backends import Backend
+    from saedb.backends.base import Backend
 
 FINAL = re.compile(r"FINAL\s*:\s*(.+)", re.IGNORECASE)
 PREDICTION = re.compile(r"PREDICTION\s*:\s*\**\s*([-+]?\d*\.?\d+)", re.IGNORECASE)

@@ -44,6 +44,19 @@ def postgres_dsn(url: str) -> str:
     return base + ("&" if "?" in base else "?") + f"options=-csearch_path%3D{schema},public"
 
 
+def postgres_class(dsn: str) -> type[Backend]:
+    """CitusBackend where the database has the citus extension, else PostgresBackend: chosen
+    here only, so the Postgres backend does not know Citus (which overrides what differs)."""
+    import psycopg
+
+    from saedb.backends.citus import CitusBackend
+    from saedb.backends.postgres import PostgresBackend
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        citus = conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'citus'").fetchone()
+    return CitusBackend if citus else PostgresBackend
+
+
 def connect(url: str = DEFAULT_DB, read_only: bool = False, statement_timeout_s: float = 10.0) -> Backend:
     """Open a backend from a URL: ``postgresql://...`` for Postgres (with Citus where the
     database has the citus extension), otherwise a DuckDB
@@ -54,10 +67,8 @@ def connect(url: str = DEFAULT_DB, read_only: bool = False, statement_timeout_s:
     (DuckDB opens the file read-only; Postgres sessions are read-only transactions with
     ``statement_timeout_s``; DuckDB has no statement timeout: callers interrupt instead)."""
     if url.startswith(("postgresql://", "postgres://")):
-        from saedb.backends.postgres import backend_class
-
         dsn = postgres_dsn(url)
-        return backend_class(dsn)(dsn, read_only=read_only, statement_timeout_ms=int(statement_timeout_s * 1000))
+        return postgres_class(dsn)(dsn, read_only=read_only, statement_timeout_ms=int(statement_timeout_s * 1000))
     from saedb.backends.duckdb import DuckDBBackend
 
     path, schema = split_schema(url.removeprefix("duckdb://"))

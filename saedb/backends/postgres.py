@@ -90,17 +90,6 @@ def configure_reader(conn: psycopg.Connection, statement_timeout_ms: int) -> Non
     register_vector(conn)
 
 
-def backend_class(dsn: str) -> type["PostgresBackend"]:
-    """CitusBackend where the database has the citus extension, else PostgresBackend."""
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        citus = conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'citus'").fetchone()
-    if citus:
-        from saedb.backends.citus import CitusBackend
-
-        return CitusBackend
-    return PostgresBackend
-
-
 class PostgresBackend(Backend):
     dialect = "postgres"
     schema_files = ("schema.sql", "functions.sql", "views.sql", "analytics.sql")
