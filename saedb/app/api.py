@@ -185,8 +185,11 @@ def explained(backend: Backend, model_id: int, hits: list, steered: list[int], l
                              (model_id, *ids, *steered))
         for doc_id, feature_id, activation in rows:
             carried.setdefault(doc_id, []).append({"feature_id": feature_id, "activation": _plain(activation), "label": labels.get(feature_id)})
-    return [{**asdict(hit), "abstract": papers.get(hit.doc_id, ("", []))[0], "categories": list(papers.get(hit.doc_id, ("", []))[1] or []),
-             "carries": carried.get(hit.doc_id, [])} for hit in hits]
+    shown = []
+    for hit in hits:
+        abstract, categories = papers.get(hit.doc_id, ("", []))
+        shown.append({**asdict(hit), "abstract": abstract, "categories": list(categories or []), "carries": carried.get(hit.doc_id, [])})
+    return shown
 
 
 FUZZY_MATCH = 0.75  # difflib ratio for a label that does not contain the text

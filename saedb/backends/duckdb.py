@@ -536,16 +536,16 @@ class DuckDBBackend(Backend):
 
     def hashed_range(self, first: int, stop: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``embedding_range`` with each row's content hash, read in the same statement (the search indexes' reader)."""
-        table = self._in_schema(self.con.cursor()).sql(
-            "SELECT doc_id, embedding, embedding_hash FROM embeddings WHERE doc_id >= ? AND doc_id < ? ORDER BY doc_id",
-            params=[first, stop]).to_arrow_table()
-        return hashed_rows(table)
+        return hashed_rows(self._range_table("doc_id, embedding, embedding_hash", first, stop))
 
     def embedding_range(self, first: int, stop: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        return ids_and_vectors(self._range_table("doc_id, embedding", first, stop))
+
+    def _range_table(self, columns: str, first: int, stop: int | None) -> pa.Table:
+        """``columns`` of the embeddings with first <= doc_id < stop, in doc id order (a range scan, on its own cursor)."""
         bounds, params = ("doc_id >= ?", [first]) if stop is None else ("doc_id >= ? AND doc_id < ?", [first, stop])
-        table = self._in_schema(self.con.cursor()).sql(
-            f"SELECT doc_id, embedding FROM embeddings WHERE {bounds} ORDER BY doc_id", params=params).to_arrow_table()
-        return ids_and_vectors(table)
+        return self._in_schema(self.con.cursor()).sql(
+            f"SELECT {columns} FROM embeddings WHERE {bounds} ORDER BY doc_id", params=params).to_arrow_table()
 
     def create_embeddings_index(self) -> None:
         """After a load: bring the HNSW graph up to date, or build it once there are
