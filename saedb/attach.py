@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterator
 
 from saedb.backends import IDENTIFIER, Backend, connect, split_schema
+from saedb.backends.duckdb import open_file
 from saedb.errors import InvalidInputError
 
 
@@ -129,8 +130,6 @@ def raw_connection(url: str) -> Iterator[tuple[Callable[[str], list[tuple]], str
 
         conn, dialect = psycopg.connect(url, autocommit=True), "postgres"
     else:
-        from saedb.backends.duckdb import open_file
-
         conn, dialect = open_file(url.removeprefix("duckdb://")), "duckdb"
 
     def execute(sql: str) -> list[tuple]:

@@ -13,8 +13,11 @@ from typing import Any, Sequence
 
 import pyarrow as pa
 
+from saedb.analytics import enrichment, predictors, slopes
 from saedb.backends import DEFAULT_DB, Backend
 from saedb.backends import connect as open_backend
+from saedb.embedders import get_embedder
+from saedb.models import resolve_model
 from saedb.search import chosen_steering, search
 
 
@@ -30,8 +33,6 @@ class Database:
 
     def model_id(self, model: int | str) -> int:
         """A model id, or the latest published version of a model name (UnknownModelError if none)."""
-        from saedb.models import resolve_model
-
         return resolve_model(self.backend, model)
 
     def search(self, text: str, model: int | str | None = None, *, feature: int | None = None, label: str | None = None,
@@ -39,8 +40,6 @@ class Database:
                year_from: int | None = None, year_to: int | None = None, exact: bool = False) -> pa.Table:
         """Nearest papers to ``text`` (within ``corpus`` and the years given), optionally steered
         along a feature, a label or a family; ``exact``: every document ranked, not the HNSW index."""
-        from saedb.embedders import get_embedder
-
         steering = chosen_steering(feature, label, family, strength, (lambda: self.model_id(model)) if model is not None else None)
         if model is not None and not steering:
             self.model_id(model)  # a model named is checked, steered by or not
@@ -60,22 +59,16 @@ class Database:
         """Features over- and under-represented in the documents matching predicate ``a`` against
         those matching ``b`` (None: all the others): shares, log odds ratio with its 95% interval,
         Fisher's exact p-value and the Benjamini-Hochberg q-value."""
-        from saedb.analytics import enrichment
-
         return enrichment(self.backend, self.model_id(model), a, b)
 
     def predictors(self, model: int | str, column: str) -> pa.Table:
         """Per value of a categorical column (an SQL expression), the features that predict it:
         precision, recall, f1 and lift, ranked by f1."""
-        from saedb.analytics import predictors
-
         return predictors(self.backend, self.model_id(model), column)
 
     def slopes(self, model: int | str, column: str) -> pa.Table:
         """Per feature, the trend of its firing along a numeric column (year): slope per unit with
         its 95% interval, p- and q-value."""
-        from saedb.analytics import slopes
-
         return slopes(self.backend, self.model_id(model), column)
 
     def close(self) -> None:

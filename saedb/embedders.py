@@ -15,6 +15,7 @@ from typing import Protocol
 import numpy as np
 
 from saedb.errors import ConfigurationError, InvalidInputError
+from saedb.openai_api import endpoint_errors, openai_client
 from saedb.sae import unit_rows
 
 DEFAULT_EMBEDDER = "wordllama-256"
@@ -95,8 +96,6 @@ class OpenAIEmbedder:
 
     @cached_property
     def client(self):
-        from saedb.llm import openai_client
-
         return openai_client(self.base_url, self.api_key, max_retries=5)
 
     @cached_property
@@ -106,7 +105,8 @@ class OpenAIEmbedder:
     def embed(self, texts: list[str]) -> np.ndarray:
         texts, chunks = bounded(texts), []
         for start in range(0, len(texts), self.batch_size):
-            response = self.client.embeddings.create(model=self.model, input=texts[start : start + self.batch_size])
+            with endpoint_errors(self.client, self.model):
+                response = self.client.embeddings.create(model=self.model, input=texts[start : start + self.batch_size])
             chunks.append(np.array([item.embedding for item in sorted(response.data, key=lambda d: d.index)]))
         return _unit_rows(np.concatenate(chunks))
 

@@ -1,4 +1,5 @@
-"""The one place that talks to an OpenAI-compatible endpoint (any ``base_url``).
+"""Asking a model at an OpenAI-compatible endpoint (any ``base_url``; the client and its errors
+come from ``openai_api``).
 
 Rules:
 - a reply is parsed by the caller's parser; a reply that is empty, has no answer line, echoes
@@ -28,6 +29,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Literal, Sequence, TypeVar
 
 from saedb.errors import ConfigurationError, InvalidInputError
+from saedb.localllm import MODELS
+from saedb.openai_api import endpoint_errors, openai_client
 
 if TYPE_CHECKING:
     from saedb.backends.base import Backend
@@ -40,10 +43,6 @@ REMINDER = "\n\nYour previous reply did not end with the required final line. En
 
 Protocol = Literal["chat", "completion"]
 T = TypeVar("T")
-
-
-class LLMUnavailableError(ConfigurationError):
-    """The endpoint cannot be reached, refuses the request or does not serve the model."""
 
 
 class MalformedReplyError(InvalidInputError):
@@ -106,18 +105,6 @@ class ResponseCache:
         for key, reply, tokens in pending:
             self.backend.execute("INSERT INTO llm_responses (model, prompt_sha, reply, completion_tokens) VALUES (?, ?, ?, ?) "
                                  "ON CONFLICT DO NOTHING", (self.model, key, reply, tokens))
-
-
-def openai_client(base_url: str | None = None, api_key: str | None = None, timeout_s: float | None = None,
-                  max_retries: int = 3):
-    """The OpenAI client of every saedb call (chat, completions, embeddings): ``base_url`` or
-    OPENAI_BASE_URL, ``api_key`` or OPENAI_API_KEY; server errors and timeouts are retried with
-    exponential backoff, and a server that is not there fails in seconds."""
-    from openai import OpenAI
-
-    options = {} if timeout_s is None else {"timeout": timeout_s}
-    return OpenAI(base_url=base_url or os.environ.get("OPENAI_BASE_URL"),
-                  api_key=api_key or os.environ.get("OPENAI_API_KEY") or "unused", max_retries=max_retries, **options)
 
 
 class ChatModel:
@@ -194,10 +181,7 @@ class ChatModel:
                                 "Use a model that follows instructions, or --protocol completion for a base model")
 
     def _request(self, system: str, user: str, examples: Sequence[tuple[str, str]]):  # -> (text, usage)
-        import openai
-
-        url = self.url
-        try:
+        with endpoint_errors(self.client, self.model):
             if self.protocol == "chat":
                 response = self.client.chat.completions.create(
                     model=self.model, temperature=0, max_tokens=self.max_tokens,
@@ -208,17 +192,6 @@ class ChatModel:
             response = self.client.completions.create(model=self.model, temperature=0, max_tokens=self.max_tokens,
                                                       prompt=prompt, stop=["\n", STOP])
             return key + (response.choices[0].text or ""), response.usage
-        except openai.APIConnectionError as exc:  # also timeouts
-            raise LLMUnavailableError(f"cannot reach the endpoint at {url} ({exc}): start an OpenAI-compatible server "
-                                      "there (saedb llm), or point OPENAI_BASE_URL at one") from None
-        except (openai.AuthenticationError, openai.PermissionDeniedError) as exc:
-            raise LLMUnavailableError(f"the endpoint at {url} refused the request ({exc.status_code}): set OPENAI_API_KEY "
-                                      "to a key it accepts") from None
-        except openai.NotFoundError:
-            raise LLMUnavailableError(f"the endpoint at {url} has no model {self.model!r} (404): name a model it serves") from None
-        except openai.APIStatusError as exc:
-            raise LLMUnavailableError(f"the endpoint at {url} answered {exc.status_code} after retries: "
-                                      f"{str(exc.message)[:200]}") from None
 
 
 STOP = "\n###"
@@ -320,8 +293,6 @@ def endpoint_settings(base_url: str | None = None, protocol: str = "auto", concu
     a CPU writes 15-60 tokens/s; the paper's 1,024 took 110 s a call), and the completion
     protocol when it has no chat template or serves a base model; other endpoints (hosted APIs)
     8 requests at once, 1,024 tokens, 120 s and the chat protocol."""
-    from saedb.localllm import MODELS
-
     props = server_props(base_url)
     if protocol == "auto":  # a server without a chat template, or serving a base model saedb knows (saedb llm)
         base = props is not None and (not props.get("chat_template") or getattr(MODELS.get(props.get("model_alias")), "base", False))

@@ -12,6 +12,7 @@ import pytest
 
 from saedb.embedders import MiniLMEmbedder, OpenAIEmbedder, get_embedder
 from saedb.errors import ConfigurationError, InvalidInputError
+from saedb.openai_api import LLMUnavailableError
 
 TEXTS = [
     "Dark matter halos in cosmological N-body simulations",
@@ -87,3 +88,32 @@ def test_unknown_or_unconfigured_embedders(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
     with pytest.raises(ConfigurationError, match="OPENAI_API_KEY"):
         get_embedder("openai:text-embedding-3-small")
+
+
+class RefusingAPI(BaseHTTPRequestHandler):
+    """An endpoint that refuses every key (401) or has no such model (404), by path."""
+
+    def do_POST(self) -> None:  # noqa: N802
+        self.rfile.read(int(self.headers["Content-Length"]))
+        status = 404 if "missing" in self.path else 401
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(json.dumps({"error": {"message": "no", "type": "invalid_request_error"}}).encode())
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.mark.parametrize(("path", "says"), [("/v1", "refused the request (401)"), ("/missing/v1", "has no model 'local-model' (404)")])
+def test_an_embeddings_endpoint_that_refuses_is_a_clear_saedb_error(path: str, says: str) -> None:
+    """The same error classes and texts as the chat model's: the CLI prints one line, no traceback."""
+    server = HTTPServer(("127.0.0.1", 0), RefusingAPI)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}{path}"
+        with pytest.raises(LLMUnavailableError, match=f"the endpoint at {url} {says.replace('(', '.').replace(')', '.')}"):
+            OpenAIEmbedder("local-model", base_url=url, api_key="test").embed(["abc"])
+    finally:
+        server.shutdown()
+        server.server_close()

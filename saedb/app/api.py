@@ -13,11 +13,13 @@ from typing import Any, Callable
 
 import numpy as np
 
+from saedb.analytics import enrichment
 from saedb.backends import Backend
 from saedb.concepts import concept_feature
 from saedb.errors import InvalidInputError, UnknownModelError
 from saedb.search import Steering, run_portable
 from saedb.search import search as search_documents
+
 
 class ApiError(Exception):
     def __init__(self, status: int, message: str) -> None:
@@ -95,8 +97,6 @@ def compare(backend: Backend, model_id: int, a: DocumentFilter, b: DocumentFilte
     A against B (B empty: every other document), from feature_enrichment, each list sorted by
     the log odds it charts. Documents in both sets (a paper cross-listed in both categories) are
     left out of both, or counted in A or in B only (``overlap``); how many there are is said."""
-    from saedb.analytics import enrichment
-
     check_model(backend, model_id)
     if overlap not in OVERLAP_RULES:
         raise ApiError(400, f"overlap must be one of {', '.join(OVERLAP_RULES)}, not {overlap!r}")

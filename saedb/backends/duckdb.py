@@ -14,13 +14,14 @@ import numpy as np
 import pyarrow as pa
 
 from saedb.arrow_vectors import fixed_size_vectors, vectors_to_matrix
-from saedb.backends.base import Backend, DocumentBatch
 from saedb.backends.approximate_index import APPROXIMATE_FROM, EXPANSION_SEARCH, STEERED_EXPANSION, ApproximateIndex
+from saedb.backends.base import Backend, DocumentBatch
 from saedb.backends.exact_index import STAMP_COLUMNS, STAMP_SQL, ExactIndex, Stamp
 from saedb.backends.paper_rows import PaperRows
 from saedb.errors import ConfigurationError, DatabaseBusyError
 from saedb.sae import SAE, SparseCodes
 from saedb.sqlfiles import read_sql
+from saedb.udfs.duckdb import register_udfs
 
 if TYPE_CHECKING:
     from saedb.udfs.duckdb import ModelCache
@@ -242,8 +243,6 @@ class DuckDBBackend(Backend):
 
     def _ensure_udfs(self) -> None:
         """(Re-)register the UDFs when missing or built for another embedder binding."""
-        from saedb.udfs.duckdb import register_udfs
-
         assert self.shared is not None
         with SharedDatabase._lock:
             bound = self.embedder()

@@ -21,11 +21,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from saedb.backends.urls import split_schema
+
 
 def duckdb_file(url: str) -> Path | None:
     """The file behind a DuckDB URL (None for Postgres and in-memory databases)."""
-    from saedb.backends import split_schema
-
     if url.startswith(("postgresql://", "postgres://")):
         return None
     path = split_schema(url.removeprefix("duckdb://"))[0]

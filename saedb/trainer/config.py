@@ -1,5 +1,5 @@
 """Training configuration, defined once: the trainer reads it and the CLI's `train` and `grid`
-options are generated from it (``saedb.cli_config``), so defaults cannot drift apart.
+options are generated from it (``saedb.cli.config_options``), so defaults cannot drift apart.
 
 Defaults are the paper's (O'Neill et al. 2024, ``../shared/paper-notes.md`` §2): Adam at
 lr 1e-4, batch 1024, 13,300 optimiser steps (astro-ph: 266 batches x 50 epochs; cs.LG:

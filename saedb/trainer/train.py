@@ -23,9 +23,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from saedb.errors import InvalidInputError, TrainingDivergedError, TrainingFailedError
+from saedb.errors import DatabaseBusyError, InvalidInputError, TrainingDivergedError, TrainingFailedError
+from saedb.ports import free_port
 from saedb.trainer.config import TrainConfig
-from saedb.trainer.parallel import DataParallel, Share
+from saedb.trainer.parallel import DataParallel, Share, init_process_group
 from saedb.trainer.stream import ArraySource, ChunkedRows, DatabaseSource, EmbeddingSource, training_batches
 from saedb.trainer.topk_sae import TopKSAE, normalised_mse
 
@@ -342,7 +343,6 @@ def connect_when_free(url: str, wait_s: float, poll_s: float, log: Callable[[str
     """``connect(url, **options)``, retrying while another process holds the DuckDB file in a
     way that excludes this one, up to ``wait_s`` (then DatabaseBusyError)."""
     from saedb.backends import connect
-    from saedb.errors import DatabaseBusyError
 
     deadline = time.monotonic() + wait_s
     waiting = False
@@ -369,7 +369,6 @@ def train_from_url(url: str, cfg: TrainConfig, name: str, log: Callable[[str], N
     numbers an attached table's rows and publishes (the others return None as the model id)."""
     from saedb.backends import split_schema
     from saedb.backends.handoff import requesting_write
-    from saedb.errors import DatabaseBusyError
     from saedb.models import publish_model
 
     lead = parallel is None or parallel.rank == 0
@@ -402,8 +401,6 @@ def train_in_processes(url: str, cfg: TrainConfig, name: str, nproc: int,
     that fails ends the run with TrainingFailedError naming it, and nothing is published."""
     import torch.multiprocessing as mp
 
-    from saedb.ports import free_port
-
     results = mp.get_context("spawn").SimpleQueue()
     address = f"tcp://127.0.0.1:{free_port()}"
     try:
@@ -424,8 +421,6 @@ def train_in_processes(url: str, cfg: TrainConfig, name: str, nproc: int,
 
 def _rank_main(rank: int, world: int, address: str, url: str, cfg: TrainConfig, name: str, verbose: bool,
                results: Any) -> None:
-    from saedb.trainer.parallel import init_process_group
-
     parallel = init_process_group(rank, world, pick_device(cfg.device), address)
     try:
         torch.set_num_threads(max(1, torch.get_num_threads() // world))  # the ranks share the machine's cores

@@ -1,0 +1,3 @@
+from saedb.cli import app
+
+app()

@@ -1,0 +1,105 @@
+"""Data in: load papers, attach a table of your own, encode documents, index embeddings."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from saedb.attach import Attachment, attach_table, describe_skipped
+from saedb.backends import connect, mask_dsn
+from saedb.backends.duckdb import DuckDBBackend
+from saedb.cli.common import USER_ERRORS, DbOption, app, fail
+from saedb.embedders import DEFAULT_EMBEDDER
+from saedb.encode import encode_new_documents, pending_documents
+from saedb.errors import InvalidInputError
+from saedb.models import resolve_model
+
+
+@app.command()
+def load(
+    path: Path = typer.Argument(..., help="JSONL(.gz), CSV or Parquet file of papers."),
+    db: str = DbOption,
+    embedder: Optional[str] = typer.Option(
+        None, help="wordllama-256 (default), minilm or openai:<model>; with --embeddings, the embedder that made them."),
+    embeddings: Optional[Path] = typer.Option(
+        None, help="Parquet/Arrow file of precomputed vectors: an 'id' column matching the papers and one vector column."),
+    limit: Optional[int] = typer.Option(None, help="Load only the first N valid papers."),
+    batch_size: int = typer.Option(1024, help="Papers embedded and committed per batch."),
+) -> None:
+    """Embed (or take precomputed embeddings for) and load papers (idempotent, resumable)."""
+    from saedb.loaders import load_corpus
+
+    try:
+        if embeddings is not None and embedder is None:
+            raise InvalidInputError(
+                f"name the embedder that made {embeddings.name} with --embedder (e.g. minilm), so queries are embedded the same way")
+        with connect(db) as backend:
+            report = load_corpus(backend, path, embedder or DEFAULT_EMBEDDER, embeddings=embeddings, limit=limit, batch_size=batch_size)
+            typer.echo(report.summary())
+    except USER_ERRORS as exc:
+        fail(exc)
+
+
+@app.command()
+def attach(
+    table: str = typer.Argument(..., help="Your table or view (schema.table allowed)."),
+    key: str = typer.Option(..., help="Its unique key column."),
+    vector: str = typer.Option(..., help="Its vector column (Postgres vector(d), DuckDB FLOAT[d])."),
+    schema: str = typer.Option(..., help="The saedb workspace schema to create next to it."),
+    title: Optional[str] = typer.Option(None, help="A title column (for labels and results)."),
+    text: Optional[str] = typer.Option(None, help="A text column (for labels)."),
+    year: Optional[str] = typer.Option(None, help="A year column (for trends)."),
+    embedder: Optional[str] = typer.Option(None, help="The embedder that made the vectors (minilm, ...), so queries match."),
+    db: str = DbOption,
+) -> None:
+    """Work on an existing table without copying it: then use --db 'URL?schema=SCHEMA' with any command."""
+    try:
+        with attach_table(db, schema, Attachment(table, key, vector, title, text, year), embedder) as backend:
+            count = backend.count("doc_keys")
+    except USER_ERRORS as exc:
+        fail(exc)
+    typer.echo(f"attached {table}: {count} rows; use --db '{mask_dsn(db)}{'&' if '?' in db else '?'}schema={schema}'")
+
+
+@app.command()
+def encode(
+    model: str = typer.Argument(..., help="Model id or name (latest version)."),
+    db: str = DbOption,
+    batch_size: int = typer.Option(4096, help="Documents encoded and committed per batch."),
+) -> None:
+    """Write codes for the documents that have none for MODEL (new rows; resumable, idempotent)."""
+    from tqdm import tqdm
+
+    try:
+        with connect(db) as backend:
+            model_id = resolve_model(backend, model)
+            pending = pending_documents(backend, model_id)
+            typer.echo(f"model {model_id}: {pending} documents pending")
+            with tqdm(total=pending, desc="encoding", unit="doc") as bar:
+                report = encode_new_documents(backend, model_id, batch_size, progress=bar.update)
+    except USER_ERRORS as exc:
+        fail(exc)
+    if report.skipped:
+        typer.echo(describe_skipped(report.skipped), err=True)
+    typer.echo(f"encoded {report.encoded} documents" + (
+        f"; {report.without_features} have no active feature (checked again next time)" if report.without_features else ""))
+
+
+@app.command()
+def index(db: str = DbOption) -> None:
+    """Build the approximate search index (HNSW) of a DuckDB file's embeddings, beside the file;
+    searches use it from then on (loads build it from APPROXIMATE_FROM documents)."""
+    try:
+        with connect(db) as backend:
+            if not isinstance(backend, DuckDBBackend):
+                raise InvalidInputError("saedb index is for DuckDB files: Postgres keeps its HNSW index in the database")
+            started = time.perf_counter()
+            backend.build_approximate_index()
+            graph = backend.indexes.approximate
+            typer.echo(f"indexed {graph.stamp[0] if graph.stamp else 0} embeddings in {time.perf_counter() - started:.1f} s"
+                       + (f" ({graph.meta_path})" if graph.meta_path else ""))
+    except USER_ERRORS as exc:
+        fail(exc)
