@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterator
 
 from saedb.backends import IDENTIFIER, Backend, connect, split_schema
-from saedb.backends.duckdb import open_file
+from saedb.backends.duckdb_files import open_file
 from saedb.errors import InvalidInputError
 
 

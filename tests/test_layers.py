@@ -102,3 +102,9 @@ def test_an_import_inside_a_function_defers_a_third_party_package() -> None:
             if target and not third_party_loaded_by(target[0]) - third_party_loaded_by(name):
                 pointless.append(f"{name} -> {target[0]}")
     assert len(modules()) > 30 and pointless == []
+
+
+def test_no_module_is_over_450_lines() -> None:
+    """A room a reader can take in: past ~450 lines a module is split by what it is about."""
+    sizes = {name: len(path.read_text().splitlines()) for name, path in modules().items()}
+    assert {name: size for name, size in sizes.items() if size > 450} == {}
