@@ -47,7 +47,7 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed /usr/bin/chromedriver citus llm superset dbt
 	$(PY) -m pytest -q
 
-# The README's label, family and steering figures, regenerated into docs/figures.md (seeded; about
+# The label, family and steering figures, regenerated into docs/figures.md (seeded; about
 # 10 minutes per corpus on 2 cores at the paper's 13,300 steps).
 figures: $(VENV)/.installed
 	$(PY) bench/figures.py

@@ -1,8 +1,8 @@
-"""Regenerate the README's label, family and steering figures from the current defaults
-(`make figures`): for each corpus, load it with its MiniLM vectors into a fresh DuckDB file,
-train a top-k SAE, label it and its untrained control offline (``saedb interp``'s steps), build
-families of both, and run the steering evaluation (categories judge, offline rewrite, random
-direction); then write the tables, with the command and the commit, to ``--out``.
+"""Regenerate the label, family and steering figures of docs/figures.md (the README's table) from the
+current defaults (`make figures`): for each corpus, load it with its MiniLM vectors into a fresh
+DuckDB file, train a top-k SAE, label it and its untrained control offline (``saedb interp``'s
+steps), build families of both, and run the steering evaluation (categories judge, offline
+rewrite, random direction); then write the tables, with the command and the commit, to ``--out``.
 
 Every step is seeded (training, labelling, evaluation), so a second run on the same machine
 gives the same tables. A run at the paper's 13,300 steps takes about 10 minutes per corpus on

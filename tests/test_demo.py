@@ -4,6 +4,7 @@ says what it does, and the showcase steers gradually with papers of both topics 
 from __future__ import annotations
 
 import re
+import shlex
 import subprocess
 from pathlib import Path
 
@@ -62,10 +63,13 @@ def test_the_demo_runs_end_to_end_and_shows_gradual_steering(demo: tuple[str, st
 ROOT = Path(__file__).resolve().parent.parent
 
 
+DOCUMENTED_SQL = ("README.md", "docs/sql.md", "docs/analytics.md")
+
+
 def readme_sql() -> list[str]:
-    """The statements of the README's SQL, BI-view and comparative-analytics examples, in order."""
-    text = (ROOT / "README.md").read_text()
-    blocks = re.findall(r"```sql\n(.*?)```", text, flags=re.DOTALL)[:3]
+    """The statements of every SQL example of the README's tour, docs/sql.md (functions, BI
+    views) and docs/analytics.md, in order."""
+    blocks = [block for name in DOCUMENTED_SQL for block in re.findall(r"```sql\n(.*?)```", (ROOT / name).read_text(), flags=re.DOTALL)]
     return [s.strip() for block in blocks for s in block.split(";\n") if s.strip()]
 
 
@@ -79,7 +83,7 @@ def only_for(statement: str) -> str | None:
 
 def test_the_readme_sql_runs_on_both_backends_with_the_same_answers(demo: tuple[str, str], tmp_path: Path, pg_dsn: str,
                                                                       embedder) -> None:
-    """Each statement of the README's SQL sections runs as written (DuckDB-only ones with embed(),
+    """Each documented SQL statement runs as written (DuckDB-only ones with embed(),
     Postgres-only ones with $1 or <=>) against the demo's database and a Postgres twin of it (the same
     papers and model, labelled and grouped the same way), and the portable ones give the same
     answers (Postgres sorted NULL interpretability first)."""
@@ -97,7 +101,7 @@ def test_the_readme_sql_runs_on_both_backends_with_the_same_answers(demo: tuple[
         load_corpus(twin, spread_sample(DEFAULT_CORPUS, DEMO_PAPERS, tmp_path), embedder, progress=False)
         assert publish_model(twin, sae, "astro-demo") == 1
         # The demo's labels and families, copied (computing them on both backends gives the same
-        # rows: tests/test_analysis.py); what is compared here is the README's SQL over them.
+        # rows: tests/test_analysis.py); what is compared here is the documented SQL over them.
         compute_cooccurrence(twin, 1)
         for table, rows in analysis.items():
             marks = ", ".join("?" * rows.num_columns)
@@ -154,10 +158,27 @@ def test_the_readme_sql_runs_verbatim_in_the_duckdb_cli(demo: tuple[str, str]) -
     cli = shutil.which("duckdb", path=str(Path(sys.executable).parent)) or shutil.which("duckdb")
     assert cli, "the dev extra installs duckdb-cli"
     portable = [s for s in readme_sql() if only_for(s) is None]
-    assert len(portable) >= 6
+    assert len(portable) >= 8
     with connect(demo[0], read_only=True) as backend:
         expected = [len(backend.query(statement)) for statement in portable]
     for statement, rows in zip(portable, expected):
         done = subprocess.run([cli, "-readonly", "-json", demo[0], "-c", statement], capture_output=True, text=True, timeout=300)
         assert done.returncode == 0 and not done.stderr, (statement, done.stderr)
         assert len(json.loads(done.stdout or "[]")) == rows > 0, statement
+
+
+def test_the_readme_tour_python_and_diff_run_on_the_demo(demo: tuple[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The tour's notebook lines and `saedb diff` command, as written, against the demo's file."""
+    readme = (ROOT / "README.md").read_text()
+    monkeypatch.chdir(Path(demo[0]).parent)
+    Path("saedb-demo.duckdb").unlink(missing_ok=True)
+    Path("saedb-demo.duckdb").symlink_to(demo[0])
+    snippet = re.search(r"\*\*6\. .*?```python\n(.*?)```", readme, flags=re.DOTALL).group(1)
+    scope: dict = {}
+    exec(snippet, scope)  # noqa: S102  (the README's own lines)
+    hits = scope["hits"]
+    assert hits.num_rows == 10 and {"title", "distance"} <= set(hits.column_names)
+    scope["db"].close()
+    command = re.search(r"\*\*5\. .*?```sh\n(.*?)```", readme, flags=re.DOTALL).group(1).strip()
+    shown = CliRunner().invoke(app, shlex.split(command)[1:])
+    assert shown.exit_code == 0 and "over-represented in A" in shown.output, shown.output

@@ -1,6 +1,7 @@
-"""The README's command-line sequence, each command as written, at a scale that fits the suite.
+"""The command-line sequence of docs/cli.md, each command as written, at a scale that fits the
+suite, and the README's tour, whose commands are taken from that sequence.
 
-Only sizes change (the sequence at full size ran here once, ~50 min: README). Changes, all
+Only sizes change (the sequence at full size ran here once, ~50 min: docs/cli.md). Changes, all
 of scale or of what this machine has:
 - loads take their first 1,500 papers (`--limit 1500`; the README's first line: 20,000);
 - train and grid: small k and n, 200 / 30 steps (the README: k=64 n=6144 at 13,300 steps);
@@ -38,13 +39,24 @@ SCALE = [  # (pattern, replacement) on the command's text
 ]
 
 
-def readme_commands() -> list[str]:
-    text = (ROOT / "README.md").read_text()
-    block = re.search(r"## Command line\n\n```sh\n(.*?)```", text, flags=re.DOTALL).group(1)
+def commands_after(path: Path, marker: str) -> list[str]:
+    """The commands of the first ```sh block after ``marker`` in ``path`` (comments dropped)."""
+    text = path.read_text()
+    block = re.search(re.escape(marker) + r".*?```sh\n(.*?)```", text, flags=re.DOTALL).group(1)
     return [shlex.join(shlex.split(line, comments=True)) for line in block.replace("\\\n", " ").splitlines() if line.strip()]
 
 
-def test_every_command_of_the_readme_sequence_runs(tmp_path: Path, pg_dsn: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def documented_commands() -> list[str]:
+    return commands_after(ROOT / "docs" / "cli.md", "# The command line")
+
+
+def test_the_readme_tour_commands_are_from_the_documented_sequence() -> None:
+    """The README's tour shows part of docs/cli.md's sequence, so the test below runs them too."""
+    tour = commands_after(ROOT / "README.md", "**3. The command line**")
+    assert len(tour) >= 5 and set(tour) <= set(documented_commands())
+
+
+def test_every_command_of_the_documented_sequence_runs(tmp_path: Path, pg_dsn: str, monkeypatch: pytest.MonkeyPatch) -> None:
     work = tmp_path / "work"
     work.mkdir()
     (tmp_path / "shared").symlink_to(ROOT.parent / "shared")  # ../shared/data as in the README
@@ -52,7 +64,7 @@ def test_every_command_of_the_readme_sequence_runs(tmp_path: Path, pg_dsn: str, 
     (work / "first-queries.txt").write_text("".join((ROOT / "bench" / "queries" / "hh_astro.txt").read_text().splitlines(True)[:5]))
     monkeypatch.chdir(work)
     monkeypatch.delenv("SAEDB_DB", raising=False)
-    commands = readme_commands()
+    commands = documented_commands()
     assert len(commands) == 15 and all(c.startswith("saedb ") for c in commands)
     with serving(FakeChatAPI) as chat:
         monkeypatch.setenv("OPENAI_BASE_URL", chat)

@@ -39,7 +39,7 @@ import numpy as np
 from saedb.backends.exact_index import LOAD_BLOCK, ReadRange, Stamp, ranked, read_unit_rows, stamp_of
 from saedb.sae import unit_rows
 
-# Measured by bench_search.py (README, "Beside the libraries"): exact search costs ~17 ms at 87k
+# Measured by bench_search.py (docs/benchmarks.md, "beside the libraries"): exact search costs ~17 ms at 87k
 # documents and ~100 ms at 1M; the graph answers in ~1 ms at either. At 87k real MiniLM queries,
 # M=16 reached recall@10 0.984 at ef 100 and M=32 0.992 (0.86 ms), for 1.4x the build time.
 APPROXIMATE_FROM = 100_000  # embeddings from which a load builds the graph (below: exact, about 20 ms or less)

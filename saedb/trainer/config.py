@@ -8,7 +8,7 @@ One deviation, measured: the encoder starts at f·s·W_decᵀ, s the least-squar
 first reconstruction and f = 0.3 (``fit_encoder_scale``, ``encoder_scale_factor``; the paper's
 W_decᵀ when off): held-out NMSE on hh_ml at k=32, n=3072 after 3,000 steps at lr 1e-4 went
 from 0.301 (W_decᵀ) to 0.286 (f = 1) and 0.263 (f = 0.3); at k=64, n=6144 after 1,500 steps
-from 0.234 to 0.232 (f = 1 → 0.3) with no more dead latents (README).
+from 0.234 to 0.232 (f = 1 → 0.3) with no more dead latents (docs/paper-protocol.md).
 The budget is in steps, not epochs, so a 38k-document corpus gets the paper's number of
 updates (about 357 passes over it) rather than 1/7 of them; ``holdout_fraction`` keeps a
 slice of the documents out of training so over-fitting would show as a gap in NMSE.
