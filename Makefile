@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[train,embed,dev]'
+	$(PY) -m pip install -q -e '.[train,embed,dev,bench]'
 	touch $@
 
 # Browser tests drive Debian's Chromium; install it once if missing (needs root, as on CI).

@@ -43,13 +43,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.bench_foundation import fresh_database  # noqa: E402
 from bench.common import ROOT  # noqa: E402
 from saedb.backends import Backend, connect  # noqa: E402
-from saedb.backends.approximate_index import CONNECTIVITY, EXPANSION_ADD, EXPANSION_SEARCH, STEERED_EXPANSION  # noqa: E402
+from saedb.backends.approximate_index import (CONNECTIVITY, EXPANSION_ADD, EXPANSION_SEARCH, STEERED_EXPANSION,  # noqa: E402
+                                              steered_expansion)
 from saedb.backends.duckdb import PAPERS_SQL, PAPERS_WITH_STAMP_SQL  # noqa: E402
 from saedb.backends.exact_index import STAMP_SQL  # noqa: E402
 from saedb.loaders import load_corpus  # noqa: E402
 from saedb.localpg import local_postgres  # noqa: E402
 from saedb.models import publish_model  # noqa: E402
-from saedb.sae import SAE  # noqa: E402
+from saedb.sae import SAE, cosine  # noqa: E402
 from saedb.search import Steering, search  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
@@ -188,12 +189,45 @@ def saedb_duckdb(work: Workload, path: str, model: int) -> None:
                                                          exact=exact), list(range(len(work.queries))))
                 found = [[h.doc_id for h in hs] for hs in hits]
                 differs = sum(f != t for f, t in zip(found, work.truth[kind]))
-                beam = STEERED_EXPANSION if steer else EXPANSION_SEARCH
+                beam = "per query" if steer else EXPANSION_SEARCH
                 label = f"saedb DuckDB {'exact' if exact else f'HNSW ef={beam}'} {kind}"
                 line(work, label, seconds, found, work.truth[kind], f"{differs} of {len(found)} differ from numpy" if exact else "")
         parts(work, duck)
         filters(work, duck)
+        steered_recall_curve(work, duck.indexes.approximate.graph)
         peers(work, duck.indexes.approximate.graph)
+
+
+CURVE_FRACTIONS = (0.05, 0.15, 0.3, 0.5, 0.7)  # steer_toward steps, the web app's sliders
+CURVE_EFS = (100, 150, 200, 300, 400, 600, 800)
+
+
+def steered_recall_curve(work: Workload, graph) -> None:  # noqa: ANN001 - usearch.index.Index
+    """Recall@10 of steered queries by ef, in bands of their cosine to the query they came from:
+    the curve STEERED_EXPANSION is read from (the smallest ef at 0.99 or more in each band).
+    Queries turned toward a random feature by steer_toward's steps, and moved by "add" 0.6."""
+    targets = [(q, t) for q, f in zip(work.queries, work.features)
+               for t in (*(work.sae.steer_toward(q, f, fraction)[0] for fraction in CURVE_FRACTIONS), work.sae.steer(q, f, STRENGTH)[0])]
+    cosines = np.array([cosine(q, t) for q, t in targets])
+    truth = [work.exact(t) for _, t in targets]
+    band = np.array([next(i for i, (least, _) in enumerate(STEERED_EXPANSION) if c >= least) for c in cosines])
+    found: dict[int, list[list[int]]] = {}
+    seconds: dict[int, list[float]] = {}
+    for ef in CURVE_EFS:
+        graph.expansion_search = ef
+        seconds[ef], found[ef] = timings(lambda t: graph.search(unit_query(t), 10).keys.astype(np.int64).tolist(), [t for _, t in targets])
+    graph.expansion_search = EXPANSION_SEARCH
+    for number, (least, _) in enumerate(STEERED_EXPANSION):
+        rows = np.flatnonzero(band == number)
+        if not len(rows):
+            continue
+        cells = "  ".join(f"ef {ef} {recall([found[ef][i] for i in rows], [truth[i] for i in rows]):.3f} "
+                          f"({ms([seconds[ef][i] for i in rows], 0.5):.2f} ms)" for ef in CURVE_EFS)
+        print(f"[{work.name}] steered recall@10, cosine to the query >= {least:5.2f} ({len(rows):3} queries): {cells};  "
+              f"saedb uses ef {steered_expansion(least)}", flush=True)
+    chosen = [found[steered_expansion(c)][i] for i, c in enumerate(cosines)]
+    print(f"[{work.name}] steered recall@10 with the beam chosen per query: {recall(chosen, truth):.3f} "
+          f"over {len(targets)} queries (cosines {cosines.min():.2f}-{cosines.max():.2f})", flush=True)
 
 
 def parts(work: Workload, duck: Backend) -> None:

@@ -46,6 +46,12 @@ def unit_rows(matrix: np.ndarray) -> np.ndarray:
     return matrix / np.where(norms > 0, norms, 1)
 
 
+def cosine(a: np.ndarray | Sequence[float], b: np.ndarray | Sequence[float]) -> float:
+    """The cosine of two vectors (in float64)."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
 def toward(x: np.ndarray, direction: np.ndarray, fraction: float) -> np.ndarray:
     """Rows of x moved ``fraction`` of the angle toward ``direction`` (spherical interpolation of
     the unit vectors; a negative fraction moves toward -direction), as unit rows.

@@ -22,6 +22,7 @@ import numpy as np
 from saedb.backends import Backend
 from saedb.dialects import prepare
 from saedb.errors import InvalidInputError
+from saedb.sae import cosine
 
 SteerBy = Literal["feature", "label", "family"]
 Scale = Literal["toward", "add"]
@@ -187,5 +188,6 @@ def search(
             vector = run_portable(backend, f"SELECT {target}", params)[0][0]
         parts = within.conditions()
         where = (" AND ".join(sql.format("?") for sql, _ in parts), [value for _, value in parts]) if parts else None
-        rows = backend.nearest(np.asarray(vector, dtype=np.float32), limit, where, exact, steered=bool(steps))
+        vector = np.asarray(vector, dtype=np.float32)
+        rows = backend.nearest(vector, limit, where, exact, steered_cosine=cosine(params[0], vector) if steps else None)
     return [Hit(*row[:4], float(row[4])) for row in rows]

@@ -21,7 +21,7 @@ from saedb.backends import connect
 from saedb.backends.exact_index import STAMP_COLUMNS
 from saedb.loaders import load_corpus
 from saedb.models import publish_model
-from saedb.sae import SAE
+from saedb.sae import SAE, cosine
 from saedb.search import Steering, search
 from tests.conftest import ASTRO, DATA, ML, write_slice
 
@@ -101,21 +101,25 @@ def test_approximate_search_finds_what_exact_search_finds_and_exact_stays_exact(
         assert np.mean(plain) >= 0.97 and np.mean(steered) >= 0.97, (np.mean(plain), np.mean(steered))
 
 
-def test_a_steered_query_is_searched_with_a_wider_beam(built: tuple[str, int], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_query_steered_farther_is_searched_with_a_wider_beam(built: tuple[str, int], monkeypatch: pytest.MonkeyPatch) -> None:
     """Steering moves a query off the data, where a beam of EXPANSION_SEARCH loses recall (1M:
-    0.976); steered searches use STEERED_EXPANSION, plain ones keep the narrower beam."""
+    0.976), the more the farther it turns: each steered search takes the beam its cosine to the
+    query gives (STEERED_EXPANSION, read from bench_search's recall curve); plain ones keep theirs."""
     path, model_id = built
     with connect(path, read_only=True) as backend:
         graph = backend.indexes.approximate
-        search(backend, np.ones(384, np.float32), 10)
+        query = np.ones(384, np.float32)
+        search(backend, query, 10)
         beams: list[int] = []
         run = graph.graph.search
         monkeypatch.setattr(graph.graph, "search", lambda *a, **k: beams.append(graph.graph.expansion_search) or run(*a, **k))
-        query = np.ones(384, np.float32)
+        fractions = (0.05, 0.5, 0.9)
         search(backend, query, 10)
-        search(backend, query, 10, Steering("feature", 3, 0.5, model_id))
-        assert beams == [approximate_index.EXPANSION_SEARCH, approximate_index.STEERED_EXPANSION]
-        assert approximate_index.STEERED_EXPANSION > approximate_index.EXPANSION_SEARCH
+        for fraction in fractions:
+            search(backend, query, 10, Steering("feature", 3, fraction, model_id))
+        turned = [cosine(query, backend.load_sae(model_id).steer_toward(query, 3, f)[0]) for f in fractions]
+        assert beams == [approximate_index.EXPANSION_SEARCH, *(approximate_index.steered_expansion(c) for c in turned)]
+        assert beams[0] <= beams[1] < beams[2] < beams[3], (turned, beams)
 
 
 def test_the_graph_is_saved_beside_the_file_and_opened_without_reading_vectors(built: tuple[str, int]) -> None:

@@ -46,10 +46,20 @@ APPROXIMATE_FROM = 100_000  # embeddings from which a load builds the graph (bel
 CONNECTIVITY = 32  # HNSW M
 EXPANSION_ADD = 128  # efConstruction
 EXPANSION_SEARCH = 100  # ef at search (at least the number of candidates asked for)
-# A steered query lies off the data, where the beam above loses recall: at 1M (bench_search's
-# corpus, 100 queries steered by random features) recall@10 0.976 at ef 100, 0.986 at 150
-# (+0.5 ms), 0.988 at 200, 0.997 at 300. Steered searches use a wider beam.
-STEERED_EXPANSION = 150
+# A steered query lies off the data, where a fixed beam loses recall, the more so the farther it
+# was turned: its ef is read from its cosine to the query it came from, the smallest ef that
+# bench_search.py's steered recall curve (recall@10 by cosine band and ef) measured at 0.99 or
+# more in that band. At 87k (MiniLM, 600 queries: steer_toward 0.05-0.7 and "add" 0.6 of random
+# features): cosine >= 0.85: ef 100 0.984, 150 0.991; 0.5-0.85: 200 0.981-0.988, 300 0.993;
+# below 0.5: 400 0.981, 600 0.986, 800 0.993. (cosine at least, ef), first match wins.
+STEERED_EXPANSION: tuple[tuple[float, int], ...] = ((0.85, 150), (0.5, 300), (-1.0, 800))
+
+
+def steered_expansion(cosine: float) -> int:
+    """The beam of a query steered to ``cosine`` with the query it came from."""
+    return next(ef for least, ef in STEERED_EXPANSION if cosine >= least)
+
+
 # A filter over-fetches: OVERFETCH candidates per allowed hit expected (limit / share), searched
 # with ef EF_PER_CANDIDATE times that. On bench_search's 1M corpus (40 queries): 2 and 1 gave recall@10
 # 0.95 / 0.93 for a 10% corpus and a 25% range of years; 4 and 2 gave 0.99 / 0.99.

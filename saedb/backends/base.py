@@ -131,10 +131,11 @@ class Backend(ABC):
         return (0, -1, 0) if not count else (int(low), int(high), int(count))
 
     def nearest(self, query: np.ndarray, limit: int, where: tuple[str, Sequence[Any]] | None = None,
-                exact: bool = False, steered: bool = False) -> list[tuple]:
+                exact: bool = False, steered_cosine: float | None = None) -> list[tuple]:
         """(doc_id, arxiv_id, title, year, cosine distance) of the ``limit`` nearest papers among
         those matching ``where`` (SQL over papers, its parameters), where ``in_process_search`` is set;
-        ``steered``: the query was steered off the data (an approximate index widens its beam)."""
+        ``steered_cosine``: the query was steered off the data, to this cosine with the query it
+        came from (an approximate index widens its beam the farther it went)."""
         raise NotImplementedError(f"{type(self).__name__} ranks in SQL")
 
     @contextmanager

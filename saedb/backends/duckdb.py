@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow as pa
 
 from saedb.arrow_vectors import fixed_size_vectors, vectors_to_matrix
-from saedb.backends.approximate_index import APPROXIMATE_FROM, EXPANSION_SEARCH, STEERED_EXPANSION, ApproximateIndex
+from saedb.backends.approximate_index import APPROXIMATE_FROM, EXPANSION_SEARCH, ApproximateIndex, steered_expansion
 from saedb.backends.base import Backend, DocumentBatch
 from saedb.backends.duckdb_files import SearchIndexes, SharedDatabase, in_schema, shadow_functions
 from saedb.backends.exact_index import STAMP_COLUMNS, STAMP_SQL, ExactIndex, Stamp
@@ -311,11 +311,11 @@ class DuckDBBackend(Backend):
                 yield doc_ids, matrix
 
     def nearest(self, query: np.ndarray, limit: int, where: tuple[str, Sequence[Any]] | None = None,
-                exact: bool = False, steered: bool = False) -> list[tuple]:
+                exact: bool = False, steered_cosine: float | None = None) -> list[tuple]:
         """The ``limit`` papers nearest ``query`` among those matching ``where`` (SQL over papers,
         its parameters), as SEARCH_SQL's rows: from the HNSW graph when one was built and
-        ``exact`` is not asked (a ``steered`` query with the wider beam STEERED_EXPANSION), else
-        from the in-memory copy of every embedding.
+        ``exact`` is not asked (a steered query, at ``steered_cosine`` to the query it came from,
+        with the beam ``steered_expansion`` gives it), else from the in-memory copy of every embedding.
 
         Optimistic: ranked by the index as it stands, then the papers are read in the same
         statement as the table's stamp (a read-only instance reads the stamp once: no process can
@@ -328,7 +328,7 @@ class DuckDBBackend(Backend):
             graph = None if exact or not self.indexes.approximate.built else self.indexes.approximate
             if graph is not None:
                 ids, distances = graph.nearest(query, limit, None if where is None else PaperSubset(self, *where),
-                                               STEERED_EXPANSION if steered else EXPANSION_SEARCH)
+                                               EXPANSION_SEARCH if steered_cosine is None else steered_expansion(steered_cosine))
             else:
                 allowed = None if where is None else PaperSubset(self, *where).ids()
                 ids, distances = self.indexes.exact.nearest(query, limit, allowed)

@@ -54,10 +54,6 @@ def clamp(sae: SAE, case: Case, a_up: float) -> np.ndarray:
     return latents @ sae.w_dec + sae.b_pre
 
 
-def cosine(a: np.ndarray, b: np.ndarray) -> float:
-    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
-
-
 def random_at_cosine(query: np.ndarray, target_cosine: float, rng: np.random.Generator) -> np.ndarray:
     """A unit vector at exactly ``target_cosine`` to ``query``, otherwise in a random direction."""
     unit = query / np.linalg.norm(query)

@@ -20,11 +20,11 @@ from saedb.embedders import Embedder
 from saedb.errors import InvalidInputError
 from saedb.llm import MalformedReplyError
 from saedb.evaluation.cases import N_OPTIONS, Case, Query, build_cases
-from saedb.evaluation.interventions import GRIDS, Setting, add, clamp, cosine, random_at_cosine
+from saedb.evaluation.interventions import GRIDS, Setting, add, clamp, random_at_cosine
 from saedb.evaluation.judges import Doc, Judge
 from saedb.evaluation.rewriters import Rewriter
 from saedb.evaluation.topics import TopicKind, family_topics, topics_of
-from saedb.sae import SAE
+from saedb.sae import SAE, cosine
 
 
 def exact_index(backend: Backend) -> ExactIndex:
