@@ -4,9 +4,12 @@ name, and it relied on NULL). They check that a bench runs and reports, never it
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from saedb.backends import connect
 from saedb.loaders import load_corpus
@@ -59,3 +62,41 @@ def test_bench_search_runs_at_a_tiny_size() -> None:
     for row in ("numpy exact top-10 (baseline)", "saedb DuckDB HNSW ef=per query steered", "steered recall@10 with the beam chosen",
                 "faiss HNSW efSearch=100", "Postgres HNSW ef_search=200 steered"):
         assert row in printed, row
+
+
+def test_bench_cluster_runs_at_a_tiny_size() -> None:
+    """One Postgres server beside a 2-worker Citus cluster on 2,000 documents: every figure and its ratio."""
+    printed = run_bench("bench_cluster.py", "--docs", "2000", "--workers", "2")
+    for row in ("| load_s |", "| write_back_s |", "| steered_p50_ms |", "| enrichment_vs_rest_s |", "| steered_recall |"):
+        assert row in printed, row
+    assert "x) |" in printed.split("| load_s |")[1].splitlines()[0]  # the cluster's ratio to the one server
+
+
+class Parsed(Exception):
+    """Raised once a bench has parsed its command line: nothing more of it runs."""
+
+
+def test_every_bench_line_of_the_makefile_parses_its_arguments(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`make bench-search` ran `bench_search.py hh_astro`, which its parser refuses: each bench
+    command of the Makefile is parsed here as written (the script stops right after parsing)."""
+    import argparse
+    import runpy
+    import shlex
+
+    lines = re.findall(r"^\t\$\(PY\) (bench/\S+\.py)(.*)$", (ROOT / "Makefile").read_text(), flags=re.MULTILINE)
+    assert len(lines) >= 10
+    parse = argparse.ArgumentParser.parse_args
+
+    def parse_then_stop(self, args=None, namespace=None):  # noqa: ANN001, ANN202
+        parse(self, args, namespace)
+        raise Parsed
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", parse_then_stop)
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))  # as `python bench/X.py` puts it first
+    for script, arguments in lines:
+        if "parse_args" not in (ROOT / script).read_text():  # a bench without options takes none
+            assert not arguments.strip(), script
+            continue
+        monkeypatch.setattr(sys, "argv", [script, *shlex.split(arguments)])
+        with pytest.raises(Parsed):
+            runpy.run_path(str(ROOT / script), run_name="__main__")

@@ -78,7 +78,7 @@ def test_every_command_of_the_documented_sequence_runs(tmp_path: Path, pg_dsn: s
     assert (work / "scaling").is_dir()
 
 
-@pytest.mark.parametrize("target", ["demo", "test", "figures", "bench", "bench-search"])
+@pytest.mark.parametrize("target", ["demo", "test", "figures", "bench", "bench-search", "bench-cluster"])
 def test_the_makefile_parses_and_plans_each_target(target: str) -> None:
     """`make test` is CI's entry point: a Makefile make cannot read (or with a target defined
     twice) fails CI before any test runs."""
