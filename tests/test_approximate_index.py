@@ -271,6 +271,32 @@ def test_a_writable_database_reads_its_hits_papers_from_the_table(tmp_path: Path
         assert backend.indexes.papers is None
 
 
+@pytest.mark.parametrize("exact", [False, True], ids=["graph", "exact"])
+def test_a_read_only_database_reads_a_filters_documents_once(built: tuple[str, int], exact: bool,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """A read-only file cannot change while it is open, so a filter's documents are read by its
+    first search only; later searches with it run no SQL for it, and answer as a writable
+    connection (which reads them every time) does."""
+    path, _ = built
+    filters = [{"corpus": "ml"}, {"year_from": 2010}, {"corpus": "astro", "year_to": 2012}]
+    with connect(path) as writable:
+        queries = queries_of(matrix_of(writable)[1], 5)
+        expected = [[h.doc_id for h in search(writable, q, 10, exact=exact, **options)] for options in filters for q in queries]
+    with connect(path, read_only=True) as backend:
+        statements: list[str] = []
+        for method in ("query", "arrow"):
+            run = getattr(type(backend), method)
+            monkeypatch.setattr(type(backend), method, lambda self, sql, params=(), run=run: statements.append(sql) or run(self, sql, params))
+        found = []
+        for options in filters:
+            for number, query in enumerate(queries):
+                before = len(statements)
+                found.append([h.doc_id for h in search(backend, query, 10, exact=exact, **options)])
+                if number:
+                    assert not [sql for sql in statements[before:] if "FROM papers WHERE" in sql], options
+        assert found == expected
+
+
 @pytest.mark.parametrize("row_read_us", [0.0, 1e9], ids=["exact-subset", "over-fetch"])
 def test_filters_keep_their_recall(built: tuple[str, int], row_read_us: float, monkeypatch: pytest.MonkeyPatch) -> None:
     """A corpus and a range of years: every hit matches, and recall against exact search within

@@ -4,11 +4,13 @@ indexes of each of its schemas; and how saedb opens a file (its storage format).
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from collections import OrderedDict
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Callable, ClassVar
 
 import duckdb
+import numpy as np
 
 from saedb.backends.approximate_index import ApproximateIndex
 from saedb.backends.exact_index import ExactIndex, Stamp
@@ -22,6 +24,7 @@ if TYPE_CHECKING:
 # duckdb CLI that installs from PyPI (duckdb-cli 1.5.6) cannot open 2.0's format ("version
 # number 69, but we can only read versions between 64 and 68"). Existing files keep theirs.
 STORAGE_COMPATIBILITY = "v1.5.0"
+FILTERS_KEPT = 32  # a read-only instance's filters kept in memory (8 bytes a document each)
 
 
 def open_file(path: str, read_only: bool = False) -> duckdb.DuckDBPyConnection:
@@ -61,6 +64,22 @@ class SearchIndexes:
     read_only: bool = False
     fixed_stamp: Stamp | None = None  # read_only: the embeddings' stamp, read by the first search
     papers: PaperRows | None = None  # read_only: every paper's row, loaded in the background
+    # read_only: the sorted doc ids a filter allows, by its SQL and parameters, the most recent FILTERS_KEPT
+    filters: OrderedDict[tuple, np.ndarray] = field(default_factory=OrderedDict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def allowed(self, key: tuple, read: Callable[[], np.ndarray]) -> np.ndarray:
+        """A filter's documents on a read-only instance: read once, then from memory."""
+        with self.lock:
+            if key in self.filters:
+                self.filters.move_to_end(key)
+                return self.filters[key]
+        ids = np.sort(read())
+        with self.lock:
+            self.filters[key] = ids
+            while len(self.filters) > FILTERS_KEPT:
+                self.filters.popitem(last=False)
+        return ids
 
 
 class SharedDatabase:
