@@ -21,7 +21,7 @@ import psycopg
 from scipy.stats import false_discovery_control, fisher_exact
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.common import CACHE, ROOT  # noqa: E402
+from bench.common import DATA, cached, corpus_file  # noqa: E402
 from saedb import analytics  # noqa: E402
 from saedb.backends import connect  # noqa: E402
 from saedb.loaders import load_corpus  # noqa: E402
@@ -30,7 +30,6 @@ from saedb.models import publish_model  # noqa: E402
 from saedb.trainer import TrainConfig  # noqa: E402
 from saedb.trainer.train import train_from_db  # noqa: E402
 
-DATA = ROOT.parent / "shared" / "data"
 COMPARISONS = {
     "hh_ml": [("year < 2012", "year >= 2016"), ("'cs.LG' = ANY(categories)", "'stat.ML' = ANY(categories) AND NOT 'cs.LG' = ANY(categories)")],
     "hh_astro": [("'astro-ph.EP' = ANY(categories)", "'astro-ph.CO' = ANY(categories) AND NOT 'astro-ph.EP' = ANY(categories)")],
@@ -39,10 +38,10 @@ COMPARISONS = {
 
 def corpus_database(corpus: str, steps: int) -> tuple[str, int]:
     """The corpus with its MiniLM vectors in a cached DuckDB file, and one SAE over it."""
-    CACHE.mkdir(parents=True, exist_ok=True)
-    path = str(CACHE / f"compare_{corpus}.duckdb")
+    path = cached(f"compare_{corpus}")
     with connect(path) as backend:
-        load_corpus(backend, DATA / f"{corpus}.jsonl.gz", "minilm", embeddings=DATA / f"{corpus}_minilm.parquet", progress=False)
+        load_corpus(backend, corpus_file(DATA / f"{corpus}.jsonl.gz"), "minilm", embeddings=DATA / f"{corpus}_minilm.parquet",
+                    progress=False)
         name = f"compare-{steps}"
         model = backend.query("SELECT max(model_id) FROM sae_models WHERE name = ?", (name,))[0][0]
         if model is None:
@@ -82,7 +81,8 @@ def main() -> None:
                 with psycopg.connect(server, autocommit=True) as admin:  # one database per corpus: one embedder each
                     admin.execute(f"CREATE DATABASE {corpus}")
                 with connect(path) as duck, connect(server.replace("/postgres?", f"/{corpus}?")) as pg:
-                    load_corpus(pg, DATA / f"{corpus}.jsonl.gz", "minilm", embeddings=DATA / f"{corpus}_minilm.parquet", progress=False)
+                    load_corpus(pg, corpus_file(DATA / f"{corpus}.jsonl.gz"), "minilm", embeddings=DATA / f"{corpus}_minilm.parquet",
+                                progress=False)
                     pg_model = publish_model(pg, duck.load_sae(model), f"compare-{corpus}")
                     for a, b in comparisons:
                         print(f"\n{corpus}: A = {a}   B = {b}")

@@ -17,7 +17,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import astro_duckdb, best_of, report  # noqa: E402
+from bench.common import LIMIT, astro_duckdb, best_of, report  # noqa: E402
 from saedb.backends import DocumentBatch, connect  # noqa: E402
 from saedb.localpg import local_postgres  # noqa: E402
 from saedb.models import publish_model  # noqa: E402
@@ -117,7 +117,7 @@ def bench_pg_encode_latency(dsn: str, queries: int = 200) -> None:
 
 def main() -> None:
     with tempfile.TemporaryDirectory() as tmp, local_postgres(Path(tmp) / "pg") as dsn:
-        bench_pg_load(dsn)
+        bench_pg_load(dsn, rows=LIMIT or 50_000, batch=min(10_000, LIMIT or 10_000))
         bench_pg_encode_latency(dsn)
     bench_duckdb_encode()
 

@@ -56,6 +56,7 @@ def main() -> None:
     parser.add_argument("--grid-steps", type=int, default=1000)
     parser.add_argument("--grid-k", default="16,32,64")
     parser.add_argument("--grid-n", default="1536,3072,6144")
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "scaling", help="Folder of the scaling figure.")
     args = parser.parse_args()
     with connect(ml_minilm()) as backend:
         dim = backend.require_embedder()[1]
@@ -90,8 +91,8 @@ def main() -> None:
             label = f"k={k}" if along == "n" else f"n={n}"
             print(f"L({along}) at {label:<7} exponent {exponent:+.3f}  coefficient {coefficient:.3f}  r2 {r2:.3f}  ({runs} runs){paper}")
         runs = load_runs(backend, grid)
-        for path in plot_scaling(runs, fit_power_laws(runs), ROOT / "docs" / "scaling"):
-            print(f"wrote {path.relative_to(ROOT)}")
+        for path in plot_scaling(runs, fit_power_laws(runs), args.out):
+            print(f"wrote {path}")
 
 
 if __name__ == "__main__":

@@ -27,31 +27,34 @@ from saedb.trainer import TrainConfig
 from saedb.trainer.train import train_from_url
 
 
-def model_id(url: str) -> int:
+def model_id(url: str, steps: int) -> int:
     with connect(url, read_only=True) as backend:
         rows = backend.query("SELECT model_id FROM sae_models WHERE name = 'bench-llm' AND status = 'ready'")
     if rows:
         return rows[0][0]
-    published, _ = train_from_url(url, TrainConfig(k=32, n_latents=3072, steps=2000), "bench-llm")
+    published, _ = train_from_url(url, TrainConfig(k=32, n_latents=3072, steps=steps), "bench-llm")
     return published
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--features", type=int, default=12)
+    parser.add_argument("--steps", type=int, default=2000, help="training steps of the SAE labelled (once per cache)")
     parser.add_argument("--max-tokens", type=int, default=48)
+    parser.add_argument("--models", nargs="+", default=["gemma3-270m", "smollm2-135m"])
+    parser.add_argument("--protocols", nargs="+", default=["completion", "chat"], choices=["completion", "chat"])
     args = parser.parse_args()
     url = ml_minilm()
-    model = model_id(url)
+    model = model_id(url, args.steps)
     with connect(url) as backend:
         candidates = [r[0] for r in backend.query(
             "SELECT feature_id FROM sae_codes WHERE model_id = ? GROUP BY feature_id HAVING count(*) >= 20 ORDER BY feature_id", (model,))]
         sample = sorted(random.Random(0).sample(candidates, args.features))
         offline = OfflineLabeller(corpus_stats(backend))
         report(backend, model, sample, offline, offline)
-        for name in ("gemma3-270m", "smollm2-135m"):
+        for name in args.models:
             with local_llm(name) as server:
-                for protocol in ("completion", "chat"):
+                for protocol in args.protocols:
                     chat = ChatModel(server.model, base_url=server.base_url, max_tokens=args.max_tokens, protocol=protocol,
                                      cache=ResponseCache(backend, server.model))
                     report(backend, model, sample, LLMLabeller(chat), offline)

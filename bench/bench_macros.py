@@ -13,14 +13,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import ASTRO, best_of, report  # noqa: E402
+from bench.common import ASTRO, LIMIT, best_of, report  # noqa: E402
 from saedb.backends import connect  # noqa: E402
 from saedb.embedders import get_embedder  # noqa: E402
 from saedb.loaders import load_corpus  # noqa: E402
 from saedb.models import publish_model  # noqa: E402
 from saedb.sae import SAE  # noqa: E402
 
-def main(documents: int = 5000, encoded: int = 500) -> None:
+def main(documents: int = LIMIT or 5000, encoded: int = min(500, LIMIT or 500)) -> None:
     with tempfile.TemporaryDirectory() as folder, connect(str(Path(folder) / "macros.duckdb")) as backend:
         load_corpus(backend, ASTRO, get_embedder(), limit=documents, progress=False)
         dim = backend.require_embedder()[1]

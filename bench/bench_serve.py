@@ -46,10 +46,10 @@ def timed_search(base: str, model_id: int, i: int) -> tuple[float, int]:
     return time.perf_counter() - start, status
 
 
-def run(name: str, url: str, docs: int, parallel: int) -> None:
+def run(name: str, url: str, docs: int, parallel: int, steps: int) -> None:
     with connect(url) as backend:
         load_corpus(backend, ASTRO, get_embedder(), limit=docs, batch_size=2048, progress=False)
-        model_id, _ = train_from_db(backend, TrainConfig(k=32, n_latents=1024, steps=300, batch_size=256, lr=1e-3), "bench-serve")
+        model_id, _ = train_from_db(backend, TrainConfig(k=32, n_latents=1024, steps=steps, batch_size=256, lr=1e-3), "bench-serve")
     app = App(url, pool_size=8, timeout_s=60)
     server = make_server(app, "127.0.0.1", 0)
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -75,12 +75,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--docs", type=int, default=5000)
     parser.add_argument("--parallel", type=int, default=200)
+    parser.add_argument("--steps", type=int, default=300, help="training steps of the model searched with")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="saedb-bench-") as directory:
         os.chmod(directory, 0o755)
-        run("DuckDB", str(Path(directory) / "serve.duckdb"), args.docs, args.parallel)
+        run("DuckDB", str(Path(directory) / "serve.duckdb"), args.docs, args.parallel, args.steps)
         with local_postgres(Path(directory) / "pg") as dsn:
-            run("Postgres", dsn, args.docs, args.parallel)
+            run("Postgres", dsn, args.docs, args.parallel, args.steps)
 
 
 if __name__ == "__main__":

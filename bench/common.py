@@ -2,13 +2,34 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Callable
 
 ROOT = Path(__file__).resolve().parent.parent
-ASTRO = ROOT.parent / "shared" / "data" / "hh_astro.jsonl.gz"
-CACHE = ROOT / "bench" / ".cache"
+DATA = ROOT.parent / "shared" / "data"
+ASTRO = DATA / "hh_astro.jsonl.gz"
+# A bench's smoke run (tests/test_benches.py) sets both: the corpora it loads are then that many
+# papers spread over each file (every n-th line), cached in a folder of the test's own.
+CACHE = Path(os.environ.get("SAEDB_BENCH_CACHE") or ROOT / "bench" / ".cache")
+LIMIT = int(os.environ.get("SAEDB_BENCH_LIMIT") or 0) or None
+
+
+def corpus_file(path: Path) -> Path:
+    """The corpus a bench loads: the whole file, or LIMIT papers spread over it."""
+    from saedb.demo import spread_sample
+
+    if LIMIT is None:
+        return path
+    CACHE.mkdir(parents=True, exist_ok=True)
+    return spread_sample(path, LIMIT, CACHE)
+
+
+def cached(name: str) -> str:
+    """A cached database's path, its name marked with LIMIT when set."""
+    CACHE.mkdir(parents=True, exist_ok=True)
+    return str(CACHE / (f"{name}-{LIMIT}.duckdb" if LIMIT else f"{name}.duckdb"))
 
 
 def best_of(fn: Callable[[], object], repeats: int = 3) -> float:
@@ -27,10 +48,9 @@ def astro_duckdb() -> str:
     from saedb.embedders import get_embedder
     from saedb.loaders import load_corpus
 
-    CACHE.mkdir(parents=True, exist_ok=True)
-    path = str(CACHE / "astro.duckdb")
+    path = cached("astro")
     with connect(path) as backend:
-        load_corpus(backend, ASTRO, get_embedder(), batch_size=4096)  # resumes / no-op once complete
+        load_corpus(backend, corpus_file(ASTRO), get_embedder(), batch_size=4096)  # resumes / no-op once complete
     return path
 
 
@@ -39,11 +59,9 @@ def ml_minilm() -> str:
     from saedb.backends import connect
     from saedb.loaders import load_corpus
 
-    data = ROOT.parent / "shared" / "data"
-    CACHE.mkdir(parents=True, exist_ok=True)
-    path = str(CACHE / "ml_minilm.duckdb")
+    path = cached("ml_minilm")
     with connect(path) as backend:
-        load_corpus(backend, data / "hh_ml.jsonl.gz", "minilm", embeddings=data / "hh_ml_minilm.parquet", progress=False)
+        load_corpus(backend, corpus_file(DATA / "hh_ml.jsonl.gz"), "minilm", embeddings=DATA / "hh_ml_minilm.parquet", progress=False)
     return path
 
 

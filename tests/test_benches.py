@@ -4,6 +4,7 @@ name, and it relied on NULL). They check that a bench runs and reports, never it
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -17,8 +18,13 @@ from saedb.loaders import load_corpus
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def run_bench(script: str, *args: str) -> str:
-    done = subprocess.run([sys.executable, str(ROOT / "bench" / script), *args], capture_output=True, text=True, timeout=300)
+def run_bench(script: str, *args: str, corpus_of: int | None = None, cache: Path | None = None) -> str:
+    """The bench's output; ``corpus_of``: the corpora it loads are that many papers (cached in ``cache``)."""
+    env = dict(os.environ)
+    if corpus_of is not None:
+        assert cache is not None
+        env.update(SAEDB_BENCH_LIMIT=str(corpus_of), SAEDB_BENCH_CACHE=str(cache))
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / script), *args], capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     return done.stdout
 
@@ -31,23 +37,6 @@ def test_bench_analysis_runs_at_a_tiny_size_and_twice(tmp_path: Path, astro_slic
     assert "co-occurrence" in first and "families from the co-occurrence table" in first
     again = run_bench("bench_analysis.py", "--db", db, "--k", "4", "--n", "64", "--steps", "20")  # reuses its model
     assert again.splitlines()[0] == first.splitlines()[0]  # "model N: ... codes": the same model
-
-
-def test_figures_regenerate_at_a_tiny_size(tmp_path: Path) -> None:
-    out = tmp_path / "figures.md"
-    printed = run_bench("figures.py", "--corpora", "hh_ml", "--limit", "400", "--steps", "30", "--k", "4", "--n", "64",
-                        "--batch-size", "64", "--queries", "4", "--category-precision", "0.2", "--out", str(out))
-    text = out.read_text()
-    assert printed.strip() == text.strip()
-    assert "| Pearson, held out |" in text and "| round trip hit@5 |" in text and "untrained" in text
-    assert "at matched cosine" in text and "random-direction" in text
-    again = tmp_path / "again.md"
-    run_bench("figures.py", "--corpora", "hh_ml", "--limit", "400", "--steps", "30", "--k", "4", "--n", "64",
-              "--batch-size", "64", "--queries", "4", "--category-precision", "0.2", "--out", str(again))
-    def figures(markdown: str) -> list[str]:  # without the command line (its --out) and the training time
-        return [line for line in markdown.splitlines() if not line.startswith(("Made by", "Training:"))]
-
-    assert figures(text) == figures(again.read_text())  # seeded
 
 
 def test_bench_steer_runs_at_a_tiny_size() -> None:
@@ -100,3 +89,29 @@ def test_every_bench_line_of_the_makefile_parses_its_arguments(monkeypatch: pyte
         monkeypatch.setattr(sys, "argv", [script, *shlex.split(arguments)])
         with pytest.raises(Parsed):
             runpy.run_path(str(ROOT / script), run_name="__main__")
+
+
+def test_bench_foundation_runs_at_a_tiny_size(tmp_path: Path) -> None:
+    printed = run_bench("bench_foundation.py", corpus_of=300, cache=tmp_path)
+    assert "pg sae_encode per query" in printed and "duckdb sae_encode, 300 docs" in printed
+
+
+def test_bench_macros_runs_at_a_tiny_size(tmp_path: Path) -> None:
+    printed = run_bench("bench_macros.py", corpus_of=300, cache=tmp_path)
+    assert "pure-SQL macro" in printed and "steered search over 300 documents" in printed
+
+
+def test_bench_compare_runs_at_a_tiny_size(tmp_path: Path) -> None:
+    """Both corpora spread over 800 papers each, so astro-ph.EP and .CO both have papers."""
+    printed = run_bench("bench_compare.py", "--steps", "3", corpus_of=800, cache=tmp_path)
+    assert printed.count("backends:") == 3 and "max |p - scipy|" in printed
+
+
+def test_bench_scale_runs_at_a_tiny_size() -> None:
+    printed = run_bench("bench_scale.py", "--scales", "2000", "--steps", "5", "--n", "64", "--k", "4")
+    assert "search at 2,000" in printed and "recall" in printed
+
+
+def test_bench_serve_runs_at_a_tiny_size() -> None:
+    printed = run_bench("bench_serve.py", "--docs", "300", "--parallel", "10", "--steps", "5")
+    assert "DuckDB: 10 parallel searches, errors" in printed and "Postgres: 10 parallel searches, errors" in printed
