@@ -177,7 +177,7 @@ def search_stage(url: str, n_queries: int = 100, strength: float = 0.6) -> dict:
     from saedb.backends import connect
     from saedb.search import Steering, search
 
-    with connect(url, read_only=True) as backend:
+    with connect(url, read_only=True, statement_timeout_s=0) as backend:  # it reads every embedding for the truth
         model_id = int(backend.query("SELECT max(model_id) FROM sae_models")[0][0])
         sae = backend.load_sae(model_id)
         rng = np.random.default_rng(0)
