@@ -28,18 +28,17 @@ from saedb.trainer import TrainConfig  # noqa: E402
 from saedb.trainer.scaling import fit_power_laws, load_runs, plot_scaling, run_grid  # noqa: E402
 from saedb.trainer.train import train_from_db  # noqa: E402
 
-NAMED = {16: 3072, 32: 6144, 64: 9216}
 PAPER_MAX_COSINE = {(16, 32): 0.878, (32, 64): 0.595, (16, 64): 0.795}  # multiple_cosine_sim_histograms.pdf
 PAPER_ALPHA_CS_LG = {16: -0.134, 32: -0.142, 64: -0.174}  # n in 3072..12288, d = 1536
 
 
-def named_models(backend, steps: int, shared_seed: bool) -> dict[int, int]:
-    """The paper's three named SAEs, trained once per step budget and seeding (model names carry
-    both): each its own seed, or one seed for all (then a wider model starts with the narrower
+def named_models(backend, steps: int, shared_seed: bool, named: dict[int, int]) -> dict[int, int]:
+    """The paper's three named SAEs (``named``: k -> n), trained once per width, step budget and
+    seeding (model names carry all three): each its own seed, or one seed for all (then a wider model starts with the narrower
     one's rows among its own: xavier-uniform rows of one random stream, normalised)."""
     models = {}
-    for k, n in NAMED.items():
-        name = f"paper-sae{k}-{steps}" + ("-seed0" if shared_seed else "")
+    for k, n in named.items():
+        name = f"paper-sae{k}-{n}-{steps}" + ("-seed0" if shared_seed else "")
         found = backend.query("SELECT max(model_id) FROM sae_models WHERE name = ? AND status = 'ready'", (name,))[0][0]
         if found is None:
             start = time.perf_counter()
@@ -56,8 +55,10 @@ def main() -> None:
     parser.add_argument("--grid-steps", type=int, default=1000)
     parser.add_argument("--grid-k", default="16,32,64")
     parser.add_argument("--grid-n", default="1536,3072,6144")
+    parser.add_argument("--named", default="16:3072,32:6144,64:9216", help="k:n of the paper's three named SAEs.")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "scaling", help="Folder of the scaling figure.")
     args = parser.parse_args()
+    named = {int(k): int(n) for k, n in (pair.split(":") for pair in args.named.split(","))}
     with connect(ml_minilm()) as backend:
         dim = backend.require_embedder()[1]
         print(f"mean max decoder cosine, hh_ml MiniLM (d={dim}), {args.steps} steps; paper: cs.LG/astro, d=1536; "
@@ -65,12 +66,12 @@ def main() -> None:
         print(f"{'seeds':<10}{'pair':<14}{'small -> large':>16}{'large -> small':>16}{'control':>9}{'paper':>8}{'seconds':>9}")
         rng = np.random.default_rng(0)
         for shared_seed in (False, True):
-            models = named_models(backend, args.steps, shared_seed)
+            models = named_models(backend, args.steps, shared_seed, named)
             for small, large in PAPER_MAX_COSINE:
                 start = time.perf_counter()
                 forward, backward = match_models(backend, models[small], models[large])
                 seconds = time.perf_counter() - start
-                control = best_matches(rng.standard_normal((NAMED[small], dim)), rng.standard_normal((NAMED[large], dim)))[1].mean()
+                control = best_matches(rng.standard_normal((named[small], dim)), rng.standard_normal((named[large], dim)))[1].mean()
                 print(f"{'one' if shared_seed else 'own':<10}SAE{small}-SAE{large:<6}{forward['mean_max_cosine']:>16.3f}"
                       f"{backward['mean_max_cosine']:>16.3f}{control:>9.3f}{PAPER_MAX_COSINE[(small, large)]:>8.3f}{seconds:>9.1f}")
                 print(f"{'':<24}SAE{small} features split into 2+ SAE{large} features: {forward['split_features']} (largest "

@@ -20,7 +20,8 @@ def test_bench_parallel_runs_at_a_tiny_size(tmp_path: Path) -> None:
 
 def test_bench_lineage_runs_at_a_tiny_size_and_writes_its_figure_where_asked(tmp_path: Path) -> None:
     committed = (ROOT / "docs" / "scaling" / "scaling.svg").read_bytes()
-    printed = run_bench("bench_lineage.py", "--steps", "2", "--grid-steps", "2", "--grid-k", "4,8", "--grid-n", "32,64",
+    printed = run_bench("bench_lineage.py", "--steps", "2", "--named", "16:64,32:128,64:192", "--grid-steps", "2",
+                        "--grid-k", "4,8", "--grid-n", "32,64",
                         "--out", str(tmp_path / "scaling"), corpus_of=300, cache=tmp_path)
     assert "mean max decoder cosine" in printed and "scaling fits over grid" in printed
     assert (tmp_path / "scaling" / "scaling.png").is_file()
