@@ -102,14 +102,14 @@ def test_bench_macros_runs_at_a_tiny_size(tmp_path: Path) -> None:
 
 
 def test_bench_compare_runs_at_a_tiny_size(tmp_path: Path) -> None:
-    """Both corpora spread over 800 papers each, so astro-ph.EP and .CO both have papers."""
-    printed = run_bench("bench_compare.py", "--steps", "3", corpus_of=800, cache=tmp_path)
+    """Both corpora spread over 500 papers each, so astro-ph.EP and .CO both have papers."""
+    printed = run_bench("bench_compare.py", "--steps", "3", corpus_of=500, cache=tmp_path)
     assert printed.count("backends:") == 3 and "max |p - scipy|" in printed
 
 
 def test_bench_scale_runs_at_a_tiny_size() -> None:
-    printed = run_bench("bench_scale.py", "--scales", "2000", "--steps", "5", "--n", "64", "--k", "4")
-    assert "search at 2,000" in printed and "recall" in printed
+    printed = run_bench("bench_scale.py", "--scales", "1000", "--steps", "5", "--n", "64", "--k", "4")
+    assert "search at 1,000" in printed and "recall" in printed
 
 
 def test_bench_serve_runs_at_a_tiny_size() -> None:
