@@ -41,13 +41,6 @@ def server() -> Iterator[LocalLLM]:
 
 
 @pytest.fixture(scope="module")
-def instruct() -> Iterator[LocalLLM]:
-    with local_llm("smollm2-135m", threads=2) as running:
-        yield running
-        assert running.exit_status() is None, f"llama-server (smollm2-135m) died: {running.exit_status()}"
-
-
-@pytest.fixture(scope="module")
 def small(tmp_path_factory: pytest.TempPathFactory, astro_slice: Path, embedder) -> Iterator[tuple[Backend, int]]:
     from saedb.loaders import load_corpus
     from saedb.trainer import TrainConfig
@@ -98,31 +91,6 @@ def offered_labels_passed_their_control(backend: Backend, model_id: int, labelle
         assert passed or not offered, offered
     assert not any("sourdough" in label.lower() for label in stored_labels(backend)), stored_labels(backend)
     return offered
-
-
-def test_the_instruct_model_gets_the_chat_protocol_from_its_own_template(instruct: LocalLLM) -> None:
-    settings = endpoint_settings(instruct.base_url)
-    assert (settings.protocol, settings.concurrency, settings.max_tokens) == ("chat", 1, 256)
-
-
-@pytest.mark.parametrize("protocol", ["chat", "completion"])
-def test_the_instruct_model_stores_no_echo_no_constant_scores_and_no_label_that_failed_its_control(
-        instruct: LocalLLM, small: tuple[Backend, int], protocol: str) -> None:
-    """Issue 33: SmolLM2 stored 'sourdough fermentation' (the solved example's answer) for 5 of 8
-    features and scored them with 84 of 84 'PREDICTION: 0.9'; the run exited 0."""
-    backend, model_id = small
-    backend.execute("DELETE FROM feature_labels")  # the module shares one database
-    chat = ChatModel(instruct.model, base_url=instruct.base_url, max_tokens=48, protocol=protocol)
-    labeller = LLMLabeller(chat)
-    try:  # 3 features: the control needs 2 labels, and the small model leaves about one in three unlabelled
-        run_autointerp(backend, model_id, labeller, limit=3, concurrency=1)
-    except ProtocolError as stopped:  # mostly malformed, or a constant predictor: nothing of it stored
-        assert "replies malformed" in str(stopped) or "not a predictor" in str(stopped)
-    assert chat.counts.replies > 0
-    for label in stored_labels(backend):
-        assert not PLACEHOLDER.search(label) and 1 <= len(label.split()) <= 8, label
-    offered_labels_passed_their_control(backend, model_id, labeller)
-    backend.execute("DELETE FROM feature_labels")
 
 
 def label_run(server: LocalLLM, backend: Backend, model_id: int) -> tuple[ChatModel, list[str], str]:
