@@ -6,14 +6,13 @@ import errno
 import os
 
 import psycopg
-from duckdb import Error as DuckDBError
+from duckdb import Error as DuckDBError  # by its own name: this package binds its submodule duckdb
 
 from saedb.backends.base import Backend, DocumentBatch
 from saedb.backends.duckdb import DuckDBBackend
 from saedb.backends.urls import IDENTIFIER, mask_dsn, postgres_dsn, split_schema
 
 DEFAULT_DB = "saedb.duckdb"
-# (the name duckdb is the submodule here: the package binds its submodules by name)
 # Errors the databases raise for bad queries or bad input inside SQL functions.
 DATABASE_ERRORS: tuple[type[Exception], ...] = (DuckDBError, psycopg.Error)
 
