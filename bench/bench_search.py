@@ -14,8 +14,8 @@ random feature), and:
 2. saedb on DuckDB through ``saedb.search``: the HNSW graph (built here, timed; start-up of a
    new process measured) and ``exact=True``, plain and steered; filters (corpus, years);
 3. the peers on the same vectors: faiss IndexFlatIP, usearch exact, faiss HNSW (M=32,
-   efConstruction 128) at several efSearch, and usearch HNSW (saedb's own graph, searched
-   directly: what saedb adds around it is the difference);
+   efConstruction 128: saedb's graph, built and searched directly: what saedb adds around it is
+   the difference) and usearch HNSW (the same M and efConstruction), each at several ef;
 4. Postgres + pgvector through ``saedb.search``: load, HNSW build with saedb's settings,
    ef_search 40 / 100 / 200, plain and steered, a year filter with iterative scans, and the
    same index over ``halfvec`` (half the memory) with its recall.
@@ -43,8 +43,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.bench_foundation import fresh_database  # noqa: E402
 from bench.common import ROOT  # noqa: E402
 from saedb.backends import Backend, connect  # noqa: E402
-from saedb.backends.approximate_index import (CONNECTIVITY, EXPANSION_ADD, EXPANSION_SEARCH, STEERED_EXPANSION,  # noqa: E402
-                                              steered_expansion)
+from saedb.backends.approximate_index import (CONNECTIVITY, EXPANSION_ADD, EXPANSION_SEARCH,  # noqa: E402
+                                              ApproximateIndex, steered_expansion)
 from saedb.backends.duckdb import PAPERS_SQL, PAPERS_WITH_STAMP_SQL  # noqa: E402
 from saedb.backends.exact_index import STAMP_SQL  # noqa: E402
 from saedb.loaders import load_corpus  # noqa: E402
@@ -161,7 +161,7 @@ def saedb_duckdb(work: Workload, path: str, model: int) -> None:
         if not duck.indexes.approximate.built:
             started = time.perf_counter()
             duck.build_approximate_index()
-            print(f"[{work.name}] saedb HNSW graph (usearch M={CONNECTIVITY}, efConstruction {EXPANSION_ADD}) built in "
+            print(f"[{work.name}] saedb HNSW graph (faiss M={CONNECTIVITY}, efConstruction {EXPANSION_ADD}) built in "
                   f"{time.perf_counter() - started:.1f} s", flush=True)
         meta = duck.indexes.approximate.meta_path
         size = meta.with_name(json.loads(meta.read_text())["file"]).stat().st_size
@@ -194,37 +194,42 @@ def saedb_duckdb(work: Workload, path: str, model: int) -> None:
                 line(work, label, seconds, found, work.truth[kind], f"{differs} of {len(found)} differ from numpy" if exact else "")
         parts(work, duck)
         filters(work, duck)
-        steered_recall_curve(work, duck.indexes.approximate.graph)
-        peers(work, duck.indexes.approximate.graph)
+        steered_recall_curve(work, duck.indexes.approximate)
+        peers(work)
 
 
 CURVE_FRACTIONS = (0.05, 0.15, 0.3, 0.5, 0.7)  # steer_toward steps, the web app's sliders
-CURVE_EFS = (100, 150, 200, 300, 400, 600, 800)
+CURVE_EFS = (60, 80, 100, 150, 200, 300, 400, 600, 800, 1000, 1200)
+CURVE_BANDS = (0.95, 0.9, 0.85, 0.8, 0.7, 0.6, 0.5, 0.4, -1.0)  # cosine to the query, at least (finer than saedb's table)
+TARGET_RECALL = 0.99
 
 
-def steered_recall_curve(work: Workload, graph) -> None:  # noqa: ANN001 - usearch.index.Index
-    """Recall@10 of steered queries by ef, in bands of their cosine to the query they came from:
-    the curve STEERED_EXPANSION is read from (the smallest ef at 0.99 or more in each band).
+def steered_recall_curve(work: Workload, graph: ApproximateIndex) -> None:
+    """Recall@10 by ef of the plain queries (EXPANSION_SEARCH is the smallest ef at TARGET_RECALL),
+    and of steered queries in bands of their cosine to the query they came from: the curve
+    STEERED_EXPANSION is read from (the smallest ef at TARGET_RECALL or more in each band).
     Queries turned toward a random feature by steer_toward's steps, and moved by "add" 0.6."""
+    plain = {ef: [graph.nearest(q, 10, expansion=ef)[0].tolist() for q in work.queries] for ef in CURVE_EFS}
+    cells = "  ".join(f"ef {ef} {recall(plain[ef], work.truth['plain']):.3f}" for ef in CURVE_EFS)
+    print(f"[{work.name}] plain recall@10 by ef: {cells};  saedb uses ef {EXPANSION_SEARCH}", flush=True)
     targets = [(q, t) for q, f in zip(work.queries, work.features)
                for t in (*(work.sae.steer_toward(q, f, fraction)[0] for fraction in CURVE_FRACTIONS), work.sae.steer(q, f, STRENGTH)[0])]
     cosines = np.array([cosine(q, t) for q, t in targets])
     truth = [work.exact(t) for _, t in targets]
-    band = np.array([next(i for i, (least, _) in enumerate(STEERED_EXPANSION) if c >= least) for c in cosines])
+    band = np.array([next(i for i, least in enumerate(CURVE_BANDS) if c >= least) for c in cosines])
     found: dict[int, list[list[int]]] = {}
     seconds: dict[int, list[float]] = {}
     for ef in CURVE_EFS:
-        graph.expansion_search = ef
-        seconds[ef], found[ef] = timings(lambda t: graph.search(unit_query(t), 10).keys.astype(np.int64).tolist(), [t for _, t in targets])
-    graph.expansion_search = EXPANSION_SEARCH
-    for number, (least, _) in enumerate(STEERED_EXPANSION):
+        seconds[ef], found[ef] = timings(lambda t: graph.nearest(t, 10, expansion=ef)[0].tolist(), [t for _, t in targets])
+    for number, least in enumerate(CURVE_BANDS):
         rows = np.flatnonzero(band == number)
         if not len(rows):
             continue
-        cells = "  ".join(f"ef {ef} {recall([found[ef][i] for i in rows], [truth[i] for i in rows]):.3f} "
-                          f"({ms([seconds[ef][i] for i in rows], 0.5):.2f} ms)" for ef in CURVE_EFS)
+        scores = {ef: recall([found[ef][i] for i in rows], [truth[i] for i in rows]) for ef in CURVE_EFS}
+        enough = next((ef for ef in CURVE_EFS if scores[ef] >= TARGET_RECALL), None)
+        cells = "  ".join(f"ef {ef} {scores[ef]:.3f} ({ms([seconds[ef][i] for i in rows], 0.5):.2f} ms)" for ef in CURVE_EFS)
         print(f"[{work.name}] steered recall@10, cosine to the query >= {least:5.2f} ({len(rows):3} queries): {cells};  "
-              f"saedb uses ef {steered_expansion(least)}", flush=True)
+              f"smallest ef at {TARGET_RECALL}: {enough}; saedb uses ef {steered_expansion(least)}", flush=True)
     chosen = [found[steered_expansion(c)][i] for i, c in enumerate(cosines)]
     print(f"[{work.name}] steered recall@10 with the beam chosen per query: {recall(chosen, truth):.3f} "
           f"over {len(targets)} queries (cosines {cosines.min():.2f}-{cosines.max():.2f})", flush=True)
@@ -263,40 +268,47 @@ def filters(work: Workload, duck: Backend) -> None:
     """Recall of filtered searches against exact search within the same filter."""
     years = work.year[work.year >= 0]
     recent = int(np.quantile(years, 0.75)) if len(years) else 0
+    early = int(np.quantile(years, 0.02)) if len(years) else 0  # the narrow end: a few percent of the documents
     names, counts = np.unique(work.corpus, return_counts=True)
     corpus = str(names[np.argmin(counts)])
     for label, options, allowed in (
         (f"corpus = {corpus}", {"corpus": corpus}, work.corpus == corpus),
         (f"year >= {recent}", {"year_from": recent}, work.year >= recent),
         (f"year = {recent}", {"year_from": recent, "year_to": recent}, work.year == recent),
+        (f"year <= {early}", {"year_to": early}, (work.year >= 0) & (work.year <= early)),
     ):
         truth = [work.exact(q, allowed) for q in work.queries]
         seconds, hits = timings(lambda q: [h.doc_id for h in search(duck, q, 10, **options)], work.queries)
         line(work, f"saedb DuckDB HNSW {label} ({allowed.mean():.0%} of docs)", seconds, hits, truth)
 
 
-def peers(work: Workload, graph) -> None:  # noqa: ANN001 - usearch.index.Index
+def peers(work: Workload) -> None:
+    """The libraries alone on the same unit vectors: exact, then faiss's HNSW (saedb's graph,
+    built here with saedb's settings: the build time saedb's is compared with) and usearch's."""
     import faiss
-    from usearch.index import MetricKind, search as usearch_exact
+    from usearch.index import Index, MetricKind, search as usearch_exact
 
     queries = [unit_query(q) for q in work.queries]
     ids = work.doc_ids
     seconds, found = timings(lambda q: ids[usearch_exact(work.unit, q, 10, MetricKind.IP, exact=True).keys].tolist(), queries)
     line(work, "usearch exact", seconds, found, work.truth["plain"])
-    for ef in (40, 100, 200):
-        graph.expansion_search = ef
-        seconds, found = timings(lambda q: graph.search(q, 10).keys.astype(np.int64).tolist(), queries)
-        line(work, f"usearch HNSW ef={ef} (saedb's graph, directly)", seconds, found, work.truth["plain"])
-    graph.expansion_search = 100
     started = time.perf_counter()
-    hnsw = faiss.IndexHNSWFlat(work.unit.shape[1], 32, faiss.METRIC_INNER_PRODUCT)
-    hnsw.hnsw.efConstruction = 128
+    hnsw = faiss.IndexHNSWFlat(work.unit.shape[1], CONNECTIVITY, faiss.METRIC_INNER_PRODUCT)
+    hnsw.hnsw.efConstruction = EXPANSION_ADD
     hnsw.add(work.unit)
-    print(f"[{work.name}] faiss HNSW (M=32, efConstruction 128) built in {time.perf_counter() - started:.1f} s", flush=True)
+    print(f"[{work.name}] faiss HNSW (M={CONNECTIVITY}, efConstruction {EXPANSION_ADD}) built in {time.perf_counter() - started:.1f} s", flush=True)
     for ef in (40, 100, 200):
         hnsw.hnsw.efSearch = ef
         seconds, found = timings(lambda q: ids[hnsw.search(q[None], 10)[1][0]].tolist(), queries)
         line(work, f"faiss HNSW efSearch={ef}", seconds, found, work.truth["plain"])
+    started = time.perf_counter()
+    graph = Index(ndim=work.unit.shape[1], metric=MetricKind.IP, dtype="f32", connectivity=CONNECTIVITY, expansion_add=EXPANSION_ADD)
+    graph.add(np.arange(len(ids)), work.unit, threads=0)
+    print(f"[{work.name}] usearch HNSW (M={CONNECTIVITY}, expansion_add {EXPANSION_ADD}) built in {time.perf_counter() - started:.1f} s", flush=True)
+    for ef in (40, 100, 200):
+        graph.expansion_search = ef
+        seconds, found = timings(lambda q: ids[graph.search(q, 10).keys.astype(np.int64)].tolist(), queries)
+        line(work, f"usearch HNSW ef={ef}", seconds, found, work.truth["plain"])
 
 
 def postgres(work: Workload, url: str, load: Callable[[Backend], None]) -> None:

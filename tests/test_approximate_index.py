@@ -111,8 +111,9 @@ def test_a_query_steered_farther_is_searched_with_a_wider_beam(built: tuple[str,
         query = np.ones(384, np.float32)
         search(backend, query, 10)
         beams: list[int] = []
-        run = graph.graph.search
-        monkeypatch.setattr(graph.graph, "search", lambda *a, **k: beams.append(graph.graph.expansion_search) or run(*a, **k))
+        run = approximate_index.Graph.walk
+        monkeypatch.setattr(approximate_index.Graph, "walk", lambda self, query, count, expansion: beams.append(expansion)
+                            or run(self, query, count, expansion))
         fractions = (0.05, 0.5, 0.9)
         search(backend, query, 10)
         for fraction in fractions:
@@ -162,7 +163,7 @@ def test_the_graph_follows_added_and_removed_rows(tmp_path: Path, corpora: tuple
         found = {h.doc_id for q in (vector, *other.fetch_vectors("SELECT embedding FROM embeddings LIMIT 3")) for h in search(backend, q, 50)}
         assert not found & set(gone)
         assert tuple(json.loads(Path(path + ".hnsw.json").read_text())["stamp"]) == backend.embeddings_stamp()
-        assert len(list(tmp_path.glob(Path(path).name + ".hnsw.*.usearch"))) == 1  # older graphs removed
+        assert len(list(tmp_path.glob(Path(path).name + ".hnsw.*.faiss"))) == 1  # older graphs removed
 
 
 def test_a_failed_save_answers_from_memory_and_keeps_the_previous_graph(tmp_path: Path, corpora: tuple[Path, Path, Path],
@@ -297,11 +298,11 @@ def test_a_read_only_database_reads_a_filters_documents_once(built: tuple[str, i
         assert found == expected
 
 
-@pytest.mark.parametrize("row_read_us", [0.0, 1e9], ids=["exact-subset", "over-fetch"])
-def test_filters_keep_their_recall(built: tuple[str, int], row_read_us: float, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("row_us", [0.0, 1e9], ids=["exact-subset", "filtered-walk"])
+def test_filters_keep_their_recall(built: tuple[str, int], row_us: float, monkeypatch: pytest.MonkeyPatch) -> None:
     """A corpus and a range of years: every hit matches, and recall against exact search within
-    the filter holds, whether the filter's documents are ranked exactly or over-fetched."""
-    monkeypatch.setattr(approximate_index, "ROW_READ_US", row_read_us)
+    the filter holds, whether the filter's documents are ranked exactly or the walk checks them."""
+    monkeypatch.setattr(approximate_index, "ROW_US", row_us)
     path, _ = built
     with connect(path) as backend:
         doc_ids, unit = matrix_of(backend)
@@ -453,3 +454,69 @@ def test_a_file_from_before_content_hashes_is_upgraded_once_and_read_only_opens_
         assert backend.indexes.approximate.built  # the same hashes again: the graph still holds the table's rows
         query = queries_of(matrix_of(backend)[1], 1)[0]
         assert [h.doc_id for h in search(backend, query, 10)] == [h.doc_id for h in search(backend, query, 10, exact=True)]
+
+
+def test_removed_rows_are_never_answers_and_many_of_them_rebuild_the_graph(tmp_path: Path, built: tuple[str, int]) -> None:
+    """faiss's HNSW cannot unlink a vector: a removed row stays in the graph as a dead position
+    the walk passes through but never returns, filtered or not; once dead rows are COMPACT_SHARE
+    of the graph, the next change builds it again from the table, with no dead rows left."""
+    path = copy_of(built, tmp_path)
+    with connect(path) as backend:
+        doc_ids, unit = matrix_of(backend)
+        queries = queries_of(unit, 10)
+        few = doc_ids[::20]
+        backend.execute(f"DELETE FROM embeddings WHERE doc_id IN ({', '.join(map(str, few))})")
+        for query in queries:
+            assert not {h.doc_id for h in search(backend, query, 50)} & set(few.tolist())
+            assert not {h.doc_id for h in search(backend, query, 50, corpus="astro")} & set(few.tolist())
+        graph = backend.indexes.approximate.current
+        assert len(graph.labels) == len(doc_ids) and (~graph.live).sum() == len(few)
+        many = doc_ids[1::3]
+        backend.execute(f"DELETE FROM embeddings WHERE doc_id IN ({', '.join(map(str, many))})")
+        for query in queries:
+            assert [h.doc_id for h in search(backend, query, 10)] == [h.doc_id for h in search(backend, query, 10, exact=True)] \
+                or recall([h.doc_id for h in search(backend, query, 10)], [h.doc_id for h in search(backend, query, 10, exact=True)]) >= 0.9
+        graph = backend.indexes.approximate.current
+        assert graph.live.all() and len(graph.labels) == len(doc_ids) - len(np.union1d(few, many))
+    with connect(path, read_only=True) as backend:  # and saved so
+        assert backend.indexes.approximate.current.live.all()
+
+
+def test_a_read_only_files_searches_take_no_lock(built: tuple[str, int]) -> None:
+    """A read-only file's graph never changes in place, so its searches (the web app's parallel
+    requests) do not wait on one another: none of them takes the index's lock."""
+    class Refused:
+        def __enter__(self) -> None:
+            raise AssertionError("a read-only search took the graph's lock")
+
+        def __exit__(self, *_: object) -> None:
+            return None
+
+    path, model_id = built
+    with connect(path, read_only=True) as backend:
+        search(backend, np.ones(384, np.float32), 10)  # the first search checks the file's stamp once
+        backend.indexes.approximate.lock = Refused()
+        assert search(backend, np.ones(384, np.float32), 10, Steering("feature", 3, 0.5, model_id))
+        assert search(backend, np.ones(384, np.float32), 10, corpus="ml")
+
+
+def test_a_graph_an_older_saedb_wrote_is_rebuilt_by_saedb_index(tmp_path: Path, built: tuple[str, int]) -> None:
+    """An older saedb saved a usearch graph (format 2): it is named once, searches are exact,
+    and `saedb index` replaces it (its files removed) with the graph this version reads."""
+    from typer.testing import CliRunner
+
+    from saedb.cli import app
+
+    path = copy_of(built, tmp_path)
+    meta = Path(path + ".hnsw.json")
+    older = Path(path + ".hnsw.1.usearch")
+    older.write_bytes(b"usearch graph")
+    meta.write_text(json.dumps({**json.loads(meta.read_text()), "format": 2, "file": older.name}))
+    with connect(path) as backend:
+        queries = queries_of(matrix_of(backend)[1], 3)
+    with pytest.warns(RuntimeWarning, match="older saedb"):
+        assert answers_exactly(path, queries)
+    assert CliRunner().invoke(app, ["index", "--db", path]).exit_code == 0
+    assert not older.exists() and graph_file(path).suffix == ".faiss"
+    with connect(path) as backend:
+        assert backend.indexes.approximate.built

@@ -47,40 +47,20 @@ def ids_and_vectors(table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
 class PaperSubset:
     """The papers matching ``condition`` (SQL over papers, ``?`` placeholders): a search filter.
     On a writable database they are read for each search (its rows may change between two); a
-    read-only one cannot change while it is open, so there they are read once (``allowed``)."""
+    read-only one cannot change while it is open, so there they are read once and have a ``key``."""
 
     def __init__(self, backend: "DuckDBBackend", condition: str, params: Sequence[Any]) -> None:
         self.backend, self.condition, self.params = backend, condition, list(params)
-        indexes = backend.indexes
-        self.allowed = indexes.allowed((condition, *self.params), self._read_ids) if indexes.read_only else None
-
-    def count(self) -> int:
-        if self.allowed is not None:
-            return len(self.allowed)
-        return int(self.backend.query(f"SELECT count(*) FROM papers WHERE {self.condition}", self.params)[0][0])
+        self.key = (condition, *self.params) if backend.indexes.read_only else None
 
     def ids(self) -> np.ndarray:
-        return self._read_ids() if self.allowed is None else self.allowed
+        if self.key is not None:
+            return self.backend.indexes.allowed(self.key, self._read_ids)
+        return np.sort(self._read_ids())
 
     def _read_ids(self) -> np.ndarray:
         table = self.backend.arrow(f"SELECT doc_id FROM papers WHERE {self.condition}", self.params)
         return table.column(0).to_numpy().astype(np.int64)
-
-    def rows(self) -> tuple[np.ndarray, np.ndarray]:
-        return ids_and_vectors(self.backend.arrow(f"SELECT e.doc_id, e.embedding FROM embeddings e JOIN papers p ON "
-                                                  f"p.doc_id = e.doc_id WHERE {self.condition}", self.params))
-
-    def keep(self, candidates: np.ndarray) -> np.ndarray:
-        if not len(candidates):
-            return np.zeros(0, bool)
-        if self.allowed is not None:
-            if not len(self.allowed):
-                return np.zeros(len(candidates), bool)
-            at = np.minimum(np.searchsorted(self.allowed, candidates), len(self.allowed) - 1)
-            return self.allowed[at] == candidates
-        kept = self.backend.arrow(f"SELECT doc_id FROM papers WHERE doc_id = ANY(?) AND ({self.condition})",
-                                  [candidates.tolist(), *self.params])  # a list parameter: faster here than a staged table
-        return np.isin(candidates, kept.column(0).to_numpy())
 
 
 class DuckDBBackend(Backend):
