@@ -125,5 +125,7 @@ def _display_word(word: str) -> str:
 def surface_form(spellings: Sequence[str]) -> str:
     """The spelling to show: the most common one once Title Case and sentence starts are
     lowered (acronyms keep their case)."""
-    counts = Counter(" ".join(_display_word(w) for w in s.split()) for s in spellings)
+    counts: Counter = Counter()
+    for spelling, times in Counter(spellings).items():  # each distinct spelling displayed once
+        counts[" ".join(_display_word(w) for w in spelling.split())] += times
     return max(counts, key=lambda s: (counts[s], s))
