@@ -61,11 +61,13 @@ EXPANSION_ADD = 128  # efConstruction
 # more against exact search. Plain queries (87k, real MiniLM titles): ef 100 0.986, 150 0.994.
 EXPANSION_SEARCH = 150  # ef at search (at least the number of candidates asked for)
 # A steered query lies off the data, where a fixed beam loses recall, the more so the farther it
-# was turned: its ef is read from its cosine to the query it came from, by band of that cosine
-# (87k, 600 queries: steer_toward 0.05-0.7 and "add" 0.6 of random features): >= 0.85: ef 150
-# 0.991-0.993; 0.6-0.85: ef 300 0.992-1.000 (ef 200 0.981-0.992); below 0.6: ef 1000 0.991 over
-# 100 queries (ef 800 0.988). (cosine at least, ef), first match wins.
-STEERED_EXPANSION: tuple[tuple[float, int], ...] = ((0.85, 150), (0.6, 300), (-1.0, 1000))
+# was turned: its ef is read from its cosine to the query it came from, by band of that cosine,
+# the smallest ef at 0.99 in that band at both 87k and 1M (600 queries each: steer_toward
+# 0.05-0.7 and "add" 0.6 of random features). 87k / 1M: >= 0.85: ef 150 0.991-0.993 / 0.994-0.999;
+# 0.8-0.85: ef 200 0.992 / 0.996; 0.7-0.8: ef 300 0.992 / 0.995; 0.6-0.7: ef 600 0.995 / 0.993;
+# below 0.6: ef 1200 0.967-0.993 / 0.958-1.000 (ef 1000: 0.933-0.993 / 0.933-0.991).
+# (cosine at least, ef), first match wins.
+STEERED_EXPANSION: tuple[tuple[float, int], ...] = ((0.85, 150), (0.8, 200), (0.7, 300), (0.6, 600), (-1.0, 1200))
 
 
 def steered_expansion(cosine: float) -> int:
@@ -80,11 +82,13 @@ def steered_expansion(cosine: float) -> int:
 # it happened to visit, and a query far from the filter's documents (an astro-ph question within
 # the ML corpus) visits few: recall@10 0.6 where over-fetching keeps 0.95 and more.
 # At 87k (random filters, 200 queries) recall@10 0.99 took ef ~300 at 15% of the documents, ~800 at
-# 5%; 4 and 1 gave 0.975 for bench_search's year filter (36%), 4 and 1.5 0.990.
-OVERFETCH, EF_PER_CANDIDATE = 3.0, 1.5
+# 5%. bench_search's year filters: at 87k (36%) 4 and 1 gave 0.975, 4 and 1.5 0.990; at 1M
+# (20-25%) 3 and 1.5 gave 0.967-0.970, 4 and 2 (the setting of the usearch graph before) 0.99.
+OVERFETCH, EF_PER_CANDIDATE = 4.0, 2.0
 # It ranks the allowed documents exactly instead when that costs less than the walk: ROW_US per
 # allowed row (its vector gathered from the graph's storage and multiplied) against EF_US per unit of ef.
-ROW_US, EF_US = 0.2, 4.0
+# At 1M: 6.5 ms for 20k allowed rows (the gather of their vectors dominates); ef 150 0.42 ms, ef 1000 2.5 ms.
+ROW_US, EF_US = 0.3, 2.5
 FILTERS_KEPT = 32  # a read-only instance's filters kept (4 bytes per allowed document, 1 per position)
 COMPACT_SHARE = 0.25  # dead rows, as a share of the graph, from which a change rebuilds it
 FORMAT = 3  # of the .json naming the graph (2: usearch, not read)
