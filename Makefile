@@ -61,6 +61,7 @@ bench: $(VENV)/.installed
 	$(PY) bench/bench_lineage.py
 	$(PY) bench/bench_compare.py
 	$(PY) bench/bench_steer.py
+	$(PY) bench/bench_filters.py
 	$(MAKE) bench-search
 
 # Fast search and scale, in one run: search on both backends at 87k and 1M beside faiss and

@@ -115,3 +115,10 @@ def test_bench_scale_runs_at_a_tiny_size() -> None:
 def test_bench_serve_runs_at_a_tiny_size() -> None:
     printed = run_bench("bench_serve.py", "--docs", "300", "--parallel", "10", "--steps", "5")
     assert "DuckDB: 10 parallel searches, errors" in printed and "Postgres: 10 parallel searches, errors" in printed
+
+
+def test_bench_filters_runs_at_a_tiny_size() -> None:
+    """saedb's over-fetch beside faiss's filtered walk on 2,000 astro-ph + 222 ML papers."""
+    printed = run_bench("bench_filters.py", "--astro", "2000", "--queries", "10")
+    for row in ("corpus = ML (questions mostly astro-ph) (10%): saedb over-fetch", "faiss filtered walk ef", "a random tenth"):
+        assert row in printed, row
