@@ -32,11 +32,15 @@ WALK_C = (30, 45, 90)  # faiss's filtered walk: ef = C / share (at least 150, sa
 
 @dataclass
 class Filter:
-    """A fixed set of doc ids (positions of the corpus here)."""
+    """A fixed set of doc ids (positions of the corpus here), kept by the graph under its name as
+    a read-only instance keeps a filter's documents."""
 
     name: str
     allowed: np.ndarray  # mask by doc id
-    key: tuple | None = None
+
+    @property
+    def key(self) -> tuple:
+        return (self.name,)
 
     def ids(self) -> np.ndarray:
         return np.flatnonzero(self.allowed)

@@ -80,9 +80,9 @@ def steered_expansion(cosine: float) -> int:
 # among them (a filter the query's neighbourhood avoids): four times as many, until enough.
 # faiss's own filtered walk (IDSelector) was tried twice and is not used: it returns the allowed
 # nodes it happened to visit, and a query far from the filter's documents (an astro-ph question
-# within the ML corpus) visits few: recall@10 0.18-0.24 at ef 300-900 for the ML tenth of 97k
-# documents (87k astro-ph + 9.7k ML), where over-fetching keeps 0.997 (bench/bench_filters.py).
-# On filters its queries are near (years of astro-ph, 6-17%) it matched over-fetching at equal recall.
+# within the ML corpus) visits few: bench/bench_filters.py (87k astro-ph + 9.7k ML papers) measured
+# recall@10 0.17-0.24 at ef 300-900 for the ML tenth and 0.90-0.94 for astro-ph's oldest tenth,
+# where over-fetching keeps 0.999-1.000; it was level only on a random tenth.
 # At 87k (random filters, 200 queries) recall@10 0.99 took ef ~300 at 15% of the documents, ~800 at
 # 5%. bench_search's year filters: at 87k (36%) 4 and 1 gave 0.975, 4 and 1.5 0.990; at 1M
 # (20-25%) 3 and 1.5 gave 0.967-0.970, 4 and 2 (the setting of the usearch graph before) 0.99.
