@@ -10,24 +10,22 @@ papers, asked with astro-ph questions) is where a filtered walk stops short.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pyarrow.parquet as pq
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from saedb.backends.approximate_index import ApproximateIndex, built_from  # noqa: E402
+from bench.bench_search import ms, recall, timings  # noqa: E402
+from bench.common import DATA  # noqa: E402
+from saedb.backends.approximate_index import EXPANSION_SEARCH, ApproximateIndex, built_from  # noqa: E402
 from saedb.sae import unit_rows  # noqa: E402
 
-DATA = ROOT.parent / "shared" / "data"
-WALK_C = (30, 45, 90)  # faiss's filtered walk: ef = C / share (at least 150, saedb's plain beam)
+WALK_C = (30, 45, 90)  # faiss's filtered walk: ef = C / share (at least saedb's plain beam)
 
 
 @dataclass
@@ -52,18 +50,6 @@ def vectors(name: str, rows: int, rng: np.random.Generator) -> tuple[np.ndarray,
     chosen = np.sort(rng.permutation(table.num_rows)[:rows])
     matrix = np.stack(table.column("embedding").take(chosen).to_numpy(zero_copy_only=False)).astype(np.float32)
     return unit_rows(matrix), np.asarray(table.column("id").take(chosen).to_pylist())
-
-
-def timed(queries: np.ndarray, answer: Callable[[np.ndarray], np.ndarray], truth: list[set[int]]) -> tuple[float, float]:
-    """(p50 ms, mean recall@10)."""
-    answer(queries[0])
-    seconds, recalls = [], []
-    for query, exact in zip(queries, truth):
-        started = time.perf_counter()
-        found = answer(query)
-        seconds.append(time.perf_counter() - started)
-        recalls.append(len(set(found.tolist()) & exact) / len(exact))
-    return 1000 * statistics.median(seconds), float(np.mean(recalls))
 
 
 def main() -> None:
@@ -95,15 +81,18 @@ def main() -> None:
                    Filter("oldest tenth of astro-ph", oldest), Filter("a random tenth", rng.random(len(matrix)) < 0.1)):
         share = subset.allowed.mean()
         allowed_ids = subset.ids()
-        truth = [set(allowed_ids[np.argsort(-(matrix[allowed_ids] @ q))[:10]].tolist()) for q in queries]
-        p50, recall = timed(queries, lambda q: index.nearest(q, 10, subset)[0], truth)
-        print(f"{subset.name} ({share:.0%}): saedb over-fetch p50 {p50:.2f} ms recall@10 {recall:.3f}")
+        truth = [allowed_ids[np.argsort(-(matrix[allowed_ids] @ q))[:10]].tolist() for q in queries]
+        seconds, found = timings(lambda q: index.nearest(q, 10, subset)[0].tolist(), list(queries))
+        p50 = ms(seconds, 0.5)
+        print(f"{subset.name} ({share:.0%}): saedb over-fetch p50 {p50:.2f} ms recall@10 {recall(found, truth):.3f}")
         bits = np.packbits(subset.allowed, bitorder="little")
         selector = faiss.IDSelectorBitmap(len(matrix), faiss.swig_ptr(bits))
         for c in WALK_C:
-            params = faiss.SearchParametersHNSW(efSearch=max(150, round(c / share)), sel=selector)
-            p50_walk, recall_walk = timed(queries, lambda q: graph.index.search(q[None, :], 10, params=params)[1][0], truth)
-            print(f"    faiss filtered walk ef {params.efSearch}: p50 {p50_walk:.2f} ms ({p50_walk / p50:.2f}x) recall@10 {recall_walk:.3f}")
+            params = faiss.SearchParametersHNSW(efSearch=max(EXPANSION_SEARCH, round(c / share)), sel=selector)
+            seconds, found = timings(lambda q: graph.index.search(q[None, :], 10, params=params)[1][0].tolist(), list(queries))
+            walk_p50 = ms(seconds, 0.5)
+            print(f"    faiss filtered walk ef {params.efSearch}: p50 {walk_p50:.2f} ms ({walk_p50 / p50:.2f}x) "
+                  f"recall@10 {recall(found, truth):.3f}")
 
 
 if __name__ == "__main__":
