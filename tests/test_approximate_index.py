@@ -17,6 +17,7 @@ import pytest
 
 import saedb.backends.approximate_index as approximate_index
 import saedb.backends.duckdb as duckdb_backend
+import saedb.backends.filter_graphs as filter_graphs
 from saedb.backends import connect
 from saedb.backends.exact_index import STAMP_COLUMNS
 from saedb.backends.paper_rows import PaperRows
@@ -326,6 +327,69 @@ def test_filters_keep_their_recall(built: tuple[str, int], row_us: float, monkey
                 assert [h.doc_id for h in search(backend, query, 10, exact=True, **options)] == truth
                 scores.append(recall(hits, truth))
             assert np.mean(scores) >= 0.95, (options, np.mean(scores))
+
+
+def narrow_filter(backend) -> tuple[dict, np.ndarray, np.ndarray, np.ndarray]:  # noqa: ANN001
+    """A filter allowing about a fifth of the test file's documents (ML papers from a year on),
+    its mask by row, and the file's (doc ids, unit rows)."""
+    doc_ids, unit = matrix_of(backend)
+    papers = {d: (c, y) for d, c, y in backend.query("SELECT doc_id, corpus, year FROM papers")}
+    years = sorted(y for c, y in papers.values() if c == "ml" and y is not None)
+    since = years[len(years) // 2]
+    allowed = np.array([papers[int(d)][0] == "ml" and (papers[int(d)][1] or 0) >= since for d in doc_ids])
+    return {"corpus": "ml", "year_from": since}, allowed, doc_ids, unit
+
+
+def test_a_narrow_kept_filter_walks_a_graph_of_its_own(built: tuple[str, int], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Over-fetching a filter allowing a share s of the documents walks about 1/s as far as a plain
+    search. On a read-only instance a kept filter below GRAPH_BELOW_SHARE whose documents cost more
+    to rank exactly than a plain walk gets an HNSW graph of its own in the background: once built
+    (waited for on its event), its searches walk that graph only, every hit matches, recall holds."""
+    monkeypatch.setattr(approximate_index, "ROW_US", 1e9)  # this file's filters are small: never rank them exactly
+    path, _ = built
+    with connect(path, read_only=True) as backend:
+        options, allowed, doc_ids, unit = narrow_filter(backend)
+        assert 0.05 < allowed.mean() < filter_graphs.GRAPH_BELOW_SHARE
+        queries = queries_of(unit, 20)
+        search(backend, queries[0], 10, **options)
+        graph = backend.indexes.approximate
+        assert graph.wait_for_filter_graphs(timeout=120)
+        (kept,) = graph.current.filters.values()
+        assert kept.graph is not None and kept.graph.ntotal == allowed.sum()
+        walks: list[int] = []
+        run = approximate_index.Graph.walk
+        monkeypatch.setattr(approximate_index.Graph, "walk", lambda self, *args: walks.append(1) or run(self, *args))
+        scores = []
+        for query in queries:
+            hits = [h.doc_id for h in search(backend, query, 10, **options)]
+            assert all(allowed[doc_ids == d][0] for d in hits)
+            scores.append(recall(hits, exact_top(unit, doc_ids, query, 10, allowed)))
+        assert walks == [] and np.mean(scores) >= 0.97, (walks, np.mean(scores))
+
+
+@pytest.mark.parametrize("case", ["writable", "over the row budget", "wide"])
+def test_a_filter_that_does_not_qualify_over_fetches_on_the_whole_graph(built: tuple[str, int], case: str,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """No graph of its own for a writable connection's filter (its documents may change between
+    searches), beyond the GRAPH_ROWS budget, or at GRAPH_BELOW_SHARE of the documents or more."""
+    monkeypatch.setattr(approximate_index, "ROW_US", 1e9)
+    if case == "over the row budget":
+        monkeypatch.setattr(filter_graphs, "GRAPH_ROWS", 10)
+    if case == "wide":
+        monkeypatch.setattr(filter_graphs, "GRAPH_BELOW_SHARE", 0.05)
+    path, _ = built
+    with connect(path, read_only=case != "writable") as backend:
+        options, allowed, doc_ids, unit = narrow_filter(backend)
+        walks: list[int] = []
+        run = approximate_index.Graph.walk
+        monkeypatch.setattr(approximate_index.Graph, "walk", lambda self, *args: walks.append(1) or run(self, *args))
+        for query in queries_of(unit, 3):
+            hits = [h.doc_id for h in search(backend, query, 10, **options)]
+            assert all(allowed[doc_ids == d][0] for d in hits)
+        graph = backend.indexes.approximate
+        assert graph.wait_for_filter_graphs(timeout=0)
+        assert all(kept.graph is None and not kept.planned for kept in graph.current.filters.values())
+        assert len(walks) >= 3
 
 
 def test_a_load_builds_the_graph_from_the_threshold(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, embedder) -> None:

@@ -27,7 +27,9 @@ Rules:
   documents the filter rejects, checked against its positions (a mask by position, no SQL), and
   widens until ``limit`` pass; a filter so narrow that ranking its documents costs less than
   that walk ranks them exactly, their vectors read from the graph's own storage. A read-only
-  instance keeps the positions of its most recent FILTERS_KEPT filters.
+  instance keeps the positions of its most recent FILTERS_KEPT filters, and a kept filter
+  between those (exact) and GRAPH_BELOW_SHARE of the documents gets a graph of its own, built in
+  the background (filter_graphs): until it is ready the filter over-fetches.
 - A read-only file's graph never changes in place (a change makes a new one), so its searches
   run in parallel without a lock; elsewhere searches and changes take the index's lock.
 """
@@ -43,20 +45,18 @@ import warnings
 from collections import OrderedDict
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from functools import cached_property
 from pathlib import Path
 from typing import Any, Callable, Iterable, Protocol
 
 import numpy as np
 
 from saedb.backends.exact_index import LOAD_BLOCK, ReadRange, Stamp, ranked, read_unit_rows, stamp_of
+from saedb.backends.filter_graphs import CONNECTIVITY, EXPANSION_ADD, Allowed, new_index, walked
 from saedb.sae import unit_rows
 
 # Measured by bench_search.py (docs/benchmarks.md, "beside the libraries"): exact search costs ~17 ms at 87k
 # documents and ~100 ms at 1M; the graph answers in under 1 ms at either. faiss's HNSW, M=32, efConstruction 128.
 APPROXIMATE_FROM = 100_000  # embeddings from which a load builds the graph (below: exact, about 20 ms or less)
-CONNECTIVITY = 32  # HNSW M
-EXPANSION_ADD = 128  # efConstruction
 # Every beam is the smallest ef that bench_search.py's recall curve measured at recall@10 0.99 or
 # more against exact search. Plain queries (87k, real MiniLM titles): ef 100 0.986, 150 0.994.
 EXPANSION_SEARCH = 150  # ef at search (at least the number of candidates asked for)
@@ -132,34 +132,12 @@ def ordered(doc_ids: np.ndarray, distances: np.ndarray, limit: int) -> tuple[np.
     return doc_ids[order].astype(np.int64), distances[order].astype(np.float32)
 
 
-def new_index(dim: int) -> Any:
-    import faiss
-
-    index = faiss.IndexHNSWFlat(dim, CONNECTIVITY, faiss.METRIC_INNER_PRODUCT)
-    index.hnsw.efConstruction = EXPANSION_ADD
-    return index
-
-
 def owned_copy(index: Any) -> Any:
     """A graph that can change: faiss aborts the process when a mapped one is added to, and its
     clone_index keeps the mapping."""
     import faiss
 
     return faiss.deserialize_index(faiss.serialize_index(index))
-
-
-@dataclass
-class Allowed:
-    """A filter's documents in one graph: their sorted positions, and as a mask by position."""
-
-    positions: np.ndarray
-    total: int  # the graph's positions
-
-    @cached_property
-    def mask(self) -> np.ndarray:
-        mask = np.zeros(self.total, bool)
-        mask[self.positions] = True
-        return mask
 
 
 @dataclass
@@ -203,12 +181,13 @@ class Graph:
         return view
 
     def allowed(self, subset: Subset) -> Allowed:
-        """The live rows ``subset`` allows (kept by its key, when it has one)."""
+        """The live rows ``subset`` allows (kept by its key, when it has one, and then given a
+        graph of their own where they qualify)."""
         if subset.key is not None:
             with self.lock:
                 if subset.key in self.filters:
                     self.filters.move_to_end(subset.key)
-                    return self.filters[subset.key]
+                    return self._planned(self.filters[subset.key])
         ids = subset.ids()
         at = np.minimum(np.searchsorted(self.doc_ids, ids), max(len(self.doc_ids) - 1, 0))
         positions = self.positions[at[self.doc_ids[at] == ids]] if len(self.doc_ids) else np.zeros(0, np.int64)
@@ -218,20 +197,23 @@ class Graph:
                 self.filters[subset.key] = allowed
                 while len(self.filters) > FILTERS_KEPT:
                     self.filters.popitem(last=False)
+                self._planned(allowed)
+        return allowed
+
+    def _planned(self, allowed: Allowed) -> Allowed:
+        """``allowed``, its own graph started where it qualifies. Caller holds the lock."""
+        allowed.plan_graph(len(self.doc_ids), list(self.filters.values()),
+                           len(allowed.positions) * ROW_US > EXPANSION_SEARCH * EF_US, lambda positions: self.vectors[positions])
         return allowed
 
     def walk(self, query: np.ndarray, count: int, expansion: int) -> tuple[np.ndarray, np.ndarray]:
         """The positions of about the ``count`` nearest live rows, and their cosine distances."""
         import faiss
 
-        params = faiss.SearchParametersHNSW()
-        params.efSearch = max(expansion, count)
+        selector = None  # kept alive until the search returns
         if self.live_bits is not None:
-            selector = faiss.IDSelectorBitmap(len(self.labels), faiss.swig_ptr(self.live_bits))  # alive until the search returns
-            params.sel = selector
-        similarity, found = self.index.search(query[None, :], count, params=params)
-        kept = found[0] >= 0
-        return found[0][kept], 1.0 - similarity[0][kept]
+            selector = faiss.IDSelectorBitmap(len(self.labels), faiss.swig_ptr(self.live_bits))
+        return walked(self.index, query, count, expansion, selector)
 
     def ranked_exactly(self, query: np.ndarray, positions: np.ndarray, limit: int) -> tuple[np.ndarray, np.ndarray]:
         found, distances = ranked((self.vectors[positions] @ query)[None, :], self.labels[positions], limit)
@@ -278,6 +260,16 @@ class ApproximateIndex:
     @property
     def stamp(self) -> Stamp | None:
         return None if self.current is None else self.current.stamp
+
+    def wait_for_filter_graphs(self, timeout: float | None = None) -> bool:
+        """Wait until every build of a kept filter's own graph that was started has ended; False:
+        ``timeout`` seconds passed first."""
+        graph = self.current
+        if graph is None:
+            return True
+        with graph.lock:
+            started = [allowed for allowed in graph.filters.values() if allowed.planned]
+        return all(allowed.ready.wait(timeout) for allowed in started)
 
     def _open(self) -> None:
         """The saved graph, when its .json names files that are there, are those saedb wrote and
@@ -416,6 +408,9 @@ class ApproximateIndex:
                 positions, distances = graph.walk(query, min(limit, live), expansion)
                 return ordered(graph.labels[positions], distances, limit)
             allowed = graph.allowed(subset)
+            if allowed.graph is not None:
+                positions, distances = allowed.walk(query, limit, expansion)
+                return ordered(graph.labels[positions], distances, limit)
             count = len(allowed.positions)
             fetch = min(live, math.ceil(OVERFETCH * limit * live / max(count, 1)))
             while count and count * ROW_US > EF_PER_CANDIDATE * fetch * EF_US:
