@@ -28,3 +28,16 @@ def vectors_to_matrix(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
                 f"embedding rows have different numbers of dimensions ({int(lengths.min())} to {int(lengths.max())})")
     values = column.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
     return values.reshape(len(column), -1)
+
+
+def hashed_rows(table: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(doc ids, float32 matrix, content hashes) of a (doc_id, embedding, embedding_hash) Arrow table."""
+    ids, vectors = ids_and_vectors(table.select([0, 1]))
+    return ids, vectors, (table.column(2).to_numpy().astype(np.uint64) if table.num_rows else np.zeros(0, np.uint64))
+
+
+def ids_and_vectors(table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+    """(doc ids, float32 matrix) of a (doc_id, embedding) Arrow table."""
+    if not table.num_rows:
+        return np.zeros(0, np.int64), np.zeros((0, 1), np.float32)
+    return table.column(0).to_numpy().astype(np.int64), vectors_to_matrix(table.column(1))

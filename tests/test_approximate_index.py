@@ -218,6 +218,46 @@ def test_a_read_only_database_is_checked_by_its_first_search_only(tmp_path: Path
 
 
 @pytest.mark.parametrize("exact", [False, True], ids=["graph", "exact"])
+def test_a_snapshot_reads_the_stamp_once_and_answers_as_of_its_start(tmp_path: Path, built: tuple[str, int], exact: bool,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A writable connection checks for changes and reads its hits' papers on every search;
+    inside ``snapshot()`` (one read-only transaction) nothing can change what it sees, so its first
+    search reads the stamp and every paper's row (with their own stamp) and the next ones run no
+    SQL. Another connection of the process removing a row and renaming a paper meanwhile (its own
+    search bringing the shared index up to date) changes nothing inside (the snapshot's next search
+    brings the index back to what it sees); the next snapshot sees both. A write inside is refused and leaves the snapshot's answers as they were."""
+    path = copy_of(built, tmp_path)
+    with connect(path) as backend, backend.sibling() as writer:
+        removed, renamed = 5, 6
+        vector, of_renamed = backend.fetch_vectors("SELECT embedding FROM embeddings WHERE doc_id IN (?, ?) ORDER BY doc_id",
+                                                   (removed, renamed))
+        writer.execute("UPDATE papers SET title = 'before the snapshot' WHERE doc_id = ?", (renamed,))
+        statements: list[str] = []
+        for method in ("query", "arrow"):
+            run = getattr(backend, method)
+            monkeypatch.setattr(backend, method, lambda sql, params=(), run=run: statements.append(sql) or run(sql, params))
+        title = lambda: search(backend, of_renamed, 1, exact=exact)[0].title  # noqa: E731
+        with backend.snapshot():
+            first = search(backend, vector, 10, exact=exact)
+            assert first[0].doc_id == removed and title() == "before the snapshot"
+            assert sum(STAMP_COLUMNS in sql for sql in statements) == 1, statements
+            writer.execute("DELETE FROM embeddings WHERE doc_id = ?", (removed,))
+            writer.execute("UPDATE papers SET title = 'during the snapshot' WHERE doc_id = ?", (renamed,))
+            assert removed not in [h.doc_id for h in search(writer, vector, 10, exact=exact)]
+            assert search(backend, vector, 10, exact=exact) == first  # the shared index was brought back to this snapshot
+            statements.clear()
+            for _ in range(3):
+                assert search(backend, vector, 10, exact=exact) == first and title() == "before the snapshot"
+            assert statements == []
+            with pytest.raises(duckdb.TransactionException, match="read-only"):
+                backend.execute("UPDATE papers SET title = 'written in a snapshot' WHERE doc_id = 7")
+        with backend.snapshot():
+            assert removed not in [h.doc_id for h in search(backend, vector, 10, exact=exact)]
+            assert title() == "during the snapshot"
+        assert backend.query("SELECT count(*) FROM papers WHERE title = 'written in a snapshot'") == [(0,)]
+
+
+@pytest.mark.parametrize("exact", [False, True], ids=["graph", "exact"])
 def test_a_read_only_database_reads_its_hits_papers_from_memory_once_loaded(built: tuple[str, int], exact: bool,
                                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     """Read-only (the file cannot change while open), the first search starts loading every

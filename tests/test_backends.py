@@ -56,6 +56,19 @@ def test_read_only_connections_refuse_writes(loaded: Backend, db_url: str) -> No
         assert writer.count("papers") == 400
 
 
+def test_a_snapshot_sees_the_database_as_of_its_start_and_refuses_writes(loaded: Backend, db_url: str) -> None:
+    """``snapshot()`` on either backend: one read-only transaction. Rows another connection adds
+    meanwhile appear only after it; a write inside is refused and changes nothing."""
+    with connect(db_url) as other:
+        with loaded.snapshot():
+            assert loaded.count("papers") == 400
+            other.execute("DELETE FROM papers WHERE doc_id IN (SELECT doc_id FROM papers ORDER BY doc_id LIMIT 1)")
+            assert loaded.count("papers") == 400
+            with pytest.raises((duckdb.Error, psycopg.Error), match="read-only|read only"):
+                loaded.execute("DELETE FROM papers")
+        assert loaded.count("papers") == 399
+
+
 def test_read_only_needs_an_existing_saedb_database(tmp_path: Path) -> None:
     with pytest.raises(ConfigurationError, match="cannot open"):
         connect(str(tmp_path / "missing.duckdb"), read_only=True)

@@ -75,6 +75,12 @@ class Backend(ABC):
     def transaction(self) -> Iterator[None]:
         """All statements inside commit together or not at all."""
 
+    @abstractmethod
+    @contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """One read-only transaction: every statement inside sees the database as it was when it
+        began, and writes are refused (the database's own error). Not inside another transaction."""
+
     @contextmanager
     def publishing(self) -> Iterator[None]:
         """The transaction of a model version's write-back, one publisher at a time (model ids

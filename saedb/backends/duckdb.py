@@ -10,12 +10,13 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from saedb.arrow_vectors import fixed_size_vectors, vectors_to_matrix
+from saedb.arrow_vectors import fixed_size_vectors, hashed_rows, ids_and_vectors, vectors_to_matrix
 from saedb.backends.approximate_index import APPROXIMATE_FROM, EXPANSION_SEARCH, ApproximateIndex, steered_expansion
 from saedb.backends.base import Backend, DocumentBatch
 from saedb.backends.duckdb_files import SearchIndexes, SharedDatabase, in_schema, shadow_functions
 from saedb.backends.exact_index import STAMP_COLUMNS, STAMP_SQL, ExactIndex, Stamp
-from saedb.errors import DatabaseBusyError
+from saedb.backends.paper_rows import PAPER_ROWS_SQL, PAPERS_STAMP_SQL, PaperTable
+from saedb.errors import ConfigurationError, DatabaseBusyError
 from saedb.sae import SAE, SparseCodes
 from saedb.sqlfiles import read_sql
 from saedb.udfs.duckdb import register_udfs
@@ -29,19 +30,6 @@ SELECT NULL::BIGINT, NULL, NULL, NULL, {STAMP_COLUMNS} FROM embeddings
 UNION ALL
 SELECT doc_id, arxiv_id, title, year, NULL, NULL, NULL, NULL FROM papers WHERE doc_id IN ({{marks}})
 """
-
-
-def hashed_rows(table: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(doc ids, float32 matrix, content hashes) of a (doc_id, embedding, embedding_hash) Arrow table."""
-    ids, vectors = ids_and_vectors(table.select([0, 1]))
-    return ids, vectors, (table.column(2).to_numpy().astype(np.uint64) if table.num_rows else np.zeros(0, np.uint64))
-
-
-def ids_and_vectors(table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
-    """(doc ids, float32 matrix) of a (doc_id, embedding) Arrow table."""
-    if not table.num_rows:
-        return np.zeros(0, np.int64), np.zeros((0, 1), np.float32)
-    return table.column(0).to_numpy().astype(np.int64), vectors_to_matrix(table.column(1))
 
 
 class PaperSubset:
@@ -74,6 +62,9 @@ class DuckDBBackend(Backend):
         self.database = database  # the shared database (a sibling's: its parent's, which it does not own)
         self.schema = schema  # a workspace schema (saedb attach) searched before main
         self._depth = 0
+        self._in_snapshot = False
+        self._snapshot_stamp: Stamp | None = None  # inside snapshot(): the embeddings' stamp, once read
+        self._snapshot_table: PaperTable | None = None  # inside snapshot(): every paper's row, once read
         self.shared: SharedDatabase | None = None
         self.indexes = indexes or SearchIndexes(ExactIndex(), ApproximateIndex(None, False))  # a sibling shares its parent's
         if con is not None:  # a sibling over an open database: no migration, no UDFs
@@ -212,6 +203,20 @@ class DuckDBBackend(Backend):
         finally:
             self._depth = 0
 
+    @contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """DuckDB's snapshot isolation in a read-only transaction: inside, searches read the
+        embeddings' stamp once (nothing can change what they see), as a read-only instance does."""
+        if self._depth:
+            raise ConfigurationError("snapshot() starts a transaction of its own: not inside another one")
+        self.con.execute("BEGIN TRANSACTION READ ONLY")
+        self._depth, self._in_snapshot = 1, True
+        try:
+            yield
+        finally:
+            self._depth, self._in_snapshot, self._snapshot_stamp, self._snapshot_table = 0, False, None, None
+            self.con.rollback()  # nothing to commit; also ends a transaction a refused write aborted
+
     def close(self) -> None:
         self.con.close()
         if self.shared is not None:
@@ -339,6 +344,8 @@ class DuckDBBackend(Backend):
         """The embeddings' stamp and the (doc_id, arxiv_id, title, year) of ``doc_ids``'s papers,
         read in one statement (on a read-only instance: the papers, and the stamp read once)."""
         marks = ", ".join("?" * len(doc_ids)) or "NULL"
+        if self._in_snapshot:
+            return self.embeddings_stamp(), self._snapshot_papers().rows_of(doc_ids)
         if self.indexes.read_only:
             if self.indexes.papers is not None and self.indexes.papers.ready.is_set():
                 return self.embeddings_stamp(), self.indexes.papers.rows_of(doc_ids)
@@ -346,6 +353,18 @@ class DuckDBBackend(Backend):
         rows = self.query(PAPERS_WITH_STAMP_SQL.format(marks=marks), doc_ids.tolist())
         stamp = next((int(n), int(last), int(total), int(hashes)) for doc_id, *_, n, last, total, hashes in rows if doc_id is None)
         return stamp, {row[0]: row[:4] for row in rows if row[0] is not None}
+
+    def _snapshot_papers(self) -> PaperTable:
+        """Every paper's row as this snapshot sees them: read with their stamp by its first search,
+        or those the last snapshot read where the stamp is the same."""
+        if self._snapshot_table is None:
+            stamp = tuple(self.query(PAPERS_STAMP_SQL)[0])
+            held = self.indexes.snapshot_papers
+            if held is None or held[0] != stamp:
+                held = stamp, PaperTable(self.arrow(PAPER_ROWS_SQL))
+                self.indexes.snapshot_papers = held
+            self._snapshot_table = held[1]
+        return self._snapshot_table
 
     def prepare_search(self) -> None:
         """Bring what searches rank from up to date now (the web app does, before its first
@@ -369,13 +388,16 @@ class DuckDBBackend(Backend):
 
     def embeddings_stamp(self) -> Stamp:
         """(count, max, sum) of the embeddings' doc ids and the sum of their content hashes; on a
-        read-only instance read once."""
-        if self.indexes.fixed_stamp is not None:
-            return self.indexes.fixed_stamp
+        read-only instance read once, inside a snapshot once for it."""
+        known = self.indexes.fixed_stamp or self._snapshot_stamp
+        if known is not None:
+            return known
         count, last, total, hashes = self.query(STAMP_SQL)[0]
         stamp = int(count), int(last), int(total), int(hashes)
         if self.indexes.read_only:
             self.indexes.fixed_stamp = stamp
+        elif self._in_snapshot:
+            self._snapshot_stamp = stamp
         return stamp
 
     def approximate_index(self) -> ApproximateIndex | None:
@@ -409,9 +431,10 @@ class DuckDBBackend(Backend):
         return ids_and_vectors(self._range_table("doc_id, embedding", first, stop))
 
     def _range_table(self, columns: str, first: int, stop: int | None) -> pa.Table:
-        """``columns`` of the embeddings with first <= doc_id < stop, in doc id order (a range scan, on its own cursor)."""
+        """``columns`` of the embeddings with first <= doc_id < stop, in doc id order (a range scan, on
+        its own cursor; inside a snapshot on its connection, whose transaction a new cursor would not see)."""
         bounds, params = ("doc_id >= ?", [first]) if stop is None else ("doc_id >= ? AND doc_id < ?", [first, stop])
-        return self._in_schema(self.con.cursor()).sql(
+        return (self.con if self._in_snapshot else self._in_schema(self.con.cursor())).sql(
             f"SELECT {columns} FROM embeddings WHERE {bounds} ORDER BY doc_id", params=params).to_arrow_table()
 
     def create_embeddings_index(self) -> None:

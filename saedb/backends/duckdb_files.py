@@ -14,7 +14,7 @@ import numpy as np
 
 from saedb.backends.approximate_index import ApproximateIndex
 from saedb.backends.exact_index import ExactIndex, Stamp
-from saedb.backends.paper_rows import PaperRows
+from saedb.backends.paper_rows import PaperRows, PaperTable
 from saedb.errors import ConfigurationError, DatabaseBusyError
 
 if TYPE_CHECKING:
@@ -64,6 +64,8 @@ class SearchIndexes:
     read_only: bool = False
     fixed_stamp: Stamp | None = None  # read_only: the embeddings' stamp, read by the first search
     papers: PaperRows | None = None  # read_only: every paper's row, loaded in the background
+    # writable: every paper's row as the last snapshot that searched read them, and their stamp
+    snapshot_papers: tuple[tuple, PaperTable] | None = None
     # read_only: the sorted doc ids a filter allows, by its SQL and parameters, the most recent FILTERS_KEPT
     filters: OrderedDict[tuple, np.ndarray] = field(default_factory=OrderedDict)
     lock: threading.Lock = field(default_factory=threading.Lock)

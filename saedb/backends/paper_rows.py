@@ -1,4 +1,5 @@
-"""Every paper's (doc_id, arxiv_id, title, year) in memory, for a read-only DuckDB instance.
+"""Every paper's (doc_id, arxiv_id, title, year) in memory, for a read-only DuckDB instance
+and for a writable one's snapshots.
 
 A search reads its hits' papers in one DuckDB statement: 1.3–2.3 ms at 1M papers, as long as
 the HNSW search itself; from memory, 0.07–0.12 ms. On a read-only instance no process can
@@ -6,7 +7,10 @@ change the file while it is open (DuckDB's file lock), so those rows can be held
 without ever going stale.
 
 Rules:
-- Never on a writable instance: there a row can change between two searches.
+- On a writable instance only inside ``snapshot()`` (a read-only transaction), read
+  synchronously with the papers' stamp (PAPERS_STAMP_SQL) in that transaction and kept beside it
+  for the next snapshot whose papers have the same stamp: outside one, a row can change between
+  two searches.
 - Loaded once, by a background thread on its own cursor, started by the first search (or
   ``prepare_search``); until ``ready`` is set, searches read DuckDB as before. Nothing waits.
 - Held as Arrow columns sorted by doc id, in one chunk (``take`` on a chunked table copies
@@ -25,6 +29,28 @@ import numpy as np
 import pyarrow as pa
 
 PAPER_ROWS_SQL = "SELECT doc_id, arxiv_id, title, year FROM papers ORDER BY doc_id"
+PAPERS_STAMP_SQL = "SELECT count(*), sum(hash(doc_id, arxiv_id, title, year)::HUGEINT) FROM papers"
+
+
+class PaperTable:
+    """Papers' rows held as Arrow columns sorted by doc id, looked up by binary search."""
+
+    def __init__(self, rows: pa.Table) -> None:
+        self.rows = rows.combine_chunks()
+        self.doc_ids = self.rows.column(0).to_numpy().astype(np.int64) if self.rows.num_rows else np.zeros(0, np.int64)
+
+    def rows_of(self, doc_ids: np.ndarray) -> dict[int, tuple[Any, ...]]:
+        """doc_id -> (doc_id, arxiv_id, title, year) of those of ``doc_ids`` that are papers."""
+        if not len(self.doc_ids) or not len(doc_ids):
+            return {}
+        positions = np.minimum(np.searchsorted(self.doc_ids, doc_ids), len(self.doc_ids) - 1)
+        positions = positions[self.doc_ids[positions] == doc_ids]
+        taken = self.rows.take(pa.array(positions))
+        return {row[0]: row for row in zip(*(column.to_pylist() for column in taken.columns))}
+
+    @property
+    def nbytes(self) -> int:
+        return self.rows.nbytes + self.doc_ids.nbytes
 STOP_POLL_S = 0.05  # how often stop() interrupts a load that has not ended yet
 
 
@@ -39,8 +65,7 @@ class PaperRows:
         self._thread: threading.Thread | None = None
         self._cursor: duckdb.DuckDBPyConnection | None = None
         self._stopped = False
-        self._doc_ids = np.zeros(0, np.int64)
-        self._rows = pa.table({})
+        self._table = PaperTable(pa.table({}))
 
     def start(self) -> None:
         """Load the rows in the background on a cursor of their own, unless started (or stopped) before."""
@@ -54,9 +79,7 @@ class PaperRows:
     def _load(self) -> None:
         assert self._cursor is not None
         try:
-            rows = self._cursor.sql(PAPER_ROWS_SQL).to_arrow_table().combine_chunks()
-            self._doc_ids = rows.column(0).to_numpy().astype(np.int64)
-            self._rows = rows
+            self._table = PaperTable(self._cursor.sql(PAPER_ROWS_SQL).to_arrow_table())
             self.ready.set()
         except Exception as exc:  # interrupted by stop, or a failed read: searches keep reading DuckDB
             self.failure = exc
@@ -65,17 +88,12 @@ class PaperRows:
 
     def rows_of(self, doc_ids: np.ndarray) -> dict[int, tuple[Any, ...]]:
         """doc_id -> (doc_id, arxiv_id, title, year) of those of ``doc_ids`` that are papers; only once ``ready``."""
-        if not len(self._doc_ids) or not len(doc_ids):
-            return {}
-        positions = np.minimum(np.searchsorted(self._doc_ids, doc_ids), len(self._doc_ids) - 1)
-        positions = positions[self._doc_ids[positions] == doc_ids]
-        taken = self._rows.take(pa.array(positions))
-        return {row[0]: row for row in zip(*(column.to_pylist() for column in taken.columns))}
+        return self._table.rows_of(doc_ids)
 
     @property
     def nbytes(self) -> int:
         """Memory held by the loaded rows."""
-        return self._rows.nbytes + self._doc_ids.nbytes
+        return self._table.nbytes
 
     def stop(self) -> None:
         """Interrupt a load in flight and wait for its thread; no load starts afterwards."""

@@ -154,6 +154,12 @@ class PostgresBackend(Backend):
             yield
 
     @contextmanager
+    def snapshot(self) -> Iterator[None]:
+        with self.transaction():
+            self.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            yield
+
+    @contextmanager
     def exact_scan(self) -> Iterator[None]:
         with self.transaction():
             self.execute("SET LOCAL enable_indexscan = off")  # the HNSW scan is an index scan
