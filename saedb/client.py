@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from typing import Any, Sequence
 
 import pyarrow as pa
@@ -70,6 +71,11 @@ class Database:
         """Per feature, the trend of its firing along a numeric column (year): slope per unit with
         its 95% interval, p- and q-value."""
         return slopes(self.backend, self.model_id(model), column)
+
+    def snapshot(self) -> AbstractContextManager[None]:
+        """One read-only transaction (``Backend.snapshot``): everything inside sees the database as
+        it was when it began; on a writable DuckDB file, searches inside run at the graph's speed."""
+        return self.backend.snapshot()
 
     def close(self) -> None:
         self.backend.close()

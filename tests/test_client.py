@@ -5,7 +5,9 @@ from __future__ import annotations
 from importlib.metadata import version
 from pathlib import Path
 
+import duckdb
 import numpy as np
+import psycopg
 import pyarrow as pa
 import pytest
 
@@ -40,5 +42,9 @@ def test_sql_and_search_return_arrow_tables(trained, db_url: str) -> None:
         assert recent.num_rows == 5 and min(recent.column("year").to_pylist()) >= 2000
         assert db.features("analysis").num_rows > 0 and db.model_id("analysis") == model_id
         assert db.sql("CREATE TABLE my_notes (doc_id bigint, note text)").num_rows == 0
+        with db.snapshot():
+            assert db.search("gamma-ray bursts", limit=5) == plain
+            with pytest.raises((duckdb.Error, psycopg.Error), match="read-only|read only"):
+                db.sql("DELETE FROM my_notes")
         with pytest.raises(UnknownModelError, match="no published model named 'nope'"):
             db.search("x", model="nope", feature=1)
