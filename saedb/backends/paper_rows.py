@@ -30,6 +30,7 @@ import pyarrow as pa
 
 PAPER_ROWS_SQL = "SELECT doc_id, arxiv_id, title, year FROM papers ORDER BY doc_id"
 PAPERS_STAMP_SQL = "SELECT count(*), sum(hash(doc_id, arxiv_id, title, year)::HUGEINT) FROM papers"
+STOP_POLL_S = 0.05  # how often stop() interrupts a load that has not ended yet
 
 
 class PaperTable:
@@ -51,7 +52,6 @@ class PaperTable:
     @property
     def nbytes(self) -> int:
         return self.rows.nbytes + self.doc_ids.nbytes
-STOP_POLL_S = 0.05  # how often stop() interrupts a load that has not ended yet
 
 
 class PaperRows:
