@@ -280,12 +280,12 @@ def startup(work: Workload, path: str) -> None:
 @contextmanager
 def over_fetching() -> Iterator[None]:
     """Filters over-fetch on the whole graph inside (none gets a graph of its own), as before one is built."""
-    budget = filter_graphs.GRAPH_ROWS
-    filter_graphs.GRAPH_ROWS = 0
+    budget = filter_graphs.GRAPH_ROWS, filter_graphs.GRAPH_ROWS_PER_SEARCH_ROW
+    filter_graphs.GRAPH_ROWS, filter_graphs.GRAPH_ROWS_PER_SEARCH_ROW = 0, 0.0
     try:
         yield
     finally:
-        filter_graphs.GRAPH_ROWS = budget
+        filter_graphs.GRAPH_ROWS, filter_graphs.GRAPH_ROWS_PER_SEARCH_ROW = budget
 
 
 def own_graph_built(index: ApproximateIndex, first_search: Callable[[], object]) -> float | None:

@@ -4,14 +4,16 @@ Rules:
 - One setting for every graph saedb builds: M = CONNECTIVITY, efConstruction = EXPANSION_ADD,
   inner product on unit vectors (= cosine).
 - Over-fetching a filter that allows a share s of the documents costs about 1/s of a plain walk
-  (bench_search at 1M: 1.93x plain at 25%, 2.21x at 20%, 3.85x at 10%; the 2% ranked exactly: 12.7x).
+  (bench_search at 1M: 1.93-2.9x plain at 25%, 2.21-3.0x at 20%, 3.85-4.5x at 10%; the 2% ranked
+  exactly: 12.7-13.8x; 36% at 87k: 1.58x).
   So a filter that is kept (a read-only instance's: its documents cannot change while the file
   is open), allows less than GRAPH_BELOW_SHARE of the documents and too many of them to rank
   exactly gets an HNSW graph of its own documents, built in the background from the search
   graph's vectors, one build at a time in a process (a build already uses every core). Until it
   is ready the filter over-fetches; once ready its searches walk it with the plain beam.
-- The kept filters of one search graph hold at most GRAPH_ROWS rows in such graphs together
-  (about 1.8 kB a row at 384-d): a filter beyond that over-fetches. A graph goes with its filter.
+- The kept filters of one search graph hold at most as many rows in such graphs together as the
+  search graph (so they at most double its memory: about 1.8 kB a row at 384-d), or GRAPH_ROWS
+  where that is more: a filter beyond that over-fetches. A graph goes with its filter.
 - ``ready`` is set once a build has ended (built, or failed: a warning, and the filter keeps
   over-fetching): what a caller waits on, never a sleep.
 """
@@ -28,8 +30,9 @@ import numpy as np
 
 CONNECTIVITY = 32  # HNSW M
 EXPANSION_ADD = 128  # efConstruction
-GRAPH_BELOW_SHARE = 0.25  # over-fetching was within 2x of plain down to 25% in one run (1.93x), not in the next (2.9x)
-GRAPH_ROWS = 500_000  # rows in filters' own graphs, per search graph (about 0.9 GB at 384-d)
+GRAPH_BELOW_SHARE = 1 / 3  # over-fetching a quarter was 1.93x plain in one run and 2.9x in the next
+GRAPH_ROWS_PER_SEARCH_ROW = 1.0  # rows in filters' own graphs, per row of their search graph...
+GRAPH_ROWS = 500_000  # ...or this many where that is more (about 0.9 GB at 384-d)
 BUILDS = threading.Lock()  # one filter graph built at a time in a process
 
 
@@ -79,7 +82,7 @@ class Allowed:
         count = len(self.positions)
         if self.planned or not exact_costs_more or count >= GRAPH_BELOW_SHARE * live:
             return
-        if count + sum(len(other.positions) for other in kept if other.planned and other is not self) > GRAPH_ROWS:
+        if count + sum(len(other.positions) for other in kept if other.planned and other is not self) > max(GRAPH_ROWS, GRAPH_ROWS_PER_SEARCH_ROW * live):
             return
         self.planned = True
         threading.Thread(target=self._build, args=(vectors,), name="saedb-filter-graph", daemon=True).start()
