@@ -5,7 +5,7 @@ Rules:
   inner product on unit vectors (= cosine).
 - Over-fetching a filter that allows a share s of the documents costs about 1/s of a plain walk
   (bench_search at 1M, the runs in docs/benchmarks.md: 1.6-2.9x plain at 25%, 1.8-3.0x at 20%,
-  3.5-4.7x at 10%; the 2% ranked exactly: 12.4-16.2x; 36% at 87k: 1.30-1.58x); on a graph of
+  3.0-4.7x at 10%; the 2% ranked exactly: 12.1-16.2x; 36% at 87k: 1.20-1.58x); on a graph of
   its own 0.5-1.5x.
   So a filter that is kept (a read-only instance's: its documents cannot change while the file
   is open), allows less than GRAPH_BELOW_SHARE of the documents and too many of them to rank
@@ -31,7 +31,7 @@ import numpy as np
 
 CONNECTIVITY = 32  # HNSW M
 EXPANSION_ADD = 128  # efConstruction
-GRAPH_BELOW_SHARE = 1 / 3  # over-fetching a quarter was 1.6-2.9x plain, 36% 1.30-1.58x
+GRAPH_BELOW_SHARE = 1 / 3  # over-fetching a quarter was 1.6-2.9x plain, 36% 1.20-1.58x
 GRAPH_ROWS_PER_SEARCH_ROW = 1.0  # rows in filters' own graphs, per row of their search graph...
 GRAPH_ROWS = 500_000  # ...or this many where that is more (about 0.9 GB at 384-d)
 BUILDS = threading.Lock()  # one filter graph built at a time in a process
