@@ -83,7 +83,8 @@ class Allowed:
         count = len(self.positions)
         if self.planned or not exact_costs_more or count >= GRAPH_BELOW_SHARE * live:
             return
-        if count + sum(len(other.positions) for other in kept if other.planned and other is not self) > max(GRAPH_ROWS, GRAPH_ROWS_PER_SEARCH_ROW * live):
+        budget = max(GRAPH_ROWS, GRAPH_ROWS_PER_SEARCH_ROW * live)
+        if count + sum(len(other.positions) for other in kept if other.planned and other is not self) > budget:
             return
         self.planned = True
         threading.Thread(target=self._build, args=(vectors,), name="saedb-filter-graph", daemon=True).start()
