@@ -99,7 +99,7 @@ def test_offline_labels_are_contrastive_phrases_and_the_predictor_reads_words() 
                 "power grids", "knowledge bases", "road maps", "code"]
     texts = [f"Graph Neural Networks for {s}. Graph neural networks model {s} as {i} nodes." for i, s in enumerate(subjects)]
     ranked = labeller.ranked_phrases(texts, [1.0] * len(texts))
-    assert ranked[0][3] == "graph neural networks"
+    assert ranked[0].spelling == "graph neural networks"
     predictions = labeller.predict("graph neural networks", [
         "Deep graph neural network models of proteins.",  # verbatim (singular is the same phrase)
         "A graph of the networks of neural cells.",  # the words, not the phrase

@@ -15,9 +15,13 @@ abstract -> score in [-1, 1], > 0 meaning "the feature fires").
 from __future__ import annotations
 
 import math
-from collections import Counter, defaultdict
+from collections import defaultdict
+from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import TYPE_CHECKING, Protocol
+from itertools import chain
+from typing import TYPE_CHECKING, Protocol, Sequence
+
+import numpy as np
 
 from saedb.interp.examples import FeatureExamples
 from saedb.interp.text import CorpusStats, content_runs, normal_form, phrases, surface_form, words
@@ -68,12 +72,11 @@ class LexicalPredictor:
         return [tuple(normal_form(w) for w in run) for run in content_runs(label)]
 
     def evidence(self, label_phrases: list[tuple[str, ...]], text: str) -> float:
-        seq = words(text)
-        present = set(seq)
+        seq, present = text_words(text)
         total = 0.0
         for phrase in label_phrases:
             size = len(phrase)
-            exact = sum(1 for i in range(len(seq) - size + 1) if tuple(seq[i : i + size]) == phrase)
+            exact = sum(1 for i in range(len(seq) - size + 1) if seq[i : i + size] == phrase)
             if exact:
                 total += exact
             else:
@@ -86,9 +89,43 @@ class LexicalPredictor:
         return [1 - 2 * math.exp(-self.evidence(label_phrases, t)) for t in texts]
 
 
-# The same abstracts activate many features: their phrases are mined once per process (the 4,096
-# most recent abstracts, ~16 KB each), not once per feature (the demo: 120k texts mined, 2,500 distinct).
-abstract_phrases = lru_cache(maxsize=4096)(phrases)
+@dataclass(frozen=True)
+class MinedText:
+    """A text's phrases (each once, with the spelling it uses) and its title's phrases (the
+    title: the text before the first '. ')."""
+
+    phrases: dict[tuple[str, ...], str]
+    title_phrases: tuple[tuple[str, ...], ...]
+
+
+# The same abstracts activate many features and are scored against many labels: each is mined
+# once per process (the 4,096 most recent abstracts, ~16 KB each), not once per feature (the
+# demo: 120k texts mined, 2,500 distinct).
+@lru_cache(maxsize=4096)
+def mined_text(text: str) -> MinedText:
+    return MinedText(phrases(text), tuple(phrases(text.split(". ", 1)[0])))
+
+
+@lru_cache(maxsize=4096)
+def text_words(text: str) -> tuple[tuple[str, ...], frozenset[str]]:
+    """The text's words in order (``words``) and as a set."""
+    seq = tuple(words(text))
+    return seq, frozenset(seq)
+
+
+@dataclass(frozen=True)
+class RankedPhrase:
+    """A candidate phrase of the offline labeller: its score, lift and normal form; its spelling
+    is worked out from the texts only when asked (a label needs a few of some 150)."""
+
+    score: float
+    lift: float
+    key: tuple[str, ...]
+    texts: Sequence[MinedText] = field(repr=False, compare=False)
+
+    @property
+    def spelling(self) -> str:
+        return surface_form([m.phrases[self.key] for m in self.texts if self.key in m.phrases])
 
 
 class OfflineLabeller:
@@ -102,26 +139,29 @@ class OfflineLabeller:
         self.roundtrip = roundtrip
         self.name = "offline-phrases" if roundtrip is None else "offline-roundtrip"
 
-    def ranked_phrases(self, texts: list[str], weights: list[float]) -> list[tuple[float, float, tuple[str, ...], str]]:
-        """(score, lift, phrase, spelling), best first. p is the share of the texts' weight
+    def ranked_phrases(self, texts: list[str], weights: list[float]) -> list[RankedPhrase]:
+        """The texts' phrases, best first. p is the share of the texts' weight
         (activation) on texts with the phrase, t the same for their titles (a title states the
         topic; the text before the first '. ' is taken as the title), q the phrase's corpus
         share; score = (p + t) / 2 · log(p / q), lift = p / q. Phrases below MIN_SUPPORT or in
         fewer than MIN_DOCUMENTS texts are left out, and so is a phrase inside a longer one that
         has nearly its support ('neural' when 'graph neural networks' is as common)."""
-        support: Counter = Counter()
-        in_titles: Counter = Counter()
-        documents: Counter = Counter()
-        spellings: dict[tuple[str, ...], list[str]] = defaultdict(list)
+        mined = [mined_text(text) for text in texts]
         total = sum(weights)
-        for text, weight in zip(texts, weights):
-            for key in phrases(text.split(". ", 1)[0]):
-                in_titles[key] += weight / total
-            for key, spelling in abstract_phrases(text).items():
-                support[key] += weight / total
-                documents[key] += 1
-                spellings[key].append(spelling)
-        kept = {key: p for key, p in support.items() if p >= MIN_SUPPORT and documents[key] >= MIN_DOCUMENTS}
+        shares = [weight / total for weight in weights]
+        # Phrases numbered in order of first appearance; per phrase, the shares of the texts with
+        # it added in text order (as a loop over texts would add them) by np.bincount.
+        every = list(chain.from_iterable(m.phrases for m in mined))
+        number = {key: i for i, key in enumerate(dict.fromkeys(every))}
+        keys = list(number)
+        numbers = np.fromiter(map(number.__getitem__, every), np.int64, len(every))
+        support = np.bincount(numbers, np.repeat(shares, [len(m.phrases) for m in mined]), len(keys)).tolist()
+        documents = np.bincount(numbers, minlength=len(keys)).tolist()
+        in_titles: dict[tuple[str, ...], float] = defaultdict(float)
+        for m, share in zip(mined, shares):
+            for key in m.title_phrases:
+                in_titles[key] += share
+        kept = {key: p for key, p, n in zip(keys, support, documents) if p >= MIN_SUPPORT and n >= MIN_DOCUMENTS}
         longer_with: dict[str, list[tuple[str, ...]]] = defaultdict(list)  # word -> kept phrases of 2+ words with it
         for key in kept:
             for word in set(key) if len(key) > 1 else ():
@@ -131,8 +171,8 @@ class OfflineLabeller:
             if not any(len(longer) > len(key) and kept[longer] >= SUBSUMED * p and _contains(longer, key)
                        for longer in longer_with[key[0]]):
                 lift = p / self.stats.share(key)
-                ranked.append(((p + in_titles[key]) / 2 * math.log(lift), lift, key, surface_form(spellings[key])))
-        ranked.sort(key=lambda r: (-r[0], -len(r[2]), r[2]))
+                ranked.append(RankedPhrase((p + in_titles[key]) / 2 * math.log(lift), lift, key, mined))
+        ranked.sort(key=lambda r: (-r.score, -len(r.key), r.key))
         return ranked
 
     def label(self, examples: FeatureExamples) -> str:
@@ -142,21 +182,21 @@ class OfflineLabeller:
         lexical = self.combined(ranked)
         if self.roundtrip is None:
             return lexical
-        candidates = list(dict.fromkeys([lexical, *(r[3] for r in ranked[:ROUNDTRIP_CANDIDATES])]))
+        candidates = list(dict.fromkeys([lexical, *(r.spelling for r in ranked[:ROUNDTRIP_CANDIDATES])]))
         trips = self.roundtrip.trips(candidates, [examples.feature_id] * len(candidates))
         # The candidate whose embedding the feature ranks highest; ties (and none firing) keep the lexical order.
         best = min(range(len(candidates)), key=lambda i: (trips[i].rank is None, trips[i].rank or 0, i))
         return candidates[best]
 
-    def combined(self, ranked: list[tuple[float, float, tuple[str, ...], str]]) -> str:
+    def combined(self, ranked: list[RankedPhrase]) -> str:
         """The best phrase, and a second one when it scores nearly as well and is distinct."""
         chosen = [ranked[0]]
         for candidate in ranked[1:]:
-            if len(chosen) == self.max_phrases or candidate[0] < SECOND_PHRASE * chosen[0][0]:
+            if len(chosen) == self.max_phrases or candidate.score < SECOND_PHRASE * chosen[0].score:
                 break
-            if candidate[1] >= SECOND_LIFT and not any(set(candidate[2]) & set(c[2]) for c in chosen):
+            if candidate.lift >= SECOND_LIFT and not any(set(candidate.key) & set(c.key) for c in chosen):
                 chosen.append(candidate)
-        return ", ".join(c[3] for c in chosen)
+        return ", ".join(c.spelling for c in chosen)
 
     def predict(self, label: str, texts: list[str]) -> list[float]:
         return self.predictor.predict(label, texts)
