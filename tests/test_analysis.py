@@ -4,6 +4,7 @@ steering by label and family, and BI views."""
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 from typing import Iterator
 
 import duckdb
@@ -12,7 +13,7 @@ import psycopg
 import pytest
 import scipy.sparse as sp
 
-from saedb.backends import Backend
+from saedb.backends import Backend, connect
 from saedb.backends.duckdb import DuckDBBackend
 from saedb.embedders import WordLlamaEmbedder
 from saedb.families import build_families, compute_cooccurrence
@@ -20,16 +21,23 @@ from saedb.holdout import held_out
 from saedb.interp import LLMLabeller, OfflineLabeller, corpus_stats, run_autointerp
 from saedb.llm import ChatModel
 from saedb.interp.scoring import f1_score, pearson
-from tests.conftest import embeddings_of
+from tests.conftest import DatabaseTemplates, copied, embeddings_of, load_and_train
 from tests.scripted_chat import ScriptedChatHandler, serving
 from tests.test_sql_functions import vector_sql
 
 
 @pytest.fixture
-def labelled(trained: tuple[Backend, int], embedder) -> tuple[Backend, int]:
-    backend, model_id = trained
-    run_autointerp(backend, model_id, OfflineLabeller(corpus_stats(backend)), limit=40, concurrency=2)
-    return backend, model_id
+def labelled(request: pytest.FixtureRequest, db_url: str, templates: DatabaseTemplates, astro_slice: Path,
+             embedder) -> Iterator[tuple[Backend, int]]:
+    """``trained`` with 40 features labelled offline (a copy of the database built once per session)."""
+    def build(backend: Backend) -> int:
+        model_id = load_and_train(astro_slice, embedder)(backend)
+        run_autointerp(backend, model_id, OfflineLabeller(corpus_stats(backend)), limit=40, concurrency=2)
+        return model_id
+
+    model_id = copied(request, templates, "astro_400_labelled", build, db_url)
+    with connect(db_url) as backend:
+        yield backend, model_id
 
 
 def build_all_families(backend: Backend, model_id: int) -> list:

@@ -12,13 +12,13 @@ import urllib.parse
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import pytest
 
 from saedb.app.server import App, make_server
-from saedb.backends import connect
+from saedb.backends import Backend, connect
 from saedb.families import build_families
 from saedb.interp import OfflineLabeller, corpus_stats, run_autointerp
 from saedb.loaders import load_corpus
@@ -26,15 +26,14 @@ from saedb.search import search as search_documents
 from saedb.trainer import TrainConfig
 from saedb.trainer.train import train_from_db
 from saedb.evaluation.runner import EvalRun, ResultRow, store_run
+from tests.conftest import DatabaseTemplates, copied
 
 ROOT = Path(__file__).resolve().parent.parent
 SCREENSHOTS = ROOT / "build" / "screenshots"
 
 
-@pytest.fixture
-def served(db_url: str, astro_slice: Path, embedder) -> Iterator[tuple[str, int]]:
-    """A database with a trained, labelled model and families, served read-only on loopback."""
-    with connect(db_url) as backend:
+def build_app_database(astro_slice: Path, embedder) -> Callable[[Backend], int]:
+    def build(backend: Backend) -> int:
         load_corpus(backend, astro_slice, embedder, progress=False)
         model_id, _ = train_from_db(backend, TrainConfig(k=8, n_latents=128, steps=180, batch_size=64, lr=1e-3), "app")
         run_autointerp(backend, model_id, OfflineLabeller(corpus_stats(backend)), limit=60, concurrency=2)
@@ -43,6 +42,17 @@ def served(db_url: str, astro_slice: Path, embedder) -> Iterator[tuple[str, int]
         store_run(backend, EvalRun(model_id, "categories", "naive-append", "2 corpus titles", 2, 0, "small", [
             ResultRow("add", 0.5, -1.0, 2, 0.7, 0.5, 1.0, 0), ResultRow("random-direction", 0.5, -1.0, 2, 0.7, 0.0, 0.5, 0),
             ResultRow("rewrite:naive-append", None, None, 2, 0.8, 0.5, 0.0, 0)]))
+        return model_id
+
+    return build
+
+
+@pytest.fixture
+def served(request: pytest.FixtureRequest, db_url: str, templates: DatabaseTemplates, astro_slice: Path,
+           embedder) -> Iterator[tuple[str, int]]:
+    """A database with a trained, labelled model and families (a copy of one built once per
+    session), served read-only on loopback."""
+    model_id = copied(request, templates, "app", build_app_database(astro_slice, embedder), db_url)
     app = App(db_url, pool_size=8, timeout_s=10)
     server = make_server(app, "127.0.0.1", 0, idle_timeout_s=2)
     threading.Thread(target=server.serve_forever, daemon=True).start()
