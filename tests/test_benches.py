@@ -46,8 +46,8 @@ def test_bench_steer_runs_at_a_tiny_size() -> None:
 
 def test_bench_search_runs_at_a_tiny_size() -> None:
     """Both backends beside numpy, faiss and usearch, and the steered recall curve the beams come
-    from, on 3,000 synthetic documents (the '1m' scale made small)."""
-    printed = run_bench("bench_search.py", "--scales", "1m", "--docs", "3000")
+    from, on 1,000 synthetic documents (the '1m' scale made small)."""
+    printed = run_bench("bench_search.py", "--scales", "1m", "--docs", "1000")
     for row in ("numpy exact top-10 (baseline)", "saedb DuckDB HNSW ef=per query steered", "writable in snapshot()", "steered recall@10 with the beam chosen",
                 "faiss HNSW efSearch=100", "usearch HNSW ef=100", "Postgres HNSW ef_search=200 steered"):
         assert row in printed, row
