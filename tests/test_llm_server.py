@@ -67,7 +67,7 @@ def test_the_chat_protocol_on_a_base_model_stores_no_echo(server: LocalLLM, smal
     backend, model_id = small
     chat = ChatModel(server.model, base_url=server.base_url, max_tokens=24, protocol="chat")
     try:
-        run_autointerp(backend, model_id, LLMLabeller(chat), limit=2, concurrency=1)
+        run_autointerp(backend, model_id, LLMLabeller(chat), limit=1, concurrency=1)  # up to 3 replies to check
     except ProtocolError as stopped:
         assert "replies malformed" in str(stopped)
     assert chat.counts.replies > 0
@@ -94,12 +94,13 @@ def offered_labels_passed_their_control(backend: Backend, model_id: int, labelle
 
 
 def label_run(server: LocalLLM, backend: Backend, model_id: int) -> tuple[ChatModel, list[str], str]:
-    """(client, stored labels, how the run stopped) of a completion-protocol run over 2 features."""
+    """(client, stored labels, how the run stopped) of a completion-protocol run over 1 feature
+    (its interpreter's replies and, once it is labelled, 6 predictions: enough to see what a rerun asks)."""
     chat = ChatModel(server.model, base_url=server.base_url, max_tokens=48, protocol="completion",
                      cache=ResponseCache(backend, server.model))
     labeller = LLMLabeller(chat)
     try:
-        run_autointerp(backend, model_id, labeller, limit=2, concurrency=1)
+        run_autointerp(backend, model_id, labeller, limit=1, concurrency=1)
         outcome = "finished"
     except ProtocolError as stopped:
         outcome = str(stopped).split(" (")[0]
