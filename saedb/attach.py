@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
-from saedb.backends import IDENTIFIER, Backend, connect, split_schema
+from saedb.backends import IDENTIFIER, Backend, connect, is_postgres_url, split_schema
 from saedb.backends.duckdb_files import open_file
 from saedb.errors import InvalidInputError
 
@@ -125,7 +125,7 @@ def attach_table(url: str, schema: str, attachment: Attachment, embedder: str | 
 @contextmanager
 def raw_connection(url: str) -> Iterator[tuple[Callable[[str], list[tuple]], str]]:
     """The database itself, before any saedb schema exists in it: (execute, dialect)."""
-    if url.startswith(("postgresql://", "postgres://")):
+    if is_postgres_url(url):
         import psycopg
 
         conn, dialect = psycopg.connect(url, autocommit=True), "postgres"

@@ -16,7 +16,7 @@ import numpy as np
 import psycopg
 import pytest
 
-from saedb.backends import Backend, connect
+from saedb.backends import Backend, connect, is_postgres_url
 from saedb.embedders import WordLlamaEmbedder
 from saedb.localpg import local_postgres
 from saedb.sae import SAE
@@ -104,7 +104,7 @@ class DatabaseTemplates:
         """Make ``target`` (a DuckDB path not created yet, or an empty Postgres database of the
         session's server) a copy of the database ``build`` makes from an empty one; returns
         what ``build`` returned."""
-        postgres = target.startswith(("postgres://", "postgresql://"))
+        postgres = is_postgres_url(target)
         kind = "postgres" if postgres else "duckdb"
         if (kind, name) not in self.built:
             self.built[kind, name] = self._build_postgres(name, build, pg_server()) if postgres else self._build_duckdb(name, build)

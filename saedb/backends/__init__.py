@@ -10,7 +10,7 @@ from duckdb import Error as DuckDBError  # by its own name: this package binds i
 
 from saedb.backends.base import Backend, DocumentBatch
 from saedb.backends.duckdb import DuckDBBackend
-from saedb.backends.urls import IDENTIFIER, mask_dsn, postgres_dsn, split_schema
+from saedb.backends.urls import IDENTIFIER, is_postgres_url, mask_dsn, postgres_dsn, split_schema
 
 DEFAULT_DB = "saedb.duckdb"
 # Errors the databases raise for bad queries or bad input inside SQL functions.
@@ -37,7 +37,7 @@ def connect(url: str = DEFAULT_DB, read_only: bool = False, statement_timeout_s:
     ``read_only`` opens an existing saedb database without migrating it, and refuses writes
     (DuckDB opens the file read-only; Postgres sessions are read-only transactions with
     ``statement_timeout_s``; DuckDB has no statement timeout: callers interrupt instead)."""
-    if url.startswith(("postgresql://", "postgres://")):
+    if is_postgres_url(url):
         dsn = postgres_dsn(url)
         return postgres_class(dsn)(dsn, read_only=read_only, statement_timeout_ms=int(statement_timeout_s * 1000))
     path, schema = split_schema(url.removeprefix("duckdb://"))
@@ -59,5 +59,5 @@ def user_message(exc: Exception) -> str:
     return message
 
 
-__all__ = ["Backend", "DocumentBatch", "connect", "postgres_dsn", "split_schema", "mask_dsn", "IDENTIFIER", "DEFAULT_DB",
-           "DATABASE_ERRORS", "user_message"]
+__all__ = ["Backend", "DocumentBatch", "connect", "is_postgres_url", "postgres_dsn", "split_schema", "mask_dsn", "IDENTIFIER",
+           "DEFAULT_DB", "DATABASE_ERRORS", "user_message"]

@@ -21,12 +21,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from saedb.backends.urls import split_schema
+from saedb.backends.urls import is_postgres_url, split_schema
 
 
 def duckdb_file(url: str) -> Path | None:
     """The file behind a DuckDB URL (None for Postgres and in-memory databases)."""
-    if url.startswith(("postgresql://", "postgres://")):
+    if is_postgres_url(url):
         return None
     path = split_schema(url.removeprefix("duckdb://"))[0]
     return None if path == ":memory:" else Path(path).resolve()

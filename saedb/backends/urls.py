@@ -7,6 +7,12 @@ import re
 from saedb.errors import ConfigurationError
 
 IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+
+
+def is_postgres_url(url: str) -> bool:
+    """A Postgres (or Citus) database; anything else is a DuckDB path or URL."""
+    return url.startswith(POSTGRES_SCHEMES)
 
 
 def split_schema(url: str) -> tuple[str, str | None]:

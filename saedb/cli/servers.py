@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from saedb.backends import connect, mask_dsn
+from saedb.backends import connect, is_postgres_url, mask_dsn
 from saedb.cli.common import USER_ERRORS, DbOption, app, fail, stop_requested
 from saedb.cluster import LocalCluster
 from saedb.errors import ConfigurationError
@@ -56,7 +56,7 @@ def reader(
     from saedb.readers import create_reader
 
     try:
-        if not db.startswith(("postgresql://", "postgres://")):
+        if not is_postgres_url(db):
             raise ConfigurationError("reader logins are Postgres roles; a DuckDB file is opened read-only instead")
         with connect(db) as backend:
             create_reader(backend, login, password or None, timeout)  # type: ignore[arg-type]
