@@ -59,13 +59,18 @@ def pg_server() -> Iterator[str]:
             yield dsn
 
 
+def database_url(server: str, name: str) -> str:
+    """The URL of database ``name`` on the server whose URL (to its postgres database) is ``server``."""
+    return server.replace("/postgres?", f"/{name}?")
+
+
 @pytest.fixture
 def pg_dsn(pg_server: str) -> Iterator[str]:
     """A fresh, empty database on the session's server."""
     name = f"t_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(pg_server, autocommit=True) as admin:
         admin.execute(f"CREATE DATABASE {name}")
-    yield pg_server.replace("/postgres?", f"/{name}?")
+    yield database_url(pg_server, name)
     with psycopg.connect(pg_server, autocommit=True) as admin:
         admin.execute(f"DROP DATABASE {name} WITH (FORCE)")
 
@@ -110,7 +115,7 @@ class DatabaseTemplates:
             self.built[kind, name] = self._build_postgres(name, build, pg_server()) if postgres else self._build_duckdb(name, build)
         location, result = self.built[kind, name]
         if postgres:
-            database = target.split("?")[0].rsplit("/", 1)[1]
+            database = psycopg.conninfo.conninfo_to_dict(target)["dbname"]
             with psycopg.connect(pg_server(), autocommit=True) as admin:
                 admin.execute(f"DROP DATABASE {database} WITH (FORCE)")
                 admin.execute(f"CREATE DATABASE {database} TEMPLATE {location}")
@@ -129,7 +134,7 @@ class DatabaseTemplates:
         database = f"template_{name}_{uuid.uuid4().hex[:8]}"
         with psycopg.connect(server, autocommit=True) as admin:
             admin.execute(f"CREATE DATABASE {database}")
-        with connect(server.replace("/postgres?", f"/{database}?")) as backend:
+        with connect(database_url(server, database)) as backend:
             result = build(backend)
         with psycopg.connect(server, autocommit=True) as admin:
             admin.execute(f"ALTER DATABASE {database} WITH ALLOW_CONNECTIONS false")
@@ -151,20 +156,26 @@ def copied(request: pytest.FixtureRequest, templates: DatabaseTemplates, name: s
 def loaded(request: pytest.FixtureRequest, db_url: str, templates: DatabaseTemplates, astro_slice: Path,
            embedder: WordLlamaEmbedder) -> Iterator[Backend]:
     """A backend holding the 400-paper astro slice (a copy of the slice loaded once per session)."""
-    from saedb.loaders import load_corpus
-
-    copied(request, templates, "astro_400", lambda b: load_corpus(b, astro_slice, embedder, batch_size=128, progress=False), db_url)
+    copied(request, templates, "astro_400", load_slice(astro_slice, embedder), db_url)
     with connect(db_url) as opened:
         yield opened
 
 
+def load_slice(astro_slice: Path, embedder: WordLlamaEmbedder) -> Callable[[Backend], None]:
+    def build(backend: Backend) -> None:
+        from saedb.loaders import load_corpus
+
+        load_corpus(backend, astro_slice, embedder, batch_size=128, progress=False)
+
+    return build
+
+
 def load_and_train(astro_slice: Path, embedder: WordLlamaEmbedder) -> Callable[[Backend], int]:
     def build(backend: Backend) -> int:
-        from saedb.loaders import load_corpus
         from saedb.trainer import TrainConfig
         from saedb.trainer.train import train_from_db
 
-        load_corpus(backend, astro_slice, embedder, batch_size=128, progress=False)
+        load_slice(astro_slice, embedder)(backend)
         config = TrainConfig(k=8, n_latents=128, steps=180, batch_size=64, lr=1e-3, holdout_fraction=0.2)
         return train_from_db(backend, config, "analysis")[0]
 
