@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from itertools import chain
 from typing import TYPE_CHECKING, Protocol, Sequence
 
@@ -116,14 +116,14 @@ def text_words(text: str) -> tuple[tuple[str, ...], frozenset[str]]:
 @dataclass(frozen=True)
 class RankedPhrase:
     """A candidate phrase of the offline labeller: its score, lift and normal form; its spelling
-    is worked out from the texts only when asked (a label needs a few of some 150)."""
+    is worked out from the texts only when first asked (a label needs a few of some 150)."""
 
     score: float
     lift: float
     key: tuple[str, ...]
     texts: Sequence[MinedText] = field(repr=False, compare=False)
 
-    @property
+    @cached_property
     def spelling(self) -> str:
         return surface_form([m.phrases[self.key] for m in self.texts if self.key in m.phrases])
 
