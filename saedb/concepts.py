@@ -65,3 +65,15 @@ def concept_feature(backend: Backend, model_id: int, text: str,
     if contained:
         return ConceptMatch(int(contained[0][0]), "label containing the text")
     raise InvalidInputError(f"steer_label: no feature of model {model_id} is labelled like {needle!r}")
+
+
+HOW_FOUND = {"decoder cosine": "the feature whose decoder row is nearest its embedding",
+             "label containing the text": "the feature whose label contains it"}
+
+
+def concept_note(backend: Backend, model_id: int, text: str, embed: Callable[[str], np.ndarray] | None) -> str:
+    """One line naming the feature ``text`` steers along, and how it was found where no label is the text."""
+    match = concept_feature(backend, model_id, text, embed)
+    labels = backend.query("SELECT label FROM feature_best_labels WHERE model_id = ? AND feature_id = ?", (model_id, match.feature_id))
+    note = f"steering along feature {match.feature_id}, labelled {labels[0][0] if labels else None!r}"
+    return note if match.by == "label" else f"{note}: no label is {text.strip()!r}, so {HOW_FOUND[match.by]}"

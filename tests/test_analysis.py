@@ -12,9 +12,11 @@ import numpy as np
 import psycopg
 import pytest
 import scipy.sparse as sp
+from typer.testing import CliRunner
 
 from saedb.backends import Backend, connect
 from saedb.backends.duckdb import DuckDBBackend
+from saedb.cli import app
 from saedb.embedders import WordLlamaEmbedder
 from saedb.families import build_families, compute_cooccurrence
 from saedb.holdout import held_out
@@ -173,6 +175,29 @@ def test_steer_by_label_and_family_equal_numpy(labelled: tuple[Backend, int]) ->
             backend.query("SELECT steer_label(?, 'zzz-nothing', 1.0, ?)", (param, model_id))
     with pytest.raises(errors, match="has no family 9999"):
         backend.query("SELECT steer_family(?, 9999, 1.0, ?)", (param, model_id))
+
+
+def test_search_by_label_names_the_feature_it_steers_along(labelled: tuple[Backend, int], db_url: str) -> None:
+    """The feature a label resolves to is printed on stderr (the hits alone on stdout), and says
+    when no label is the text and the nearest feature was taken instead: it was silent."""
+    backend, model_id = labelled
+    feature, label = backend.query(
+        "SELECT feature_id, label FROM feature_best_labels WHERE model_id = ? ORDER BY pearson DESC NULLS LAST, feature_id LIMIT 1", (model_id,)
+    )[0]
+    search = ["search", "dark matter halos", "--db", db_url, "--model", str(model_id), "--limit", "3", "--label"]
+    named = CliRunner().invoke(app, [*search, label.upper()])
+    assert named.exit_code == 0, named.output
+    assert named.stderr.strip() == f"steering along feature {feature}, labelled {label!r}"
+    assert len(named.stdout.splitlines()) == 3
+    unnamed = CliRunner().invoke(app, [*search, "zzz-nothing"])
+    if isinstance(backend, DuckDBBackend):
+        nearest = backend.query("SELECT sae_feature_by_label('zzz-nothing', ?)", (model_id,))[0][0]
+        labels = dict(backend.query("SELECT feature_id, label FROM feature_best_labels WHERE model_id = ?", (model_id,)))
+        assert unnamed.exit_code == 0, unnamed.output
+        assert unnamed.stderr.strip() == (f"steering along feature {nearest}, labelled {labels.get(nearest)!r}: no label is "
+                                          "'zzz-nothing', so the feature whose decoder row is nearest its embedding")
+    else:  # Postgres' SQL has no embedder: label matches only
+        assert unnamed.exit_code == 2 and "no feature of model" in unnamed.stderr and not unnamed.stdout
 
 
 def test_bi_views_match_direct_aggregates(labelled: tuple[Backend, int]) -> None:
