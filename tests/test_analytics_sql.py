@@ -190,6 +190,9 @@ def test_slopes_equal_linregress(db) -> None:
     ("slopes", ("title",), "feature_slopes: "),
     ("slopes", ("2014",), "has one value on every document"),
     ("slopes", ("unnest(ARRAY[year, year + 1])",), "several values per document"),
+    # a column with NaN or infinite values gave empty tables and exit 0
+    ("slopes", ("CASE WHEN year > 2010 THEN CAST('NaN' AS DOUBLE PRECISION) ELSE year END",), "is NaN or infinite on "),
+    ("slopes", ("CASE WHEN year = 2012 THEN CAST('-Infinity' AS DOUBLE PRECISION) ELSE year END",), "is NaN or infinite on "),
 ])
 def test_bad_input_is_a_clear_error(db, call: str, arguments: tuple, message: str) -> None:
     backend, model_id = db

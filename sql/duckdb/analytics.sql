@@ -171,6 +171,9 @@ stats AS (
                 WHEN count(docs.doc_id) < 30 THEN error('feature_slopes: ' || column_expression || ' has a value on ' || count(docs.doc_id)
                                               || ' documents encoded by model ' || model || '; at least 30 are needed')
                 WHEN count(DISTINCT docs.doc_id) < count(docs.doc_id) THEN error('feature_slopes: ' || column_expression || ' has several values per document')
+                WHEN count(docs.doc_id) FILTER (WHERE NOT isfinite(x)) > 0
+                    THEN error('feature_slopes: ' || column_expression || ' is NaN or infinite on ' || count(docs.doc_id) FILTER (WHERE NOT isfinite(x))
+                               || ' documents; make those values NULL to leave the documents out')
                 WHEN min(x) = max(x) THEN error('feature_slopes: ' || column_expression || ' has one value on every document')
                 ELSE count(docs.doc_id) END AS n, avg(x) AS mean_x
     FROM model_row LEFT JOIN docs ON TRUE

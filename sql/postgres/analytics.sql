@@ -164,6 +164,7 @@ DECLARE
     xs double precision[];
     n bigint;
     n_docs_distinct bigint;
+    n_not_finite bigint;
     mean_x double precision;
     sxx double precision;
 BEGIN
@@ -180,6 +181,11 @@ BEGIN
     END IF;
     IF n_docs_distinct < n THEN
         RAISE EXCEPTION 'feature_slopes: % has several values per document', column_expression USING ERRCODE = 'cardinality_violation';
+    END IF;
+    n_not_finite := (SELECT count(*) FROM unnest(xs) x WHERE x IN ('NaN', 'Infinity', '-Infinity'));
+    IF n_not_finite > 0 THEN
+        RAISE EXCEPTION 'feature_slopes: % is NaN or infinite on % documents; make those values NULL to leave the documents out',
+            column_expression, n_not_finite USING ERRCODE = 'data_exception';
     END IF;
     sxx := (SELECT sum((x - mean_x) * (x - mean_x)) FROM unnest(xs) x);
     IF sxx = 0 THEN
