@@ -21,6 +21,10 @@ class TrainingDivergedError(SaedbError, ArithmeticError):
     """Training produced non-finite weights or loss; the run is not published."""
 
 
+class OlderSchemaError(ConfigurationError):
+    """A read-only connection to a database whose saedb schema an older saedb wrote (``saedb upgrade``)."""
+
+
 class DatabaseBusyError(ConfigurationError):
     """The database cannot serve this now: another process holds the file in a conflicting mode
     (DuckDB: one writer, or readers), or its embeddings changed under every attempt of a search."""

@@ -21,6 +21,7 @@ import saedb.backends.filter_graphs as filter_graphs
 from saedb.backends import connect
 from saedb.backends.exact_index import STAMP_COLUMNS
 from saedb.backends.paper_rows import PaperRows
+from saedb.errors import OlderSchemaError
 from saedb.loaders import load_corpus
 from saedb.models import publish_model
 from saedb.sae import SAE, cosine, unit_rows
@@ -575,7 +576,7 @@ def test_a_file_from_before_content_hashes_is_upgraded_once_and_read_only_opens_
     plain.execute("ALTER TABLE old_embeddings RENAME TO embeddings")
     plain.execute("UPDATE saedb_meta SET value = 'older' WHERE key = 'schema'")
     plain.close()
-    with pytest.raises(Exception, match="older saedb schema"):
+    with pytest.raises(OlderSchemaError, match="run `saedb upgrade` once"):
         connect(path, read_only=True)
     with connect(path) as backend:
         assert backend.query("SELECT count(*) FROM embeddings WHERE embedding_hash = hash(embedding)")[0][0] == ASTRO_DOCS + ML_DOCS

@@ -73,7 +73,7 @@ def test_read_only_needs_an_existing_saedb_database(tmp_path: Path) -> None:
     with pytest.raises(ConfigurationError, match="cannot open"):
         connect(str(tmp_path / "missing.duckdb"), read_only=True)
     duckdb.connect(str(tmp_path / "plain.duckdb")).close()
-    with pytest.raises(ConfigurationError, match="older saedb schema"):
+    with pytest.raises(ConfigurationError, match="no saedb database here"):
         connect(str(tmp_path / "plain.duckdb"), read_only=True)
 
 

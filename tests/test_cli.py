@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import duckdb
 from typer.testing import CliRunner
 
 from saedb.cli import app
@@ -65,3 +66,24 @@ def test_index_then_search_by_year_approximately_and_exactly(tmp_path: Path, ast
     assert answers[False] == answers[True]  # 120 documents: the graph finds the exact answer
     backwards = runner.invoke(app, ["search", "disks", "--db", db, "--year-from", "2000", "--year-to", "1990"])
     assert backwards.exit_code == 2 and "year_from 2000 is after year_to 1990" in backwards.output
+
+
+def test_a_file_of_an_older_saedb_names_the_upgrade_command_which_brings_it_to_this_version(tmp_path: Path, astro_slice: Path) -> None:
+    """Read-only commands refuse a file whose schema an older saedb wrote; the error used to say
+    only "open it once for writing", naming no command that would (search and sql open read-only)."""
+    db = str(tmp_path / "cli.duckdb")
+    assert runner.invoke(app, ["load", str(astro_slice), "--db", db, "--limit", "50"]).exit_code == 0
+    with duckdb.connect(db) as plain:
+        plain.execute("UPDATE saedb_meta SET value = 'older' WHERE key = 'schema'")
+    refused = runner.invoke(app, ["search", "disks", "--db", db])
+    assert refused.exit_code == 2 and "made by an older saedb: run `saedb upgrade` once" in refused.output, refused.output
+    upgraded = runner.invoke(app, ["upgrade", "--db", db])
+    assert upgraded.exit_code == 0 and "upgraded to this saedb version's schema" in upgraded.output, upgraded.output
+    assert runner.invoke(app, ["search", "disks", "--db", db, "--limit", "2"]).exit_code == 0
+    again = runner.invoke(app, ["upgrade", "--db", db])
+    assert again.exit_code == 0 and "already at this saedb version's schema" in again.output, again.output
+    duckdb.connect(str(tmp_path / "plain.duckdb")).close()
+    for missing, message in (("typo.duckdb", "database does not exist"), ("plain.duckdb", "no saedb database here")):
+        none = runner.invoke(app, ["upgrade", "--db", str(tmp_path / missing)])
+        assert none.exit_code == 2 and message in none.output, none.output
+    assert not Path(tmp_path / "typo.duckdb").exists()  # nothing created where nothing was

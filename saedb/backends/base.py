@@ -18,7 +18,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import pyarrow as pa
 
-from saedb.errors import ConfigurationError, UnknownModelError
+from saedb.errors import ConfigurationError, OlderSchemaError, UnknownModelError
 from saedb.sae import SAE, SparseCodes
 from saedb.sqlfiles import read_sql
 
@@ -162,10 +162,14 @@ class Backend(ABC):
         """
         scripts = [read_sql(self.dialect, name) for name in self.schema_files]
         fingerprint = hashlib.sha256("\n".join(scripts).encode()).hexdigest()[:16]
-        if self.schema_fingerprint() == fingerprint:
+        current = self.schema_fingerprint()
+        if current == fingerprint:
             return
+        if read_only and current is None:
+            raise ConfigurationError("no saedb database here: create one by loading a corpus (saedb load)")
         if read_only:
-            raise ConfigurationError("the database is missing or has an older saedb schema: create it by loading a corpus (saedb load), or open it once for writing")
+            raise OlderSchemaError("the database was made by an older saedb: run `saedb upgrade` once to bring it to this version "
+                                   "(it writes: a DuckDB file must be open nowhere else)")
         for script in scripts:
             self.run_script(script)
         self.upgrade_tables()

@@ -1,4 +1,4 @@
-"""Data in: load papers, attach a table of your own, encode documents, index embeddings."""
+"""Data in: load papers, attach a table of your own, encode documents, index embeddings, upgrade a database."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from saedb.backends.duckdb import DuckDBBackend
 from saedb.cli.common import USER_ERRORS, DbOption, app, fail
 from saedb.embedders import DEFAULT_EMBEDDER
 from saedb.encode import encode_new_documents, pending_documents
-from saedb.errors import InvalidInputError
+from saedb.errors import InvalidInputError, OlderSchemaError
 from saedb.models import resolve_model
 
 
@@ -86,6 +86,23 @@ def encode(
         typer.echo(describe_skipped(report.skipped), err=True)
     typer.echo(f"encoded {report.encoded} documents" + (
         f"; {report.without_features} have no active feature (checked again next time)" if report.without_features else ""))
+
+
+@app.command()
+def upgrade(db: str = DbOption) -> None:
+    """Bring a database an older saedb made to this version's schema and SQL functions, which
+    read-only commands, saedb serve and dashboards need (it writes: a DuckDB file must be open nowhere else)."""
+    try:
+        try:
+            with connect(db, read_only=True):
+                typer.echo(f"{mask_dsn(db)} is already at this saedb version's schema")
+                return
+        except OlderSchemaError:
+            pass
+        with connect(db):  # a writable connection applies the schema (Backend.migrate)
+            typer.echo(f"{mask_dsn(db)} upgraded to this saedb version's schema")
+    except USER_ERRORS as exc:
+        fail(exc)
 
 
 @app.command()
