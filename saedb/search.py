@@ -119,6 +119,21 @@ class Within:
         parts = [("corpus = {}", self.corpus), ("year >= {}", self.year_from), ("year <= {}", self.year_to)]
         return [(sql, value) for sql, value in parts if value is not None]
 
+    def described(self) -> str:
+        """The conditions as a reader says them: corpus 'hh_astro', year >= 2000."""
+        parts = [f"corpus {self.corpus!r}" if self.corpus is not None else None,
+                 f"year >= {self.year_from}" if self.year_from is not None else None,
+                 f"year <= {self.year_to}" if self.year_to is not None else None]
+        return ", ".join(part for part in parts if part)
+
+    def check_corpus(self, backend: Backend) -> None:
+        """InvalidInputError when no paper is of the corpus asked for: a misspelt name is not a corpus without matches."""
+        if self.corpus is None:
+            return
+        corpora = [name for (name,) in backend.query("SELECT DISTINCT corpus FROM papers ORDER BY corpus")]
+        if self.corpus not in corpora:
+            raise InvalidInputError(f"no corpus {self.corpus!r} here (corpora: {', '.join(corpora) or 'none'})")
+
 
 def steered_in_process(backend: Backend, query: np.ndarray, steps: Sequence[Steering]) -> np.ndarray | None:
     """The steered query computed here from the weights the backend's SQL functions use, when
@@ -190,4 +205,6 @@ def search(
         where = (" AND ".join(sql.format("?") for sql, _ in parts), [value for _, value in parts]) if parts else None
         vector = np.asarray(vector, dtype=np.float32)
         rows = backend.nearest(vector, limit, where, exact, steered_cosine=cosine(params[0], vector) if steps else None)
+    if not rows:
+        within.check_corpus(backend)
     return [Hit(*row[:4], float(row[4])) for row in rows]

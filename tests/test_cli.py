@@ -87,3 +87,17 @@ def test_a_file_of_an_older_saedb_names_the_upgrade_command_which_brings_it_to_t
         none = runner.invoke(app, ["upgrade", "--db", str(tmp_path / missing)])
         assert none.exit_code == 2 and message in none.output, none.output
     assert not Path(tmp_path / "typo.duckdb").exists()  # nothing created where nothing was
+
+
+def test_a_search_that_finds_nothing_says_why_and_an_unknown_corpus_is_an_error(tmp_path: Path, astro_slice: Path) -> None:
+    """Both printed nothing and exited 0: a misspelt corpus looked like a corpus without matches."""
+    db = str(tmp_path / "cli.duckdb")
+    assert runner.invoke(app, ["load", str(astro_slice), "--db", db, "--limit", "50"]).exit_code == 0
+    corpus = runner.invoke(app, ["sql", "SELECT DISTINCT corpus FROM papers", "--db", db]).output.strip()
+    misspelt = runner.invoke(app, ["search", "disks", "--db", db, "--corpus", corpus + "x"])
+    assert misspelt.exit_code == 2 and f"no corpus {corpus + 'x'!r} here (corpora: {corpus})" in misspelt.stderr, misspelt.output
+    assert runner.invoke(app, ["search", "disks", "--db", db, "--corpus", corpus, "--limit", "2"]).stdout.count("\n") == 2
+    for args, why in ((["--year-from", "3000"], "year >= 3000"), (["--corpus", corpus, "--year-to", "1000"], f"corpus {corpus!r}, year <= 1000")):
+        empty = runner.invoke(app, ["search", "disks", "--db", db, *args])
+        assert empty.exit_code == 0 and not empty.stdout, empty.output
+        assert empty.stderr.strip() == f"no paper matches {why}"

@@ -3,6 +3,7 @@ the portable SQL (exact), kept in step as rows are added or removed."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -131,7 +132,9 @@ def test_search_within_one_corpus(db_url: str, tmp_path: Path, embedder) -> None
         expected = [int(d) for d in doc_ids[np.argsort(-similarity)] if int(d) in in_ml][:10]
         hits = search(backend, query, 10, corpus="ml")
         assert [h.doc_id for h in hits] == expected
-        assert search(backend, query, 10, corpus="none") == []
+        with pytest.raises(InvalidInputError, match=re.escape("no corpus 'none' here (corpora: astro, ml)")):
+            search(backend, query, 10, corpus="none")  # was []: a misspelt corpus looked like one without matches
+        assert search(backend, query, 10, corpus="ml", year_from=3000) == []
 
 
 def test_the_in_process_index_loads_in_bounded_ranges_and_appends_only_new_rows() -> None:

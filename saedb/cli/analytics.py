@@ -33,7 +33,7 @@ def search(
     exact: bool = typer.Option(False, help="Rank every document, not the approximate index (HNSW)."),
 ) -> None:
     """Semantic search, optionally steered by a feature, a label or a family."""
-    from saedb.search import chosen_steering
+    from saedb.search import Within, chosen_steering
     from saedb.search import search as run_search
 
     try:
@@ -49,8 +49,11 @@ def search(
                 embed = (lambda text: embedder.embed([text])[0]) if backend.dialect == "duckdb" else None
                 typer.echo(concept_note(backend, steering[0].model_id, label, embed), err=True)
             vector = embedder.embed([query])[0]
-            for hit in run_search(backend, vector, limit, steering, corpus, year_from, year_to, exact):
+            hits = run_search(backend, vector, limit, steering, corpus, year_from, year_to, exact)
+            for hit in hits:
                 typer.echo(f"{hit.distance:.3f}  {hit.arxiv_id}  {hit.year}  {hit.title}")
+            if not hits:
+                typer.echo(" ".join(("no paper matches", Within(corpus, year_from, year_to).described())).strip(), err=True)
     except USER_ERRORS as exc:
         fail(exc)
 
