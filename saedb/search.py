@@ -126,13 +126,12 @@ class Within:
                  f"year <= {self.year_to}" if self.year_to is not None else None]
         return ", ".join(part for part in parts if part)
 
-    def check_corpus(self, backend: Backend) -> None:
-        """InvalidInputError when no paper is of the corpus asked for: a misspelt name is not a corpus without matches."""
-        if self.corpus is None:
-            return
-        corpora = [name for (name,) in backend.query("SELECT DISTINCT corpus FROM papers ORDER BY corpus")]
-        if self.corpus not in corpora:
-            raise InvalidInputError(f"no corpus {self.corpus!r} here (corpora: {', '.join(corpora) or 'none'})")
+
+def check_corpus(backend: Backend, corpus: str) -> None:
+    """InvalidInputError when no paper is of ``corpus``: a misspelt name is not a corpus without matches."""
+    corpora = [name for (name,) in backend.query("SELECT DISTINCT corpus FROM papers ORDER BY corpus")]
+    if corpus not in corpora:
+        raise InvalidInputError(f"no corpus {corpus!r} here (corpora: {', '.join(corpora) or 'none'})")
 
 
 def steered_in_process(backend: Backend, query: np.ndarray, steps: Sequence[Steering]) -> np.ndarray | None:
@@ -205,6 +204,6 @@ def search(
         where = (" AND ".join(sql.format("?") for sql, _ in parts), [value for _, value in parts]) if parts else None
         vector = np.asarray(vector, dtype=np.float32)
         rows = backend.nearest(vector, limit, where, exact, steered_cosine=cosine(params[0], vector) if steps else None)
-    if not rows:
-        within.check_corpus(backend)
+    if not rows and corpus is not None:
+        check_corpus(backend, corpus)
     return [Hit(*row[:4], float(row[4])) for row in rows]

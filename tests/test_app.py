@@ -521,6 +521,10 @@ def test_corpus_filter_and_switch(db_url: str, tmp_path: Path, embedder, browser
         _, page = get(base, "feature", [("model", str(model_id)), ("id", str(feature_id)), ("corpus", "ml")])
         assert page["corpus"]["n_docs"] > 0 and {corpus_of[d["arxiv_id"]] for d in page["top_documents"]} == {"ml"}
         assert board["top_features"][0]["density"] == pytest.approx(page["corpus"]["density"])
+        for endpoint, params in (("search", [("q", "galaxies"), ("model", str(model_id))]), ("dashboard", [("model", str(model_id))]),
+                                 ("feature", [("model", str(model_id)), ("id", str(feature_id))])):
+            # a corpus no paper is of (a stale bookmark, a misspelt name): the dashboard and the feature page showed empty sections
+            assert get(base, endpoint, [*params, ("corpus", "mll")]) == (400, {"error": "no corpus 'mll' here (corpora: astro, ml)"})
         kind = "postgres" if db_url.startswith("postgres") else "duckdb"
         browser.get(base + "/#/search")
         wait_for(browser, "#q")[0].send_keys("neural networks for galaxy images")
