@@ -12,7 +12,7 @@ import pyarrow as pa
 import pytest
 
 import saedb
-from saedb.errors import UnknownModelError
+from saedb.errors import InvalidInputError, UnknownModelError
 
 
 def test_version_and_typed_package() -> None:
@@ -37,7 +37,9 @@ def test_sql_and_search_return_arrow_tables(trained, db_url: str) -> None:
         assert steered.column("doc_id").to_pylist() != plain.column("doc_id").to_pylist()
         corpus = db.sql("SELECT corpus FROM papers LIMIT 1").column("corpus")[0].as_py()
         assert db.search("gamma-ray bursts", limit=5, corpus=corpus).column("doc_id").to_pylist() == plain.column("doc_id").to_pylist()
-        assert db.search("gamma-ray bursts", limit=5, corpus="another").num_rows == 0
+        with pytest.raises(InvalidInputError, match="no corpus 'another' here"):  # was 0 rows: a misspelt corpus found nothing, silently
+            db.search("gamma-ray bursts", limit=5, corpus="another")
+        assert db.search("gamma-ray bursts", limit=5, corpus=corpus, year_from=3000).num_rows == 0
         recent = db.search("gamma-ray bursts", limit=5, year_from=2000, exact=True)
         assert recent.num_rows == 5 and min(recent.column("year").to_pylist()) >= 2000
         assert db.features("analysis").num_rows > 0 and db.model_id("analysis") == model_id
