@@ -115,4 +115,10 @@ def import_sae(directory: str | Path) -> SAE:
     w_enc, b_lat, w_dec, b_pre = (tensors[name] for name in names)
     if fmt == "saelens":
         w_enc = w_enc.T
+    width = "num_latents" if fmt == "sparsify" else "d_sae"
+    for key, actual in (("d_in", w_dec.shape[-1]), (width, w_dec.shape[0])):
+        declared = cfg.get(key)
+        if declared and declared != actual:  # sparsify writes num_latents 0 when expansion_factor set the width
+            raise InvalidInputError(f"{directory}: cfg.json says {key} {declared}, but the weights have {actual}: "
+                                    "are they of another SAE?")
     return SAE(w_enc=w_enc, b_lat=b_lat, w_dec=w_dec, b_pre=b_pre, k=int(cfg["k"]))

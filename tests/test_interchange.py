@@ -110,3 +110,16 @@ def test_import_refuses_what_it_does_not_implement(tmp_path: Path, random_sae: S
                                                       {"activation_fn": "relu", "rescale_acts_by_decoder_norm": False,
                                                        "normalize_activations": "none"})))
     assert np.array_equal(import_sae(folder).w_dec, random_sae.w_dec)  # supported settings import (multi_topk: a training loss)
+
+
+@pytest.mark.parametrize("fmt, key", [("sparsify", "d_in"), ("sparsify", "num_latents"), ("saelens", "d_in"), ("saelens", "d_sae")])
+def test_import_refuses_a_cfg_whose_sizes_are_not_the_weights(tmp_path: Path, random_sae: SAE, fmt: str, key: str) -> None:
+    """cfg.json and the weights of different SAEs in one folder imported silently, the cfg's sizes ignored."""
+    folder = export_sae(random_sae, tmp_path / fmt, fmt)  # type: ignore[arg-type]
+    cfg = json.loads((folder / "cfg.json").read_text())
+    (folder / "cfg.json").write_text(json.dumps(cfg | {key: cfg[key] * 2}))
+    with pytest.raises(InvalidInputError, match=f"cfg.json says {key} {cfg[key] * 2}, but the weights have {cfg[key]}"):
+        import_sae(folder)
+    if key == "num_latents":  # sparsify writes 0 where the width came from expansion_factor
+        (folder / "cfg.json").write_text(json.dumps(cfg | {key: 0}))
+        assert np.array_equal(import_sae(folder).w_dec, random_sae.w_dec)
