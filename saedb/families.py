@@ -38,6 +38,7 @@ import networkx as nx
 import numpy as np
 
 from saedb.backends import Backend
+from saedb.errors import InvalidInputError
 from saedb.interp.examples import document_text, random_inactive_documents
 from saedb.interp.labellers import LLMLabeller, Predictor
 from saedb.interp.scoring import f1_score, pearson
@@ -294,6 +295,11 @@ def store_families(backend: Backend, model_id: int, families: list[NamedFamily])
                 backend.execute("INSERT INTO family_members VALUES (?, ?, ?, ?, ?)", (model_id, family_id, feature, parent, depth))
 
 
+def has_labels(backend: Backend, model_id: int) -> bool:
+    """Whether any feature of the model has a label (families need labelled features)."""
+    return bool(backend.query("SELECT 1 FROM feature_labels WHERE model_id = ? LIMIT 1", (model_id,)))
+
+
 def build_families(
     backend: Backend,
     model_id: int,
@@ -304,7 +310,10 @@ def build_families(
 ) -> list[NamedFamily]:
     """Co-occurrence in SQL (unless ``with_cooccurrence`` is False: the stored one is used), the
     family algorithm over clean features, names, scores (when a predictor is given) and
-    statistics, all stored in SQL tables."""
+    statistics, all stored in SQL tables. A model without any labelled feature is an error: the
+    features are labelled first (and their labels judged clean or not)."""
+    if not has_labels(backend, model_id):
+        raise InvalidInputError(f"model {model_id} has no labelled feature yet: run `saedb interp {model_id}` first")
     if with_cooccurrence:
         compute_cooccurrence(backend, model_id)
     labels = dict(backend.query(CLEAN_FEATURES_SQL, (model_id,)))

@@ -66,6 +66,15 @@ def test_sql_cooccurrence_equals_sparse_matrix_product(trained: tuple[Backend, i
     assert compute_cooccurrence(backend, model_id) == pairs  # re-materialising replaces
 
 
+def test_families_of_a_model_without_labels_name_the_missing_step(trained: tuple[Backend, int], db_url: str) -> None:
+    """They printed "0 families" and stored nothing: families group labelled (clean) features."""
+    backend, model_id = trained
+    result = CliRunner().invoke(app, ["families", str(model_id), "--db", db_url])
+    assert result.exit_code == 2, result.output
+    assert f"model {model_id} has no labelled feature yet: run `saedb interp {model_id}` first" in result.stderr
+    assert backend.query("SELECT count(*) FROM feature_families WHERE model_id = ?", (model_id,))[0][0] == 0
+
+
 def test_families_are_stored_in_sql(labelled: tuple[Backend, int]) -> None:
     backend, model_id = labelled
     families = build_all_families(backend, model_id)

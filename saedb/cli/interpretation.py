@@ -66,7 +66,7 @@ def _untrained_control(backend, model_id: int) -> int | None:
 
 def _label_model(backend, model_id: int, chat, limit: int | None, workers: int, control: bool, families: bool) -> str:
     """Label one model's features, then its shuffled-label control and families; the labeller's name."""
-    from saedb.families import build_families
+    from saedb.families import build_families, has_labels
 
     roundtrip = RoundTrip.for_model(backend, model_id)
     labeller = labeller_for(backend, chat, roundtrip=roundtrip)
@@ -79,7 +79,7 @@ def _label_model(backend, model_id: int, chat, limit: int | None, workers: int, 
     if control:
         for line in label_control(backend, model_id, labeller.name, labeller).lines():
             typer.echo(line)
-    if families:
+    if families and has_labels(backend, model_id):  # a run that labelled nothing has no families to group
         build_families(backend, model_id)
     return labeller.name
 
