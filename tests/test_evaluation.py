@@ -131,6 +131,14 @@ def test_title_queries_never_find_their_own_paper(evaluated: tuple[Backend, int]
         assert query.own_doc not in index.top(vector, 10, exclude=query.own_doc)[0]  # ... and is kept out
 
 
+def test_a_number_of_title_queries_below_one_is_a_clear_error(evaluated: tuple[Backend, int]) -> None:
+    """-3 raised random.sample's ValueError (a traceback from saedb eval); 0 ran and blamed the queries' topics."""
+    backend, _ = evaluated
+    for n in (0, -3):
+        with pytest.raises(InvalidInputError, match=f"the number of title queries must be at least 1, got {n}"):
+            title_queries(backend, n, seed=0)
+
+
 def test_clamp_sets_the_latents_and_keeps_k(evaluated: tuple[Backend, int]) -> None:
     backend, model_id = evaluated
     sae, embedder = backend.load_sae(model_id), WordLlamaEmbedder()

@@ -34,6 +34,8 @@ class Query:
 
 def title_queries(backend: Backend, n: int, seed: int) -> list[Query]:
     """Titles of ``n`` random papers (seeded), each excluding its own paper from the results."""
+    if n < 1:
+        raise InvalidInputError(f"the number of title queries must be at least 1, got {n}")
     rows = backend.query("SELECT doc_id, title FROM papers ORDER BY doc_id")
     return [Query(title, doc_id) for doc_id, title in random.Random(seed).sample(rows, min(n, len(rows)))]
 
