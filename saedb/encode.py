@@ -15,6 +15,7 @@ from typing import Callable
 import numpy as np
 
 from saedb.backends import Backend
+from saedb.errors import require_at_least_one
 
 PENDING = "FROM embeddings e WHERE NOT EXISTS (SELECT 1 FROM sae_codes c WHERE c.model_id = ? AND c.doc_id = e.doc_id)"
 # One batch, re-read inside the publishing lock: both sides restricted to the batch's doc id
@@ -42,6 +43,7 @@ def pending_documents(backend: Backend, model_id: int) -> int:
 def encode_new_documents(backend: Backend, model_id: int, batch_size: int = 4096,
                          progress: Callable[[int], None] = lambda n: None) -> EncodeReport:
     """Write the codes of every pending document for ``model_id``; ``progress(n)`` after each batch."""
+    require_at_least_one(batch_size=batch_size)
     skipped = backend.sync_documents()
     sae = backend.load_sae(model_id)
     pending = np.array([r[0] for r in backend.query(f"SELECT e.doc_id {PENDING} ORDER BY e.doc_id", (model_id,))], dtype=np.int64)

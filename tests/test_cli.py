@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import duckdb
@@ -101,3 +102,29 @@ def test_a_search_that_finds_nothing_says_why_and_an_unknown_corpus_is_an_error(
         empty = runner.invoke(app, ["search", "disks", "--db", db, *args])
         assert empty.exit_code == 0 and not empty.stdout, empty.output
         assert empty.stderr.strip() == f"no paper matches {why}"
+
+
+def test_counts_below_one_and_an_unusable_port_are_clear_errors(tmp_path: Path, astro_slice: Path) -> None:
+    """Each of these loaded or labelled silently (nothing, or all but the last feature), served,
+    or ended in a traceback (an AttributeError hiding "address already in use")."""
+    db = str(tmp_path / "cli.duckdb")
+    for args, message in ((["load", str(astro_slice), "--limit", "-1"], "limit must be at least 1, got -1"),
+                          (["load", str(astro_slice), "--batch-size", "0"], "batch_size must be at least 1, got 0")):
+        refused = runner.invoke(app, [*args, "--db", db])
+        assert refused.exit_code == 2 and message in refused.output, refused.output
+    assert runner.invoke(app, ["load", str(astro_slice), "--db", db, "--limit", "60"]).exit_code == 0
+    assert runner.invoke(app, ["train", "--db", db, "--n", "32", "--k", "4", "--steps", "5", "--name", "tiny"]).exit_code == 0
+    for args, message in ((["encode", "tiny", "--batch-size", "0"], "batch_size must be at least 1, got 0"),
+                          (["interp", "tiny", "--limit", "-1"], "limit must be at least 1, got -1"),
+                          (["serve", "--pool", "0"], "Invalid value for '--pool'"),
+                          (["serve", "--timeout", "-1"], "Invalid value for '--timeout'"),
+                          (["serve", "--port", "99999"], "Invalid value for '--port'")):
+        refused = runner.invoke(app, [*args, "--db", db])
+        assert refused.exit_code == 2 and message in refused.output, refused.output
+    assert runner.invoke(app, ["sql", "SELECT count(*) FROM feature_labels", "--db", db]).output.strip() == "0"
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        busy = runner.invoke(app, ["serve", "--db", db, "--port", str(port)])
+    assert busy.exit_code == 2 and f"cannot listen on 127.0.0.1:{port}" in busy.output, busy.output

@@ -314,10 +314,10 @@ class SaedbHTTPServer(ThreadingHTTPServer):
 
     def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], max_connections: int,
                  arrival_timeout_s: float) -> None:
-        super().__init__(address, handler)
         self.max_connections, self.open_connections = max_connections, 0
         self.connections_changed = threading.Condition()
-        self.deadlines = ArrivalDeadlines(arrival_timeout_s)
+        self.deadlines = ArrivalDeadlines(arrival_timeout_s)  # before binding: a failed bind calls server_close
+        super().__init__(address, handler)
 
     def wait_for_connections(self, condition: Callable[[int], bool], timeout_s: float) -> bool:
         """Wait until ``condition(number of open connections)`` holds (tests, shutdown)."""

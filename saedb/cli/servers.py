@@ -10,7 +10,7 @@ import typer
 from saedb.backends import connect, is_postgres_url, mask_dsn
 from saedb.cli.common import USER_ERRORS, DbOption, app, fail, stop_requested
 from saedb.cluster import LocalCluster
-from saedb.errors import ConfigurationError
+from saedb.errors import ConfigurationError, InvalidInputError
 from saedb.localllm import local_llm
 from saedb.localpg import local_postgres
 
@@ -19,9 +19,9 @@ from saedb.localpg import local_postgres
 def serve(
     db: str = DbOption,
     host: str = typer.Option("127.0.0.1"),
-    port: int = typer.Option(8080),
-    pool: int = typer.Option(8, help="Database connections shared by request threads."),
-    timeout: float = typer.Option(10.0, help="Statement timeout in seconds."),
+    port: int = typer.Option(8080, min=0, max=65535, help="0: any free port (printed)."),
+    pool: int = typer.Option(8, min=1, help="Database connections shared by request threads."),
+    timeout: float = typer.Option(10.0, min=0.001, help="Statement timeout in seconds."),
     idle_timeout: float = typer.Option(30.0, min=0.001, help="Seconds a connection may take to send its next request "
                                                              "before it is closed."),
     max_connections: int = typer.Option(512, min=1, help="Open connections at most; past it a connection is closed at once."),
@@ -33,7 +33,11 @@ def serve(
         app_ = App(db, pool_size=pool, timeout_s=timeout)
     except USER_ERRORS as exc:
         fail(exc)
-    server = make_server(app_, host, port, idle_timeout_s=idle_timeout, max_connections=max_connections)
+    try:
+        server = make_server(app_, host, port, idle_timeout_s=idle_timeout, max_connections=max_connections)
+    except OSError as exc:  # the port is taken, or the host is not this machine's
+        app_.pool.close()
+        fail(InvalidInputError(f"cannot listen on {host}:{port}: {exc.strerror or exc}"))
     typer.echo(f"saedb is serving {mask_dsn(db)} read-only at http://{host}:{server.server_port}/   (Ctrl-C stops it)")
     try:
         server.serve_forever()

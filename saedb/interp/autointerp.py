@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 import numpy as np
 
 from saedb.backends import Backend
-from saedb.errors import InvalidInputError
+from saedb.errors import InvalidInputError, require_at_least_one
 from saedb.llm import ProtocolError
 from saedb.iterate import chunked
 from saedb.interp.control import control_failed
@@ -97,6 +97,7 @@ def run_autointerp(
     """Label features (densest first, or the given ones) that this labeller has not labelled yet;
     ``progress`` (a tqdm bar) learns the total first and advances per feature. Each label's
     round trip is measured with ``roundtrip`` (None: not measured, the columns stay NULL)."""
+    require_at_least_one(limit=limit)
     info = backend.model_row(model_id)
     done = {r[0] for r in backend.query("SELECT feature_id FROM feature_labels WHERE model_id = ? AND labeller = ?", (model_id, labeller.name))}
     candidates = features_by_density(backend, model_id) if features is None else list(features)

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from saedb.backends import Backend, DocumentBatch
 from saedb.embedders import Embedder, get_embedder, known_dim, runnable_here
-from saedb.errors import ConfigurationError, InvalidInputError
+from saedb.errors import ConfigurationError, InvalidInputError, require_at_least_one
 from saedb.iterate import chunked
 from saedb.loaders.corpus import Paper, RowError, check_source, ignored_columns, read_papers
 from saedb.loaders.vectors import PrecomputedEmbeddings, read_embeddings
@@ -125,6 +125,7 @@ def load_corpus(
 ) -> LoadReport:
     """Load the first ``limit`` valid papers of ``path`` (all if None) with their embeddings:
     computed by ``embedder``, or read from ``embeddings`` (made by the embedder so named)."""
+    require_at_least_one(limit=limit, batch_size=batch_size)
     path = Path(path)
     check_source(path)
     corpus = corpus or corpus_name(path)
