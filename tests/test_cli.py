@@ -128,3 +128,13 @@ def test_counts_below_one_and_an_unusable_port_are_clear_errors(tmp_path: Path, 
         port = taken.getsockname()[1]
         busy = runner.invoke(app, ["serve", "--db", db, "--port", str(port)])
     assert busy.exit_code == 2 and f"cannot listen on 127.0.0.1:{port}" in busy.output, busy.output
+
+
+def test_servers_refuse_ports_threads_and_workers_out_of_range(tmp_path: Path) -> None:
+    """`saedb llm --port 99999` printed an OPENAI_BASE_URL no client can reach, `--threads 0`
+    started a server, and `saedb cluster --workers 0` started a "cluster" of a coordinator alone."""
+    for args, option in ((["llm", "--port", "99999"], "--port"), (["llm", "--threads", "0"], "--threads"),
+                         (["cluster", "--workers", "0", "--data", str(tmp_path / "nodes")], "--workers")):
+        refused = runner.invoke(app, args)
+        assert refused.exit_code == 2 and f"Invalid value for '{option}'" in refused.output, refused.output
+    assert not (tmp_path / "nodes").exists()

