@@ -30,12 +30,12 @@ class DatabaseBusyError(ConfigurationError):
     (DuckDB: one writer, or readers), or its embeddings changed under every attempt of a search."""
 
 
+class TrainingFailedError(SaedbError):
+    """A rank of a data-parallel run failed; the run is not published."""
+
+
 def require_at_least_one(**counts: int | None) -> None:
     """InvalidInputError for the first count (keyword: its name) below 1; None is "not given"."""
     for name, value in counts.items():
         if value is not None and value < 1:
             raise InvalidInputError(f"{name} must be at least 1, got {value}")
-
-
-class TrainingFailedError(SaedbError):
-    """A rank of a data-parallel run failed; the run is not published."""

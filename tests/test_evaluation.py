@@ -135,7 +135,7 @@ def test_a_number_of_title_queries_below_one_is_a_clear_error(evaluated: tuple[B
     """-3 raised random.sample's ValueError (a traceback from saedb eval); 0 ran and blamed the queries' topics."""
     backend, _ = evaluated
     for n in (0, -3):
-        with pytest.raises(InvalidInputError, match=f"the number of title queries must be at least 1, got {n}"):
+        with pytest.raises(InvalidInputError, match=f"n_queries must be at least 1, got {n}"):
             title_queries(backend, n, seed=0)
 
 

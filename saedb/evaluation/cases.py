@@ -15,7 +15,7 @@ from typing import Sequence
 import numpy as np
 
 from saedb.backends import Backend
-from saedb.errors import InvalidInputError
+from saedb.errors import InvalidInputError, require_at_least_one
 from saedb.evaluation.topics import Topic, TopicKind
 from saedb.sae import SparseCodes
 
@@ -34,8 +34,7 @@ class Query:
 
 def title_queries(backend: Backend, n: int, seed: int) -> list[Query]:
     """Titles of ``n`` random papers (seeded), each excluding its own paper from the results."""
-    if n < 1:
-        raise InvalidInputError(f"the number of title queries must be at least 1, got {n}")
+    require_at_least_one(n_queries=n)
     rows = backend.query("SELECT doc_id, title FROM papers ORDER BY doc_id")
     return [Query(title, doc_id) for doc_id, title in random.Random(seed).sample(rows, min(n, len(rows)))]
 
