@@ -294,10 +294,6 @@ def test_an_unreachable_or_refusing_endpoint_is_one_clear_line(trained: tuple[Ba
     """`saedb interp --llm` with no server at OPENAI_BASE_URL ended in an APIConnectionError traceback."""
     import socket
 
-    from typer.testing import CliRunner
-
-    from saedb.cli import app
-
     backend, model_id = trained
     if backend.dialect == "duckdb":
         backend.close()
