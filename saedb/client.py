@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import warnings
 from contextlib import AbstractContextManager
 from typing import Any, Sequence
 
@@ -17,6 +18,7 @@ import pyarrow as pa
 from saedb.analytics import enrichment, predictors, slopes
 from saedb.backends import DEFAULT_DB, Backend
 from saedb.backends import connect as open_backend
+from saedb.concepts import steering_note
 from saedb.embedders import get_embedder
 from saedb.models import resolve_model
 from saedb.search import chosen_steering, search
@@ -44,7 +46,12 @@ class Database:
         steering = chosen_steering(feature, label, family, strength, (lambda: self.model_id(model)) if model is not None else None)
         if model is not None and not steering:
             self.model_id(model)  # a model named is checked, steered by or not
-        vector = get_embedder(self.backend.require_embedder()[0]).embed([text])[0]
+        embedder = get_embedder(self.backend.require_embedder()[0])
+        if label is not None and steering:
+            note, by_label = steering_note(self.backend, steering[0].model_id, label, embedder)
+            if not by_label:  # the nearest feature was taken: say which
+                warnings.warn(note, stacklevel=2)
+        vector = embedder.embed([text])[0]
         hits = search(self.backend, vector, limit, steering, corpus, year_from, year_to, exact)
         return pa.table({
             "doc_id": pa.array([h.doc_id for h in hits], pa.int64()), "arxiv_id": [h.arxiv_id for h in hits],

@@ -19,6 +19,7 @@ from typing import Callable
 import numpy as np
 
 from saedb.backends.base import Backend
+from saedb.embedders import Embedder
 from saedb.errors import InvalidInputError
 
 # Parameters: model, text; the same ordering as Postgres' sae_feature_by_label.
@@ -71,9 +72,14 @@ HOW_FOUND = {"decoder cosine": "the feature whose decoder row is nearest its emb
              "label containing the text": "the feature whose label contains it"}
 
 
-def concept_note(backend: Backend, model_id: int, text: str, embed: Callable[[str], np.ndarray] | None) -> str:
-    """One line naming the feature ``text`` steers along, and how it was found where no label is the text."""
+def steering_note(backend: Backend, model_id: int, text: str, embedder: Embedder) -> tuple[str, bool]:
+    """(One line naming the feature a search steered by the label ``text`` moves along, whether
+    a label is the text) by the SQL functions' rule: DuckDB's embed a text no label is (with
+    ``embedder``, the database's), Postgres' SQL cannot; the line says how it was found otherwise."""
+    embed = (lambda t: embedder.embed([t])[0]) if backend.dialect == "duckdb" else None
     match = concept_feature(backend, model_id, text, embed)
     labels = backend.query("SELECT label FROM feature_best_labels WHERE model_id = ? AND feature_id = ?", (model_id, match.feature_id))
     note = f"steering along feature {match.feature_id}, labelled {labels[0][0] if labels else None!r}"
-    return note if match.by == "label" else f"{note}: no label is {text.strip()!r}, so {HOW_FOUND[match.by]}"
+    if match.by == "label":
+        return note, True
+    return f"{note}: no label is {text.strip()!r}, so {HOW_FOUND[match.by]}", False

@@ -3,7 +3,9 @@ steering by label and family, and BI views."""
 
 from __future__ import annotations
 
+import re
 import threading
+import warnings
 from pathlib import Path
 from typing import Iterator
 
@@ -14,6 +16,7 @@ import pytest
 import scipy.sparse as sp
 from typer.testing import CliRunner
 
+import saedb
 from saedb.backends import Backend, connect
 from saedb.backends.duckdb import DuckDBBackend
 from saedb.cli import app
@@ -205,6 +208,12 @@ def test_search_by_label_names_the_feature_it_steers_along(labelled: tuple[Backe
         assert unnamed.exit_code == 0, unnamed.output
         assert unnamed.stderr.strip() == (f"steering along feature {nearest}, labelled {labels.get(nearest)!r}: no label is "
                                           "'zzz-nothing', so the feature whose decoder row is nearest its embedding")
+        with saedb.connect(db_url) as db:  # the Python client warns where no label is the text (it was silent too)
+            with pytest.warns(UserWarning, match=re.escape(unnamed.stderr.strip())):
+                db.search("dark matter halos", model_id, label="zzz-nothing", limit=3)
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")
+                assert db.search("dark matter halos", model_id, label=label.upper(), limit=3).num_rows == 3
     else:  # Postgres' SQL has no embedder: label matches only
         assert unnamed.exit_code == 2 and "no feature of model" in unnamed.stderr and not unnamed.stdout
 

@@ -11,7 +11,7 @@ from saedb.analytics import predictors as feature_predictors
 from saedb.analytics import slopes as feature_slopes
 from saedb.backends import connect
 from saedb.cli.common import USER_ERRORS, DbOption, app, echo_table, fail, label_of
-from saedb.concepts import concept_note
+from saedb.concepts import steering_note
 from saedb.embedders import get_embedder
 from saedb.errors import InvalidInputError
 from saedb.models import resolve_model
@@ -45,9 +45,8 @@ def search(
             if not query.strip():
                 raise InvalidInputError("the search text is empty")
             embedder = get_embedder(backend.require_embedder()[0])
-            if label is not None and steering:  # the SQL's rule: DuckDB embeds a text no label is, Postgres' SQL cannot
-                embed = (lambda text: embedder.embed([text])[0]) if backend.dialect == "duckdb" else None
-                typer.echo(concept_note(backend, steering[0].model_id, label, embed), err=True)
+            if label is not None and steering:
+                typer.echo(steering_note(backend, steering[0].model_id, label, embedder)[0], err=True)
             vector = embedder.embed([query])[0]
             hits = run_search(backend, vector, limit, steering, corpus, year_from, year_to, exact)
             for hit in hits:
