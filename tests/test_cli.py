@@ -138,3 +138,13 @@ def test_servers_refuse_ports_threads_and_workers_out_of_range(tmp_path: Path) -
         refused = runner.invoke(app, args)
         assert refused.exit_code == 2 and f"Invalid value for '{option}'" in refused.output, refused.output
     assert not (tmp_path / "nodes").exists()
+
+
+def test_sql_without_a_statement_is_a_clear_error(tmp_path: Path, astro_slice: Path) -> None:
+    """An empty text, a lone semicolon or only a comment ended in an AttributeError traceback."""
+    db = str(tmp_path / "cli.duckdb")
+    assert runner.invoke(app, ["load", str(astro_slice), "--db", db, "--limit", "5"]).exit_code == 0
+    for text in ("", ";", "/* only a comment */"):
+        result = runner.invoke(app, ["sql", text, "--db", db])
+        assert result.exit_code == 2 and "the SQL text holds no statement" in result.output, (text, result.output)
+    assert runner.invoke(app, ["sql", "CREATE TABLE mine (a INTEGER)", "--db", db]).exit_code == 0  # no rows, no error

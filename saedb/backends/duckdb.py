@@ -16,7 +16,7 @@ from saedb.backends.base import Backend, DocumentBatch
 from saedb.backends.duckdb_files import SearchIndexes, SharedDatabase, in_schema, shadow_functions
 from saedb.backends.exact_index import STAMP_COLUMNS, STAMP_SQL, ExactIndex, Stamp
 from saedb.backends.paper_rows import PAPER_ROWS_SQL, PAPERS_STAMP_SQL, PaperTable
-from saedb.errors import ConfigurationError, DatabaseBusyError
+from saedb.errors import ConfigurationError, DatabaseBusyError, InvalidInputError
 from saedb.sae import SAE, SparseCodes
 from saedb.sqlfiles import read_sql
 from saedb.udfs.duckdb import register_udfs
@@ -155,7 +155,10 @@ class DuckDBBackend(Backend):
         self.con.execute(sql, list(params))
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
-        return self.con.execute(sql, list(params)).fetchall()
+        result = self.con.execute(sql, list(params))
+        if result is None:  # DuckDB's answer to a text without a statement: empty, ";" or only a comment
+            raise InvalidInputError("the SQL text holds no statement")
+        return result.fetchall()
 
     def arrow(self, sql: str, params: Sequence[Any] = ()) -> pa.Table:
         relation = self.con.sql(sql, params=list(params) or None)
