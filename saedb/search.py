@@ -21,7 +21,7 @@ import numpy as np
 
 from saedb.backends import Backend
 from saedb.dialects import prepare
-from saedb.errors import InvalidInputError
+from saedb.errors import InvalidInputError, require_at_least_one
 from saedb.sae import cosine
 
 SteerBy = Literal["feature", "label", "family"]
@@ -127,8 +127,11 @@ class Within:
         return ", ".join(part for part in parts if part)
 
 
-def check_corpus(backend: Backend, corpus: str) -> None:
-    """InvalidInputError when no paper is of ``corpus``: a misspelt name is not a corpus without matches."""
+def check_corpus(backend: Backend, corpus: str | None) -> None:
+    """InvalidInputError when no paper is of ``corpus`` (None: no corpus asked for): a misspelt
+    name is not a corpus without matches."""
+    if corpus is None:
+        return
     corpora = [name for (name,) in backend.query("SELECT DISTINCT corpus FROM papers ORDER BY corpus")]
     if corpus not in corpora:
         raise InvalidInputError(f"no corpus {corpus!r} here (corpora: {', '.join(corpora) or 'none'})")
@@ -166,8 +169,7 @@ def search(
     them keeps the SQL flat; label and family steerings nest one call each (at most
     MAX_NESTED_STEERING). Ranked by the backend's approximate index where it has one (DuckDB:
     the HNSW graph, when built; Postgres: HNSW), unless ``exact``: then by every row."""
-    if limit < 1:
-        raise InvalidInputError("limit must be at least 1")
+    require_at_least_one(limit=limit)
     within = Within(corpus, year_from, year_to)
     steps = [steering] if isinstance(steering, Steering) else list(steering)
     for step in steps:
@@ -204,6 +206,6 @@ def search(
         where = (" AND ".join(sql.format("?") for sql, _ in parts), [value for _, value in parts]) if parts else None
         vector = np.asarray(vector, dtype=np.float32)
         rows = backend.nearest(vector, limit, where, exact, steered_cosine=cosine(params[0], vector) if steps else None)
-    if not rows and corpus is not None:
+    if not rows:
         check_corpus(backend, corpus)
     return [Hit(*row[:4], float(row[4])) for row in rows]

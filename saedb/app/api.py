@@ -254,8 +254,7 @@ def feature(backend: Backend, model_id: int, feature_id: int, corpus: str | None
     """Everything the feature page shows; with ``corpus``, its top abstracts and share of
     documents within that corpus."""
     check_model(backend, model_id)
-    if corpus is not None:
-        check_corpus(backend, corpus)
+    check_corpus(backend, corpus)
     summary = records(
         backend,
         "SELECT feature_id, label, labeller, interpretability, f1, n_docs, density, mean_activation, max_activation "
@@ -370,8 +369,7 @@ def dashboard(backend: Backend, model_id: int, corpus: str | None = None) -> dic
     """The model's dashboard; with ``corpus``, its most common features and papers per year
     are those of that corpus."""
     info = check_model(backend, model_id)
-    if corpus is not None:
-        check_corpus(backend, corpus)
+    check_corpus(backend, corpus)
     totals = backend.query(
         "SELECT count(*), avg(density), (SELECT count(DISTINCT feature_id) FROM feature_labels WHERE model_id = ?), "
         "(SELECT avg(pearson) FROM feature_best_labels WHERE model_id = ?) FROM feature_stats WHERE model_id = ?",
