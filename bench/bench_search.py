@@ -54,7 +54,7 @@ from saedb.backends.exact_index import STAMP_SQL  # noqa: E402
 from saedb.loaders import load_corpus  # noqa: E402
 from saedb.localpg import local_postgres  # noqa: E402
 from saedb.models import publish_model  # noqa: E402
-from saedb.sae import SAE, cosine  # noqa: E402
+from saedb.sae import SAE, cosine, unit_rows  # noqa: E402
 from saedb.search import Steering, search  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
@@ -255,6 +255,10 @@ def parts(work: Workload, duck: Backend) -> None:
     graph = duck.indexes.approximate
     seconds, found = timings(lambda q: graph.nearest(q, 10)[0].tolist(), work.queries)
     line(work, "  of which saedb's index alone (ApproximateIndex.nearest)", seconds, found, work.truth["plain"])
+    current = graph.current
+    walked = [(q, current.walk(unit_rows(q[None, :])[0], 10, EXPANSION_SEARCH)[0]) for q in work.queries]
+    seconds, _ = timings(lambda pair: current.scored(pair[0], pair[1], 10), walked)
+    line(work, "    of which the one kernel scoring the 10 hits (Graph.scored: one answer whichever path)", seconds, None, None)
     marks = lambda ids: ", ".join("?" * len(ids))  # noqa: E731
     seconds, _ = timings(lambda ids: duck.indexes.papers.rows_of(np.array(ids)), work.truth["plain"])
     line(work, "  of which the 10 papers from memory (read-only, once loaded)", seconds, None, None)

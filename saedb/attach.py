@@ -18,6 +18,7 @@ from typing import Callable, Iterator
 
 from saedb.backends import IDENTIFIER, Backend, connect, is_postgres_url, split_schema
 from saedb.backends.duckdb_files import open_file
+from saedb.embedders import known_dim
 from saedb.errors import InvalidInputError
 
 
@@ -107,6 +108,10 @@ def attach_table(url: str, schema: str, attachment: Attachment, embedder: str | 
         if len(dims) != 1:
             raise InvalidInputError(f"{attachment.table}.{attachment.vector} holds vectors of {len(dims)} different dimensions")
         dim = int(dims[0][0])
+        made_by = None if embedder is None else known_dim(embedder)
+        if made_by is not None and made_by != dim:
+            raise InvalidInputError(f"{attachment.table}.{attachment.vector} holds {dim}-d vectors, and {embedder} makes "
+                                    f"{made_by}-d ones: name the embedder that made them, or leave --embedder out")
         execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
         for statement in workspace_sql(attachment, schema, dialect, dim):
             execute(statement)
@@ -120,6 +125,24 @@ def attach_table(url: str, schema: str, attachment: Attachment, embedder: str | 
         backend.close()
         raise
     return backend
+
+
+def missing_index_hint(backend: Backend, attachment: Attachment) -> str | None:
+    """On Postgres, what to run when the attached table's vector column has no approximate index
+    (HNSW or IVFFlat): searches then scan every row. Through the workspace's views a search uses
+    such an index of the table (the view's join keeps the index scan's order), as the same query
+    written by hand on the table does."""
+    if backend.dialect != "postgres":
+        return None
+    indexed = backend.query(
+        "SELECT count(*) FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_am am ON am.oid = c.relam "
+        "JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) "
+        "WHERE i.indrelid = to_regclass(?) AND am.amname IN ('hnsw', 'ivfflat') AND a.attname = ?",
+        (attachment.table, attachment.vector))[0][0]
+    if indexed:
+        return None
+    return (f"{attachment.table}.{attachment.vector} has no HNSW index: every search scans the table. "
+            f"CREATE INDEX ON {attachment.table} USING hnsw ({attachment.vector} vector_cosine_ops) makes searches use one")
 
 
 @contextmanager

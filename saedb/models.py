@@ -26,6 +26,11 @@ def resolve_model(backend: Backend, model: int | str) -> int:
     return int(found)
 
 
+def ready_models(backend: Backend) -> list[int]:
+    """The published models' ids, oldest first."""
+    return [int(r[0]) for r in backend.query("SELECT model_id FROM sae_models WHERE status = 'ready' ORDER BY model_id")]
+
+
 def publish_model(backend: Backend, sae: SAE, name: str, metrics: dict[str, Any] | None = None) -> int:
     """Write ``sae`` as the next version of ``name`` with the codes of every document.
 
@@ -53,3 +58,25 @@ def publish_model(backend: Backend, sae: SAE, name: str, metrics: dict[str, Any]
             n_documents += len(doc_ids)
         backend.execute("UPDATE sae_models SET status = 'ready', n_documents = ? WHERE model_id = ?", (n_documents, model_id))
     return model_id
+
+
+def drop_model(backend: Backend, model: int | str) -> list[int]:
+    """Remove a model version (an id, or a name's latest version) and everything that belongs to
+    it, its untrained control with it, in one transaction: weights, codes, held-out split, labels
+    and their controls, co-occurrence, families, evaluations and feature matches either way.
+    Returns the model ids removed. An id may be of any status (a retired version too)."""
+    if isinstance(model, int) or model.isdigit():
+        model_id = int(model)
+        if not backend.query("SELECT count(*) FROM sae_models WHERE model_id = ?", (model_id,))[0][0]:
+            raise UnknownModelError(f"unknown model {model_id} (no model with that id)")
+    else:
+        model_id = resolve_model(backend, model)
+    with backend.publishing():
+        dropped = [model_id, *(r[0] for r in backend.query("SELECT model_id FROM sae_models WHERE control_of = ?", (model_id,)))]
+        marks = ", ".join("?" * len(dropped))
+        backend.execute(f"DELETE FROM eval_results WHERE run_id IN (SELECT run_id FROM eval_runs WHERE model_id IN ({marks}))", dropped)
+        for table in backend.model_tables:
+            backend.execute(f"DELETE FROM {table} WHERE model_id IN ({marks})", dropped)
+        backend.execute(f"DELETE FROM feature_matches WHERE model_id IN ({marks}) OR other_model_id IN ({marks})", dropped * 2)
+        backend.execute(f"DELETE FROM sae_models WHERE model_id IN ({marks})", dropped)
+    return dropped

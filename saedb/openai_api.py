@@ -37,7 +37,10 @@ def endpoint_errors(client, model: str) -> Iterator[None]:
     url = str(client.base_url).rstrip("/")
     try:
         yield
-    except openai.APIConnectionError as exc:  # also timeouts
+    except openai.APITimeoutError:  # a subclass of APIConnectionError: the endpoint is there, and slow
+        raise LLMUnavailableError(f"the endpoint at {url} did not answer within {client.timeout} s (after retries): "
+                                  "it is reachable but slow; raise --timeout, or ask for fewer requests at once") from None
+    except openai.APIConnectionError as exc:
         raise LLMUnavailableError(f"cannot reach the endpoint at {url} ({exc}): start an OpenAI-compatible server "
                                   "there (saedb llm), or point OPENAI_BASE_URL at one") from None
     except (openai.AuthenticationError, openai.PermissionDeniedError) as exc:

@@ -127,6 +127,16 @@ class Within:
         return ", ".join(part for part in parts if part)
 
 
+def document_vector(backend: Backend, key: str) -> np.ndarray:
+    """The embedding of the document whose id (arXiv id; an attached table's key) is ``key``: the
+    query of a search for documents like it, which needs no text embedder."""
+    vectors = backend.fetch_vectors("SELECT e.embedding FROM embeddings e JOIN papers p ON p.doc_id = e.doc_id "
+                                    "WHERE p.arxiv_id = ?", (key,))
+    if not len(vectors):
+        raise InvalidInputError(f"no document {key!r} here (documents are named by their arXiv id, or an attached table's key)")
+    return vectors[0]
+
+
 def check_corpus(backend: Backend, corpus: str | None) -> None:
     """InvalidInputError when no paper is of ``corpus`` (None: no corpus asked for): a misspelt
     name is not a corpus without matches."""

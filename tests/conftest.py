@@ -199,3 +199,27 @@ def random_sae() -> SAE:
 def embeddings_of(backend: Backend) -> tuple[np.ndarray, np.ndarray]:
     ids, parts = zip(*backend.iter_embeddings(10_000))
     return np.concatenate(ids), np.concatenate(parts)
+
+
+# Two kernels may order rows whose cosines to a query are this close either way: a reference in
+# float64 against the product's rankers (BLAS, faiss, pgvector and DuckDB's array_cosine_distance
+# sum in float32, in an order that depends on the CPU's vector width): a float32 sum of 384
+# products of unit vectors is within 384 * 2^-24 = 2.3e-5 of exact, so twice that bounds a pair.
+RANKING_TOLERANCE = 1e-4
+
+
+def assert_nearest_first(found: list[int], doc_ids: np.ndarray, matrix: np.ndarray, query: np.ndarray, limit: int,
+                         allowed: np.ndarray | None = None) -> None:
+    """``found`` (doc ids) are the ``limit`` rows of ``matrix`` nearest ``query`` by cosine (among
+    the ``allowed`` mask), nearest first, up to rows within RANKING_TOLERANCE of each other."""
+    unit = np.asarray(matrix, np.float64) / np.linalg.norm(np.asarray(matrix, np.float64), axis=1, keepdims=True)
+    similarity = unit @ (np.asarray(query, np.float64) / np.linalg.norm(np.asarray(query, np.float64)))
+    if allowed is not None:
+        similarity = np.where(allowed, similarity, -np.inf)
+    row_of = {int(d): i for i, d in enumerate(doc_ids)}
+    expected = min(limit, int(np.isfinite(similarity).sum()))
+    assert len(found) == expected == len(set(found)), (found, expected)
+    got = similarity[[row_of[int(d)] for d in found]]
+    kth = np.sort(similarity)[::-1][expected - 1] if expected else np.inf
+    assert np.all(got >= kth - RANKING_TOLERANCE), ("a row farther than the limit-th nearest", found, got, kth)
+    assert np.all(np.diff(got) <= RANKING_TOLERANCE), ("not nearest first", found, got)

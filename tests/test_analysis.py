@@ -316,3 +316,47 @@ def test_an_unreachable_or_refusing_endpoint_is_one_clear_line(trained: tuple[Ba
             assert result.exit_code == 2 and result.exception is None or isinstance(result.exception, SystemExit), result.exception
             lines = result.output.strip().splitlines()
             assert says in lines[-1] and "OPENAI" in lines[-1] and "Traceback" not in result.output, result.output
+
+
+def test_drop_takes_a_model_and_everything_of_it_in_one_transaction(labelled: tuple[Backend, int], db_url: str) -> None:
+    """Issue 51: `DELETE FROM sae_models WHERE model_id = 2` left its codes, co-occurrence and
+    labels behind, and no command removed a model. `saedb drop` removes the version, its
+    untrained control and every row of either; the other models keep all of theirs."""
+    from saedb.lineage import match_models
+    from saedb.models import publish_model
+    from saedb.sae import SAE
+    from saedb.trainer.train import publish_untrained
+
+    backend, model_id = labelled
+    control = publish_untrained(backend, model_id)
+    other = publish_model(backend, SAE.random(backend.model_row(model_id)["d_in"], 64, 4, seed=3), "other")
+    compute_cooccurrence(backend, model_id)
+    compute_cooccurrence(backend, other)
+    build_all_families(backend, model_id)
+    match_models(backend, model_id, other)
+    for evaluated in (model_id, other):
+        backend.execute("INSERT INTO eval_runs (model_id, judge, rewriter, queries, n_queries, seed, grid) "
+                        "VALUES (?, 'categories', 'none', 'titles', 1, 0, 'paper')", (evaluated,))
+    backend.execute("INSERT INTO eval_results SELECT run_id, 'add', 0.5, -0.5, 1, 0.9, 1.0, 0.0, 0 FROM eval_runs")
+
+    def rows_of(model: int) -> dict[str, int]:
+        counts = {table: backend.query(f"SELECT count(*) FROM {table} WHERE model_id = ?", (model,))[0][0]
+                  for table in (*backend.model_tables, "sae_models")}
+        counts["feature_matches"] = backend.query("SELECT count(*) FROM feature_matches WHERE ? IN (model_id, other_model_id)",
+                                                  (model,))[0][0]
+        counts["eval_results"] = backend.query("SELECT count(*) FROM eval_results r JOIN eval_runs e USING (run_id) "
+                                               "WHERE e.model_id = ?", (model,))[0][0]
+        return counts
+
+    before = rows_of(model_id)
+    assert all(before[table] for table in (backend.codes_table, "feature_labels", "feature_cooccurrence", "family_members",
+                                           "feature_matches", "eval_results", "model_holdout")), before
+    kept = rows_of(other)
+    orphans = backend.query("SELECT count(*) FROM eval_results")[0][0] - before["eval_results"]
+    result = CliRunner().invoke(app, ["drop", str(model_id), "--db", db_url])
+    assert result.exit_code == 0 and f"dropped model {model_id}, {control}" in result.output, result.output
+    assert set(rows_of(model_id).values()) == {0} and set(rows_of(control).values()) == {0}
+    assert rows_of(other) == {**kept, "feature_matches": 0}  # the matches named the dropped model
+    assert backend.query("SELECT count(*) FROM eval_results")[0][0] == orphans
+    unknown = CliRunner().invoke(app, ["drop", str(model_id), "--db", db_url])
+    assert unknown.exit_code == 2 and f"model {model_id}" in unknown.output, unknown.output

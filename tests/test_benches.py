@@ -49,8 +49,16 @@ def test_bench_search_runs_at_a_tiny_size() -> None:
     from, on 1,000 synthetic documents (the '1m' scale made small)."""
     printed = run_bench("bench_search.py", "--scales", "1m", "--docs", "1000")
     for row in ("numpy exact top-10 (baseline)", "saedb DuckDB HNSW ef=per query steered", "writable in snapshot()", "steered recall@10 with the beam chosen",
-                "faiss HNSW efSearch=100", "usearch HNSW ef=100", "Postgres HNSW ef_search=200 steered"):
+                "faiss HNSW efSearch=100", "usearch HNSW ef=100", "Postgres HNSW ef_search=200 steered", "the one kernel scoring the 10 hits"):
         assert row in printed, row
+
+
+def test_bench_follow_runs_at_a_tiny_size() -> None:
+    """An attached Postgres table searched through saedb beside pgvector by hand, and the triggers'
+    cost on bulk writes, at 2,000 and 1,000 rows."""
+    printed = run_bench("bench_follow.py", "--docs", "2000", "--trigger-docs", "1000")
+    for row in ("steered search p50: saedb through the workspace", "update of 100 rows:", "delete of 100 rows:", "insert of 100 rows:"):
+        assert row in printed, (row, printed)
 
 
 def test_bench_cluster_runs_at_a_tiny_size() -> None:

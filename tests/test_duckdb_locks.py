@@ -88,7 +88,7 @@ def test_train_waits_for_readers_only_at_write_back_and_read_commands_share_the_
     reader = hold(db, "read-only")
     try:
         assert runner.invoke(app, ["models", "--db", db]).exit_code == 0  # read-only beside a read-only process
-        assert runner.invoke(app, ["sql", "SELECT count(*) FROM papers", "--db", db]).output.strip() == "400"
+        assert runner.invoke(app, ["sql", "SELECT count(*) AS n FROM papers", "--db", db]).output.strip() == "n\n400"
         output = train_until_it_waits(db, reader)
         # it trained beside the reader and waited only to write back
         assert output.index("step 20/20") < output.index("waiting") < output.index("published model 1"), output
@@ -136,7 +136,7 @@ def test_a_file_held_read_only_by_plain_duckdb_opens_read_only_in_saedb_and_says
     from saedb.errors import ConfigurationError
 
     path = str(tmp_path / "held.duckdb")
-    saedb.connect(path).close()  # a saedb file with its schema
+    saedb.connect(path, create=True).close()  # a saedb file with its schema
     held = duckdb.connect(path, read_only=True)
     try:
         with pytest.raises(ConfigurationError, match=r"open it as the other connection does \(saedb.connect\(path, read_only=True\)"):

@@ -117,3 +117,11 @@ def test_an_embeddings_endpoint_that_refuses_is_a_clear_saedb_error(path: str, s
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_a_local_embedder_is_loaded_once_per_process() -> None:
+    """Issue 51: five `db.search(text)` calls loaded MiniLM's weights five times (230-630 ms each)."""
+    from saedb.embedders import get_embedder
+
+    assert get_embedder("wordllama-256") is get_embedder("wordllama-256")
+    assert get_embedder("minilm") is get_embedder("minilm")

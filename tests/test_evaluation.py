@@ -32,7 +32,7 @@ from saedb.loaders import load_corpus
 from saedb.search import Steering, search
 from saedb.trainer import TrainConfig
 from saedb.trainer.train import train_from_db
-from tests.conftest import ML, write_slice
+from tests.conftest import ML, assert_nearest_first, write_slice
 from tests.scripted_chat import ScriptedChatHandler, serving
 
 
@@ -119,7 +119,7 @@ def test_addition_ranks_as_the_sql_search_with_steer_many(evaluated: tuple[Backe
         (up,), (down,) = case.up.features, case.down.features
         steering = [Steering("feature", up, a_up, model_id, "add"), Steering("feature", down, a_down, model_id, "add")]
         in_sql = [hit.doc_id for hit in search(backend, case.vector, limit=10, steering=steering)]
-        assert index.top(add(sae, case, a_up, a_down)[None, :], 10) == [in_sql]
+        assert_nearest_first(in_sql, index.doc_ids, index.unit_rows, add(sae, case, a_up, a_down), 10)
 
 
 def test_title_queries_never_find_their_own_paper(evaluated: tuple[Backend, int]) -> None:

@@ -427,3 +427,23 @@ def test_an_llm_server_that_dies_mid_run_stops_it_in_one_line_and_the_rerun_asks
     assert not asked_again, f"{len(asked_again)} prompts asked twice"
     with connect(db_url, read_only=True) as reader:
         assert reader.query("SELECT count(*) FROM feature_labels WHERE labeller LIKE '%dying%'")[0][0] == 4
+
+
+def test_a_slow_endpoint_is_told_apart_from_an_unreachable_one() -> None:
+    """Issue 51: an endpoint that answered slowly was reported as "cannot reach the endpoint"."""
+    import socket
+
+    from saedb.openai_api import LLMUnavailableError, endpoint_errors, openai_client
+
+    with socket.socket() as silent:  # listens (the kernel completes the connection) and never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(4)
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}/v1"
+        client = openai_client(url, timeout_s=0.2, max_retries=0)
+        with pytest.raises(LLMUnavailableError, match=r"did not answer within .* reachable but slow"):
+            with endpoint_errors(client, "m"):
+                client.models.list()
+    client = openai_client(url, timeout_s=0.2, max_retries=0)  # closed now: nobody listens there
+    with pytest.raises(LLMUnavailableError, match="cannot reach the endpoint"):
+        with endpoint_errors(client, "m"):
+            client.models.list()

@@ -166,4 +166,4 @@ def test_cli_load_with_embeddings_needs_the_embedder_name(tmp_path: Path, astro_
     named = runner.invoke(app, ["load", str(astro_slice), "--db", db, "--embeddings", str(path), "--embedder", "wordllama-256"])
     assert named.exit_code == 0 and "added 400" in named.output
     bound = runner.invoke(app, ["sql", "SELECT value FROM saedb_meta WHERE key = 'embedder'", "--db", db])
-    assert bound.output.strip() == "wordllama-256"
+    assert bound.output.strip() == "value\nwordllama-256"

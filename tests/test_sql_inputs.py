@@ -8,7 +8,7 @@ import pytest
 
 from saedb.backends import Backend
 from saedb.errors import InvalidInputError
-from saedb.models import publish_model
+from saedb.models import drop_model, publish_model
 from saedb.sae import SAE
 from tests.test_sql_functions import DB_ERRORS
 
@@ -88,8 +88,7 @@ def test_retired_deleted_and_reused_model_ids_never_serve_stale_weights(loaded: 
     loaded.execute("UPDATE sae_models SET status = 'retired' WHERE model_id = ?", (first,))
     with pytest.raises(DB_ERRORS, match="unknown model"):
         loaded.query("SELECT sae_encode(?, ?)", (x, first))
-    for table in ("sae_codes", "sae_encoder", "sae_decoder", "sae_models"):
-        loaded.execute(f"DELETE FROM {table} WHERE model_id = ?", (first,))
+    assert drop_model(loaded, first) == [first]  # a retired version too
     reused = publish_model(loaded, SAE.random(d=256, n=128, k=4, seed=2), "cached")
     assert reused == first  # the id comes back with other weights
     assert len(loaded.query("SELECT unnest(sae_encode(?, ?))", (x, reused))) == 4

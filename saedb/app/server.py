@@ -29,6 +29,7 @@ from saedb.backends.handoff import duckdb_file, write_requested
 from saedb.backends.postgres import PostgresBackend, configure_reader
 from saedb.embedders import get_embedder
 from saedb.errors import DatabaseBusyError, SaedbError
+from saedb.search import document_vector
 
 STATIC = Path(__file__).resolve().parent / "static"
 STATIC_FILES = frozenset(p.name for p in STATIC.iterdir() if p.is_file())
@@ -203,19 +204,18 @@ def _year(params: dict[str, list[str]], name: str) -> int | None:
 class App:
     def __init__(self, url: str, pool_size: int = 8, timeout_s: float = 10.0) -> None:
         self.pool = BackendPool(url, pool_size, timeout_s)
-        embedder_name, _ = self.pool.primary.require_embedder()
-        self.embedder = get_embedder(embedder_name)
-        self.embed_lock = threading.Lock()
+        self.embedder_name, _ = self.pool.primary.require_embedder()  # loaded by the first text search: a workspace
+        self.embed_lock = threading.Lock()                            # whose vectors saedb cannot embed serves the rest
 
     def embed(self, text: str) -> np.ndarray:
         with self.embed_lock:
-            return self.embedder.embed([text])[0]
+            return get_embedder(self.embedder_name).embed([text])[0]
 
     def route(self, path: str, params: dict[str, list[str]]) -> Any:
         endpoints: dict[str, Callable[[Backend], Any]] = {
             "/api/models": lambda b: api.models(b),
-            "/api/search": lambda b: api.search(
-                b, self.embed, self._text(params), _int(params, "model"), _pairs(params, "f"), _pairs(params, "fam"),
+            "/api/search": lambda b: api.search(  # q: a text; doc: a document's key, searched for documents like it
+                b, *self._query(b, params), _int(params, "model"), _pairs(params, "f"), _pairs(params, "fam"),
                 _int(params, "limit", 10, 1, 100), params.get("corpus", [None])[0] or None,
                 _year(params, "year_from"), _year(params, "year_to")),
             "/api/corpora": lambda b: api.corpora(b),
@@ -233,6 +233,13 @@ class App:
             raise api.ApiError(404, f"no such endpoint {path}")
         with self.pool.borrow() as backend:
             return endpoints[path](backend)
+
+    def _query(self, backend: Backend, params: dict[str, list[str]]) -> tuple[Callable[[str], np.ndarray], str]:
+        """(how the query becomes a vector, the query): the text q, or the document named by doc."""
+        key = params.get("doc", [""])[0].strip()
+        if key:
+            return (lambda name: document_vector(backend, name)), key[:200]
+        return self.embed, self._text(params)
 
     @staticmethod
     def _text(params: dict[str, list[str]]) -> str:

@@ -50,7 +50,8 @@ from typing import Any, Callable, Iterable, Protocol
 
 import numpy as np
 
-from saedb.backends.exact_index import LOAD_BLOCK, ReadRange, Stamp, ranked, read_unit_rows, stamp_of
+from saedb.backends.exact_index import (LOAD_BLOCK, ReadRange, Stamp, candidates, ordered, read_unit_rows, scored,
+                                        stamp_of)
 from saedb.backends.filter_graphs import CONNECTIVITY, EXPANSION_ADD, Allowed, new_index, walked
 from saedb.sae import unit_rows
 
@@ -124,12 +125,6 @@ def fingerprint(path: Path) -> str:
 
 def empty_answer() -> tuple[np.ndarray, np.ndarray]:
     return np.zeros(0, np.int64), np.zeros(0, np.float32)
-
-
-def ordered(doc_ids: np.ndarray, distances: np.ndarray, limit: int) -> tuple[np.ndarray, np.ndarray]:
-    """The ``limit`` nearest, ties by doc id."""
-    order = np.lexsort((doc_ids, distances))[:limit]
-    return doc_ids[order].astype(np.int64), distances[order].astype(np.float32)
 
 
 def owned_copy(index: Any) -> Any:
@@ -215,9 +210,14 @@ class Graph:
             selector = faiss.IDSelectorBitmap(len(self.labels), faiss.swig_ptr(self.live_bits))
         return walked(self.index, query, count, expansion, selector)
 
+    def scored(self, query: np.ndarray, positions: np.ndarray, limit: int) -> tuple[np.ndarray, np.ndarray]:
+        """The ``limit`` nearest of these positions' rows by exact_index's one kernel."""
+        return scored(query, self.labels[positions], self.vectors[positions], limit)
+
     def ranked_exactly(self, query: np.ndarray, positions: np.ndarray, limit: int) -> tuple[np.ndarray, np.ndarray]:
-        found, distances = ranked((self.vectors[positions] @ query)[None, :], self.labels[positions], limit)
-        return found[0], distances[0]
+        vectors = self.vectors[positions]
+        chosen = candidates(vectors @ query, limit)
+        return scored(query, self.labels[positions[chosen]], vectors[chosen], limit)
 
 
 def built_from(blocks: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> Graph | None:
@@ -397,7 +397,8 @@ class ApproximateIndex:
     def nearest(self, query: np.ndarray, limit: int, subset: Subset | None = None,
                 expansion: int = EXPANSION_SEARCH) -> tuple[np.ndarray, np.ndarray]:
         """About the ``limit`` nearest doc ids (within ``subset``) and their cosine distances,
-        nearest first, ties by doc id; ``expansion`` is the beam (ef) of an unfiltered search."""
+        nearest first, ties by doc id; ``expansion`` is the beam (ef) of an unfiltered search.
+        The walk finds the candidates, exact_index's one kernel scores them (``Graph.scored``)."""
         query = unit_rows(np.asarray(query, np.float32)[None, :])[0]
         with nullcontext() if self.frozen else self.lock:
             graph = self.current
@@ -405,18 +406,18 @@ class ApproximateIndex:
                 return empty_answer()
             live = len(graph.doc_ids)
             if subset is None:
-                positions, distances = graph.walk(query, min(limit, live), expansion)
-                return ordered(graph.labels[positions], distances, limit)
+                positions, _ = graph.walk(query, min(limit, live), expansion)
+                return graph.scored(query, positions, limit)
             allowed = graph.allowed(subset)
             if allowed.graph is not None:
-                positions, distances = allowed.walk(query, limit, expansion)
-                return ordered(graph.labels[positions], distances, limit)
+                positions, _ = allowed.walk(query, limit, expansion)
+                return graph.scored(query, positions, limit)
             count = len(allowed.positions)
             fetch = min(live, math.ceil(OVERFETCH * limit * live / max(count, 1)))
             while count and count * ROW_US > EF_PER_CANDIDATE * fetch * EF_US:
-                positions, distances = graph.walk(query, fetch, max(expansion, math.ceil(EF_PER_CANDIDATE * fetch)))
+                positions, _ = graph.walk(query, fetch, max(expansion, math.ceil(EF_PER_CANDIDATE * fetch)))
                 keep = allowed.mask[positions]
                 if keep.sum() >= limit or fetch >= live:
-                    return ordered(graph.labels[positions[keep]], distances[keep], limit)
+                    return graph.scored(query, positions[keep], limit)
                 fetch = min(live, fetch * 4)
             return graph.ranked_exactly(query, allowed.positions, limit) if count else empty_answer()

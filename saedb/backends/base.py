@@ -51,6 +51,15 @@ class Backend(ABC):
     dialect: str
     schema_files: tuple[str, ...]
     in_process_search: bool = False  # True: nearest() ranks exactly in this process (else SQL ranks)
+    # Every table with rows of a model version, by its model_id (saedb.models.drop_model): eval_results
+    # hangs off eval_runs, feature_matches names a model in two columns, sae_models goes last.
+    model_tables: tuple[str, ...] = ("model_holdout", "sae_encoder", "sae_decoder", "feature_labels", "label_controls",
+                                     "feature_cooccurrence", "family_members", "feature_families", "eval_runs")
+    codes_table = "sae_codes"  # where codes are written (and read without a check)
+    coded_table = "sae_codes"  # a (model_id, doc_id) row for every document a model's codes were written for
+    # The documents of a model (its id the parameter) whose codes no longer describe the table: here, removed ones.
+    changed_documents_sql = ("SELECT DISTINCT c.doc_id FROM sae_codes c WHERE c.model_id = ? "
+                             "AND NOT EXISTS (SELECT 1 FROM embeddings e WHERE e.doc_id = c.doc_id)")
 
     # --- driver primitives -------------------------------------------------
     @abstractmethod
@@ -60,6 +69,10 @@ class Backend(ABC):
     @abstractmethod
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
         """Run one statement with ``?`` placeholders and return all rows."""
+
+    @abstractmethod
+    def named_query(self, sql: str, params: Sequence[Any] = ()) -> tuple[list[str], list[tuple]]:
+        """Like ``query``, with the result's column names (none for a statement without a result)."""
 
     @abstractmethod
     def arrow(self, sql: str, params: Sequence[Any] = ()) -> pa.Table:

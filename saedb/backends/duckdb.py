@@ -14,6 +14,7 @@ from saedb.arrow_vectors import fixed_size_vectors, hashed_rows, ids_and_vectors
 from saedb.backends.approximate_index import APPROXIMATE_FROM, EXPANSION_SEARCH, ApproximateIndex, steered_expansion
 from saedb.backends.base import Backend, DocumentBatch
 from saedb.backends.duckdb_files import SearchIndexes, SharedDatabase, in_schema, shadow_functions
+from saedb.backends.duckdb_upgrades import after_scripts, before_scripts, drop_stand_in
 from saedb.backends.exact_index import STAMP_COLUMNS, STAMP_SQL, ExactIndex, Stamp
 from saedb.backends.paper_rows import PAPER_ROWS_SQL, PAPERS_STAMP_SQL, PaperTable
 from saedb.errors import ConfigurationError, DatabaseBusyError, InvalidInputError
@@ -55,6 +56,10 @@ class DuckDBBackend(Backend):
     dialect = "duckdb"
     in_process_search = True
     schema_files = ("schema.sql", "views.sql", "analytics.sql")
+    model_tables = (*Backend.model_tables, "sae_code_rows", "coded_documents")
+    codes_table, coded_table = "sae_code_rows", "coded_documents"
+    changed_documents_sql = ("SELECT c.doc_id FROM coded_documents c WHERE c.model_id = ? AND NOT EXISTS "
+                             "(SELECT 1 FROM embeddings e WHERE e.doc_id = c.doc_id AND e.embedding_hash = c.embedding_hash)")
 
     def __init__(self, path: str, con: duckdb.DuckDBPyConnection | None = None, read_only: bool = False,
                  schema: str | None = None, indexes: SearchIndexes | None = None, database: SharedDatabase | None = None) -> None:
@@ -82,20 +87,14 @@ class DuckDBBackend(Backend):
             self.close()
             raise
 
+    def migrate(self, read_only: bool = False) -> None:
+        """As Backend.migrate, with what the schema's views read in place first (saedb.backends.duckdb_upgrades)."""
+        if not read_only:
+            before_scripts(self)
+        super().migrate(read_only)
+
     def upgrade_tables(self) -> None:
-        """An embeddings table from before content hashes is copied once into the current one,
-        each row with its hash (DuckDB cannot add a CHECK constraint to a table)."""
-        columns = {name for (name,) in self.query(
-            "SELECT c.column_name FROM information_schema.columns c JOIN information_schema.tables t USING (table_schema, table_name) "
-            "WHERE table_name = 'embeddings' AND table_schema = current_schema() AND t.table_type = 'BASE TABLE'")}
-        bound = self.embedder()
-        if not columns or "embedding_hash" in columns or bound is None:
-            return
-        with self.transaction():
-            self.run_script(read_sql(self.dialect, "embeddings.sql", dim=bound[1], table="embeddings_upgrade"))
-            self.execute("INSERT INTO embeddings_upgrade SELECT doc_id, embedding, hash(embedding) FROM embeddings")
-            self.execute("DROP TABLE embeddings")
-            self.execute("ALTER TABLE embeddings_upgrade RENAME TO embeddings")
+        after_scripts(self)
 
     def _in_schema(self, con: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
         return in_schema(con, self.schema)
@@ -147,6 +146,7 @@ class DuckDBBackend(Backend):
         return sibling
 
     def bind_embedder(self, name: str, dim: int) -> None:
+        drop_stand_in(self)
         super().bind_embedder(name, dim)
         self.ensure_sql_macros()
         self._ensure_udfs()  # vectors now come back as FLOAT[dim]
@@ -155,10 +155,13 @@ class DuckDBBackend(Backend):
         self.con.execute(sql, list(params))
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
+        return self.named_query(sql, params)[1]
+
+    def named_query(self, sql: str, params: Sequence[Any] = ()) -> tuple[list[str], list[tuple]]:
         result = self.con.execute(sql, list(params))
         if result is None:  # DuckDB's answer to a text without a statement: empty, ";" or only a comment
             raise InvalidInputError("the SQL text holds no statement")
-        return result.fetchall()
+        return [column[0] for column in result.description or ()], result.fetchall()
 
     def arrow(self, sql: str, params: Sequence[Any] = ()) -> pa.Table:
         relation = self.con.sql(sql, params=list(params) or None)
@@ -292,16 +295,14 @@ class DuckDBBackend(Backend):
 
     def copy_codes(self, model_id: int, doc_ids: np.ndarray, codes: SparseCodes) -> None:
         active = codes.active_mask()
-        rows = pa.table(
-            {
-                "model_id": pa.array(np.full(int(active.sum()), model_id, dtype=np.int32)),
-                "doc_id": pa.array(np.repeat(doc_ids.astype(np.int64), active.sum(axis=1))),
-                "feature_id": pa.array(codes.indices[active]),
-                "activation": pa.array(codes.values[active]),
-            }
-        )
-        with self.staged(stage_codes=rows):
-            self.con.execute("INSERT INTO sae_codes SELECT * FROM stage_codes")
+        rows = pa.table({"model_id": pa.array(np.full(int(active.sum()), model_id, dtype=np.int32)),
+                         "doc_id": pa.array(np.repeat(doc_ids.astype(np.int64), active.sum(axis=1))),
+                         "feature_id": pa.array(codes.indices[active]), "activation": pa.array(codes.values[active])})
+        with self.staged(stage_codes=rows, stage_coded=pa.table({"doc_id": pa.array(doc_ids.astype(np.int64))})):
+            self.con.execute("INSERT INTO sae_code_rows SELECT * FROM stage_codes")
+            # in the transaction that read the vectors: the hashes are those the codes were computed from
+            self.con.execute("INSERT INTO coded_documents SELECT ?, e.doc_id, e.embedding_hash FROM embeddings e "
+                             "JOIN stage_coded s ON s.doc_id = e.doc_id", [model_id])
 
     def iter_embeddings(self, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Range scans of ``batch_size`` doc ids (batches are smaller where ids have gaps): an

@@ -8,6 +8,13 @@ embeddings' doc ids and the sum of their ``embedding_hash`` (the table checks th
 statement that reads the hits' papers (once, on a read-only instance: no process can write the
 file while it is open): on a difference, rows added after the last search are appended, any
 other change (a deleted or rewritten row) reloads the matrix, and the search is done again.
+
+One query, one answer: BLAS and faiss's SIMD kernels only choose candidates (their last bits
+depend on the CPU's vector width, on the shape of the product and, in faiss's walk, on whether a
+row was scored in a batch of four); every search path, exact or approximate, ends in
+``scored``: each candidate's distance by ``distances_to``, one kernel that sums each row on its
+own, in float64, and rounds once. So a hit's distance, and the order of hits, do not depend on
+the index that found it, its state (appended, reloaded, re-synced, rebuilt) or the rows around it.
 """
 
 from __future__ import annotations
@@ -39,6 +46,42 @@ def unhashed(read_range: Callable[[int, int], tuple[np.ndarray, np.ndarray]]) ->
         ids, vectors = read_range(first, stop)
         return ids, vectors, np.zeros(len(ids), np.uint64)
     return read
+
+
+# Float32 dot products of unit vectors are within d * 2^-24 of exact (2.3e-5 at d = 384): a row
+# whose float32 similarity is within this margin of the limit-th may be among the limit nearest.
+RANK_MARGIN = 1e-4
+
+
+def distances_to(query: np.ndarray, unit_rows: np.ndarray) -> np.ndarray:
+    """The cosine distance of ``query`` to each of ``unit_rows``, as float32: the one kernel every
+    search ends in. Products of float32 values are exact in float64 and each row is summed on
+    its own, in an order fixed by its length, so a row's distance does not depend on the rows
+    scored with it, nor on the index that found it."""
+    unit_query = np.asarray(query, np.float64) / np.linalg.norm(np.asarray(query, np.float64))
+    return (1.0 - (np.asarray(unit_rows, np.float64) * unit_query).sum(axis=1)).astype(np.float32)
+
+
+def ordered(doc_ids: np.ndarray, distances: np.ndarray, limit: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``limit`` nearest, ties by doc id."""
+    order = np.lexsort((doc_ids, distances))[:limit]
+    return doc_ids[order].astype(np.int64), distances[order].astype(np.float32)
+
+
+def scored(query: np.ndarray, doc_ids: np.ndarray, unit_rows: np.ndarray, limit: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``limit`` nearest of these candidates by ``distances_to``, ties by doc id."""
+    if not len(doc_ids):
+        return np.zeros(0, np.int64), np.zeros(0, np.float32)
+    return ordered(np.asarray(doc_ids), distances_to(query, unit_rows), limit)
+
+
+def candidates(similarity: np.ndarray, limit: int) -> np.ndarray:
+    """The indices of one query's ``similarity`` (float32, approximate) that may be among its
+    ``limit`` most similar once scored exactly: every one within RANK_MARGIN of the limit-th."""
+    if len(similarity) <= limit:
+        return np.arange(len(similarity))
+    kth = np.partition(similarity, len(similarity) - limit)[len(similarity) - limit]
+    return np.flatnonzero(similarity >= kth - RANK_MARGIN)
 
 
 def ranked(similarity: np.ndarray, doc_ids: np.ndarray, limit: int) -> tuple[np.ndarray, np.ndarray]:
@@ -108,27 +151,30 @@ class ExactIndex:
                 self.unit_rows = np.concatenate([self.unit_rows, unit]) if len(self.unit_rows) else unit
             self.stamp = stamp_of(self.doc_ids, self.hashes)
 
-    def similarity(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Cosine similarity of each query (rows) to every held row, and the doc ids they belong to."""
+    def similarity(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Cosine similarity of each query (rows) to every held row (float32, by BLAS), and the
+        doc ids and unit rows they belong to."""
         queries = np.atleast_2d(np.asarray(queries, np.float32))
         with self.lock:
-            if not len(self.doc_ids):
-                return np.zeros((len(queries), 0), np.float32), self.doc_ids
-            return (queries / np.linalg.norm(queries, axis=1, keepdims=True)) @ self.unit_rows.T, self.doc_ids
+            doc_ids, unit_rows = self.doc_ids, self.unit_rows
+        if not len(doc_ids):
+            return np.zeros((len(queries), 0), np.float32), doc_ids, unit_rows
+        return (queries / np.linalg.norm(queries, axis=1, keepdims=True)) @ unit_rows.T, doc_ids, unit_rows
 
     def nearest(self, query: np.ndarray, limit: int, allowed: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """The ``limit`` nearest doc ids (among ``allowed``, if given) and their cosine distances,
-        nearest first (ties by doc id)."""
-        similarity, doc_ids = self.similarity(query)
-        if allowed is not None:
-            keep = np.isin(doc_ids, np.asarray(allowed, dtype=np.int64))
-            doc_ids, similarity = doc_ids[keep], similarity[:, keep]
-        ids, distances = ranked(similarity, doc_ids, limit)
-        return ids[0], distances[0]
+        nearest first (ties by doc id): BLAS chooses the candidates, ``scored`` ranks them."""
+        similarity, doc_ids, unit_rows = self.similarity(query)
+        if allowed is None:
+            chosen = candidates(similarity[0], limit)
+        else:
+            rows = np.flatnonzero(np.isin(doc_ids, np.asarray(allowed, dtype=np.int64)))
+            chosen = rows[candidates(similarity[0, rows], limit)]
+        return scored(query, doc_ids[chosen], unit_rows[chosen], limit)
 
     def top(self, queries: np.ndarray, limit: int, exclude: int | None = None) -> list[list[int]]:
         """For each query, the ``limit`` nearest doc ids (best first), never ``exclude``."""
-        similarity, doc_ids = self.similarity(queries)
+        similarity, doc_ids, _ = self.similarity(queries)
         if exclude is not None:
             similarity[:, doc_ids == exclude] = -np.inf
         return ranked(similarity, doc_ids, limit)[0].tolist()

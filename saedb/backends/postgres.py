@@ -93,6 +93,7 @@ def configure_reader(conn: psycopg.Connection, statement_timeout_ms: int) -> Non
 class PostgresBackend(Backend):
     dialect = "postgres"
     schema_files = ("schema.sql", "functions.sql", "views.sql", "analytics.sql")
+    model_tables = (*Backend.model_tables, "sae_codes", "sae_auto_encode")
 
     def __init__(self, dsn: str, read_only: bool = False, statement_timeout_ms: int = 10_000,
                  conn: psycopg.Connection | None = None) -> None:
@@ -135,6 +136,11 @@ class PostgresBackend(Backend):
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
         with self.naming_the_server():
             return self.conn.execute(*to_psycopg(sql, params)).fetchall()
+
+    def named_query(self, sql: str, params: Sequence[Any] = ()) -> tuple[list[str], list[tuple]]:
+        with self.naming_the_server(), self.conn.cursor() as cur:
+            cur.execute(*to_psycopg(sql, params))
+            return [c.name for c in cur.description or ()], cur.fetchall() if cur.description is not None else []
 
     def arrow(self, sql: str, params: Sequence[Any] = ()) -> pa.Table:
         with self.naming_the_server(), self.conn.cursor() as cur:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Optional
 
 import typer
@@ -19,7 +20,9 @@ from saedb.models import resolve_model
 
 @app.command()
 def search(
-    query: str = typer.Argument(..., help="Search text."),
+    query: Optional[str] = typer.Argument(None, help="Search text (or --like)."),
+    like: Optional[str] = typer.Option(None, help="Search for documents like this one (its arXiv id, or an attached "
+                                                  "table's key) instead of a text: no text embedder needed."),
     db: str = DbOption,
     model: Optional[str] = typer.Option(None, help="Model id or name, to steer."),
     feature: Optional[int] = typer.Option(None, help="Steer along this feature."),
@@ -33,7 +36,7 @@ def search(
     exact: bool = typer.Option(False, help="Rank every document, not the approximate index (HNSW)."),
 ) -> None:
     """Semantic search, optionally steered by a feature, a label or a family."""
-    from saedb.search import Within, chosen_steering
+    from saedb.search import Within, chosen_steering, document_vector
     from saedb.search import search as run_search
 
     try:
@@ -42,12 +45,14 @@ def search(
                                        (lambda: resolve_model(backend, model)) if model is not None else None)
             if model is not None and not steering:
                 resolve_model(backend, model)  # a model named is checked, steered by or not
-            if not query.strip():
+            if (query is None) == (like is None):
+                raise InvalidInputError("give a search text or --like KEY (one of them)")
+            if like is None and not query.strip():
                 raise InvalidInputError("the search text is empty")
-            embedder = get_embedder(backend.require_embedder()[0])
+            embedder = get_embedder(backend.require_embedder()[0]) if like is None or label is not None else None
             if label is not None and steering:
                 typer.echo(steering_note(backend, steering[0].model_id, label, embedder)[0], err=True)
-            vector = embedder.embed([query])[0]
+            vector = document_vector(backend, like) if like is not None else embedder.embed([query])[0]
             hits = run_search(backend, vector, limit, steering, corpus, year_from, year_to, exact)
             for hit in hits:
                 typer.echo(f"{hit.distance:.3f}  {hit.arxiv_id}  {hit.year}  {hit.title}")
@@ -123,20 +128,23 @@ def slopes(
 
 
 READ_STATEMENTS = ("select", "with", "show", "describe", "explain", "table", "values")
+LEADING = re.compile(r"(\s|\(|--[^\n]*(\n|$)|/\*.*?\*/)*", re.S)  # white space, parentheses and comments
 
 
 def is_read_only(statement: str) -> bool:
     """Whether a statement only reads (then the database opens read-only, beside other processes)."""
-    words = statement.lstrip(" \t\n(").split(None, 1)
+    words = statement[LEADING.match(statement).end():].split(None, 1)
     return bool(words) and words[0].lower() in READ_STATEMENTS
 
 
-@app.command()
+# ignore_unknown_options: a statement that begins with a comment ("-- ...") is the argument, not an option.
+@app.command(context_settings={"ignore_unknown_options": True})
 def sql(query: str = typer.Argument(..., help="SQL to run; saedb's functions are available."), db: str = DbOption) -> None:
-    """Run one SQL statement and print the rows as tab-separated values."""
+    """Run one SQL statement and print its column names, then its rows, as tab-separated values."""
     try:
-        with connect(db, read_only=is_read_only(query)) as backend:
-            for row in backend.query(query):
+        with connect(db, read_only=is_read_only(query), create=False) as backend:
+            names, rows = backend.named_query(query)
+            for row in ([tuple(names)] if names else []) + rows:
                 typer.echo("\t".join(str(v) for v in row))
     except USER_ERRORS as exc:
         fail(exc)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import typer
 
+import saedb
+
 from saedb.backends import DATABASE_ERRORS, DEFAULT_DB, user_message
 from saedb.errors import SaedbError
 from saedb.interp import LLMLabeller, OfflineLabeller, corpus_stats
@@ -14,6 +16,17 @@ app = typer.Typer(help="Sparse-autoencoder features for text embeddings, inside 
 DbOption = typer.Option(DEFAULT_DB, "--db", help="DuckDB file path or postgresql:// DSN.", envvar="SAEDB_DB")
 
 USER_ERRORS = (SaedbError, *DATABASE_ERRORS)
+
+
+def print_version(asked: bool) -> None:
+    if asked:
+        typer.echo(f"saedb {saedb.__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def options(_: bool = typer.Option(False, "--version", callback=print_version, is_eager=True, help="Print saedb's version and exit.")) -> None:
+    pass
 
 
 def fail(exc: Exception) -> None:

@@ -8,14 +8,14 @@ from typing import Optional
 
 import typer
 
-from saedb.attach import Attachment, attach_table, describe_skipped
+from saedb.attach import Attachment, attach_table, describe_skipped, missing_index_hint
 from saedb.backends import connect, mask_dsn
 from saedb.backends.duckdb import DuckDBBackend
 from saedb.cli.common import USER_ERRORS, DbOption, app, fail
 from saedb.embedders import DEFAULT_EMBEDDER
-from saedb.encode import encode_new_documents, pending_documents
+from saedb.encode import encode_new_documents
 from saedb.errors import InvalidInputError, OlderSchemaError
-from saedb.models import resolve_model
+from saedb.models import ready_models, resolve_model
 
 
 @app.command()
@@ -57,35 +57,42 @@ def attach(
 ) -> None:
     """Work on an existing table without copying it: then use --db 'URL?schema=SCHEMA' with any command."""
     try:
-        with attach_table(db, schema, Attachment(table, key, vector, title, text, year), embedder) as backend:
-            count = backend.count("doc_keys")
+        attachment = Attachment(table, key, vector, title, text, year)
+        with attach_table(db, schema, attachment, embedder) as backend:
+            count, hint = backend.count("doc_keys"), missing_index_hint(backend, attachment)
     except USER_ERRORS as exc:
         fail(exc)
     typer.echo(f"attached {table}: {count} rows; use --db '{mask_dsn(db)}{'&' if '?' in db else '?'}schema={schema}'")
+    if hint:
+        typer.echo(hint, err=True)
 
 
 @app.command()
 def encode(
-    model: str = typer.Argument(..., help="Model id or name (latest version)."),
+    model: Optional[str] = typer.Argument(None, help="Model id or name (latest version); every published model if left out."),
     db: str = DbOption,
     batch_size: int = typer.Option(4096, help="Documents encoded and committed per batch."),
 ) -> None:
-    """Write codes for the documents that have none for MODEL (new rows; resumable, idempotent)."""
+    """Bring codes up to the table: remove those of documents removed or rewritten since they were
+    encoded, encode the documents without codes (new and rewritten rows; resumable, idempotent)."""
     from tqdm import tqdm
 
     try:
-        with connect(db) as backend:
-            model_id = resolve_model(backend, model)
-            pending = pending_documents(backend, model_id)
-            typer.echo(f"model {model_id}: {pending} documents pending")
-            with tqdm(total=pending, desc="encoding", unit="doc") as bar:
-                report = encode_new_documents(backend, model_id, batch_size, progress=bar.update)
+        with connect(db, create=False) as backend:
+            models = [resolve_model(backend, model)] if model is not None else ready_models(backend)
+            if not models:
+                raise InvalidInputError("no published model to encode for: `saedb train` publishes one")
+            for model_id in models:
+                with tqdm(desc=f"encoding for model {model_id}", unit="doc") as bar:
+                    report = encode_new_documents(backend, model_id, batch_size, progress=bar.update)
+                if report.skipped:
+                    typer.echo(describe_skipped(report.skipped), err=True)
+                typer.echo(f"model {model_id}: " + (
+                    f"removed the codes of {report.forgotten} documents removed or rewritten since they were encoded; "
+                    if report.forgotten else "") + f"encoded {report.encoded} documents" + (
+                    f"; {report.without_features} have no active feature" if report.without_features else ""))
     except USER_ERRORS as exc:
         fail(exc)
-    if report.skipped:
-        typer.echo(describe_skipped(report.skipped), err=True)
-    typer.echo(f"encoded {report.encoded} documents" + (
-        f"; {report.without_features} have no active feature (checked again next time)" if report.without_features else ""))
 
 
 @app.command()
@@ -99,7 +106,7 @@ def upgrade(db: str = DbOption) -> None:
                 return
         except OlderSchemaError:
             pass
-        with connect(db):  # a writable connection applies the schema (Backend.migrate)
+        with connect(db, create=False):  # a writable connection applies the schema (Backend.migrate)
             typer.echo(f"{mask_dsn(db)} upgraded to this saedb version's schema")
     except USER_ERRORS as exc:
         fail(exc)
@@ -110,7 +117,7 @@ def index(db: str = DbOption) -> None:
     """Build the approximate search index (HNSW) of a DuckDB file's embeddings, beside the file;
     searches use it from then on (loads build it from APPROXIMATE_FROM documents)."""
     try:
-        with connect(db) as backend:
+        with connect(db, create=False) as backend:
             if not isinstance(backend, DuckDBBackend):
                 raise InvalidInputError("saedb index is for DuckDB files: Postgres keeps its HNSW index in the database")
             started = time.perf_counter()

@@ -73,7 +73,7 @@ def evaluate_steering(
     from tqdm import tqdm
 
     try:
-        with connect(db) as backend:
+        with connect(db, create=False) as backend:
             model_id = resolve_model(backend, model)
             database_embedder = backend.require_embedder()[0]
             query_list = file_queries(queries) if queries else title_queries(backend, n_queries, seed)

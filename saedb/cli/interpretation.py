@@ -35,7 +35,7 @@ def interp(
     """Label features and score the labels (interpreter + predictor, round trip), beside an untrained control."""
     chat = None
     try:
-        with connect(db) as backend:
+        with connect(db, create=False) as backend:
             model_id = resolve_model(backend, model)
             chat, workers = chat_model(backend, llm, protocol, max_tokens, timeout, concurrency) if llm else (None, concurrency or 8)
             try:
@@ -103,7 +103,7 @@ def families(
     from saedb.families import build_families, llm_family_namer, offline_family_name
 
     try:
-        with connect(db) as backend:
+        with connect(db, create=False) as backend:
             model_id = resolve_model(backend, model)
             chat = chat_model(backend, llm, protocol, max_tokens, timeout, None)[0] if llm else None
             labeller = labeller_for(backend, chat, family=True)

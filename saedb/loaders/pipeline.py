@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from saedb.backends import Backend, DocumentBatch
 from saedb.embedders import Embedder, get_embedder, known_dim, runnable_here
+from saedb.encode import encode_every_model
 from saedb.errors import ConfigurationError, InvalidInputError, require_at_least_one
 from saedb.iterate import chunked
 from saedb.loaders.corpus import Paper, RowError, check_source, ignored_columns, read_papers
@@ -43,6 +44,7 @@ class LoadReport:
     unmatched_vectors: int | None = None  # vectors in an embeddings file with no paper in this load
     ignored_columns: list[str] = field(default_factory=list)  # columns of the file saedb does not read
     first_errors: list[RowError] = field(default_factory=list)
+    models_encoded: list[int] = field(default_factory=list)  # published models whose codes the load brought up to date
 
     def summary(self) -> str:
         text = (
@@ -51,6 +53,8 @@ class LoadReport:
         )
         if self.ignored_columns:
             text += f"\n  ignored columns: {', '.join(self.ignored_columns)}"
+        if self.models_encoded:
+            text += f"\n  codes of model {', '.join(map(str, self.models_encoded))} brought up to date"
         if self.unmatched_vectors:
             text += f"\n  {self.unmatched_vectors} vectors of the embeddings file have no paper in this load"
         for err in self.first_errors:
@@ -122,9 +126,12 @@ def load_corpus(
     batch_size: int = 1024,
     corpus: str | None = None,
     progress: bool = True,
+    encode: bool = True,
 ) -> LoadReport:
     """Load the first ``limit`` valid papers of ``path`` (all if None) with their embeddings:
-    computed by ``embedder``, or read from ``embeddings`` (made by the embedder so named)."""
+    computed by ``embedder``, or read from ``embeddings`` (made by the embedder so named).
+    Then every published model's codes are brought up to the table, unless ``encode`` is False
+    (several loads, one encode after them: until then codes are behind and say so)."""
     require_at_least_one(limit=limit, batch_size=batch_size)
     path = Path(path)
     check_source(path)
@@ -198,6 +205,8 @@ def load_corpus(
         with backend.transaction():
             backend.record_load_errors(source, [(e.line, e.reason, e.raw) for e in pending_errors])
     backend.create_embeddings_index()
+    if report.added and encode:  # the published models' codes follow the table, as its indexes do
+        report.models_encoded = sorted(encode_every_model(backend))
     if vectors is not None:
         report.unmatched_vectors = vectors.unmatched(seen.keys() | present)
     return report

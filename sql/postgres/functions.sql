@@ -328,6 +328,71 @@ BEGIN
     RETURN NULL;
 END $$;
 
+-- Codes follow the embeddings table as an index does, for every published model, in the writing
+-- statement's own transaction (statement-level triggers: one pass per statement, not per row).
+-- The codes of documents that left (a DELETE) or changed (an UPDATE of a vector) are removed,
+-- with their share of the co-occurrence counts and of n_documents.
+CREATE OR REPLACE FUNCTION saedb_document_pairs(ids bigint[])
+RETURNS TABLE (model_id integer, i integer, j integer, n bigint) LANGUAGE sql STABLE AS $$
+    SELECT a.model_id, a.feature_id, b.feature_id, count(*)
+    FROM sae_codes a JOIN sae_codes b ON b.model_id = a.model_id AND b.doc_id = a.doc_id AND b.feature_id >= a.feature_id
+    WHERE a.doc_id = ANY(ids) GROUP BY a.model_id, a.feature_id, b.feature_id
+$$;
+
+CREATE OR REPLACE FUNCTION saedb_forget_documents(ids bigint[]) RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE feature_cooccurrence f SET n_docs = f.n_docs - p.n FROM saedb_document_pairs(ids) p
+    WHERE f.model_id = p.model_id AND f.feature_i = p.i AND f.feature_j = p.j;
+    DELETE FROM feature_cooccurrence f USING saedb_document_pairs(ids) p
+    WHERE f.model_id = p.model_id AND f.feature_i = p.i AND f.feature_j = p.j AND f.n_docs <= 0;
+    WITH removed AS (
+        DELETE FROM sae_codes WHERE doc_id = ANY(ids) RETURNING model_id, doc_id
+    ), per_model AS (
+        SELECT model_id, count(DISTINCT doc_id) AS n FROM removed GROUP BY model_id
+    )
+    UPDATE sae_models s SET n_documents = coalesce(s.n_documents, 0) - p.n FROM per_model p WHERE s.model_id = p.model_id;
+END $$;
+
+-- ... and rewritten vectors are encoded again by every published model, their pairs counted where
+-- the model has co-occurrence counts.
+CREATE OR REPLACE FUNCTION saedb_encode_documents(ids bigint[]) RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    WITH written AS (
+        INSERT INTO sae_codes (model_id, doc_id, feature_id, activation)
+        SELECT m.model_id, e.doc_id, f.feature_id, f.activation
+        FROM sae_models m CROSS JOIN embeddings e CROSS JOIN LATERAL unnest(sae_encode(e.embedding, m.model_id)) f
+        WHERE m.status = 'ready' AND e.doc_id = ANY(ids)
+        RETURNING model_id, doc_id
+    ), per_model AS (
+        SELECT model_id, count(DISTINCT doc_id) AS n FROM written GROUP BY model_id
+    )
+    UPDATE sae_models s SET n_documents = coalesce(s.n_documents, 0) + p.n FROM per_model p WHERE s.model_id = p.model_id;
+    INSERT INTO feature_cooccurrence (model_id, feature_i, feature_j, n_docs)
+    SELECT p.model_id, p.i, p.j, p.n FROM saedb_document_pairs(ids) p
+    WHERE EXISTS (SELECT 1 FROM feature_cooccurrence c WHERE c.model_id = p.model_id)
+    ON CONFLICT (model_id, feature_i, feature_j) DO UPDATE SET n_docs = feature_cooccurrence.n_docs + excluded.n_docs;
+END $$;
+
+CREATE OR REPLACE FUNCTION saedb_codes_follow_deleted() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM saedb_forget_documents(ARRAY(SELECT doc_id FROM removed));
+    RETURN NULL;
+END $$;
+
+CREATE OR REPLACE FUNCTION saedb_codes_follow_updated() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    changed bigint[] := ARRAY(SELECT o.doc_id FROM old_rows o LEFT JOIN new_rows n USING (doc_id)
+                              WHERE n.embedding IS DISTINCT FROM o.embedding);  -- a changed doc_id: its old id left
+    arrived bigint[] := ARRAY(SELECT n.doc_id FROM new_rows n LEFT JOIN old_rows o USING (doc_id)
+                              WHERE o.embedding IS DISTINCT FROM n.embedding);
+BEGIN
+    IF cardinality(changed) > 0 OR cardinality(arrived) > 0 THEN
+        PERFORM saedb_forget_documents(changed);
+        PERFORM saedb_encode_documents(arrived);
+    END IF;
+    RETURN NULL;
+END $$;
+
 -- Called here and by embeddings.sql once the embeddings table exists (not on an attached table's
 -- view, nor on Citus: citus.sql says why).
 CREATE OR REPLACE PROCEDURE saedb_create_encode_trigger()
@@ -337,6 +402,11 @@ BEGIN
        AND NOT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus') THEN
         CREATE OR REPLACE TRIGGER embeddings_auto_encode AFTER INSERT ON embeddings
             REFERENCING NEW TABLE AS inserted FOR EACH STATEMENT EXECUTE FUNCTION saedb_encode_inserted();
+        -- (transition tables cannot go with a column list: every UPDATE fires, and compares the vectors)
+        CREATE OR REPLACE TRIGGER embeddings_codes_follow_updated AFTER UPDATE ON embeddings
+            REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION saedb_codes_follow_updated();
+        CREATE OR REPLACE TRIGGER embeddings_codes_follow_deleted AFTER DELETE ON embeddings
+            REFERENCING OLD TABLE AS removed FOR EACH STATEMENT EXECUTE FUNCTION saedb_codes_follow_deleted();
     END IF;
 END $$;
 

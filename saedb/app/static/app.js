@@ -2,7 +2,7 @@
 const view = document.getElementById("view");
 const modelSelect = document.getElementById("model");
 // steering: feature -> strength; added: features the user added (always shown, removable).
-const state = { steering: new Map(), families: new Map(), added: new Set(), lastQuery: "", showAll: false };
+const state = { steering: new Map(), families: new Map(), added: new Set(), lastQuery: "", like: "", showAll: false };
 
 const esc = (s) => String(s ?? "").replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c]);
 const fmt = (x, d = 3) => (x === null || x === undefined ? "–" : Number(x).toFixed(d));
@@ -89,9 +89,11 @@ function tree(members, current, openDepth = 1) {
 
 // --- pages -------------------------------------------------------------------
 function restoreSearch(params) {
-  // A search's state from its URL (#/search?q=..&model=..&corpus=..&f=ID:S&fam=ID:S): reloadable, shareable.
-  if (!params.has("q")) return;
-  state.lastQuery = params.get("q");
+  // A search's state from its URL (#/search?q=..&model=..&corpus=..&f=ID:S&fam=ID:S, or doc=KEY for documents
+  // like one: no text embedder needed): reloadable, shareable.
+  if (!params.has("q") && !params.has("doc")) return;
+  state.lastQuery = params.get("q") || "";
+  state.like = params.get("doc") || "";
   state.corpus = params.get("corpus") || "";
   state.steering = new Map(params.getAll("f").map((p) => p.split(":").map(Number)));
   state.families = new Map(params.getAll("fam").map((p) => p.split(":").map(Number)));
@@ -99,7 +101,7 @@ function restoreSearch(params) {
 }
 
 function searchParams() {
-  const params = [["q", state.lastQuery], ["model", model()]];
+  const params = [state.like ? ["doc", state.like] : ["q", state.lastQuery], ["model", model()]];
   if (state.corpus) params.push(["corpus", state.corpus]);
   state.steering.forEach((s, f) => s !== 0 && params.push(["f", `${f}:${s}`]));
   state.families.forEach((s, f) => s !== 0 && params.push(["fam", `${f}:${s}`]));
@@ -124,7 +126,7 @@ async function searchPage(params) {
       <div id="sliders"><p class="muted">Search to see the query's features.</p></div></aside>
     <section class="card"><div id="results"></div></section></div>`;
   const run = debounce(runSearch, 250);
-  view.querySelector("form.search").onsubmit = (e) => { e.preventDefault(); state.lastQuery = document.getElementById("q").value; runSearch(); };
+  view.querySelector("form.search").onsubmit = (e) => { e.preventDefault(); state.like = ""; state.lastQuery = document.getElementById("q").value; runSearch(); };
   document.getElementById("add").onsubmit = async (e) => {
     e.preventDefault();
     const raw = document.getElementById("add-id").value.trim();
@@ -211,7 +213,7 @@ function querySliders(data) {
 }
 
 async function runSearch() {
-  if (!state.lastQuery.trim()) return showError("type something to search for");
+  if (!state.like && !state.lastQuery.trim()) return showError("type something to search for");
   const params = searchParams();
   try {
     const data = await get("search", [...params, ["limit", "10"]]);
@@ -222,7 +224,8 @@ async function runSearch() {
     if (more) more.onclick = () => { state.showAll = true; runSearch(); };
     document.getElementById("results").innerHTML = `<ol class="results">${data.results.map((r) =>
       `<li><a href="https://arxiv.org/abs/${esc(r.arxiv_id)}" target="_blank" rel="noopener">${esc(r.title)}</a>
-       <span class="dist">${esc(r.arxiv_id)} · ${r.year ?? ""} · ${esc(r.categories.join(", "))} · distance ${fmt(r.distance)}</span>
+       <span class="dist">${esc(r.arxiv_id)} · ${r.year ?? ""} · ${esc(r.categories.join(", "))} · distance ${fmt(r.distance)}
+       · <a class="like" href="#/search?${new URLSearchParams([["doc", r.arxiv_id], ["model", model()]])}">more like this</a></span>
        ${r.carries.length ? `<div class="carries">carries ${r.carries.map((c) => `<span class="carried" data-id="${c.feature_id}">${featureLink(c.feature_id, c.label)} ${fmt(c.activation, 2)}</span>`).join(", ")}</div>` : ""}
        <details class="abstract"><summary>abstract</summary>${esc(r.abstract)}</details></li>`).join("")}</ol>`;
   } catch (err) { showError(err.message); }

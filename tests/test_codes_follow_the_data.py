@@ -1,0 +1,169 @@
+"""Codes, counts and views follow the embeddings table as an index does (issue 51), on DuckDB:
+saedb's own tables and a user's attached table, changed by a plain client (INSERT, UPDATE of
+vectors and of metadata, DELETE of 10% of the rows). Until `saedb encode` every read of codes is
+one clear error naming it; after it every surface equals a from-scratch encode of the new table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from saedb.attach import Attachment, attach_table
+from saedb.backends import Backend, connect
+from saedb.cli import app
+from saedb.families import compute_cooccurrence
+from saedb.models import publish_model
+from saedb.sae import SAE
+from tests.conftest import DatabaseTemplates, copied, load_slice
+from tests.test_attach import make_my_docs, minilm_rows  # noqa: F401  (a fixture)
+
+SURFACES = {  # what a reader of codes sees, each ordered so that two encodes compare row for row
+    "sae_codes": "SELECT doc_id, feature_id, activation FROM sae_codes WHERE model_id = ? ORDER BY doc_id, feature_id",
+    "document_features": "SELECT doc_id, arxiv_id, title, year, feature_id, activation FROM document_features WHERE model_id = ? "
+                         "ORDER BY doc_id, feature_id",
+    "feature_summary": "SELECT feature_id, n_docs, density, mean_activation, max_activation FROM feature_summary WHERE model_id = ? "
+                       "ORDER BY feature_id",
+    "feature_top_documents": "SELECT feature_id, rank, doc_id, title, activation FROM feature_top_documents WHERE model_id = ? "
+                             "ORDER BY feature_id, rank",
+    "feature_trends": "SELECT feature_id, year, n_docs, share_of_year FROM feature_trends WHERE model_id = ? ORDER BY feature_id, year",
+    "feature_cooccurrence": "SELECT feature_i, feature_j, n_docs FROM feature_cooccurrence WHERE model_id = ? ORDER BY feature_i, feature_j",
+    "n_documents": "SELECT n_documents FROM sae_models WHERE model_id = ?",
+}
+STALE = "are behind the embeddings table"
+
+
+@pytest.fixture
+def loaded_path(request: pytest.FixtureRequest, tmp_path: Path, templates: DatabaseTemplates, astro_slice: Path, embedder) -> str:
+    """A DuckDB file holding the 400-paper astro slice (a copy of the session's)."""
+    path = str(tmp_path / "own.duckdb")
+    copied(request, templates, "astro_400", load_slice(astro_slice, embedder), path)
+    return path
+
+
+def surfaces(backend: Backend, model_id: int) -> dict[str, list[tuple]]:
+    return {name: backend.query(sql, (model_id,)) for name, sql in SURFACES.items()}
+
+
+def from_scratch(backend: Backend, sae: SAE) -> dict[str, list[tuple]]:
+    """The surfaces of the same weights published anew over the table as it is now."""
+    fresh = publish_model(backend, sae, "from-scratch")
+    compute_cooccurrence(backend, fresh)
+    return surfaces(backend, fresh)
+
+
+def change_a_tenth(path: str, table: str, key: str, vector: str, rows: list[tuple]) -> None:
+    """As a plain DuckDB client: rewrite 3% of the vectors, retitle or re-year 2%, delete 3%,
+    insert 2% (copies of other rows' vectors under new keys)."""
+    con = duckdb.connect(path)
+    n, keys = len(rows), [r[0] for r in rows]
+    rewritten, retitled, deleted, copied = keys[: n * 3 // 100], keys[n // 10 : n // 10 + n // 50], keys[-(n * 3 // 100):], keys[n // 5 : n // 5 + n // 50]
+    marks = lambda ks: ", ".join(repr(k) if isinstance(k, str) else str(k) for k in ks)  # noqa: E731
+    hashed = f", embedding_hash = hash(list_transform({vector}, lambda x: -x))" if table == "embeddings" else ""
+    con.execute(f"UPDATE {table} SET {vector} = list_transform({vector}, lambda x: -x){hashed} WHERE {key} IN ({marks(rewritten)})")
+    con.execute(f"DELETE FROM {table} WHERE {key} IN ({marks(deleted)})")
+    if table == "embeddings":
+        con.execute(f"UPDATE papers SET title = title || ' (revised)', year = year + 1 WHERE doc_id IN ({marks(retitled)})")
+        first = con.execute("SELECT max(doc_id) FROM papers").fetchone()[0] + 1
+        for i, doc_id in enumerate(copied):
+            con.execute("INSERT INTO papers (doc_id, arxiv_id, title, abstract, categories, subjects, published, year, corpus) "
+                        "SELECT ?, arxiv_id || '-copy', title || ' (copy)', abstract, categories, subjects, published, year, corpus "
+                        "FROM papers WHERE doc_id = ?", [first + i, doc_id])
+            con.execute("INSERT INTO embeddings SELECT ?, embedding, embedding_hash FROM embeddings WHERE doc_id = ?", [first + i, doc_id])
+    else:
+        con.execute(f"UPDATE {table} SET year = year + 1 WHERE {key} IN ({marks(retitled)})")
+        con.execute(f"INSERT INTO {table} SELECT {key} || '-copy', {vector}, venue, year FROM {table} WHERE {key} IN ({marks(copied)})")
+    con.close()
+
+
+@pytest.mark.parametrize("where", ["saedb tables", "attached table"])
+def test_codes_counts_and_views_follow_a_plain_clients_writes(where: str, tmp_path: Path, loaded_path: str, minilm_rows) -> None:
+    if where == "saedb tables":
+        url, table, key, vector = loaded_path, "embeddings", "doc_id", "embedding"
+        backend = connect(url)
+    else:
+        keys, vectors = minilm_rows
+        path = str(tmp_path / "mine.duckdb")
+        make_my_docs(path, keys[:300], vectors[:300])
+        backend = attach_table(path, "my_docs_sae", Attachment("my_docs", "doc_key", "emb", year="year"), embedder="minilm")
+        url, table, key, vector = f"{path}?schema=my_docs_sae", "my_docs", "doc_key", "emb"
+    with backend:
+        sae = SAE.random(backend.require_embedder()[1], 96, 8, seed=4)
+        model_id = publish_model(backend, sae, "follows")
+        compute_cooccurrence(backend, model_id)
+        rows = backend.query(f"SELECT {key} FROM {table} ORDER BY {key}")
+        path = url.split("?")[0]
+    change_a_tenth(path, table, key, vector, rows)
+    with connect(url) as backend:
+        for name, sql in SURFACES.items():
+            if name not in ("feature_cooccurrence", "n_documents"):  # tables of figures: current once encode ran
+                with pytest.raises(duckdb.InvalidInputException, match=f"model {model_id} {STALE}.*run `saedb encode`"):
+                    backend.query(sql, (model_id,))
+    stale = CliRunner().invoke(app, ["sql", "SELECT count(*) FROM feature_summary", "--db", url])
+    assert stale.exit_code == 2 and f"the codes of model {model_id} {STALE}" in stale.output, stale.output
+    encoded = CliRunner().invoke(app, ["encode", "--db", url])
+    assert encoded.exit_code == 0 and "removed the codes of" in encoded.output, encoded.output
+    with connect(url) as backend:
+        after = surfaces(backend, model_id)
+        assert after["n_documents"] == [(backend.count("embeddings"),)]
+        expected = from_scratch(backend, sae)
+    for name in SURFACES:
+        if name == "sae_codes":  # the same features, activations equal to float32 rounding (another batch, another product)
+            assert [r[:2] for r in after[name]] == [r[:2] for r in expected[name]]
+            np.testing.assert_allclose([r[2] for r in after[name]], [r[2] for r in expected[name]], rtol=1e-5, atol=1e-6)
+        elif name in ("document_features", "feature_top_documents"):
+            assert [r[:-1] for r in after[name]] == [r[:-1] for r in expected[name]], name
+        elif name == "feature_summary":
+            assert [r[:2] for r in after[name]] == [r[:2] for r in expected[name]]
+            np.testing.assert_allclose([r[2:] for r in after[name]], [r[2:] for r in expected[name]], rtol=1e-5)
+        else:
+            assert after[name] == expected[name], name
+
+
+def test_postgres_triggers_keep_codes_of_rewritten_and_deleted_rows_and_encode_takes_inserts(
+        request: pytest.FixtureRequest, pg_dsn: str, templates: DatabaseTemplates, astro_slice: Path, embedder) -> None:
+    """On Postgres the database keeps them in step: statement-level triggers on embeddings remove
+    the codes of deleted rows and encode rewritten vectors again, for every published model, in
+    the writing transaction; rows a plain client inserts get codes from `saedb encode` (or the
+    insert trigger of the models listed in sae_auto_encode)."""
+    import psycopg
+
+    copied(request, templates, "astro_400", load_slice(astro_slice, embedder), pg_dsn)
+    with connect(pg_dsn) as backend:
+        sae = SAE.random(backend.require_embedder()[1], 96, 8, seed=4)
+        model_id = publish_model(backend, sae, "follows")
+        compute_cooccurrence(backend, model_id)
+        doc_ids = [r[0] for r in backend.query("SELECT doc_id FROM embeddings ORDER BY doc_id")]
+    n = len(doc_ids)
+    rewritten, deleted, copied_ids = doc_ids[: n * 3 // 100], doc_ids[-(n * 3 // 100):], doc_ids[n // 5 : n // 5 + n // 50]
+    with psycopg.connect(pg_dsn, autocommit=True) as plain:  # a plain client, no saedb
+        plain.execute("UPDATE embeddings e SET embedding = o.embedding FROM embeddings o WHERE o.doc_id = e.doc_id + 100 "
+                      "AND e.doc_id = ANY(%s)", (rewritten,))
+        plain.execute("DELETE FROM embeddings WHERE doc_id = ANY(%s)", (deleted,))
+        plain.execute("UPDATE papers SET title = title || ' (revised)' WHERE doc_id = ANY(%s)", (rewritten,))
+        first = plain.execute("SELECT max(doc_id) + 1 FROM papers").fetchone()[0]
+        for i, doc_id in enumerate(copied_ids):
+            plain.execute("INSERT INTO papers (doc_id, arxiv_id, title, abstract, categories, subjects, published, year, corpus) "
+                          "SELECT %s, arxiv_id || '-copy', title, abstract, categories, subjects, published, year, corpus "
+                          "FROM papers WHERE doc_id = %s", (first + i, doc_id))
+            plain.execute("INSERT INTO embeddings SELECT %s, embedding FROM embeddings WHERE doc_id = %s", (first + i, doc_id))
+    with connect(pg_dsn) as backend:  # before any saedb command: no code describes a row that is gone or was rewritten
+        assert backend.query("SELECT count(*) FROM sae_codes WHERE doc_id = ANY(?)", (deleted,)) == [(0,)]
+        vectors = backend.fetch_vectors("SELECT embedding FROM embeddings WHERE doc_id = ANY(?) ORDER BY doc_id", (rewritten,))
+        stored = backend.query("SELECT doc_id, feature_id FROM sae_codes WHERE model_id = ? AND doc_id = ANY(?) ORDER BY doc_id, feature_id",
+                               (model_id, rewritten))
+        expected = sorted((d, f) for d, row in zip(rewritten, sae.encode(vectors).rows()) for f, _ in row)
+        assert [tuple(r) for r in stored] == expected
+    encoded = CliRunner().invoke(app, ["encode", "--db", pg_dsn])  # the plain client's inserts
+    assert encoded.exit_code == 0, encoded.output
+    with connect(pg_dsn) as backend:
+        after = surfaces(backend, model_id)
+        expected_surfaces = from_scratch(backend, sae)
+    for name in SURFACES:
+        if name in ("sae_codes", "document_features", "feature_top_documents", "feature_summary"):
+            assert [r[:2] for r in after[name]] == [r[:2] for r in expected_surfaces[name]], name
+        elif name != "n_documents":  # n_documents: documents with codes (Postgres), documents (a fresh publish)
+            assert after[name] == expected_surfaces[name], name
