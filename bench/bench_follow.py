@@ -7,8 +7,7 @@ same run:
    against the other.
 2. saedb's own ``embeddings`` with a published model: rows/s of a bulk UPDATE of vectors, a
    DELETE and an INSERT (10% of the rows each) with the codes kept in step (the statement-level
-   triggers; the insert trigger with the model in sae_auto_encode) against the same statement with
-   the triggers disabled.
+   triggers) against the same statement with the triggers disabled.
 
 Vectors: hh_ml's MiniLM vectors repeated with Gaussian noise (sigma 0.02), renormalised.
     python bench/bench_follow.py [--docs 1000000] [--trigger-docs 100000]
@@ -114,7 +113,6 @@ def trigger_overhead(server: str, n: int) -> None:
         model_id = publish_model(backend, SAE.random(384, N_LATENTS, K, seed=2), "bench")
         changed, share = n // 10, "doc_id % 10 = 0"
         triggers = {"update": "embeddings_codes_follow_updated", "delete": "embeddings_codes_follow_deleted", "insert": "embeddings_auto_encode"}
-        backend.execute("INSERT INTO sae_auto_encode VALUES (?)", (model_id,))
         backend.execute(f"CREATE TABLE kept AS SELECT * FROM embeddings WHERE {share}")
         statements = {"update": (f"UPDATE embeddings e SET embedding = o.embedding FROM embeddings o "
                                  f"WHERE o.doc_id = e.doc_id + 1 AND e.{share}",

@@ -7,7 +7,9 @@ saedb's ``papers`` and ``embeddings``, read straight from the user's table. Ever
 command then works on ``URL?schema=NAME``: train, encode (new rows of the user's table are
 numbered first), search, label, families, the BI views; codes join back to the user's rows
 through ``doc_keys``, and the analytics (saedb diff, predictors, slopes) take predicates and
-columns over the table's own columns. Nothing in the user's table or schema is changed.
+columns over the table's own columns. Nothing in the user's schema is changed, and nothing in
+their table but, on Postgres, three statement-level triggers (``follow_sql``) that keep the
+codes in step with its writes as its indexes are kept; they go with the workspace schema.
 """
 
 from __future__ import annotations
@@ -43,16 +45,17 @@ def sync_sql(a: Attachment) -> str:
             f"WHERE t.{a.key} IS NOT NULL AND NOT EXISTS (SELECT 1 FROM doc_keys k WHERE k.doc_key = CAST(t.{a.key} AS VARCHAR))")
 
 
-def check_sql(a: Attachment, dialect: str, dim: int) -> str:
+def check_sql(a: Attachment, dialect: str, dim: int, where: str = "TRUE") -> str:
     """The rows that break attach's rules now, as (key, reason): a key on several rows, a row
-    without a vector or of another dimension, rows without a key (one line, key NULL). The
-    rules are checked at every encode and training (the table changes after attaching)."""
+    without a vector or of another dimension, rows without a key (one line, key NULL); among
+    the rows ``where`` selects. The rules are checked at every encode and training (the table
+    changes after attaching), and on Postgres for the rows each write touches."""
     dims = f"vector_dims(t.{a.vector})" if dialect == "postgres" else f"len(t.{a.vector})"
     return (f"SELECT CAST(t.{a.key} AS VARCHAR), CASE "
             f"WHEN t.{a.key} IS NULL THEN CAST(count(*) AS VARCHAR) || CASE WHEN count(*) = 1 THEN ' row has' ELSE ' rows have' END || ' no key' "
             f"WHEN count(*) > 1 THEN 'the key appears ' || CAST(count(*) AS VARCHAR) || ' times' "
             f"WHEN count(t.{a.vector}) = 0 THEN 'no vector' ELSE 'a vector of ' || CAST(max({dims}) AS VARCHAR) || ' dimensions, not {dim}' END "
-            f"FROM {a.table} t GROUP BY t.{a.key} "
+            f"FROM {a.table} t WHERE {where} GROUP BY t.{a.key} "
             f"HAVING t.{a.key} IS NULL OR count(*) > 1 OR count(t.{a.vector}) = 0 OR max({dims}) <> {dim}")
 
 
@@ -88,6 +91,43 @@ def workspace_sql(a: Attachment, schema: str, dialect: str, dim: int) -> list[st
     ]
 
 
+def follow_sql(a: Attachment, table: str, schema: str, dim: int) -> list[str]:
+    """Postgres: statement-level triggers on the user's ``table`` (schema-qualified) that keep
+    the workspace's codes in step with its rows, as the table's indexes are kept: the keys a
+    statement inserted, deleted, re-keyed or gave another vector lose their codes, are checked
+    against attach's rules, numbered, and encoded again by every published model, in the
+    writer's own transaction. The functions run as the workspace's owner (SECURITY DEFINER,
+    with their search_path fixed), so any role that may write the table keeps them in step;
+    dropping the workspace schema drops the triggers with them."""
+    text = lambda row: f"CAST({row}.{a.key} AS text)"  # noqa: E731
+    function = (f"CREATE OR REPLACE FUNCTION {schema}.{{name}}() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER "
+                f"SET search_path = {schema}, public AS $$ BEGIN PERFORM saedb_follow_keys(ARRAY({{keys}})); RETURN NULL; END $$")
+    statements = {  # event, its transition tables, and the keys it touched
+        "inserted": ("INSERT", "NEW TABLE AS new_rows", f"SELECT DISTINCT {text('n')} FROM new_rows n WHERE n.{a.key} IS NOT NULL"),
+        "deleted": ("DELETE", "OLD TABLE AS old_rows", f"SELECT DISTINCT {text('o')} FROM old_rows o WHERE o.{a.key} IS NOT NULL"),
+        "updated": ("UPDATE", "OLD TABLE AS old_rows NEW TABLE AS new_rows",
+                    f"SELECT DISTINCT CAST(coalesce(o.{a.key}, n.{a.key}) AS text) FROM old_rows o FULL JOIN new_rows n "
+                    f"ON n.{a.key} = o.{a.key} WHERE coalesce(o.{a.key}, n.{a.key}) IS NOT NULL "
+                    f"AND (o.{a.key} IS NULL OR n.{a.key} IS NULL OR o.{a.vector} IS DISTINCT FROM n.{a.vector})"),
+    }
+    return [
+        f"""CREATE OR REPLACE FUNCTION {schema}.saedb_follow_keys(keys text[]) RETURNS void LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = {schema}, public AS $$
+BEGIN
+    IF cardinality(keys) = 0 THEN RETURN; END IF;
+    PERFORM saedb_forget_documents(ARRAY(SELECT doc_id FROM doc_keys WHERE doc_key = ANY(keys)));
+    DELETE FROM skipped_keys WHERE doc_key = ANY(keys);
+    INSERT INTO skipped_keys SELECT c.k, c.reason
+    FROM ({check_sql(Attachment(table, a.key, a.vector), "postgres", dim, f"{text('t')} = ANY(keys)")}) c(k, reason) WHERE c.k IS NOT NULL;
+    INSERT INTO doc_keys (doc_key) SELECT DISTINCT {text('t')} FROM {table} t WHERE {text('t')} = ANY(keys) ON CONFLICT DO NOTHING;
+    PERFORM saedb_encode_documents(ARRAY(SELECT doc_id FROM doc_keys WHERE doc_key = ANY(keys)));
+END $$""",
+        *(function.format(name=f"saedb_follow_{kind}", keys=keys) for kind, (_, _, keys) in statements.items()),
+        *(f"CREATE OR REPLACE TRIGGER saedb_{schema}_follow_{kind} AFTER {event} ON {table} REFERENCING {transition} "
+          f"FOR EACH STATEMENT EXECUTE FUNCTION {schema}.saedb_follow_{kind}()" for kind, (event, transition, _) in statements.items()),
+    ]
+
+
 def attach_table(url: str, schema: str, attachment: Attachment, embedder: str | None = None) -> Backend:
     """Create (or refresh) the workspace ``schema`` over the user's table and return a backend
     open on it, its keys numbered. ``embedder`` names what made the vectors (for queries)."""
@@ -115,12 +155,17 @@ def attach_table(url: str, schema: str, attachment: Attachment, embedder: str | 
         execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
         for statement in workspace_sql(attachment, schema, dialect, dim):
             execute(statement)
+        tables = execute(f"SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                         f"WHERE c.oid = '{attachment.table}'::regclass AND c.relkind IN ('r', 'p')") if dialect == "postgres" else []
     backend = connect(f"{base}{separator}schema={schema}")
     try:
         backend.bind_embedder(embedder or f"attached:{attachment.table}.{attachment.vector}", dim)
         backend.set_meta("attached_sync", sync_sql(attachment))
         backend.set_meta("attached_check", check_sql(attachment, dialect, dim))
         backend.sync_documents()
+        for (table,) in tables:  # a Postgres table (a view has no rows of its own to follow)
+            for statement in follow_sql(attachment, table, schema, dim):
+                backend.execute(statement)
     except BaseException:
         backend.close()
         raise

@@ -68,11 +68,12 @@ def test_train_encode_search_and_views_over_my_table(db_url: str, minilm_rows, t
         if backend.in_process_search:  # the workspace's HNSW graph has files of its own, named after the schema
             backend.build_approximate_index()
             assert Path(url + ".my_docs_sae.hnsw.json").exists() and not Path(url + ".hnsw.json").exists()
-        # new rows of the user's table get codes without retraining
+        # new rows of the user's table get codes without retraining: on Postgres from the
+        # workspace's triggers on the table as they are inserted, on DuckDB from saedb encode
         with raw_connection(url) as (execute, dialect):
             insert_rows(execute, dialect, keys[300:360], vectors[300:360], 300)
         report = encode_new_documents(backend, model_id)
-        assert report.encoded + report.without_features == 60
+        assert report.encoded + report.without_features == (0 if dialect == "postgres" else 60)
         new = dict(backend.query("SELECT k.doc_key, k.doc_id FROM doc_keys k ORDER BY k.doc_id")[300:])
         assert set(new) == set(keys[300:360])
         assert search(backend, vectors[331], 1)[0].arxiv_id == keys[331]  # and follows the rows added to my table
@@ -115,7 +116,7 @@ def test_rules_are_checked_at_every_encode_and_the_rest_is_encoded(db_url: str, 
             execute(f"INSERT INTO my_docs VALUES ('{keys[201]}', NULL, 'x', 2020), (NULL, NULL, 'y', 2020)")
             insert_rows(execute, dialect, keys[210:220], vectors[210:220], 0)  # ten good new rows
         report = encode_new_documents(backend, model_id)
-        assert report.encoded + report.without_features == 10
+        assert report.encoded + report.without_features == (0 if dialect == "postgres" else 10)  # Postgres: the triggers did
         assert set(report.skipped) == {(keys[5], "the key appears 2 times"), (keys[201], "no vector"), (None, "1 row has no key")}
         per_doc = backend.query("SELECT max(n) FROM (SELECT count(*) AS n FROM sae_codes WHERE model_id = ? GROUP BY doc_id) t",
                                 (model_id,))[0][0]

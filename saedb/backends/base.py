@@ -106,6 +106,12 @@ class Backend(ABC):
         """Many consecutive commits (a load, an incremental encode), each still durable on its own."""
         yield
 
+    @contextmanager
+    def encoding_deferred(self) -> Iterator[None]:
+        """Embeddings inserted inside are left for the caller to encode (in batches, with numpy)
+        where the database would encode them as they arrive (Postgres's insert trigger)."""
+        yield
+
     @abstractmethod
     def close(self) -> None: ...
 

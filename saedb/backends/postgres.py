@@ -93,7 +93,7 @@ def configure_reader(conn: psycopg.Connection, statement_timeout_ms: int) -> Non
 class PostgresBackend(Backend):
     dialect = "postgres"
     schema_files = ("schema.sql", "functions.sql", "views.sql", "analytics.sql")
-    model_tables = (*Backend.model_tables, "sae_codes", "sae_auto_encode")
+    model_tables = (*Backend.model_tables, "sae_codes")
 
     def __init__(self, dsn: str, read_only: bool = False, statement_timeout_ms: int = 10_000,
                  conn: psycopg.Connection | None = None) -> None:
@@ -171,6 +171,15 @@ class PostgresBackend(Backend):
             self.execute("SET LOCAL enable_indexscan = off")  # the HNSW scan is an index scan
             self.execute("SET LOCAL enable_seqscan = on")
             yield
+
+    @contextmanager
+    def encoding_deferred(self) -> Iterator[None]:
+        self.execute("SET saedb.encode_later = on")  # read by the insert trigger (functions.sql)
+        try:
+            yield
+        finally:
+            if not self.conn.broken:
+                self.execute("RESET saedb.encode_later")
 
     @contextmanager
     def publishing(self) -> Iterator[None]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import itertools
 import re
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -130,8 +131,10 @@ def load_corpus(
 ) -> LoadReport:
     """Load the first ``limit`` valid papers of ``path`` (all if None) with their embeddings:
     computed by ``embedder``, or read from ``embeddings`` (made by the embedder so named).
-    Then every published model's codes are brought up to the table, unless ``encode`` is False
-    (several loads, one encode after them: until then codes are behind and say so)."""
+    Then every published model's codes are brought up to the table, in numpy batches (on Postgres
+    the insert trigger's per-row encode is deferred to them; a rerun of an interrupted load
+    finishes them). With ``encode`` False the database's own rule holds: Postgres's trigger
+    encodes each row as it is inserted; on DuckDB codes are behind, and say so, until `saedb encode`."""
     require_at_least_one(limit=limit, batch_size=batch_size)
     path = Path(path)
     check_source(path)
@@ -182,7 +185,7 @@ def load_corpus(
             yield item
 
     bar = tqdm(total=limit, unit="doc", desc=f"loading {corpus}", disable=not progress)
-    with backend.bulk_writes():
+    with backend.bulk_writes(), backend.encoding_deferred() if encode else nullcontext():
         for papers in chunked(new_papers(), batch_size):
             batch = DocumentBatch(
                 arxiv_ids=[p.arxiv_id for p in papers],
@@ -205,8 +208,8 @@ def load_corpus(
         with backend.transaction():
             backend.record_load_errors(source, [(e.line, e.reason, e.raw) for e in pending_errors])
     backend.create_embeddings_index()
-    if report.added and encode:  # the published models' codes follow the table, as its indexes do
-        report.models_encoded = sorted(encode_every_model(backend))
+    if encode:  # the published models' codes follow the table, as its indexes do (after an interrupted load too)
+        report.models_encoded = sorted(m for m, r in encode_every_model(backend).items() if r.encoded + r.without_features + r.forgotten)
     if vectors is not None:
         report.unmatched_vectors = vectors.unmatched(seen.keys() | present)
     return report

@@ -18,15 +18,6 @@ INSERT INTO paper_keys SELECT arxiv_id, doc_id FROM papers
 WHERE NOT EXISTS (SELECT 1 FROM pg_dist_partition WHERE logicalrelid = 'papers'::regclass)
 ON CONFLICT DO NOTHING;
 
--- Triggers on distributed tables run per shard on the workers, where writing other tables is
--- refused: on Citus, codes of new documents are written by `saedb encode` (or CALL
--- saedb_encode_new), and asking for automatic encoding is an error, not a silent no-op.
-DO $$ BEGIN
-    ALTER TABLE sae_auto_encode ADD CONSTRAINT sae_auto_encode_not_on_citus
-        CHECK (model_id IS NULL) NOT VALID;
-EXCEPTION WHEN duplicate_object THEN NULL;
-END $$;
-
 CREATE OR REPLACE PROCEDURE saedb_distribute_tables()
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -35,7 +26,7 @@ BEGIN
     -- Referenced tables before the tables that reference them.
     FOREACH name IN ARRAY ARRAY['saedb_meta', 'load_errors', 'sae_models', 'sae_encoder', 'sae_decoder', 'feature_labels', 'label_controls',
                                 'feature_cooccurrence', 'feature_families', 'family_members', 'scaling_runs', 'eval_runs',
-                                'eval_results', 'sae_auto_encode', 'llm_responses', 'llm_runs', 'feature_matches'] LOOP
+                                'eval_results', 'llm_responses', 'llm_runs', 'feature_matches'] LOOP
         IF to_regclass(name) IS NOT NULL AND NOT EXISTS (SELECT 1 FROM pg_dist_partition WHERE logicalrelid = to_regclass(name)) THEN
             PERFORM create_reference_table(name);
         END IF;

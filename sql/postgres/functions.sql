@@ -308,23 +308,15 @@ BEGIN
     WHERE model_id = model;
 END $$;
 
--- Optional: models listed in sae_auto_encode get codes for new embeddings rows as they are inserted
--- (one statement-level trigger: a bulk COPY costs one query, and nothing when the list is empty).
+-- Inserted rows are encoded by every published model in the writer's statement, as an index
+-- takes new rows (one statement-level trigger: a bulk COPY costs one query per statement). A
+-- writer that encodes afterwards in batches of its own (saedb's loader, with numpy) sets
+-- saedb.encode_later = on for its session: its rows are then pending until `saedb encode`.
 CREATE OR REPLACE FUNCTION saedb_encode_inserted() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    WITH written AS (
-        INSERT INTO sae_codes (model_id, doc_id, feature_id, activation)
-        SELECT a.model_id, i.doc_id, f.feature_id, f.activation
-        FROM sae_auto_encode a
-        JOIN sae_models m ON m.model_id = a.model_id AND m.status = 'ready'
-        CROSS JOIN inserted i
-        CROSS JOIN LATERAL unnest(sae_encode(i.embedding, a.model_id)) f
-        ON CONFLICT DO NOTHING
-        RETURNING model_id, doc_id
-    ), per_model AS (
-        SELECT model_id, count(DISTINCT doc_id) AS n FROM written GROUP BY model_id
-    )
-    UPDATE sae_models s SET n_documents = coalesce(s.n_documents, 0) + p.n FROM per_model p WHERE s.model_id = p.model_id;
+    IF coalesce(current_setting('saedb.encode_later', true), '') <> 'on' THEN
+        PERFORM saedb_encode_documents(ARRAY(SELECT doc_id FROM inserted));
+    END IF;
     RETURN NULL;
 END $$;
 
@@ -391,6 +383,28 @@ BEGIN
         PERFORM saedb_encode_documents(arrived);
     END IF;
     RETURN NULL;
+END $$;
+
+-- A model row deleted by plain SQL takes every row of it along, as `saedb drop` does: the tables
+-- with a foreign key cascade; these have none (sae_codes: per-row checks would dominate the
+-- write-back of codes) and are emptied of the deleted models here, in the same statement.
+CREATE OR REPLACE FUNCTION saedb_models_deleted() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    ids integer[] := ARRAY(SELECT model_id FROM removed);
+    name text;
+BEGIN
+    DELETE FROM feature_matches WHERE model_id = ANY(ids) OR other_model_id = ANY(ids);
+    FOREACH name IN ARRAY ARRAY['sae_codes', 'model_holdout', 'family_members', 'eval_runs'] LOOP
+        EXECUTE format('DELETE FROM %I WHERE model_id = ANY($1)', name) USING ids;
+    END LOOP;
+    RETURN NULL;
+END $$;
+
+DO $$ BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus') THEN
+        CREATE OR REPLACE TRIGGER sae_models_deleted AFTER DELETE ON sae_models
+            REFERENCING OLD TABLE AS removed FOR EACH STATEMENT EXECUTE FUNCTION saedb_models_deleted();
+    END IF;
 END $$;
 
 -- Called here and by embeddings.sql once the embeddings table exists (not on an attached table's

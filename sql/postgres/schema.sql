@@ -237,9 +237,9 @@ CREATE TABLE IF NOT EXISTS eval_results (
     unanswered    integer NOT NULL
 );
 
--- Models whose codes are written for new embeddings rows by a trigger (functions.sql), e.g.
--- INSERT INTO sae_auto_encode VALUES (3). `saedb encode` and CALL saedb_encode_new(3) do it in batches.
-CREATE TABLE IF NOT EXISTS sae_auto_encode (model_id integer PRIMARY KEY);
+-- (sae_auto_encode listed the models an insert trigger encoded for; every published model is now
+-- encoded on insert, functions.sql, so the list of a database made before is dropped.)
+DROP TABLE IF EXISTS sae_auto_encode;
 
 -- Replies of LLM endpoints by model and prompt hash (saedb.llm.ResponseCache): a rerun or a
 -- resumed run asks nothing it has asked before.
