@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Iterator
 
 from saedb.backends import IDENTIFIER, Backend, connect, is_postgres_url, split_schema
@@ -170,6 +171,27 @@ def attach_table(url: str, schema: str, attachment: Attachment, embedder: str | 
         backend.close()
         raise
     return backend
+
+
+def detach(url: str, schema: str) -> None:
+    """Remove the workspace ``schema`` of an attached table and everything in it (models, codes,
+    labels, families, its key numbering; on Postgres the triggers on the table go with their
+    functions; on DuckDB the workspace's HNSW graph files), in one transaction. The user's table
+    is left as it was. Refuses a schema that is not a saedb workspace."""
+    if not IDENTIFIER.match(schema):
+        raise InvalidInputError(f"{schema!r} is not a plain SQL identifier")
+    base, given = split_schema(url)
+    if given is not None:
+        raise InvalidInputError("give the database URL without ?schema=; the workspace is the schema argument")
+    with raw_connection(base) as (execute, dialect):
+        tables = {r[0] for r in execute(f"SELECT table_name FROM information_schema.tables WHERE table_schema = '{schema}'")}
+        if not {"doc_keys", "skipped_keys", "saedb_meta"} <= tables:
+            raise InvalidInputError(f"{schema!r} is not a workspace made by saedb attach: nothing was removed")
+        execute(f"DROP SCHEMA {schema} CASCADE")
+    if dialect == "duckdb":
+        database = Path(base.removeprefix("duckdb://"))
+        for graph in database.parent.glob(f"{database.name}.{schema}.hnsw*"):
+            graph.unlink()
 
 
 def missing_index_hint(backend: Backend, attachment: Attachment) -> str | None:

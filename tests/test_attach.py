@@ -14,6 +14,8 @@ from typer.testing import CliRunner
 from saedb.attach import Attachment, attach_table, raw_connection
 from saedb.cli import app
 from saedb.encode import encode_new_documents
+from saedb.models import publish_model
+from saedb.sae import SAE
 from saedb.search import Steering, search
 from saedb.trainer import TrainConfig
 from saedb.trainer.train import train_from_db
@@ -214,3 +216,28 @@ def test_search_over_an_attached_postgres_table_uses_its_hnsw_index(pg_dsn: str)
         hits = search(backend, vectors[3], 10)
     assert "Index Scan using big_docs_hnsw on big_docs" in plan, plan
     assert hits[0].arxiv_id == keys[3]
+
+
+def test_detach_removes_the_workspace_and_its_triggers_and_leaves_the_table(db_url: str, minilm_rows, tmp_path: Path) -> None:
+    """Issue 51: there was no way to remove an attachment. `saedb detach SCHEMA` drops the
+    workspace with its models and codes (and on Postgres the triggers it put on the table);
+    the table keeps its rows and takes writes; a schema saedb did not make is refused."""
+    keys, vectors = minilm_rows
+    url = db_url if db_url.startswith("postgres") else str(tmp_path / "mine.duckdb")
+    make_my_docs(url, keys[:100], vectors[:100])
+    with attach_table(url, "ws", Attachment("my_docs", "doc_key", "emb"), embedder="minilm") as backend:
+        publish_model(backend, SAE.random(384, 64, 4, seed=1), "mine")
+        if backend.in_process_search:
+            backend.build_approximate_index()
+            assert list(tmp_path.glob("mine.duckdb.ws.hnsw*"))
+    refused = CliRunner().invoke(app, ["detach", "main" if url.endswith(".duckdb") else "public", "--db", url])
+    assert refused.exit_code == 2 and "not a workspace made by saedb attach" in refused.output, refused.output
+    result = CliRunner().invoke(app, ["detach", "ws", "--db", url])
+    assert result.exit_code == 0 and "removed the workspace ws" in result.output, result.output
+    with raw_connection(url) as (execute, dialect):
+        assert execute("SELECT count(*) FROM information_schema.schemata WHERE schema_name = 'ws'") == [(0,)]
+        if dialect == "postgres":
+            assert execute("SELECT count(*) FROM pg_trigger WHERE tgrelid = 'my_docs'::regclass AND NOT tgisinternal") == [(0,)]
+        insert_rows(execute, dialect, keys[100:110], vectors[100:110], 100)  # a plain write, no workspace to keep in step
+        assert execute("SELECT count(*) FROM my_docs") == [(110,)]
+    assert not list(tmp_path.glob("mine.duckdb.ws.*"))

@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from saedb.attach import Attachment, attach_table, describe_skipped, missing_index_hint
+from saedb.attach import Attachment, attach_table, describe_skipped, detach, missing_index_hint
 from saedb.backends import connect, mask_dsn
 from saedb.backends.duckdb import DuckDBBackend
 from saedb.cli.common import USER_ERRORS, DbOption, app, fail
@@ -65,6 +65,20 @@ def attach(
     typer.echo(f"attached {table}: {count} rows; use --db '{mask_dsn(db)}{'&' if '?' in db else '?'}schema={schema}'")
     if hint:
         typer.echo(hint, err=True)
+
+
+@app.command(name="detach")
+def detach_command(
+    schema: str = typer.Argument(..., help="The workspace schema that saedb attach made."),
+    db: str = DbOption,
+) -> None:
+    """Remove an attached table's workspace and everything in it (models, codes, labels; on Postgres its triggers on
+    the table), in one transaction; the table itself is left as it was."""
+    try:
+        detach(db, schema)
+    except USER_ERRORS as exc:
+        fail(exc)
+    typer.echo(f"removed the workspace {schema} and everything in it; the attached table is as it was")
 
 
 @app.command()
