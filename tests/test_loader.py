@@ -17,7 +17,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from typer.testing import CliRunner
+
 from saedb.backends import Backend, connect
+from saedb.cli import app
 from saedb.errors import ConfigurationError, InvalidInputError
 from saedb.loaders import load_corpus, read_papers
 from saedb.loaders.corpus import Paper
@@ -100,8 +103,23 @@ def test_truncated_gzip_loads_what_it_can_and_says_so(backend: Backend, tmp_path
     path.write_bytes(data[: len(data) // 2])
     report = load_corpus(backend, path, embedder, batch_size=50, progress=False)
     assert 100 < report.added < 400 and report.rejected == 1
-    assert "truncated" in report.first_errors[0].reason
+    assert "truncated" in report.first_errors[0].reason and report.unread == report.first_errors[0]
     assert backend.count("papers") == report.added
+
+
+def test_a_load_that_could_not_read_the_whole_file_exits_non_zero_keeping_its_rows(tmp_path: Path, astro_slice: Path) -> None:
+    """Issue 54: a gzip cut mid-stream loaded its complete lines, reported the rest, and exited
+    0, so a script checking the exit code never noticed that the rest of the file was lost."""
+    data = astro_slice.read_bytes()
+    path = tmp_path / "cut.jsonl.gz"
+    path.write_bytes(data[: len(data) // 3])
+    db = str(tmp_path / "cut.duckdb")
+    result = CliRunner().invoke(app, ["load", str(path), "--db", db])
+    assert result.exit_code == 2, result.output
+    assert "could not be read to its end" in result.output and "load it again" in result.output
+    added = int(result.output.split("added ")[1].split(",")[0])
+    with connect(db) as backend:
+        assert added > 50 and backend.count("papers") == added
 
 
 def test_csv_and_parquet_read_like_jsonl(tmp_path: Path, astro_slice: Path) -> None:

@@ -39,6 +39,9 @@ def load(
         with connect(db) as backend:
             report = load_corpus(backend, path, embedder or DEFAULT_EMBEDDER, embeddings=embeddings, limit=limit, batch_size=batch_size)
             typer.echo(report.summary())
+        if report.unread is not None:  # a script must notice that the rest of the file was not loaded
+            raise InvalidInputError(f"{path.name} could not be read to its end (line {report.unread.line}); the rows before "
+                                    "it were loaded: replace the file and load it again (the load resumes where it stopped)")
     except USER_ERRORS as exc:
         fail(exc)
 

@@ -49,6 +49,7 @@ class RowError:
     line: int
     reason: str
     raw: str
+    ends_file: bool = False  # the file could not be read past this line: the rest of it was not loaded
 
 
 def excerpt(raw: str) -> str:
@@ -257,4 +258,4 @@ def read_papers(path: str | Path) -> Iterator[Paper | RowError]:
             except InvalidInputError as exc:
                 yield RowError(line_no, str(exc), excerpt(raw))
     except (EOFError, OSError, zlib.error, UnicodeDecodeError, csv.Error, pa.ArrowException) as exc:
-        yield RowError(line_no + 1, f"file is truncated or unreadable after line {line_no}: {exc}", "")
+        yield RowError(line_no + 1, f"file is truncated or unreadable after line {line_no}: {exc}", "", ends_file=True)

@@ -46,6 +46,7 @@ class LoadReport:
     ignored_columns: list[str] = field(default_factory=list)  # columns of the file saedb does not read
     first_errors: list[RowError] = field(default_factory=list)
     models_encoded: list[int] = field(default_factory=list)  # published models whose codes the load brought up to date
+    unread: RowError | None = None  # where the file could not be read to its end (the rows before it were loaded)
 
     def summary(self) -> str:
         text = (
@@ -155,6 +156,8 @@ def load_corpus(
     pending_errors: list[RowError] = []
 
     def reject(error: RowError) -> None:
+        if error.ends_file:
+            report.unread = error
         report.rejected += 1
         pending_errors.append(error)
         if len(report.first_errors) < 5:
