@@ -12,12 +12,13 @@ from saedb.errors import InvalidInputError
 from saedb.sqlfiles import read_sql
 
 
-def create_reader(backend: PostgresBackend, login: str, password: str | None, timeout: str = "10s") -> None:
+def create_reader(backend: PostgresBackend, login: str, password: str | None, timeout: str = "10s") -> bool:
     """A login in the saedb_reader role: read-only transactions, ``timeout`` per statement,
-    SELECT/EXECUTE only. Sets up the role first where the database has none."""
+    SELECT/EXECUTE only. A reader made before gets the new password and timeout (rotation);
+    another role of that name is refused. Returns whether the login is new."""
     conn = backend.conn
-    if conn.execute("SELECT to_regprocedure('saedb_create_reader(text, text)')").fetchone() == (None,):
-        backend.run_script(read_sql("postgres", "reader_role.sql"))
+    backend.run_script(read_sql("postgres", "reader_role.sql"))  # idempotent; brings an older database's procedure up to date
+    new = conn.execute("SELECT NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = %s)", (login,)).fetchone()[0]
     try:
         with conn.transaction():
             conn.execute("CALL saedb_create_reader(%s, %s)", (login, timeout))
@@ -25,6 +26,7 @@ def create_reader(backend: PostgresBackend, login: str, password: str | None, ti
                 verifier = conn.pgconn.encrypt_password(password.encode(), login.encode(), b"scram-sha-256")
                 conn.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(sql.Identifier(login), sql.Literal(verifier.decode())))
     except psycopg.errors.DuplicateObject:
-        raise InvalidInputError(f"a role named {login!r} already exists") from None
+        raise InvalidInputError(f"a role named {login!r} exists and is not a saedb reader: choose another login name") from None
     except (psycopg.errors.InvalidDatetimeFormat, psycopg.errors.RaiseException) as exc:
         raise InvalidInputError(f"bad timeout {timeout!r}: {str(exc).splitlines()[0]}") from None
+    return new

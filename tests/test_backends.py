@@ -86,9 +86,9 @@ def test_postgres_reader_role_can_query_and_steer_but_not_write(pg_dsn: str, ast
         load_corpus(admin, astro_slice, embedder, progress=False)
         model_id = publish_model(admin, random_sae, "reader")
         admin.run_script(read_sql("postgres", "reader_role.sql"))
-        admin.run_script("DO $$ BEGIN CREATE ROLE dashboard LOGIN IN ROLE saedb_reader; "
+        admin.run_script("DO $$ BEGIN CREATE ROLE dashboard LOGIN PASSWORD 'dash pw' IN ROLE saedb_reader; "
                          "EXCEPTION WHEN duplicate_object THEN NULL; END $$")
-    dashboard = pg_dsn.replace("postgresql://postgres:@", "postgresql://dashboard:@")
+    dashboard = pg_dsn.replace("postgresql://postgres:@", "postgresql://dashboard:dash%20pw@")
     with connect(dashboard, read_only=True) as reader:
         assert reader.query("SELECT current_user")[0][0] == "dashboard"
         assert reader.query("SELECT count(*) FROM embeddings, unnest(sae_encode(embedding, ?))", (model_id,))[0][0] == 400 * 16
@@ -107,7 +107,8 @@ def test_dashboard_logins_made_by_the_reader_procedure_are_read_only_time_limite
         admin.run_script("DO $$ BEGIN IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'bi_login') THEN "
                          "EXECUTE 'DROP OWNED BY bi_login'; DROP ROLE bi_login; END IF; END $$")
         admin.execute("CALL saedb_create_reader('bi_login', '1s')")
-    login = pg_dsn.replace("postgresql://postgres:@", "postgresql://bi_login:@")
+        admin.execute("ALTER ROLE bi_login PASSWORD 'bi pw'")
+    login = pg_dsn.replace("postgresql://postgres:@", "postgresql://bi_login:bi%20pw@")
     with psycopg.connect(login, autocommit=True) as plain:  # a BI tool's own connection: no saedb settings
         assert plain.execute("SHOW default_transaction_read_only").fetchone() == ("on",)
         with pytest.raises(psycopg.errors.QueryCanceled):
@@ -182,8 +183,8 @@ def test_reader_passwords_never_reach_the_server_log_and_readers_cannot_lift_the
         admin.run_script(read_sql("postgres", "reader_role.sql"))
         log = Path(admin.query("SELECT current_setting('data_directory')")[0][0]) / "log"
         create_reader(admin, "bi_secret", secret, "1s")
-        with pytest.raises(InvalidInputError, match="already exists"):
-            create_reader(admin, "bi_secret", secret, "1s")  # fails inside the server: the statement is logged
+        with pytest.raises(InvalidInputError, match="is not a saedb reader"):
+            create_reader(admin, "postgres", secret, "1s")  # fails inside the server: the statement is logged
         verifier = admin.query("SELECT rolpassword FROM pg_authid WHERE rolname = 'bi_secret'")[0][0]
         assert verifier.startswith("SCRAM-SHA-256$")
     assert secret not in log.read_text(errors="replace")
@@ -223,7 +224,16 @@ def test_saedb_reader_makes_a_login_from_the_command_line(pg_dsn: str) -> None:
     login = psycopg.conninfo.make_conninfo(pg_dsn.replace("postgresql://postgres:@", "postgresql://bi_cli@"), password="pw-cli-1")
     with psycopg.connect(login) as conn:
         assert conn.execute("SHOW statement_timeout").fetchone() == ("30s",)
-    again = CliRunner().invoke(app, ["reader", "bi_cli", "--db", pg_dsn], env={"SAEDB_READER_PASSWORD": "pw-cli-1"})
-    assert again.exit_code == 2 and "already exists" in again.output
+    # issue 54: a reader's password and timeout can be changed (rotation); other roles are refused
+    again = CliRunner().invoke(app, ["reader", "bi_cli", "--timeout", "5s", "--db", pg_dsn], env={"SAEDB_READER_PASSWORD": "pw-cli-2"})
+    assert again.exit_code == 0 and "updated reader bi_cli (statement timeout 5s, new password)" in again.output, again.output
+    with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+        psycopg.connect(login).close()
+    with psycopg.connect(psycopg.conninfo.make_conninfo(login, password="pw-cli-2")) as conn:
+        assert conn.execute("SHOW statement_timeout").fetchone() == ("5s",)
+        assert conn.execute("SHOW default_transaction_read_only").fetchone() == ("on",)
+    owner = psycopg.conninfo.conninfo_to_dict(pg_dsn).get("user", "postgres")
+    taken = CliRunner().invoke(app, ["reader", owner, "--db", pg_dsn], env={"SAEDB_READER_PASSWORD": "x"})
+    assert taken.exit_code == 2 and "exists and is not a saedb reader" in taken.output, taken.output
     duck = CliRunner().invoke(app, ["reader", "bi", "--db", "x.duckdb"], env={"SAEDB_READER_PASSWORD": "p"})
     assert duck.exit_code == 2 and "Postgres roles" in duck.output

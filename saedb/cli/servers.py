@@ -12,7 +12,7 @@ from saedb.cli.common import USER_ERRORS, DbOption, app, fail, stop_requested
 from saedb.cluster import LocalCluster
 from saedb.errors import ConfigurationError, InvalidInputError
 from saedb.localllm import local_llm
-from saedb.localpg import local_postgres, require_embedded_postgres
+from saedb.localpg import local_postgres, postmaster_running, require_embedded_postgres
 
 
 @app.command()
@@ -56,17 +56,18 @@ def reader(
     password: str = typer.Option("", envvar="SAEDB_READER_PASSWORD", prompt=True, hide_input=True, confirmation_prompt=True,
                                  help="Its password (prompted; or SAEDB_READER_PASSWORD). Hashed here, never sent as text."),
 ) -> None:
-    """Make a read-only Postgres login for a dashboard (SELECT/EXECUTE only, read-only transactions, a statement timeout)."""
+    """Make a read-only Postgres login for a dashboard (SELECT/EXECUTE only, read-only transactions, a statement timeout);
+    for a reader made before, set its new password and timeout."""
     from saedb.readers import create_reader
 
     try:
         if not is_postgres_url(db):
             raise ConfigurationError("reader logins are Postgres roles; a DuckDB file is opened read-only instead")
         with connect(db, create=False) as backend:
-            create_reader(backend, login, password or None, timeout)  # type: ignore[arg-type]
+            new = create_reader(backend, login, password or None, timeout)  # type: ignore[arg-type]
     except USER_ERRORS as exc:
         fail(exc)
-    typer.echo(f"made reader {login} (statement timeout {timeout}); schedule SELECT saedb_cancel_overdue_readers() "
+    typer.echo(f"{'made' if new else 'updated'} reader {login} (statement timeout {timeout}{'' if new or not password else ', new password'}); schedule SELECT saedb_cancel_overdue_readers() "
                "(pg_cron is used where installed) to enforce the timeout against a login that lifts it")
 
 
@@ -80,7 +81,10 @@ def postgres(data: Path = typer.Option(Path("saedb-pg"), help="Data directory (k
         data.mkdir(parents=True, exist_ok=True)
         with local_postgres(data) as dsn:
             typer.echo(f"PostgreSQL is up: --db '{dsn}'   (Ctrl-C stops it)")
-            stopping.wait()
+            while not stopping.wait(timeout=1.0):
+                if not postmaster_running(data):
+                    raise ConfigurationError(f"the PostgreSQL server stopped on its own (its postmaster is gone): "
+                                             f"see {data.resolve() / 'log'}, then run saedb postgres again")
             typer.echo("stopping PostgreSQL")
     except USER_ERRORS as exc:
         fail(exc)

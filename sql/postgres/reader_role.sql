@@ -50,7 +50,14 @@ BEGIN
     IF limit_interval <= interval '0' THEN
         RAISE EXCEPTION 'the statement timeout of a reader must be positive, not %', timeout;
     END IF;
-    EXECUTE format('CREATE ROLE %I LOGIN IN ROLE saedb_reader', login);
+    -- a login this procedure made before is updated (its timeout; saedb reader sets its password
+    -- again): any other role of that name is refused, never turned into a reader
+    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = login) THEN
+        EXECUTE format('CREATE ROLE %I LOGIN IN ROLE saedb_reader', login);
+    ELSIF NOT EXISTS (SELECT 1 FROM pg_auth_members m JOIN pg_roles r ON r.oid = m.member JOIN pg_roles g ON g.oid = m.roleid
+                      WHERE r.rolname = login AND g.rolname = 'saedb_reader' AND NOT r.rolsuper) THEN
+        RAISE EXCEPTION USING ERRCODE = 'duplicate_object', MESSAGE = format('role %I exists and is not a saedb reader', login);
+    END IF;
     EXECUTE format('ALTER ROLE %I SET default_transaction_read_only = on', login);
     EXECUTE format('ALTER ROLE %I SET statement_timeout = %L', login, (extract(epoch FROM limit_interval) * 1000)::bigint);
     INSERT INTO saedb_reader_limits VALUES (login, limit_interval)
