@@ -207,3 +207,56 @@ def test_a_duckdb_load_checkpoints_rarely_and_restores_the_setting(tmp_path: Pat
         load_corpus(backend, astro_slice, embedder, batch_size=100, progress=False)
         assert len(seen) == 4 and all(value.startswith("953") for value in seen)  # 1 GB
         assert backend.query("SELECT current_setting('checkpoint_threshold')")[0][0].startswith("19.0 MiB")
+
+
+def test_two_first_loads_at_once_bind_the_embedder_once(pg_dsn: str, embedder) -> None:
+    """Issue 54: two loads racing on a fresh Postgres database crashed one of them (duplicate
+    key on saedb_meta_pkey). The second binding waits for the first and then finds it bound."""
+    import threading
+    import time
+
+    import psycopg
+
+    failures: list[BaseException] = []
+
+    def bind(backend: Backend) -> None:
+        try:
+            backend.bind_embedder(embedder.name, embedder.dim)
+        except BaseException as exc:  # noqa: BLE001 (reported by the assertion below)
+            failures.append(exc)
+
+    with connect(pg_dsn) as first, connect(pg_dsn) as second:
+        with first.transaction():
+            first.bind_embedder(embedder.name, embedder.dim)  # not yet committed
+            racing = threading.Thread(target=bind, args=(second,))
+            racing.start()
+            with psycopg.connect(pg_dsn, autocommit=True) as watch:  # until the second waits on the first's lock
+                while racing.is_alive() and watch.execute("SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s",
+                                                          (second.conn.info.backend_pid,)).fetchone() != ("Lock",):
+                    time.sleep(0.01)
+        racing.join()
+        assert failures == [] and second.embedder() == (embedder.name, embedder.dim)
+
+
+class LoadsTheSameFileFirst:
+    """An embedder that, before its first batch is written, has another connection load the
+    same file: a concurrent load that wins every row."""
+
+    def __init__(self, inner, url: str, path: Path) -> None:
+        self.inner, self.url, self.path, self.name, self.dim, self.raced = inner, url, path, inner.name, inner.dim, False
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        if not self.raced:
+            self.raced = True
+            with connect(self.url) as other:
+                load_corpus(other, self.path, self.inner, progress=False)
+        return self.inner.embed(texts)
+
+
+def test_a_load_summary_accounts_for_rows_a_concurrent_load_added(pg_dsn: str, astro_slice: Path, embedder) -> None:
+    """Issue 54: of two loads of the same rows at once, the second printed 'read 1500 valid rows,
+    added 0, 0 already loaded, ... 0 rejected': the rows the other load took were in no count."""
+    with connect(pg_dsn) as backend:
+        report = load_corpus(backend, astro_slice, LoadsTheSameFileFirst(embedder, pg_dsn, astro_slice), batch_size=10_000,
+                             progress=False)
+        assert report.added == 0 and report.already_loaded == report.read == backend.count("papers") > 0, report.summary()

@@ -172,6 +172,12 @@ class PostgresBackend(Backend):
             self.execute("SET LOCAL enable_seqscan = on")
             yield
 
+    def bind_embedder(self, name: str, dim: int) -> None:
+        with self.transaction():
+            # Two first loads at once: the second waits here for the first to commit, then finds it bound.
+            self.execute("SELECT pg_advisory_xact_lock(hashtext('saedb.bind_embedder'))")
+            super().bind_embedder(name, dim)
+
     @contextmanager
     def encoding_deferred(self) -> Iterator[None]:
         self.execute("SET saedb.encode_later = on")  # read by the insert trigger (functions.sql)

@@ -202,7 +202,9 @@ def load_corpus(
                 embeddings=embed_batch(papers),
             )
             with backend.transaction():
-                report.added += backend.insert_documents(batch)
+                added = backend.insert_documents(batch)
+                report.added += added
+                report.already_loaded += len(papers) - added  # another load, running beside this one, took them first
                 backend.record_load_errors(source, [(e.line, e.reason, e.raw) for e in pending_errors])
             pending_errors.clear()
             bar.update(len(papers))
