@@ -106,6 +106,7 @@ def test_compare_page_its_errors_and_the_feature_in_other_models(two_models_serv
         ([("model", small), ("a_to", "2006"), ("b_to", "2006")], 400, "sets A and B are the same filter"),
         ([("model", small), ("a_to", "2006"), ("b_from", "2000"), ("overlap", "both")], 400, "overlap must be one of"),
         ([("model", small), ("a_category", "x' OR 1=1 --")], 400, "holds no document"),  # a literal, not SQL
+        ([("model", small), ("b_to", "2006"), ("a_category", "astro\x00ph")], 400, "a_category holds a NUL character"),
     ]:
         got_status, body = get(base, "compare", params)
         assert (got_status, message in body["error"]) == (status, True), (params, body)

@@ -194,6 +194,8 @@ def _filter(params: dict[str, list[str]], side: str) -> api.DocumentFilter:
     category = (params.get(f"{side}_category", [""])[0] or "").strip()
     if len(category) > 200:
         raise api.ApiError(400, f"{side}_category is longer than 200 characters")
+    if "\x00" in category:  # no category holds one, and Postgres text cannot
+        raise api.ApiError(400, f"{side}_category holds a NUL character")
     return api.DocumentFilter(category or None, _year(params, f"{side}_from"), _year(params, f"{side}_to"))
 
 
