@@ -49,7 +49,7 @@ def test_saedb_help_lists_every_command() -> None:
     shown = CliRunner().invoke(app, ["--help"], terminal_width=200)
     recorded = [json.loads(line) for line in RECORD.read_text().splitlines()]
     commands = [line["command"] for line in recorded if "help" in line and "name" not in line and "command" in line]
-    assert shown.exit_code == 0 and len(commands) == 27
+    assert shown.exit_code == 0 and len(commands) == 28
     assert all(f" {name} " in shown.output for name in commands)
 
 
