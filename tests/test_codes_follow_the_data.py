@@ -6,6 +6,7 @@ one clear error naming it; after it every surface equals a from-scratch encode o
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NamedTuple
 
 import duckdb
 import numpy as np
@@ -72,12 +73,47 @@ def assert_same_surfaces(after: dict[str, list[tuple]], expected: dict[str, list
             assert after[name] == expected[name], name
 
 
-def change_a_tenth(path: str, table: str, key: str, vector: str, rows: list[tuple]) -> None:
+class Published(NamedTuple):
+    """A model (with co-occurrence counts) published over saedb's tables or an attached my_docs."""
+    url: str
+    table: str
+    key: str
+    vector: str
+    sae: SAE
+    model_id: int
+    keys: list
+
+
+def publish_over(where: str, own_url: str, attached_base: str, minilm_rows) -> Published:
+    """``where`` "saedb tables": over the papers already loaded at ``own_url``; else over a
+    300-row my_docs made in ``attached_base`` and attached as workspace my_docs_sae."""
+    if where == "saedb tables":
+        url, table, key, vector = own_url, "embeddings", "doc_id", "embedding"
+        backend = connect(url)
+    else:
+        keys, vectors = minilm_rows
+        make_my_docs(attached_base, keys[:300], vectors[:300])
+        backend = attach_table(attached_base, "my_docs_sae", Attachment("my_docs", "doc_key", "emb", year="year"), embedder="minilm")
+        url, table, key, vector = f"{attached_base}{'&' if '?' in attached_base else '?'}schema=my_docs_sae", "my_docs", "doc_key", "emb"
+    with backend:
+        sae = SAE.random(backend.require_embedder()[1], 96, 8, seed=4)
+        model_id = publish_model(backend, sae, "follows")
+        compute_cooccurrence(backend, model_id)
+        keys = [r[0] for r in backend.query(f"SELECT {key} FROM {table} ORDER BY {key}")]
+    return Published(url, table, key, vector, sae, model_id, keys)
+
+
+def a_tenth_of(keys: list) -> tuple[list, list, list, list]:
+    """The keys a plain client changes: 3% rewritten, 2% retitled or re-yeared, 3% deleted, 2% copied under new keys."""
+    n = len(keys)
+    return keys[: n * 3 // 100], keys[n // 10 : n // 10 + n // 50], keys[-(n * 3 // 100):], keys[n // 5 : n // 5 + n // 50]
+
+
+def change_a_tenth(path: str, table: str, key: str, vector: str, keys: list) -> None:
     """As a plain DuckDB client: rewrite 3% of the vectors, retitle or re-year 2%, delete 3%,
     insert 2% (copies of other rows' vectors under new keys)."""
     con = duckdb.connect(path)
-    n, keys = len(rows), [r[0] for r in rows]
-    rewritten, retitled, deleted, copied = keys[: n * 3 // 100], keys[n // 10 : n // 10 + n // 50], keys[-(n * 3 // 100):], keys[n // 5 : n // 5 + n // 50]
+    rewritten, retitled, deleted, copied = a_tenth_of(keys)
     marks = lambda ks: ", ".join(repr(k) if isinstance(k, str) else str(k) for k in ks)  # noqa: E731
     hashed = f", embedding_hash = hash(list_transform({vector}, lambda x: -x))" if table == "embeddings" else ""
     con.execute(f"UPDATE {table} SET {vector} = list_transform({vector}, lambda x: -x){hashed} WHERE {key} IN ({marks(rewritten)})")
@@ -98,22 +134,8 @@ def change_a_tenth(path: str, table: str, key: str, vector: str, rows: list[tupl
 
 @pytest.mark.parametrize("where", ["saedb tables", "attached table"])
 def test_codes_counts_and_views_follow_a_plain_clients_writes(where: str, tmp_path: Path, loaded_path: str, minilm_rows) -> None:
-    if where == "saedb tables":
-        url, table, key, vector = loaded_path, "embeddings", "doc_id", "embedding"
-        backend = connect(url)
-    else:
-        keys, vectors = minilm_rows
-        path = str(tmp_path / "mine.duckdb")
-        make_my_docs(path, keys[:300], vectors[:300])
-        backend = attach_table(path, "my_docs_sae", Attachment("my_docs", "doc_key", "emb", year="year"), embedder="minilm")
-        url, table, key, vector = f"{path}?schema=my_docs_sae", "my_docs", "doc_key", "emb"
-    with backend:
-        sae = SAE.random(backend.require_embedder()[1], 96, 8, seed=4)
-        model_id = publish_model(backend, sae, "follows")
-        compute_cooccurrence(backend, model_id)
-        rows = backend.query(f"SELECT {key} FROM {table} ORDER BY {key}")
-        path = url.split("?")[0]
-    change_a_tenth(path, table, key, vector, rows)
+    url, table, key, vector, sae, model_id, keys = publish_over(where, loaded_path, str(tmp_path / "mine.duckdb"), minilm_rows)
+    change_a_tenth(url.split("?")[0], table, key, vector, keys)
     with connect(url) as backend:
         for name, sql in SURFACES.items():
             if name not in ("feature_cooccurrence", "n_documents"):  # tables of figures: current once encode ran
@@ -136,8 +158,7 @@ def change_a_tenth_on_postgres(dsn: str, table: str, key: str, vector: str, keys
     rows share a vector, so no two activations tie whichever kernel computed them)."""
     import psycopg
 
-    n = len(keys)
-    rewritten, retitled, deleted, copies = keys[: n * 3 // 100], keys[n // 10 : n // 10 + n // 50], keys[-(n * 3 // 100):], keys[n // 5 : n // 5 + n // 50]
+    rewritten, retitled, deleted, copies = a_tenth_of(keys)
     negated = f"{vector} * array_fill(-1::real, ARRAY[vector_dims({vector})])::vector"
     with psycopg.connect(dsn, autocommit=True) as plain:
         plain.execute(f"UPDATE {table} SET {vector} = {negated} WHERE {key} = ANY(%s)", (rewritten,))
@@ -169,19 +190,8 @@ def test_postgres_keeps_codes_counts_and_views_in_step_with_a_plain_clients_writ
     encode of the new table, and a later `saedb encode` finds nothing to do."""
     if where == "saedb tables":
         copied(request, templates, "astro_400", load_slice(astro_slice, embedder), pg_dsn)
-        url, table, key, vector = pg_dsn, "embeddings", "doc_id", "embedding"
-        backend = connect(url)
-    else:
-        keys, vectors = minilm_rows
-        make_my_docs(pg_dsn, keys[:300], vectors[:300])
-        backend = attach_table(pg_dsn, "my_docs_sae", Attachment("my_docs", "doc_key", "emb", year="year"), embedder="minilm")
-        url, table, key, vector = f"{pg_dsn}{'&' if '?' in pg_dsn else '?'}schema=my_docs_sae", "my_docs", "doc_key", "emb"
-    with backend:
-        sae = SAE.random(backend.require_embedder()[1], 96, 8, seed=4)
-        model_id = publish_model(backend, sae, "follows")
-        compute_cooccurrence(backend, model_id)
-        rows = [r[0] for r in backend.query(f"SELECT {key} FROM {table} ORDER BY {key}")]
-    change_a_tenth_on_postgres(pg_dsn, table, key, vector, rows)
+    url, table, key, vector, sae, model_id, keys = publish_over(where, pg_dsn, pg_dsn, minilm_rows)
+    change_a_tenth_on_postgres(pg_dsn, table, key, vector, keys)
     with connect(url) as backend:  # before any saedb command
         after = surfaces(backend, model_id)
         expected = from_scratch(backend, sae)
