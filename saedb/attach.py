@@ -15,7 +15,7 @@ codes in step with its writes as its indexes are kept; they go with the workspac
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -40,10 +40,11 @@ class Attachment:
                 raise InvalidInputError(f"{name!r} is not a plain SQL identifier")
 
 
-def sync_sql(a: Attachment) -> str:
-    """Number the table's keys that doc_keys does not have yet."""
+def sync_sql(a: Attachment, where: str = "TRUE") -> str:
+    """Number the table's keys that doc_keys does not have yet (among the rows ``where`` selects)."""
     return (f"INSERT INTO doc_keys (doc_key) SELECT DISTINCT CAST(t.{a.key} AS VARCHAR) FROM {a.table} t "
-            f"WHERE t.{a.key} IS NOT NULL AND NOT EXISTS (SELECT 1 FROM doc_keys k WHERE k.doc_key = CAST(t.{a.key} AS VARCHAR))")
+            f"WHERE {where} AND t.{a.key} IS NOT NULL "
+            f"AND NOT EXISTS (SELECT 1 FROM doc_keys k WHERE k.doc_key = CAST(t.{a.key} AS VARCHAR))")
 
 
 def check_sql(a: Attachment, dialect: str, dim: int, where: str = "TRUE") -> str:
@@ -101,6 +102,7 @@ def follow_sql(a: Attachment, table: str, schema: str, dim: int) -> list[str]:
     with their search_path fixed), so any role that may write the table keeps them in step;
     dropping the workspace schema drops the triggers with them."""
     text = lambda row: f"CAST({row}.{a.key} AS text)"  # noqa: E731
+    touched, qualified = f"{text('t')} = ANY(keys)", replace(a, table=table)  # the rules and numbering of those keys only
     function = (f"CREATE OR REPLACE FUNCTION {schema}.{{name}}() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER "
                 f"SET search_path = {schema}, public AS $$ BEGIN PERFORM saedb_follow_keys(ARRAY({{keys}})); RETURN NULL; END $$")
     statements = {  # event, its transition tables, and the keys it touched
@@ -119,8 +121,8 @@ BEGIN
     PERFORM saedb_forget_documents(ARRAY(SELECT doc_id FROM doc_keys WHERE doc_key = ANY(keys)));
     DELETE FROM skipped_keys WHERE doc_key = ANY(keys);
     INSERT INTO skipped_keys SELECT c.k, c.reason
-    FROM ({check_sql(Attachment(table, a.key, a.vector), "postgres", dim, f"{text('t')} = ANY(keys)")}) c(k, reason) WHERE c.k IS NOT NULL;
-    INSERT INTO doc_keys (doc_key) SELECT DISTINCT {text('t')} FROM {table} t WHERE {text('t')} = ANY(keys) ON CONFLICT DO NOTHING;
+    FROM ({check_sql(qualified, "postgres", dim, touched)}) c(k, reason) WHERE c.k IS NOT NULL;
+    {sync_sql(qualified, touched)};
     PERFORM saedb_encode_documents(ARRAY(SELECT doc_id FROM doc_keys WHERE doc_key = ANY(keys)));
 END $$""",
         *(function.format(name=f"saedb_follow_{kind}", keys=keys) for kind, (_, _, keys) in statements.items()),
